@@ -1,0 +1,1 @@
+//! The swarm client engine (`shoal download` / `shoal seed`). Filled in by the client issue; see ARCHITECTURE.md.

@@ -1,0 +1,153 @@
+//! `shoal show`: what a torrent holds.
+
+use std::fmt::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use serde::Serialize;
+use torrent_format::{Magnet, Metainfo};
+
+use crate::ui;
+
+const EXAMPLES: &str = "\
+Examples:
+  shoal show my-album.torrent
+  shoal show --json my-album.torrent | jq -r .info_hash";
+
+/// Show what a torrent holds: name, info hash, magnet link, trackers, files
+#[derive(clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    /// The .torrent file
+    torrent: PathBuf,
+    /// Print one JSON object instead of text
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Serialize)]
+struct Shown<'a> {
+    name: &'a str,
+    info_hash: String,
+    magnet: String,
+    total_size: u64,
+    piece_length: u64,
+    piece_count: usize,
+    private: bool,
+    source: Option<&'a str>,
+    comment: Option<&'a str>,
+    created_by: Option<&'a str>,
+    /// Seconds since the Unix epoch.
+    creation_date: Option<i64>,
+    trackers: Vec<Vec<String>>,
+    web_seeds: &'a [String],
+    multi_file: bool,
+    files: Vec<ShownFile>,
+}
+
+#[derive(Serialize)]
+struct ShownFile {
+    path: String,
+    size: u64,
+}
+
+fn shown(m: &Metainfo) -> Shown<'_> {
+    let info = &m.info;
+    Shown {
+        name: info.name(),
+        info_hash: m.info_hash().to_hex(),
+        magnet: Magnet::from_metainfo(m).to_string(),
+        total_size: info.total_length(),
+        piece_length: info.piece_length(),
+        piece_count: info.piece_count(),
+        private: info.is_private(),
+        source: info.source(),
+        comment: m.comment(),
+        created_by: m.created_by(),
+        creation_date: m.creation_date(),
+        trackers: m.trackers(),
+        web_seeds: m.web_seeds(),
+        multi_file: info.is_multi_file(),
+        files: info
+            .files()
+            .iter()
+            .map(|f| ShownFile {
+                path: f.display_path(),
+                size: f.length,
+            })
+            .collect(),
+    }
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let m = super::load_torrent(&args.torrent)?;
+    let s = shown(&m);
+    let text = if args.json {
+        serde_json::to_string_pretty(&s)? + "\n"
+    } else {
+        text(&s)
+    };
+    ui::print_out(&text)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+fn text(s: &Shown) -> String {
+    let mut o = String::new();
+    let _ = writeln!(o, "Name:         {}", s.name);
+    let _ = writeln!(o, "Info hash:    {}", s.info_hash);
+    let _ = writeln!(o, "Magnet:       {}", s.magnet);
+    let _ = writeln!(
+        o,
+        "Size:         {} in {} file(s)",
+        ui::size(s.total_size),
+        s.files.len()
+    );
+    let _ = writeln!(
+        o,
+        "Pieces:       {} × {}",
+        s.piece_count,
+        ui::short_size(s.piece_length)
+    );
+    let _ = writeln!(o, "Private:      {}", if s.private { "yes" } else { "no" });
+    if let Some(v) = s.source {
+        let _ = writeln!(o, "Source:       {v}");
+    }
+    if let Some(v) = s.comment {
+        let _ = writeln!(o, "Comment:      {v}");
+    }
+    if let Some(v) = s.created_by {
+        let _ = writeln!(o, "Created by:   {v}");
+    }
+    if let Some(v) = s.creation_date {
+        let _ = writeln!(o, "Created on:   {}", ui::date(v));
+    }
+    let _ = writeln!(o, "\nTrackers:");
+    if s.trackers.is_empty() {
+        let _ = writeln!(o, "  (none: trackerless)");
+    }
+    for (i, tier) in s.trackers.iter().enumerate() {
+        for (j, url) in tier.iter().enumerate() {
+            if j == 0 {
+                let _ = writeln!(o, "  tier {:<3} {url}", i + 1);
+            } else {
+                let _ = writeln!(o, "           {url}");
+            }
+        }
+    }
+    if !s.web_seeds.is_empty() {
+        let _ = writeln!(o, "\nWeb seeds:");
+        for w in s.web_seeds {
+            let _ = writeln!(o, "  {w}");
+        }
+    }
+    let _ = writeln!(o, "\nFiles:");
+    for f in &s.files {
+        let path = if s.multi_file {
+            format!("{}/{}", s.name, f.path)
+        } else {
+            f.path.clone()
+        };
+        let _ = writeln!(o, "  {:>10}  {path}", ui::short_size(f.size));
+    }
+    o
+}

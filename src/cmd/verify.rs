@@ -1,0 +1,109 @@
+//! `shoal verify`: check data on disk against a torrent.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use torrent_format::pieces::{self, FileState};
+use torrent_format::Info;
+
+use crate::ui;
+
+const EXAMPLES: &str = "\
+Examples:
+  shoal verify my-album.torrent my-album/
+  shoal verify movie.torrent ~/Downloads          (finds ~/Downloads/<name>)
+
+Exit status: 0 when every piece matches and every file has the right size, 1 otherwise.";
+
+/// Check data on disk against a torrent, piece by piece
+#[derive(clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    /// The .torrent file
+    torrent: PathBuf,
+    /// The content: the file itself (single-file torrent) or its top
+    /// directory (multi-file), or a directory that holds it under the
+    /// torrent's name [default: ./NAME]
+    path: Option<PathBuf>,
+    /// Hashing threads [default: all cores]
+    #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    threads: Option<u32>,
+}
+
+/// Where the content is: PATH itself, or PATH/NAME when PATH is a directory
+/// that holds the content under the torrent's name.
+fn content_path(info: &Info, path: Option<PathBuf>) -> PathBuf {
+    let Some(path) = path else {
+        return PathBuf::from(info.name());
+    };
+    let nested = path.join(info.name());
+    let first_file = |root: &Path| root.join(info.file_path(0).iter().skip(1).collect::<PathBuf>());
+    if info.is_multi_file() {
+        if nested.is_dir() && !first_file(&path).exists() && first_file(&nested).exists() {
+            return nested;
+        }
+    } else if path.is_dir() {
+        return nested;
+    }
+    path
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let m = super::load_torrent(&args.torrent)?;
+    let info = &m.info;
+    let content = content_path(info, args.path);
+    let threads = args
+        .threads
+        .map_or_else(ui::default_threads, |t| t as usize);
+
+    let bar = ui::bytes_bar(info.total_length(), "checking");
+    let report = pieces::verify(info, &content, threads, &|n| bar.inc(n));
+    bar.finish_and_clear();
+
+    let mut out = String::new();
+    for (i, state) in report.files.iter().enumerate() {
+        let f = &info.files()[i];
+        let shown = if info.is_multi_file() {
+            content.join(f.path.iter().collect::<PathBuf>())
+        } else {
+            content.clone()
+        };
+        let problem = match state {
+            FileState::Ok => continue,
+            FileState::Missing => "missing".to_string(),
+            FileState::NotAFile => "not a regular file".to_string(),
+            FileState::Short { actual } => {
+                format!("short: {actual} of {} bytes", f.length)
+            }
+            FileState::TooLong { actual } => {
+                format!("too long: {actual} bytes, expected {}", f.length)
+            }
+            FileState::Corrupt { bad_pieces } => format!(
+                "corrupt: {bad_pieces} of {} pieces do not match",
+                info.file_pieces(i).len()
+            ),
+            FileState::Unreadable(e) => format!("unreadable: {e}"),
+        };
+        out.push_str(&format!("{}: {problem}\n", shown.display()));
+    }
+    let good = report.good_pieces();
+    let total = info.piece_count();
+    if report.all_ok() {
+        out.push_str(&format!(
+            "OK: {} matches {} ({total} pieces, {})\n",
+            content.display(),
+            args.torrent.display(),
+            ui::short_size(info.total_length())
+        ));
+        ui::print_out(&out)?;
+        Ok(ExitCode::SUCCESS)
+    } else {
+        let bad_files = report.files.iter().filter(|s| **s != FileState::Ok).count();
+        out.push_str(&format!(
+            "FAILED: {good} of {total} pieces match; {bad_files} of {} file(s) have problems\n",
+            info.files().len()
+        ));
+        ui::print_out(&out)?;
+        Ok(ExitCode::FAILURE)
+    }
+}
