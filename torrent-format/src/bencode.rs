@@ -90,7 +90,7 @@ pub fn decode(input: &[u8]) -> Result<Value, DecodeError> {
 /// For input that is one dictionary, returns each top-level key with the byte
 /// range its value occupies in `input` (in input order). This is how the info
 /// hash is taken over the `info` value exactly as it appears in the file.
-pub fn dict_spans(input: &[u8]) -> Result<Vec<(&[u8], Range<usize>)>, DecodeError> {
+pub fn dict_spans(input: &[u8]) -> Result<Vec<DictSpan<'_>>, DecodeError> {
     let mut p = Parser { input, pos: 0 };
     if p.peek("dictionary")? != b'd' {
         return Err(p.err(ErrorKind::NotADict));
@@ -107,6 +107,9 @@ pub fn dict_spans(input: &[u8]) -> Result<Vec<(&[u8], Range<usize>)>, DecodeErro
     p.finish()?;
     Ok(spans)
 }
+
+/// A top-level key and the byte range of its value.
+pub type DictSpan<'a> = (&'a [u8], Range<usize>);
 
 struct Parser<'a> {
     input: &'a [u8],
@@ -225,11 +228,10 @@ impl<'a> Parser<'a> {
                 });
             }
             // i64::MIN's magnitude is one more than i64::MAX.
-            0i64.checked_sub_unsigned(magnitude)
-                .ok_or_else(|| DecodeError {
-                    offset: digits_at,
-                    kind: ErrorKind::IntegerOverflow,
-                })
+            0i64.checked_sub_unsigned(magnitude).ok_or(DecodeError {
+                offset: digits_at,
+                kind: ErrorKind::IntegerOverflow,
+            })
         } else {
             i64::try_from(magnitude).map_err(|_| DecodeError {
                 offset: digits_at,

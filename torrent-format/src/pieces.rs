@@ -119,6 +119,9 @@ pub enum ReadError {
     Short { path: PathBuf },
 }
 
+/// One piece's outcome: not hashed, hashed, or unreadable.
+pub type PieceResult = Option<Result<[u8; 20], ReadError>>;
+
 /// Hashes the pieces whose index `wanted` accepts, on `threads` threads.
 /// Returns one entry per piece: `None` for pieces not wanted (or not reached
 /// after a failure with `fail_fast`), otherwise the hash or why the piece
@@ -130,12 +133,11 @@ pub fn hash_pieces(
     fail_fast: bool,
     wanted: &(dyn Fn(usize) -> bool + Sync),
     progress: &(dyn Fn(u64) + Sync),
-) -> Vec<Option<Result<[u8; 20], ReadError>>> {
+) -> Vec<PieceResult> {
     let count = layout.piece_count();
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
-    let results: Mutex<Vec<Option<Result<[u8; 20], ReadError>>>> =
-        Mutex::new((0..count).map(|_| None).collect());
+    let results: Mutex<Vec<PieceResult>> = Mutex::new((0..count).map(|_| None).collect());
     let threads = threads.clamp(1, count.max(1));
     std::thread::scope(|s| {
         for _ in 0..threads {
@@ -294,7 +296,12 @@ pub fn verify(
         .collect();
     for (i, state) in files.iter_mut().enumerate() {
         if *state == FileState::Ok {
-            let bad = info.file_pieces(i).filter(|&p| !piece_ok[p]).count();
+            // Only pieces that were read and did not match: a piece skipped
+            // because a neighbouring file is missing says nothing about this one.
+            let bad = info
+                .file_pieces(i)
+                .filter(|&p| readable[p] && !piece_ok[p])
+                .count();
             if bad > 0 {
                 *state = FileState::Corrupt { bad_pieces: bad };
             }

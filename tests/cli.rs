@@ -1,0 +1,395 @@
+//! The `shoal` binary as a user meets it: create → show → verify, clear
+//! errors and exit codes for bad input, and hostile torrents refused without
+//! a panic and without anything written.
+
+mod common;
+
+use std::path::Path;
+
+use common::*;
+
+fn stderr_of(cwd: &Path, args: &[&str]) -> (i32, String) {
+    let out = shoal(cwd, args);
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn create_show_verify_round_trip() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_tree(&d.join("tree"));
+    let out = shoal_ok(
+        d,
+        &[
+            "create",
+            "tree",
+            "-a",
+            "http://t1/announce,http://t2/announce",
+            "-a",
+            "udp://t3:80",
+            "-w",
+            "http://seed/",
+            "-c",
+            "hello",
+            "-s",
+            "SRC",
+            "-p",
+        ],
+    );
+    // Default output: NAME.torrent in the working directory.
+    assert!(out.starts_with("tree.torrent: "), "{out}");
+    let json = show_json(d, "tree.torrent");
+    assert_eq!(json["name"], "tree");
+    assert_eq!(json["info_hash"].as_str().unwrap().len(), 40);
+    assert_eq!(json["private"], true);
+    assert_eq!(json["source"], "SRC");
+    assert_eq!(json["comment"], "hello");
+    assert_eq!(json["web_seeds"][0], "http://seed/");
+    assert_eq!(json["trackers"][0][1], "http://t2/announce");
+    assert_eq!(json["trackers"][1][0], "udp://t3:80");
+    assert!(json["creation_date"].as_i64().unwrap() > 1_600_000_000);
+    assert_eq!(json["files"].as_array().unwrap().len(), 7);
+    assert_eq!(json["files"][0]["path"], ".hidden");
+    // The automatic piece length for a small torrent is 32 KiB.
+    assert_eq!(json["piece_length"], 32768);
+    let magnet = json["magnet"].as_str().unwrap();
+    assert!(magnet.starts_with(&format!(
+        "magnet:?xt=urn:btih:{}&dn=tree",
+        json["info_hash"].as_str().unwrap()
+    )));
+
+    let text = shoal_ok(d, &["show", "tree.torrent"]);
+    for needle in [
+        "Info hash:",
+        "tier 1",
+        "tier 2",
+        "http://seed/",
+        "tree/a/b/deep.bin",
+        "Private:      yes",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+
+    let ok = shoal_ok(d, &["verify", "tree.torrent", "tree"]);
+    assert!(ok.starts_with("OK:"), "{ok}");
+    // A directory holding the content under its name also works.
+    shoal_ok(d, &["verify", "tree.torrent", "."]);
+    // So does the default: ./NAME.
+    shoal_ok(d, &["verify", "tree.torrent"]);
+}
+
+#[test]
+fn verify_names_missing_short_and_corrupt_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_tree(&d.join("tree"));
+    shoal_ok(d, &["create", "tree", "-l", "15", "-o", "t.torrent"]);
+
+    // Flip one byte deep inside a file.
+    let p = d.join("tree/Zed.bin");
+    let mut data = std::fs::read(&p).unwrap();
+    data[100_000] ^= 1;
+    std::fs::write(&p, &data).unwrap();
+    std::fs::remove_file(d.join("tree/a/one.txt")).unwrap();
+    let deep = d.join("tree/a/b/deep.bin");
+    let len = std::fs::metadata(&deep).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&deep)
+        .unwrap()
+        .set_len(len - 10)
+        .unwrap();
+
+    let out = shoal(d, &["verify", "t.torrent", "tree"]);
+    assert_eq!(out.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("Zed.bin: corrupt: 1 of 5 pieces"), "{text}");
+    assert!(text.contains("one.txt: missing"), "{text}");
+    assert!(
+        text.contains(&format!("deep.bin: short: {} of {len} bytes", len - 10)),
+        "{text}"
+    );
+    assert!(text.contains("FAILED:"), "{text}");
+    // a-b shares a piece with the short deep.bin, but is itself intact.
+    assert!(!text.contains("a-b"), "{text}");
+
+    // Single-file torrents: a wrong file fails, the right one passes.
+    write(&d.join("one.bin"), &bytes(4, 40_000));
+    shoal_ok(d, &["create", "one.bin", "-l", "15"]);
+    shoal_ok(d, &["verify", "one.bin.torrent", "one.bin"]);
+    write(&d.join("other/one.bin"), &bytes(5, 40_000));
+    let out = shoal(d, &["verify", "one.bin.torrent", "other"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("corrupt: 2 of 2 pieces"));
+}
+
+#[test]
+fn create_refuses_bad_input_with_one_clear_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("f.txt"), b"data");
+    std::fs::create_dir(d.join("nothing")).unwrap();
+    std::os::unix::fs::symlink("does-not-exist", d.join("dangling")).unwrap();
+    write(&d.join("withbad/ok.txt"), b"ok");
+    std::os::unix::fs::symlink("../does-not-exist", d.join("withbad/broken")).unwrap();
+
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["create", "missing"],
+            1,
+            "cannot read missing: No such file",
+        ),
+        (&["create", "nothing"], 1, "nothing contains no files"),
+        (&["create", "dangling"], 1, "cannot read dangling"),
+        (&["create", "withbad"], 1, "withbad/broken"),
+        (&["create", "f.txt", "-l", "14"], 2, "14 is not in 15..=28"),
+        (&["create", "f.txt", "-l", "29"], 2, "29 is not in 15..=28"),
+        (
+            &["create", "f.txt", "-n", "../evil"],
+            1,
+            "cannot use \"../evil\" as the torrent name",
+        ),
+        (&["create", "f.txt", "-a", "http://a/,"], 1, "empty URL"),
+        (&["create", "f.txt", "--bogus"], 2, "unexpected argument"),
+    ];
+    for (args, code, needle) in cases {
+        let (got, err) = stderr_of(d, args);
+        assert_eq!(got, *code, "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err:?}"
+        );
+        if *code == 1 {
+            assert_eq!(
+                err.trim_end().lines().count(),
+                1,
+                "{args:?}: one line please: {err:?}"
+            );
+        }
+    }
+
+    // The output exists: refused, untouched; -f replaces it.
+    std::fs::write(d.join("f.txt.torrent"), b"keep me").unwrap();
+    let (code, err) = stderr_of(d, &["create", "f.txt"]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("already exists (use -f to overwrite)"),
+        "{err}"
+    );
+    assert_eq!(std::fs::read(d.join("f.txt.torrent")).unwrap(), b"keep me");
+    shoal_ok(d, &["create", "f.txt", "-f"]);
+    shoal_ok(d, &["verify", "f.txt.torrent", "f.txt"]);
+}
+
+#[test]
+fn create_is_quiet_unless_verbose() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("x/f.txt"), b"data");
+    let out = shoal(d, &["create", "x", "-o", "q.torrent"]);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = shoal(d, &["create", "x", "-o", "v.torrent", "-v"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("adding f.txt"), "{err}");
+    assert!(
+        err.contains("1 pieces of 32.00 KiB") || err.contains("pieces of 32.00 KiB"),
+        "{err}"
+    );
+}
+
+#[test]
+fn help_has_examples() {
+    let dir = tempfile::tempdir().unwrap();
+    for cmd in [
+        &["--help"][..],
+        &["create", "--help"],
+        &["show", "--help"],
+        &["verify", "--help"],
+    ] {
+        let text = shoal_ok(dir.path(), cmd);
+        assert!(text.contains("Examples:"), "{cmd:?}:\n{text}");
+    }
+    assert!(shoal_ok(dir.path(), &["--version"]).starts_with("shoal "));
+}
+
+/// Hostile torrents: each is refused with a clear error naming the problem,
+/// never a panic, and nothing is written.
+#[test]
+fn hostile_torrents_are_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let pieces20 = "6:pieces20:AAAAAAAAAAAAAAAAAAAA";
+    let multi = |files: &str, extra: &str| {
+        format!("d8:announce9:http://t/4:infod5:filesl{files}e4:name4:root12:piece lengthi16384e{pieces20}{extra}ee")
+    };
+    let f = |path: &str, len: &str| format!("d6:length{len}4:pathl{path}ee");
+    let cases: Vec<(&str, String, &str)> = vec![
+        (
+            "dotdot",
+            multi(&f("2:..6:passwd", "i1e"), ""),
+            "'.' or '..' path component",
+        ),
+        (
+            "absolute",
+            multi(&f("11:/etc/passwd", "i1e"), ""),
+            "path separator inside a component",
+        ),
+        (
+            "abs-name",
+            format!("d4:infod6:lengthi1e4:name11:/etc/passwd12:piece lengthi16384e{pieces20}ee"),
+            "unsafe path",
+        ),
+        (
+            "dotdot-name",
+            format!("d4:infod6:lengthi1e4:name2:..12:piece lengthi16384e{pieces20}ee"),
+            "unsafe path",
+        ),
+        (
+            "empty-component",
+            multi(&f("1:a0:", "i1e"), ""),
+            "empty path component",
+        ),
+        (
+            "empty-path",
+            multi(&f("", "i1e"), ""),
+            "the path has no components",
+        ),
+        (
+            "huge-string",
+            "d4:infod4:name999999999999:xee".to_string(),
+            "string length 999999999999 runs past the end",
+        ),
+        (
+            "negative-length",
+            multi(&f("1:a", "i-1e"), ""),
+            "negative length",
+        ),
+        (
+            "missing-length",
+            multi("d4:pathl1:aee", ""),
+            "invalid field 'info.files[0]': Missing Field: `length`",
+        ),
+        (
+            "no-length-at-all",
+            format!("d4:infod4:name1:x12:piece lengthi16384e{pieces20}ee"),
+            "neither 'length' nor 'files'",
+        ),
+        (
+            "short-pieces",
+            "d4:infod6:lengthi1e4:name1:x12:piece lengthi16384e6:pieces19:AAAAAAAAAAAAAAAAAAAee"
+                .to_string(),
+            "not a multiple of 20",
+        ),
+        (
+            "too-few-pieces",
+            format!("d4:infod6:lengthi40000e4:name1:x12:piece lengthi16384e{pieces20}ee"),
+            "need 3",
+        ),
+        (
+            "zero-piece-length",
+            format!("d4:infod6:lengthi1e4:name1:x12:piece lengthi0e{pieces20}ee"),
+            "'piece length' is 0",
+        ),
+        (
+            "leading-zero",
+            format!("d4:infod6:lengthi01e4:name1:x12:piece lengthi16384e{pieces20}ee"),
+            "leading zero",
+        ),
+        (
+            "unterminated",
+            "d4:infod6:lengthi1e".to_string(),
+            "unexpected end of input",
+        ),
+        (
+            "trailing",
+            format!("d4:infod6:lengthi1e4:name1:x12:piece lengthi16384e{pieces20}eeXX"),
+            "2 trailing bytes",
+        ),
+        (
+            "deep",
+            format!("{}{}", "l".repeat(10_000), "e".repeat(10_000)),
+            "nesting deeper than",
+        ),
+        (
+            "not-a-torrent",
+            "hello world".to_string(),
+            "bencode error at byte 0",
+        ),
+        (
+            "duplicate-path",
+            multi(&(f("1:a", "i1e") + &f("1:a", "i1e")), ""),
+            "appears twice",
+        ),
+    ];
+    std::fs::create_dir(d.join("out")).unwrap();
+    for (name, body, needle) in &cases {
+        let file = format!("{name}.torrent");
+        std::fs::write(d.join(&file), body).unwrap();
+        let before = listing(d);
+        for args in [
+            vec!["show", file.as_str()],
+            vec!["verify", file.as_str(), "out"],
+        ] {
+            let (code, err) = stderr_of(d, &args);
+            assert_eq!(code, 1, "{name}: {args:?}: {err}");
+            assert!(
+                err.contains(needle),
+                "{name}: expected {needle:?} in {err:?}"
+            );
+            assert!(
+                err.contains(&format!("{file} is not a valid torrent")),
+                "{name}: {err}"
+            );
+        }
+        assert_eq!(listing(d), before, "{name}: something was written");
+    }
+    // A file over the size limit is refused before it is parsed.
+    let big = d.join("big.torrent");
+    std::fs::File::create(&big)
+        .unwrap()
+        .set_len(65 << 20)
+        .unwrap();
+    let (code, err) = stderr_of(d, &["show", "big.torrent"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("larger than the 64 MiB limit"), "{err}");
+    let (code, err) = stderr_of(d, &["show", "absent.torrent"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("cannot open absent.torrent"), "{err}");
+}
+
+#[test]
+fn sample_files_verify_against_a_fresh_torrent() {
+    let samples = Path::new(env!("CARGO_MANIFEST_DIR")).join("sample-files");
+    let dir = tempfile::tempdir().unwrap();
+    let torrent = dir.path().join("s.torrent");
+    let t = torrent.to_str().unwrap();
+    shoal_ok(dir.path(), &["create", samples.to_str().unwrap(), "-o", t]);
+    let json = show_json(dir.path(), t);
+    assert_eq!(json["name"], "sample-files");
+    assert!(
+        json["files"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["size"] == 0),
+        "an empty file"
+    );
+    assert!(
+        json["files"].as_array().unwrap().iter().any(|f| f["path"]
+            .as_str()
+            .unwrap()
+            .matches('/')
+            .count()
+            >= 2),
+        "a nested folder"
+    );
+    shoal_ok(dir.path(), &["verify", t, samples.to_str().unwrap()]);
+}
