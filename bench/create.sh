@@ -92,10 +92,13 @@ if [ "$H_SHOAL" != "$H_MK" ]; then
     exit 1
 fi
 
-echo "== SHA-1 speed of one core (openssl speed -evp sha1, 1 MiB blocks)"
+echo "== SHA-1 speed of one core (openssl speed -evp sha1, 1 MiB blocks, best of 3)"
 # The last line looks like: "sha1            974127.10k" (1000s of bytes/s).
-SHA_KBS=$(openssl speed -evp sha1 -bytes 1048576 -seconds 2 2>/dev/null \
-    | awk '$1 == "sha1" { v = $NF } END { sub(/k$/, "", v); print v }')
+# This machine is noisy, so take the best of three measurements.
+SHA_KBS=$(for _ in 1 2 3; do
+    openssl speed -evp sha1 -bytes 1048576 -seconds 2 2>/dev/null \
+        | awk '$1 == "sha1" { v = $NF } END { sub(/k$/, "", v); print v }'
+done | sort -g | tail -n1)
 if [ -z "$SHA_KBS" ]; then
     echo "error: could not parse openssl speed output" >&2
     exit 1

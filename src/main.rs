@@ -38,6 +38,7 @@ enum Command {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    exit_cleanly_on_sigbus();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_env_filter(
@@ -56,5 +57,27 @@ fn main() -> ExitCode {
             eprintln!("shoal: error: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// Hashing maps files into memory (no copy). If another program truncates a
+/// file while it is mapped, reading it raises SIGBUS; say so plainly and exit
+/// with status 1 instead of dying with "Bus error".
+fn exit_cleanly_on_sigbus() {
+    extern "C" fn on_sigbus(_: libc::c_int) {
+        const MSG: &[u8] =
+            b"shoal: error: a file shrank while it was being read (another program changed it)\n";
+        // SAFETY: write(2) and _exit(2) are async-signal-safe.
+        unsafe {
+            libc::write(2, MSG.as_ptr().cast(), MSG.len());
+            libc::_exit(1);
+        }
+    }
+    // SAFETY: installs a handler that only calls async-signal-safe functions.
+    unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_sigbus as extern "C" fn(libc::c_int) as usize;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
     }
 }

@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use anyhow::{bail, Context};
 use torrent_format::create::{self, CreateOptions};
+use torrent_format::pieces::HashOptions;
 use torrent_format::Metainfo;
 
 use crate::ui;
@@ -65,6 +66,9 @@ pub struct Args {
     /// Say what is being done on stderr
     #[arg(short, long)]
     verbose: bool,
+    /// Read files through a buffer instead of mapping them (for comparison)
+    #[arg(long, hide = true)]
+    no_mmap: bool,
 }
 
 fn split_urls(arg: &str) -> anyhow::Result<Vec<String>> {
@@ -129,7 +133,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
     let started = std::time::Instant::now();
     let bar = ui::bytes_bar(plan.total_length(), "hashing");
-    let bytes = plan.build(&opts, threads, &|n| bar.inc(n));
+    let hashing = HashOptions {
+        threads,
+        mmap: !args.no_mmap,
+    };
+    let bytes = plan.build(&opts, hashing, &|n| bar.inc(n));
     bar.finish_and_clear();
     let bytes = bytes?;
     let elapsed = started.elapsed();

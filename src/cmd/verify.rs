@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use torrent_format::pieces::{self, FileState};
+use torrent_format::pieces::{self, FileState, HashOptions};
 use torrent_format::Info;
 
 use crate::ui;
@@ -28,6 +28,9 @@ pub struct Args {
     /// Hashing threads [default: all cores]
     #[arg(short, long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
     threads: Option<u32>,
+    /// Read files through a buffer instead of mapping them (for comparison)
+    #[arg(long, hide = true)]
+    no_mmap: bool,
 }
 
 /// Where the content is: PATH itself, or PATH/NAME when PATH is a directory
@@ -57,7 +60,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .map_or_else(ui::default_threads, |t| t as usize);
 
     let bar = ui::bytes_bar(info.total_length(), "checking");
-    let report = pieces::verify(info, &content, threads, &|n| bar.inc(n));
+    let hashing = HashOptions {
+        threads,
+        mmap: !args.no_mmap,
+    };
+    let report = pieces::verify(info, &content, hashing, &|n| bar.inc(n));
     bar.finish_and_clear();
 
     let mut out = String::new();

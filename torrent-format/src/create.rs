@@ -15,7 +15,7 @@ use std::path::{Path, PathBuf};
 use serde_bytes::ByteBuf;
 
 use crate::metainfo::{self, FileEntry, RawFile, RawInfo, RawTorrent, UrlList};
-use crate::pieces::{hash_pieces, Layout, ReadError};
+use crate::pieces::{hash_pieces, HashOptions, Layout, ReadError};
 
 /// Smallest and largest `-l` exponents accepted (32 KiB ..= 256 MiB).
 pub const MIN_PIECE_EXP: u32 = 15;
@@ -97,15 +97,15 @@ impl Plan {
         self.layout.piece_count()
     }
 
-    /// Hashes the content on `threads` threads and returns the bencoded
-    /// torrent. `progress` gets the size of each piece as it is hashed.
+    /// Hashes the content and returns the bencoded torrent. `progress` gets
+    /// the size of each piece as it is hashed.
     pub fn build(
         &self,
         opts: &CreateOptions,
-        threads: usize,
+        hashing: HashOptions,
         progress: &(dyn Fn(u64) + Sync),
     ) -> Result<Vec<u8>, CreateError> {
-        let results = hash_pieces(&self.layout, threads, true, &|_| true, progress);
+        let results = hash_pieces(&self.layout, hashing, true, &|_| true, progress);
         let mut pieces = Vec::with_capacity(results.len() * 20);
         let mut first_error = None;
         for r in results {
@@ -325,7 +325,11 @@ mod tests {
         };
         let plan = plan(&root, &opts).unwrap();
         assert_eq!(plan.name, "content");
-        let bytes = plan.build(&opts, 2, &|_| {}).unwrap();
+        let hashing = HashOptions {
+            threads: 2,
+            mmap: false,
+        };
+        let bytes = plan.build(&opts, hashing, &|_| {}).unwrap();
         // Canonical: decoding and re-encoding changes nothing.
         assert_eq!(crate::bencode::decode(&bytes).unwrap().encode(), bytes);
         let m = Metainfo::from_bytes(&bytes).unwrap();
@@ -335,7 +339,7 @@ mod tests {
         assert_eq!(m.announce(), Some("http://a/"));
         assert!(m.info.is_private());
         assert_eq!(m.info.piece_count(), 3);
-        let report = crate::pieces::verify(&m.info, &root, 2, &|_| {});
+        let report = crate::pieces::verify(&m.info, &root, hashing, &|_| {});
         assert!(report.all_ok(), "{report:?}");
     }
 

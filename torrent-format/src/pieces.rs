@@ -122,14 +122,38 @@ pub enum ReadError {
 /// One piece's outcome: not hashed, hashed, or unreadable.
 pub type PieceResult = Option<Result<[u8; 20], ReadError>>;
 
-/// Hashes the pieces whose index `wanted` accepts, on `threads` threads.
-/// Returns one entry per piece: `None` for pieces not wanted (or not reached
-/// after a failure with `fail_fast`), otherwise the hash or why the piece
-/// could not be read. `progress` is called with the byte count of each piece
-/// done.
+/// How to read and hash.
+#[derive(Debug, Clone, Copy)]
+pub struct HashOptions {
+    /// Worker threads.
+    pub threads: usize,
+    /// Map files of at least [`MMAP_MIN`] bytes into memory instead of
+    /// copying them through a buffer: no copy, so faster when the data is in
+    /// the page cache. A file truncated while it is mapped raises SIGBUS in
+    /// the reading thread, so only a caller that handles SIGBUS (the `shoal`
+    /// binary exits with a clear message) should set this.
+    pub mmap: bool,
+}
+
+/// Files smaller than this are always read, never mapped.
+pub const MMAP_MIN: u64 = 1 << 20;
+
+impl Default for HashOptions {
+    fn default() -> Self {
+        HashOptions {
+            threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            mmap: false,
+        }
+    }
+}
+
+/// Hashes the pieces whose index `wanted` accepts. Returns one entry per
+/// piece: `None` for pieces not wanted (or not reached after a failure with
+/// `fail_fast`), otherwise the hash or why the piece could not be read.
+/// `progress` is called with the byte count of each piece done.
 pub fn hash_pieces(
     layout: &Layout,
-    threads: usize,
+    opts: HashOptions,
     fail_fast: bool,
     wanted: &(dyn Fn(usize) -> bool + Sync),
     progress: &(dyn Fn(u64) + Sync),
@@ -138,12 +162,13 @@ pub fn hash_pieces(
     let next = AtomicUsize::new(0);
     let failed = AtomicBool::new(false);
     let results: Mutex<Vec<PieceResult>> = Mutex::new((0..count).map(|_| None).collect());
-    let threads = threads.clamp(1, count.max(1));
+    let threads = opts.threads.clamp(1, count.max(1));
     std::thread::scope(|s| {
         for _ in 0..threads {
             s.spawn(|| {
                 let mut worker = Worker {
                     layout,
+                    mmap: opts.mmap,
                     buf: vec![0; CHUNK.min(layout.piece_length as usize)],
                     open: None,
                 };
@@ -176,35 +201,71 @@ pub fn hash_pieces(
     results.into_inner().unwrap_or_else(|p| p.into_inner())
 }
 
+/// A worker's one open file (pieces are mostly consecutive, so one is enough).
+struct OpenFile {
+    index: usize,
+    file: File,
+    map: Option<memmap2::Mmap>,
+}
+
 struct Worker<'a> {
     layout: &'a Layout,
+    mmap: bool,
     buf: Vec<u8>,
-    open: Option<(usize, File)>,
+    open: Option<OpenFile>,
 }
 
 impl Worker<'_> {
+    /// Makes file `index` the open one.
+    fn open(&mut self, index: usize) -> Result<(), ReadError> {
+        if self.open.as_ref().map(|o| o.index) != Some(index) {
+            self.open = None; // close (and unmap) the previous file first
+            let path = &self.layout.paths[index];
+            let io = |error| ReadError::Io {
+                path: path.clone(),
+                error,
+            };
+            let file = File::open(path).map_err(io)?;
+            let map = if self.mmap && self.layout.files[index].length >= MMAP_MIN {
+                // SAFETY: the map is only read, and only within its length;
+                // truncation by another process while mapped raises SIGBUS,
+                // which `HashOptions::mmap`'s caller has promised to handle.
+                Some(unsafe { memmap2::Mmap::map(&file) }.map_err(io)?)
+            } else {
+                None
+            };
+            self.open = Some(OpenFile { index, file, map });
+        }
+        Ok(())
+    }
+
     fn hash_piece(&mut self, index: usize) -> Result<[u8; 20], ReadError> {
         let mut hasher = Sha1::new();
-        for seg in self.layout.piece_segments(index) {
-            let path = &self.layout.paths[seg.file];
-            if self.open.as_ref().map(|(i, _)| *i) != Some(seg.file) {
-                let f = File::open(path).map_err(|error| ReadError::Io {
-                    path: path.clone(),
-                    error,
-                })?;
-                self.open = Some((seg.file, f));
-            }
-            let Some((_, file)) = &self.open else {
+        let layout = self.layout;
+        for seg in layout.piece_segments(index) {
+            let path = &layout.paths[seg.file];
+            let short = || ReadError::Short { path: path.clone() };
+            self.open(seg.file)?;
+            let Some(open) = &self.open else {
                 unreachable!("opened just above")
             };
+            if let Some(map) = &open.map {
+                let end = seg.file_offset + seg.len;
+                // The map is as long as the file was when mapped.
+                let bytes = map
+                    .get(seg.file_offset as usize..end as usize)
+                    .ok_or_else(short)?;
+                hasher.update(bytes);
+                continue;
+            }
             let mut offset = seg.file_offset;
             let end = seg.file_offset + seg.len;
             while offset < end {
                 let n = (end - offset).min(self.buf.len() as u64) as usize;
                 let buf = &mut self.buf[..n];
-                file.read_exact_at(buf, offset).map_err(|error| {
+                open.file.read_exact_at(buf, offset).map_err(|error| {
                     if error.kind() == io::ErrorKind::UnexpectedEof {
-                        ReadError::Short { path: path.clone() }
+                        short()
                     } else {
                         ReadError::Io {
                             path: path.clone(),
@@ -262,7 +323,7 @@ impl VerifyReport {
 pub fn verify(
     info: &Info,
     content: &Path,
-    threads: usize,
+    opts: HashOptions,
     progress: &(dyn Fn(u64) + Sync),
 ) -> VerifyReport {
     let layout = Layout::for_torrent(info, content);
@@ -288,7 +349,7 @@ pub fn verify(
             }
         }
     }
-    let hashes = hash_pieces(&layout, threads, false, &|i| readable[i], &|n| progress(n));
+    let hashes = hash_pieces(&layout, opts, false, &|i| readable[i], progress);
     let piece_ok: Vec<bool> = hashes
         .iter()
         .zip(info.piece_hashes())
@@ -339,8 +400,9 @@ mod tests {
             64,
         );
         let all = [a, b].concat();
-        for threads in [1, 2, 5] {
-            let got = hash_pieces(&layout, threads, false, &|_| true, &|_| {});
+        for (threads, mmap) in [(1, false), (2, true), (5, false)] {
+            let opts = HashOptions { threads, mmap };
+            let got = hash_pieces(&layout, opts, false, &|_| true, &|_| {});
             let want: Vec<[u8; 20]> = all.chunks(64).map(|c| Sha1::digest(c).into()).collect();
             let got: Vec<[u8; 20]> = got.into_iter().map(|r| r.unwrap().unwrap()).collect();
             assert_eq!(got, want);
@@ -358,14 +420,18 @@ mod tests {
             ],
             16,
         );
-        let got = hash_pieces(&layout, 2, false, &|_| true, &|_| {});
+        let opts = HashOptions {
+            threads: 2,
+            mmap: false,
+        };
+        let got = hash_pieces(&layout, opts, false, &|_| true, &|_| {});
         assert!(matches!(got[0], Some(Err(ReadError::Short { .. }))));
         assert!(matches!(
             got[1],
             Some(Err(ReadError::Short { .. }) | Err(ReadError::Io { .. }))
         ));
         assert!(matches!(got[2], Some(Err(ReadError::Io { .. }))));
-        let skipped = hash_pieces(&layout, 2, false, &|i| i == 2, &|_| {});
+        let skipped = hash_pieces(&layout, opts, false, &|i| i == 2, &|_| {});
         assert!(skipped[0].is_none() && skipped[1].is_none() && skipped[2].is_some());
     }
 }
