@@ -13,6 +13,7 @@ Examples:
   shoal create my-album/ -a http://tracker.example:6969/announce   make my-album.torrent
   shoal show my-album.torrent                                       what is inside
   shoal verify my-album.torrent my-album/                           check the data
+  shoal tracker --listen 0.0.0.0:6969                               run a tracker
 
 Run 'shoal <command> --help' for the options of each command.";
 
@@ -20,7 +21,7 @@ Run 'shoal <command> --help' for the options of each command.";
 #[command(
     name = "shoal",
     version,
-    about = "A BitTorrent toolkit: create, inspect and verify torrents",
+    about = "A BitTorrent toolkit: create, inspect and verify torrents, run a tracker",
     after_help = EXAMPLES,
     propagate_version = true
 )]
@@ -34,6 +35,7 @@ enum Command {
     Create(cmd::create::Args),
     Show(cmd::show::Args),
     Verify(cmd::verify::Args),
+    Tracker(cmd::tracker::Args),
 }
 
 fn main() -> ExitCode {
@@ -41,15 +43,18 @@ fn main() -> ExitCode {
     exit_cleanly_on_sigbus();
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+                tracing_subscriber::EnvFilter::new("warn,shoal=info,tracker=info")
+            }),
         )
         .init();
     let result = match cli.command {
         Command::Create(args) => cmd::create::run(args),
         Command::Show(args) => cmd::show::run(args),
         Command::Verify(args) => cmd::verify::run(args),
+        Command::Tracker(args) => cmd::tracker::run(args),
     };
     match result {
         Ok(code) => code,

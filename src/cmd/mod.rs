@@ -1,5 +1,6 @@
 pub mod create;
 pub mod show;
+pub mod tracker;
 pub mod verify;
 
 use std::io::Read;

@@ -1,1 +1,320 @@
-//! The HTTP tracker (`shoal tracker`). Filled in by the tracker issue; see ARCHITECTURE.md.
+//! shoal's HTTP tracker (BEP 3, 23, 7, 48): records which peers are in each
+//! swarm and hands each announcing client a sample of the others.
+//!
+//! Layers, each testable on its own:
+//! - [`request`]: query parsing (pure), every problem a `failure reason`;
+//! - [`swarm`]: one swarm's peers and the announce logic (pure: `now` and
+//!   the RNG are arguments);
+//! - [`store`]: the [`SwarmStore`] interface and the sharded in-memory store;
+//! - [`response`]: bencoded replies;
+//! - [`Tracker`] + [`app`]: policy (whitelist, passkeys, client address) and
+//!   the axum `Router`;
+//! - [`server`]: sockets, one current-thread runtime per core with
+//!   `SO_REUSEPORT` listeners, idle timeouts, graceful shutdown.
+
+pub mod request;
+pub mod response;
+pub mod server;
+pub mod store;
+pub mod swarm;
+
+mod http;
+mod stats;
+
+use std::collections::HashSet;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Instant;
+
+use axum::http::{HeaderMap, HeaderName};
+use torrent_format::InfoHash;
+
+pub use http::app;
+pub use store::{MemoryStore, SwarmStore};
+
+use request::{AnnounceRequest, Event};
+use swarm::{canonical_ip, Announcer};
+
+/// Tracker policy. Times are in seconds.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub interval: u32,
+    pub min_interval: u32,
+    /// Peers not heard from for this long are dropped.
+    pub peer_timeout: u32,
+    pub default_numwant: usize,
+    pub max_numwant: usize,
+    /// Take the client address from this header (rightmost entry), for use
+    /// behind a reverse proxy.
+    pub real_ip_header: Option<HeaderName>,
+    /// Honour the `ip` query parameter.
+    pub trust_ip_param: bool,
+    /// One hex info hash per line; only those swarms are served.
+    pub whitelist: Option<PathBuf>,
+    /// One passkey per line; announces must come to `/<key>/announce`.
+    pub keys: Option<PathBuf>,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            interval: 1800,
+            min_interval: 900,
+            peer_timeout: 3600,
+            default_numwant: 50,
+            max_numwant: 200,
+            real_ip_header: None,
+            trust_ip_param: false,
+            whitelist: None,
+            keys: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read {}: {error}", path.display())]
+    Io {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("{}:{line}: {message}", path.display())]
+    Line {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+}
+
+#[derive(Debug, Default)]
+struct Counters {
+    announces: AtomicU64,
+    scrapes: AtomicU64,
+    failures: AtomicU64,
+    /// Announces per second over the last measuring period, × 1000.
+    rate_milli: AtomicU64,
+}
+
+/// The tracker: policy, lists and counters around a [`SwarmStore`].
+pub struct Tracker {
+    config: Config,
+    store: Box<dyn SwarmStore>,
+    whitelist: RwLock<Option<Arc<HashSet<InfoHash>>>>,
+    keys: RwLock<Option<Arc<HashSet<String>>>>,
+    started: Instant,
+    counters: Counters,
+}
+
+/// A request outcome the HTTP layer turns into a reply.
+type Reply = Result<Vec<u8>, String>;
+
+impl Tracker {
+    /// A tracker over `store`, with the whitelist and passkeys loaded.
+    pub fn new(config: Config, store: Box<dyn SwarmStore>) -> Result<Tracker, LoadError> {
+        let t = Tracker {
+            config,
+            store,
+            whitelist: RwLock::new(None),
+            keys: RwLock::new(None),
+            started: Instant::now(),
+            counters: Counters::default(),
+        };
+        t.reload()?;
+        Ok(t)
+    }
+
+    pub fn config(&self) -> &Config {
+        &self.config
+    }
+
+    /// (Re-)reads the whitelist and passkey files. On error the old lists
+    /// stay in force.
+    pub fn reload(&self) -> Result<(), LoadError> {
+        let whitelist = match &self.config.whitelist {
+            Some(path) => Some(Arc::new(read_list(path, |s| {
+                s.parse::<InfoHash>().map_err(|e| e.to_string())
+            })?)),
+            None => None,
+        };
+        let keys = match &self.config.keys {
+            Some(path) => Some(Arc::new(read_list(path, |s| {
+                if s.len() <= 128
+                    && s.bytes()
+                        .all(|c| c.is_ascii_alphanumeric() || c == b'-' || c == b'_')
+                {
+                    Ok(s.to_string())
+                } else {
+                    Err("a passkey is 1-128 characters of A-Z a-z 0-9 - _".to_string())
+                }
+            })?)),
+            None => None,
+        };
+        *self.whitelist.write().unwrap_or_else(|p| p.into_inner()) = whitelist;
+        *self.keys.write().unwrap_or_else(|p| p.into_inner()) = keys;
+        Ok(())
+    }
+
+    /// Seconds since the tracker started: the clock swarms are kept on.
+    pub fn now(&self) -> u32 {
+        self.started.elapsed().as_secs() as u32
+    }
+
+    /// Drops peers not heard from within the timeout; returns how many.
+    pub fn sweep(&self) -> usize {
+        let cutoff = self.now().saturating_sub(self.config.peer_timeout);
+        self.store.sweep(cutoff)
+    }
+
+    /// Updates the announces-per-second figure; `since` is the count and
+    /// time of the previous call.
+    pub fn measure_rate(&self, since: (u64, Instant)) -> (u64, Instant) {
+        let count = self.counters.announces.load(Ordering::Relaxed);
+        let now = Instant::now();
+        let secs = now.duration_since(since.1).as_secs_f64();
+        if secs > 0.0 {
+            let rate = (count.saturating_sub(since.0)) as f64 / secs;
+            self.counters
+                .rate_milli
+                .store((rate * 1000.0) as u64, Ordering::Relaxed);
+        }
+        (count, now)
+    }
+
+    pub fn announce_count(&self) -> u64 {
+        self.counters.announces.load(Ordering::Relaxed)
+    }
+
+    fn check_key(&self, key: Option<&str>) -> Result<(), String> {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
+        match (keys, key) {
+            (None, None) => Ok(()),
+            (None, Some(_)) => Err("passkeys are not enabled on this tracker".into()),
+            (Some(_), None) => {
+                Err("this tracker needs a passkey: announce to /<passkey>/announce".into())
+            }
+            (Some(keys), Some(k)) if keys.contains(k) => Ok(()),
+            (Some(_), Some(_)) => Err("unknown passkey".into()),
+        }
+    }
+
+    fn check_listed(&self, h: &InfoHash) -> Result<(), String> {
+        match &*self.whitelist.read().unwrap_or_else(|p| p.into_inner()) {
+            Some(list) if !list.contains(h) => {
+                Err(format!("torrent {h} is not registered with this tracker"))
+            }
+            _ => Ok(()),
+        }
+    }
+
+    /// The address peers should use to reach the announcer.
+    fn client_ip(
+        &self,
+        remote: IpAddr,
+        headers: &HeaderMap,
+        req: &AnnounceRequest,
+    ) -> Result<IpAddr, String> {
+        let mut ip = remote;
+        if let Some(name) = &self.config.real_ip_header {
+            let value = headers
+                .get(name)
+                .ok_or_else(|| format!("missing {name} header"))?;
+            let value = value
+                .to_str()
+                .map_err(|_| format!("unreadable {name} header"))?;
+            // The rightmost entry is the one our proxy wrote.
+            let last = value.rsplit(',').next().unwrap_or("").trim();
+            ip = last
+                .parse()
+                .map_err(|_| format!("{name} header does not end with an IP address"))?;
+        }
+        if self.config.trust_ip_param {
+            if let Some(p) = req.ip {
+                ip = p;
+            }
+        }
+        Ok(canonical_ip(ip))
+    }
+
+    /// Handles `/announce` (or `/<key>/announce`).
+    pub fn announce(
+        &self,
+        key: Option<&str>,
+        query: &str,
+        remote: SocketAddr,
+        headers: &HeaderMap,
+    ) -> Reply {
+        self.counters.announces.fetch_add(1, Ordering::Relaxed);
+        self.check_key(key)?;
+        let req = request::parse_announce(query).map_err(|e| e.to_string())?;
+        self.check_listed(&req.info_hash)?;
+        let ip = self.client_ip(remote.ip(), headers, &req)?;
+        let numwant = req
+            .numwant
+            .map_or(self.config.default_numwant, |n| n as usize)
+            .min(self.config.max_numwant);
+        let who = Announcer {
+            ip,
+            port: req.port,
+            seeder: req.left == 0,
+            event: req.event,
+        };
+        let numwant = if req.event == Event::Stopped {
+            0
+        } else {
+            numwant
+        };
+        let outcome = self
+            .store
+            .announce(req.info_hash, who, self.now(), numwant, req.compact);
+        Ok(response::announce(
+            &outcome,
+            self.config.interval,
+            self.config.min_interval,
+            req.compact,
+        ))
+    }
+
+    /// Handles `/scrape` (or `/<key>/scrape`).
+    pub fn scrape(&self, key: Option<&str>, query: &str) -> Reply {
+        self.counters.scrapes.fetch_add(1, Ordering::Relaxed);
+        self.check_key(key)?;
+        let hashes = request::parse_scrape(query).map_err(|e| e.to_string())?;
+        // Unlisted hashes are left out rather than failing the whole scrape.
+        let hashes: Vec<InfoHash> = hashes
+            .into_iter()
+            .filter(|h| self.check_listed(h).is_ok())
+            .collect();
+        let entries = self.store.scrape(&hashes);
+        Ok(response::scrape(&hashes, &entries))
+    }
+
+    fn count_failure(&self) {
+        self.counters.failures.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Reads one entry per line; blank lines and `#` comments are skipped.
+fn read_list<T: std::hash::Hash + Eq>(
+    path: &std::path::Path,
+    parse: impl Fn(&str) -> Result<T, String>,
+) -> Result<HashSet<T>, LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|error| LoadError::Io {
+        path: path.to_path_buf(),
+        error,
+    })?;
+    let mut set = HashSet::new();
+    for (i, line) in text.lines().enumerate() {
+        let line = line.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        set.insert(parse(line).map_err(|message| LoadError::Line {
+            path: path.to_path_buf(),
+            line: i + 1,
+            message,
+        })?);
+    }
+    Ok(set)
+}

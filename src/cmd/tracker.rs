@@ -1,0 +1,164 @@
+//! `shoal tracker`: run the HTTP tracker.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use tokio::signal::unix::{signal, SignalKind};
+use tokio_util::sync::CancellationToken;
+use tracker::server::{self, ServeOptions};
+use tracker::{Config, MemoryStore, Tracker};
+
+const EXAMPLES: &str = "\
+Examples:
+  shoal tracker                                   listen on 0.0.0.0:6969
+  shoal tracker --listen 0.0.0.0:6969 --listen [::]:6969
+  shoal tracker --whitelist hashes.txt            serve only the listed info hashes
+  shoal tracker --keys passkeys.txt               private: announce to /<passkey>/announce
+  shoal tracker --real-ip-header X-Forwarded-For  behind a reverse proxy
+
+Then make torrents that use it:
+  shoal create my-album/ -a http://tracker.example:6969/announce
+
+Routes: /announce, /scrape (BEP 48), /stats (HTML), /stats.json, /metrics (Prometheus).
+SIGHUP re-reads --whitelist and --keys; Ctrl-C or SIGTERM stops gracefully.";
+
+/// Run an HTTP BitTorrent tracker
+#[derive(clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    /// Address to listen on (repeatable, e.g. once for IPv4 and once for IPv6)
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:6969")]
+    listen: Vec<SocketAddr>,
+    /// How often clients should announce (e.g. 1800, 30m)
+    #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_secs)]
+    interval: u32,
+    /// The shortest announce interval clients should keep to [default: interval / 2]
+    #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
+    min_interval: Option<u32>,
+    /// Forget peers not heard from for this long [default: 2 × interval]
+    #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
+    peer_timeout: Option<u32>,
+    /// Peers per reply when the client does not say
+    #[arg(long, value_name = "N", default_value_t = 50)]
+    numwant: usize,
+    /// Most peers per reply, whatever the client asks for
+    #[arg(long, value_name = "N", default_value_t = 200)]
+    max_numwant: usize,
+    /// File of hex info hashes, one per line: serve only these (re-read on SIGHUP)
+    #[arg(long, value_name = "FILE")]
+    whitelist: Option<PathBuf>,
+    /// File of passkeys, one per line: serve /<key>/announce and /<key>/scrape
+    /// only, for known keys (re-read on SIGHUP)
+    #[arg(long, value_name = "FILE")]
+    keys: Option<PathBuf>,
+    /// Take the client's address from this header's rightmost entry (behind
+    /// a reverse proxy), e.g. X-Forwarded-For
+    #[arg(long, value_name = "NAME")]
+    real_ip_header: Option<axum::http::HeaderName>,
+    /// Honour the 'ip' announce parameter (otherwise it is ignored)
+    #[arg(long)]
+    trust_ip_param: bool,
+    /// Worker threads, each with its own listening socket [default: cores]
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=256))]
+    threads: Option<u32>,
+    /// Close connections idle for this long
+    #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_secs)]
+    idle_timeout: u32,
+    /// Most simultaneous connections
+    #[arg(long, value_name = "N", default_value_t = 10_000)]
+    max_connections: usize,
+}
+
+/// Seconds, as a plain number or a duration like "30m" or "1h30m".
+fn parse_secs(s: &str) -> Result<u32, String> {
+    let secs = match s.parse::<u64>() {
+        Ok(n) => n,
+        Err(_) => humantime::parse_duration(s)
+            .map_err(|e| format!("{e} (try 1800 or 30m)"))?
+            .as_secs(),
+    };
+    u32::try_from(secs)
+        .ok()
+        .filter(|&n| n > 0)
+        .ok_or_else(|| "must be between 1 second and 136 years".to_string())
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let config = Config {
+        interval: args.interval,
+        min_interval: args.min_interval.unwrap_or(args.interval / 2).max(1),
+        peer_timeout: args.peer_timeout.unwrap_or(args.interval.saturating_mul(2)),
+        default_numwant: args.numwant.min(args.max_numwant),
+        max_numwant: args.max_numwant,
+        real_ip_header: args.real_ip_header,
+        trust_ip_param: args.trust_ip_param,
+        whitelist: args.whitelist,
+        keys: args.keys,
+    };
+    let tracker = Arc::new(Tracker::new(config, Box::<MemoryStore>::default())?);
+    let mut opts = ServeOptions {
+        listen: args.listen,
+        idle_timeout: Duration::from_secs(args.idle_timeout.into()),
+        max_connections: args.max_connections,
+        ..ServeOptions::default()
+    };
+    if let Some(t) = args.threads {
+        opts.threads = t as usize;
+    }
+    let bound = server::bind(opts)?;
+    for addr in bound.local_addrs() {
+        let host = if addr.ip().is_unspecified() {
+            "<this-host>".to_string()
+        } else {
+            addr.ip().to_string()
+        };
+        let url = match addr {
+            SocketAddr::V6(_) if !addr.ip().is_unspecified() => {
+                format!("http://[{host}]:{}/announce", addr.port())
+            }
+            _ => format!("http://{host}:{}/announce", addr.port()),
+        };
+        tracing::info!("listening on {addr}; announce URL: {url}");
+    }
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let shutdown = CancellationToken::new();
+        let mut hup = signal(SignalKind::hangup())?;
+        let mut term = signal(SignalKind::terminate())?;
+        let stop = shutdown.clone();
+        let reload = tracker.clone();
+        tokio::spawn(async move {
+            loop {
+                tokio::select! {
+                    _ = hup.recv() => match reload.reload() {
+                        Ok(()) => tracing::info!("SIGHUP: reloaded whitelist and passkeys"),
+                        Err(e) => tracing::error!("SIGHUP: {e}; keeping the previous lists"),
+                    },
+                    _ = tokio::signal::ctrl_c() => break,
+                    _ = term.recv() => break,
+                }
+            }
+            tracing::info!(
+                "shutting down: finishing in-flight requests (signal again to quit at once)"
+            );
+            stop.cancel();
+            tokio::select! {
+                _ = tokio::signal::ctrl_c() => {}
+                _ = term.recv() => {}
+            }
+            std::process::exit(130);
+        });
+        bound.run(tracker, shutdown).await?;
+        tracing::info!("stopped");
+        anyhow::Ok(())
+    })?;
+    Ok(ExitCode::SUCCESS)
+}

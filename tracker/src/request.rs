@@ -1,0 +1,409 @@
+//! Parsing announce and scrape queries (BEP 3, BEP 23, BEP 48) from the raw
+//! query string. Pure functions over `&str`: nothing here allocates in
+//! proportion to hostile input (binary fields decode into fixed arrays, the
+//! query length is bounded) and every problem becomes a [`RequestError`]
+//! whose text is sent to the client as the `failure reason`.
+
+use std::net::IpAddr;
+
+use torrent_format::InfoHash;
+
+/// Longest query string accepted (a scrape of [`MAX_SCRAPE`] hashes fits).
+pub const MAX_QUERY: usize = 8 * 1024;
+/// Most info hashes in one scrape.
+pub const MAX_SCRAPE: usize = 100;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    None,
+    Started,
+    Completed,
+    Stopped,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AnnounceRequest {
+    pub info_hash: InfoHash,
+    pub peer_id: [u8; 20],
+    pub port: u16,
+    pub uploaded: u64,
+    pub downloaded: u64,
+    pub left: u64,
+    pub event: Event,
+    /// `None` when absent or not a number (clients send odd values; the
+    /// default is used then).
+    pub numwant: Option<u32>,
+    /// BEP 23; default on.
+    pub compact: bool,
+    pub no_peer_id: bool,
+    /// The `ip` parameter; only used when the tracker trusts it.
+    pub ip: Option<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RequestError {
+    #[error("query too long (more than {MAX_QUERY} bytes)")]
+    QueryTooLong,
+    #[error("missing '{0}'")]
+    Missing(&'static str),
+    #[error("'{field}' must be exactly 20 bytes (got {len})")]
+    BadLength { field: &'static str, len: usize },
+    #[error("malformed percent-encoding in '{0}'")]
+    BadEscape(&'static str),
+    #[error("'{0}' is not a non-negative integer")]
+    BadNumber(&'static str),
+    #[error("port 0 is not a valid port")]
+    PortZero,
+    #[error("port {0} is out of range (1-65535)")]
+    PortRange(u64),
+    #[error("unknown event {0:?}")]
+    BadEvent(String),
+    #[error("'ip' is not an IP address")]
+    BadIp,
+    #[error("too many info_hash values (at most {MAX_SCRAPE} per scrape)")]
+    TooManyHashes,
+    #[error("full scrapes are not served: give one or more info_hash")]
+    FullScrape,
+}
+
+/// Splits a query into raw `(key, value)` pairs (values still escaped).
+fn pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
+    query
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| p.split_once('=').unwrap_or((p, "")))
+}
+
+/// Percent-decodes `value` into exactly 20 bytes.
+fn decode20(field: &'static str, value: &str) -> Result<[u8; 20], RequestError> {
+    let mut out = [0u8; 20];
+    let mut n = 0;
+    let b = value.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        let byte = if b[i] == b'%' {
+            let hi = b.get(i + 1).and_then(|c| (*c as char).to_digit(16));
+            let lo = b.get(i + 2).and_then(|c| (*c as char).to_digit(16));
+            match (hi, lo) {
+                (Some(hi), Some(lo)) => {
+                    i += 3;
+                    (hi * 16 + lo) as u8
+                }
+                _ => return Err(RequestError::BadEscape(field)),
+            }
+        } else {
+            i += 1;
+            b[i - 1]
+        };
+        if n == 20 {
+            // Count the rest only to report the length.
+            let rest = percent_decoded_len(&b[i..]);
+            return Err(RequestError::BadLength {
+                field,
+                len: 21 + rest,
+            });
+        }
+        out[n] = byte;
+        n += 1;
+    }
+    if n != 20 {
+        return Err(RequestError::BadLength { field, len: n });
+    }
+    Ok(out)
+}
+
+fn percent_decoded_len(b: &[u8]) -> usize {
+    let (mut i, mut n) = (0, 0);
+    while i < b.len() {
+        i += if b[i] == b'%' { 3 } else { 1 };
+        n += 1;
+    }
+    n
+}
+
+fn number(field: &'static str, value: &str) -> Result<u64, RequestError> {
+    // Digits only: no sign, no spaces, no exponent.
+    if value.is_empty() || value.len() > 20 || !value.bytes().all(|c| c.is_ascii_digit()) {
+        return Err(RequestError::BadNumber(field));
+    }
+    value.parse().map_err(|_| RequestError::BadNumber(field))
+}
+
+pub fn parse_announce(query: &str) -> Result<AnnounceRequest, RequestError> {
+    if query.len() > MAX_QUERY {
+        return Err(RequestError::QueryTooLong);
+    }
+    let mut info_hash = None;
+    let mut peer_id = None;
+    let mut port = None;
+    let (mut uploaded, mut downloaded, mut left) = (0, 0, None);
+    let mut event = Event::None;
+    let mut numwant = None;
+    let mut compact = true;
+    let mut no_peer_id = false;
+    let mut ip = None;
+    for (key, value) in pairs(query) {
+        match key {
+            "info_hash" => info_hash = Some(InfoHash(decode20("info_hash", value)?)),
+            "peer_id" => peer_id = Some(decode20("peer_id", value)?),
+            "port" => {
+                let p = number("port", value)?;
+                port = Some(match p {
+                    0 => return Err(RequestError::PortZero),
+                    1..=65535 => p as u16,
+                    _ => return Err(RequestError::PortRange(p)),
+                });
+            }
+            "uploaded" => uploaded = number("uploaded", value)?,
+            "downloaded" => downloaded = number("downloaded", value)?,
+            "left" => left = Some(number("left", value)?),
+            "event" => {
+                event = match value {
+                    "started" => Event::Started,
+                    "completed" => Event::Completed,
+                    "stopped" => Event::Stopped,
+                    // "empty" is what some clients send for a regular
+                    // announce; "paused" is BEP 21's partial seed.
+                    "" | "empty" | "paused" => Event::None,
+                    other => {
+                        let shown: String = other.chars().take(32).collect();
+                        return Err(RequestError::BadEvent(shown));
+                    }
+                }
+            }
+            "numwant" => {
+                numwant = number("numwant", value)
+                    .ok()
+                    .map(|n| n.min(u32::MAX as u64) as u32)
+            }
+            "compact" => compact = value != "0",
+            "no_peer_id" => no_peer_id = value == "1",
+            "ip" => {
+                ip = Some(
+                    percent_decode_str(value)
+                        .and_then(|s| s.parse().ok())
+                        .ok_or(RequestError::BadIp)?,
+                )
+            }
+            _ => {}
+        }
+    }
+    Ok(AnnounceRequest {
+        info_hash: info_hash.ok_or(RequestError::Missing("info_hash"))?,
+        peer_id: peer_id.ok_or(RequestError::Missing("peer_id"))?,
+        port: port.ok_or(RequestError::Missing("port"))?,
+        uploaded,
+        downloaded,
+        left: left.ok_or(RequestError::Missing("left"))?,
+        event,
+        numwant,
+        compact,
+        no_peer_id,
+        ip,
+    })
+}
+
+/// The info hashes of a scrape, in order, duplicates kept out.
+pub fn parse_scrape(query: &str) -> Result<Vec<InfoHash>, RequestError> {
+    if query.len() > MAX_QUERY {
+        return Err(RequestError::QueryTooLong);
+    }
+    let mut hashes = Vec::new();
+    for (key, value) in pairs(query) {
+        if key == "info_hash" {
+            let h = InfoHash(decode20("info_hash", value)?);
+            if !hashes.contains(&h) {
+                if hashes.len() == MAX_SCRAPE {
+                    return Err(RequestError::TooManyHashes);
+                }
+                hashes.push(h);
+            }
+        }
+    }
+    if hashes.is_empty() {
+        return Err(RequestError::FullScrape);
+    }
+    Ok(hashes)
+}
+
+/// Short text values (the `ip` parameter): percent-decoded, bounded.
+fn percent_decode_str(value: &str) -> Option<String> {
+    if value.len() > 128 {
+        return None;
+    }
+    let b = value.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'%' {
+            let hex = std::str::from_utf8(b.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use torrent_format::magnet::percent_encode_bytes;
+
+    const HASH: [u8; 20] =
+        *b"\x12\x34\x56\x78\x9a\xbc\xde\xf0\x12\x34\x56\x78\x9a\xbc\xde\xf0\x00+ %";
+    const PEER: [u8; 20] = *b"-SH0001-abcdefghijkl";
+
+    fn query(extra: &str) -> String {
+        format!(
+            "info_hash={}&peer_id={}&port=6881&uploaded=1&downloaded=2&left=3{extra}",
+            percent_encode_bytes(&HASH),
+            percent_encode_bytes(&PEER)
+        )
+    }
+
+    #[test]
+    fn parses_a_full_announce() {
+        let r = parse_announce(&query(
+            "&event=started&numwant=20&compact=1&no_peer_id=1&key=abc&ip=10.0.0.1",
+        ))
+        .unwrap();
+        assert_eq!(r.info_hash.0, HASH);
+        assert_eq!(r.peer_id, PEER);
+        assert_eq!((r.port, r.uploaded, r.downloaded, r.left), (6881, 1, 2, 3));
+        assert_eq!(r.event, Event::Started);
+        assert_eq!(r.numwant, Some(20));
+        assert!(r.compact && r.no_peer_id);
+        assert_eq!(r.ip, Some("10.0.0.1".parse().unwrap()));
+        let r = parse_announce(&query("&compact=0&event=&numwant=-1")).unwrap();
+        assert!(!r.compact);
+        assert_eq!(r.event, Event::None);
+        assert_eq!(r.numwant, None);
+        // Unescaped bytes are taken as they are.
+        let raw = query("").replace(&percent_encode_bytes(&PEER), "-SH0001-abcdefghijkl");
+        assert_eq!(parse_announce(&raw).unwrap().peer_id, PEER);
+    }
+
+    #[test]
+    fn refuses_malformed_announces() {
+        let h = percent_encode_bytes(&HASH);
+        let p = percent_encode_bytes(&PEER);
+        let cases = [
+            (
+                format!("peer_id={p}&port=1&left=0"),
+                RequestError::Missing("info_hash"),
+            ),
+            (
+                format!("info_hash={h}&port=1&left=0"),
+                RequestError::Missing("peer_id"),
+            ),
+            (
+                format!("info_hash={h}&peer_id={p}&left=0"),
+                RequestError::Missing("port"),
+            ),
+            (
+                format!("info_hash={h}&peer_id={p}&port=1"),
+                RequestError::Missing("left"),
+            ),
+            (
+                format!("info_hash=abc&peer_id={p}&port=1&left=0"),
+                RequestError::BadLength {
+                    field: "info_hash",
+                    len: 3,
+                },
+            ),
+            (
+                format!("info_hash={h}00&peer_id={p}&port=1&left=0"),
+                RequestError::BadLength {
+                    field: "info_hash",
+                    len: 22,
+                },
+            ),
+            (
+                format!("info_hash={h}&peer_id=%zz&port=1&left=0"),
+                RequestError::BadEscape("peer_id"),
+            ),
+            (
+                format!("info_hash={h}&peer_id={p}&port=1&left=0&info_hash=%4"),
+                RequestError::BadEscape("info_hash"),
+            ),
+            (
+                format!("info_hash={h}&peer_id={p}&port=0&left=0"),
+                RequestError::PortZero,
+            ),
+            (
+                format!("info_hash={h}&peer_id={p}&port=65536&left=0"),
+                RequestError::PortRange(65536),
+            ),
+            (
+                format!("info_hash={h}&peer_id={p}&port=-1&left=0"),
+                RequestError::BadNumber("port"),
+            ),
+            (
+                format!("info_hash={h}&peer_id={p}&port=1&left=x"),
+                RequestError::BadNumber("left"),
+            ),
+            (
+                format!("info_hash={h}&peer_id={p}&port=1&left=0&uploaded=1e5"),
+                RequestError::BadNumber("uploaded"),
+            ),
+            (
+                format!(
+                    "info_hash={h}&peer_id={p}&port=1&left=0&downloaded=99999999999999999999999"
+                ),
+                RequestError::BadNumber("downloaded"),
+            ),
+            (
+                format!("info_hash={h}&peer_id={p}&port=1&left=0&event=exploded"),
+                RequestError::BadEvent("exploded".into()),
+            ),
+            (
+                format!("info_hash={h}&peer_id={p}&port=1&left=0&ip=not-an-ip"),
+                RequestError::BadIp,
+            ),
+            ("x".repeat(MAX_QUERY + 1), RequestError::QueryTooLong),
+        ];
+        for (q, want) in cases {
+            assert_eq!(parse_announce(&q), Err(want), "{q}");
+        }
+    }
+
+    #[test]
+    fn parses_scrapes() {
+        let a = percent_encode_bytes(&HASH);
+        let b = percent_encode_bytes(&PEER);
+        let got = parse_scrape(&format!("info_hash={a}&info_hash={b}&info_hash={a}")).unwrap();
+        assert_eq!(got, vec![InfoHash(HASH), InfoHash(PEER)]);
+        assert_eq!(parse_scrape(""), Err(RequestError::FullScrape));
+        let many: Vec<String> = (0..=MAX_SCRAPE)
+            .map(|i| format!("info_hash={}", percent_encode_bytes(&[i as u8; 20])))
+            .collect();
+        assert_eq!(
+            parse_scrape(&many.join("&")),
+            Err(RequestError::TooManyHashes)
+        );
+        assert!(matches!(
+            parse_scrape("info_hash=short"),
+            Err(RequestError::BadLength { .. })
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_queries_never_panic(q in ".{0,300}") {
+            let _ = parse_announce(&q);
+            let _ = parse_scrape(&q);
+        }
+
+        #[test]
+        fn arbitrary_binary_fields_round_trip(h in any::<[u8; 20]>(), p in any::<[u8; 20]>()) {
+            let q = format!("info_hash={}&peer_id={}&port=1&left=0", percent_encode_bytes(&h), percent_encode_bytes(&p));
+            let r = parse_announce(&q).unwrap();
+            prop_assert_eq!(r.info_hash.0, h);
+            prop_assert_eq!(r.peer_id, p);
+        }
+    }
+}

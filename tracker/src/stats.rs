@@ -1,0 +1,151 @@
+//! `/stats` (HTML), `/stats.json` and `/metrics` (Prometheus text format).
+
+use std::fmt::Write;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{Html, IntoResponse, Response};
+use serde::Serialize;
+
+use crate::store::SwarmSummary;
+use crate::Tracker;
+
+const TOP: usize = 20;
+
+#[derive(Serialize)]
+pub struct Stats {
+    pub uptime_secs: u64,
+    pub swarms: usize,
+    pub seeders: usize,
+    pub leechers: usize,
+    /// `completed` events seen in live swarms.
+    pub completed: u64,
+    pub announces_total: u64,
+    pub announces_per_sec: f64,
+    pub scrapes_total: u64,
+    pub failures_total: u64,
+    pub peer_heap_bytes: usize,
+    pub top_swarms: Vec<SwarmSummary>,
+}
+
+pub fn collect(t: &Tracker, top: usize) -> Stats {
+    let s = t.store.stats(top);
+    let c = &t.counters;
+    Stats {
+        uptime_secs: t.started.elapsed().as_secs(),
+        swarms: s.swarms,
+        seeders: s.seeders,
+        leechers: s.leechers,
+        completed: s.downloaded,
+        announces_total: c.announces.load(Ordering::Relaxed),
+        announces_per_sec: c.rate_milli.load(Ordering::Relaxed) as f64 / 1000.0,
+        scrapes_total: c.scrapes.load(Ordering::Relaxed),
+        failures_total: c.failures.load(Ordering::Relaxed),
+        peer_heap_bytes: s.peer_heap_bytes,
+        top_swarms: s.top,
+    }
+}
+
+pub async fn json(State(t): State<Arc<Tracker>>) -> Response {
+    axum::Json(collect(&t, TOP)).into_response()
+}
+
+pub async fn html(State(t): State<Arc<Tracker>>) -> Html<String> {
+    let s = collect(&t, TOP);
+    let mut rows = String::new();
+    for sw in &s.top_swarms {
+        let _ = write!(
+            rows,
+            "<tr><td><code>{}</code></td><td>{}</td><td>{}</td><td>{}</td></tr>",
+            sw.info_hash, sw.seeders, sw.leechers, sw.downloaded
+        );
+    }
+    let up = s.uptime_secs;
+    Html(format!(
+        "<!doctype html><html><head><meta charset=utf-8><title>shoal tracker</title>\
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:right}}</style></head><body>\
+<h1>shoal tracker</h1><table>\
+<tr><th>swarms</th><td>{}</td></tr><tr><th>seeders</th><td>{}</td></tr>\
+<tr><th>leechers</th><td>{}</td></tr><tr><th>completed downloads</th><td>{}</td></tr>\
+<tr><th>announces per second</th><td>{:.1}</td></tr><tr><th>announces</th><td>{}</td></tr>\
+<tr><th>uptime</th><td>{}d {:02}:{:02}:{:02}</td></tr></table>\
+<h2>Biggest swarms</h2><table><tr><th>info hash</th><th>seeders</th><th>leechers</th><th>completed</th></tr>{rows}</table>\
+<p><a href=\"/stats.json\">JSON</a> · <a href=\"/metrics\">Prometheus</a></p></body></html>",
+        s.swarms,
+        s.seeders,
+        s.leechers,
+        s.completed,
+        s.announces_per_sec,
+        s.announces_total,
+        up / 86400,
+        up / 3600 % 24,
+        up / 60 % 60,
+        up % 60,
+    ))
+}
+
+pub async fn metrics(State(t): State<Arc<Tracker>>) -> Response {
+    let s = collect(&t, 0);
+    let mut o = String::new();
+    let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
+        let _ = writeln!(o, "# HELP shoal_tracker_{name} {help}");
+        let _ = writeln!(o, "# TYPE shoal_tracker_{name} {kind}");
+        for (labels, v) in samples {
+            let _ = writeln!(o, "shoal_tracker_{name}{labels} {v}");
+        }
+    };
+    metric(
+        "swarms",
+        "gauge",
+        "Swarms with at least one peer.",
+        &[("", s.swarms as f64)],
+    );
+    metric(
+        "peers",
+        "gauge",
+        "Peers by kind.",
+        &[
+            ("{kind=\"seeder\"}", s.seeders as f64),
+            ("{kind=\"leecher\"}", s.leechers as f64),
+        ],
+    );
+    metric(
+        "completed",
+        "gauge",
+        "Completed downloads counted in live swarms.",
+        &[("", s.completed as f64)],
+    );
+    metric(
+        "announces_total",
+        "counter",
+        "Announce requests.",
+        &[("", s.announces_total as f64)],
+    );
+    metric(
+        "scrapes_total",
+        "counter",
+        "Scrape requests.",
+        &[("", s.scrapes_total as f64)],
+    );
+    metric(
+        "failures_total",
+        "counter",
+        "Requests answered with a failure reason.",
+        &[("", s.failures_total as f64)],
+    );
+    metric(
+        "peer_heap_bytes",
+        "gauge",
+        "Heap bytes held for peers.",
+        &[("", s.peer_heap_bytes as f64)],
+    );
+    metric(
+        "uptime_seconds",
+        "gauge",
+        "Seconds since start.",
+        &[("", s.uptime_secs as f64)],
+    );
+    ([(CONTENT_TYPE, "text/plain; version=0.0.4")], o).into_response()
+}

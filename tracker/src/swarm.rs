@@ -1,0 +1,597 @@
+//! One swarm's peers and the announce logic over it — pure: no sockets, no
+//! clocks (`now` is passed in, in seconds), randomness from a caller's RNG.
+//!
+//! Memory per peer is small: an IPv4 peer is 12 bytes in its list (address,
+//! port, last-seen second) plus one hash-index entry; the peer id is not
+//! stored (dictionary-form replies omit it, as `no_peer_id` does). IPv4 and
+//! IPv6 peers live apart, seeders apart from leechers, so counts are list
+//! lengths and a seeder's sample never has to skip seeders.
+
+use std::collections::HashMap;
+use std::hash::Hash;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
+
+use rand::Rng;
+
+use crate::request::Event;
+
+/// An address family's raw address.
+pub trait Addr: Copy + Eq + Hash + std::fmt::Debug {
+    fn to_ip(self) -> IpAddr;
+    fn octets(&self) -> &[u8];
+}
+
+impl Addr for [u8; 4] {
+    fn to_ip(self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::from(self))
+    }
+    fn octets(&self) -> &[u8] {
+        self
+    }
+}
+
+impl Addr for [u8; 16] {
+    fn to_ip(self) -> IpAddr {
+        IpAddr::V6(Ipv6Addr::from(self))
+    }
+    fn octets(&self) -> &[u8] {
+        self
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Peer<A> {
+    pub addr: A,
+    pub port: u16,
+    /// Seconds on the tracker's clock.
+    pub last_seen: u32,
+}
+
+const SEEDER_BIT: u32 = 1 << 31;
+
+/// The peers of one address family: seeders and leechers in two vectors
+/// (random access for sampling, swap-remove for O(1) deletion) and an index
+/// from (address, port) to position.
+#[derive(Debug, Default)]
+pub struct PeerSet<A: Addr> {
+    seeders: Vec<Peer<A>>,
+    leechers: Vec<Peer<A>>,
+    index: HashMap<(A, u16), u32>,
+}
+
+impl<A: Addr> PeerSet<A> {
+    pub fn seeders(&self) -> usize {
+        self.seeders.len()
+    }
+    pub fn leechers(&self) -> usize {
+        self.leechers.len()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    fn list(&mut self, seeder: bool) -> &mut Vec<Peer<A>> {
+        if seeder {
+            &mut self.seeders
+        } else {
+            &mut self.leechers
+        }
+    }
+
+    /// Inserts or refreshes a peer; returns whether it was a seeder before
+    /// (`None` if it is new).
+    pub fn upsert(&mut self, peer: Peer<A>, seeder: bool) -> Option<bool> {
+        let key = (peer.addr, peer.port);
+        match self.index.get(&key).copied() {
+            Some(slot) => {
+                let was_seeder = slot & SEEDER_BIT != 0;
+                let pos = (slot & !SEEDER_BIT) as usize;
+                if was_seeder == seeder {
+                    self.list(seeder)[pos] = peer;
+                } else {
+                    self.remove_at(was_seeder, pos);
+                    self.push(peer, seeder);
+                }
+                Some(was_seeder)
+            }
+            None => {
+                self.push(peer, seeder);
+                None
+            }
+        }
+    }
+
+    fn push(&mut self, peer: Peer<A>, seeder: bool) {
+        let list = self.list(seeder);
+        let slot = list.len() as u32 | if seeder { SEEDER_BIT } else { 0 };
+        list.push(peer);
+        self.index.insert((peer.addr, peer.port), slot);
+    }
+
+    /// Removes the peer at `pos`, moving the last one into its place.
+    fn remove_at(&mut self, seeder: bool, pos: usize) -> Peer<A> {
+        let list = self.list(seeder);
+        let gone = list.swap_remove(pos);
+        if let Some(moved) = list.get(pos).copied() {
+            let slot = pos as u32 | if seeder { SEEDER_BIT } else { 0 };
+            self.index.insert((moved.addr, moved.port), slot);
+        }
+        self.index.remove(&(gone.addr, gone.port));
+        gone
+    }
+
+    /// Removes a peer; returns whether it was a seeder (`None` if unknown).
+    pub fn remove(&mut self, addr: A, port: u16) -> Option<bool> {
+        let slot = *self.index.get(&(addr, port))?;
+        let seeder = slot & SEEDER_BIT != 0;
+        self.remove_at(seeder, (slot & !SEEDER_BIT) as usize);
+        Some(seeder)
+    }
+
+    /// Up to `want` peers other than `me`, leechers only if `leechers_only`:
+    /// a window starting at a random position of the candidate list
+    /// (O(want), no allocation beyond the result).
+    pub fn sample<R: Rng>(
+        &self,
+        want: usize,
+        me: (A, u16),
+        leechers_only: bool,
+        rng: &mut R,
+        mut take: impl FnMut(&Peer<A>),
+    ) {
+        let seeders: &[Peer<A>] = if leechers_only { &[] } else { &self.seeders };
+        let n = seeders.len() + self.leechers.len();
+        if n == 0 || want == 0 {
+            return;
+        }
+        let start = if n > want + 1 {
+            rng.random_range(0..n)
+        } else {
+            0
+        };
+        let mut taken = 0;
+        for k in 0..n {
+            let i = (start + k) % n;
+            let p = if i < seeders.len() {
+                &seeders[i]
+            } else {
+                &self.leechers[i - seeders.len()]
+            };
+            if (p.addr, p.port) == me {
+                continue;
+            }
+            take(p);
+            taken += 1;
+            if taken == want {
+                break;
+            }
+        }
+    }
+
+    /// Drops peers last seen before `cutoff`; returns (seeders, leechers) removed.
+    pub fn expire(&mut self, cutoff: u32) -> (usize, usize) {
+        let mut removed = (0, 0);
+        for seeder in [true, false] {
+            let mut i = 0;
+            while i < self.list(seeder).len() {
+                if self.list(seeder)[i].last_seen < cutoff {
+                    self.remove_at(seeder, i);
+                    if seeder {
+                        removed.0 += 1;
+                    } else {
+                        removed.1 += 1;
+                    }
+                } else {
+                    i += 1;
+                }
+            }
+        }
+        removed
+    }
+
+    /// Bytes this set holds on the heap (capacity, not length).
+    pub fn heap_bytes(&self) -> usize {
+        let entry = std::mem::size_of::<((A, u16), u32)>() + 1;
+        (self.seeders.capacity() + self.leechers.capacity()) * std::mem::size_of::<Peer<A>>()
+            + self.index.capacity() * entry
+    }
+}
+
+/// One torrent's swarm.
+#[derive(Debug, Default)]
+pub struct Swarm {
+    pub v4: PeerSet<[u8; 4]>,
+    pub v6: PeerSet<[u8; 16]>,
+    /// `completed` events seen.
+    pub downloaded: u64,
+}
+
+/// The announcing peer as the tracker sees it.
+#[derive(Debug, Clone, Copy)]
+pub struct Announcer {
+    pub ip: IpAddr,
+    pub port: u16,
+    pub seeder: bool,
+    pub event: Event,
+}
+
+/// The peers chosen for a reply, in the form the reply needs.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct Sample {
+    /// 6-byte (IPv4) or 18-byte (IPv6) compact entries (BEP 23 / BEP 7).
+    pub compact: Vec<u8>,
+    /// Whether `compact` holds IPv6 entries (the reply key is `peers6`).
+    pub v6: bool,
+    /// For dictionary-form replies.
+    pub dicts: Vec<(IpAddr, u16)>,
+}
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct AnnounceOutcome {
+    pub complete: usize,
+    pub incomplete: usize,
+    pub peers: Sample,
+}
+
+/// Normalises IPv4-mapped IPv6 addresses (from dual-stack sockets) to IPv4.
+pub fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => ip,
+        },
+        v4 => v4,
+    }
+}
+
+impl Swarm {
+    pub fn complete(&self) -> usize {
+        self.v4.seeders() + self.v6.seeders()
+    }
+    pub fn incomplete(&self) -> usize {
+        self.v4.leechers() + self.v6.leechers()
+    }
+    pub fn peer_count(&self) -> usize {
+        self.complete() + self.incomplete()
+    }
+    pub fn is_empty(&self) -> bool {
+        self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    /// The announce logic: record (or remove) the announcer, count a
+    /// completed download, and pick up to `numwant` other peers of its
+    /// address family — leechers only when it is a seeder.
+    pub fn announce<R: Rng>(
+        &mut self,
+        who: Announcer,
+        now: u32,
+        numwant: usize,
+        compact: bool,
+        rng: &mut R,
+    ) -> AnnounceOutcome {
+        let mut peers = Sample::default();
+        match canonical_ip(who.ip) {
+            IpAddr::V4(ip) => {
+                self.announce_in(ip.octets(), who, now, numwant, compact, rng, &mut peers)
+            }
+            IpAddr::V6(ip) => {
+                peers.v6 = true;
+                self.announce_in(ip.octets(), who, now, numwant, compact, rng, &mut peers)
+            }
+        }
+        AnnounceOutcome {
+            complete: self.complete(),
+            incomplete: self.incomplete(),
+            peers,
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn announce_in<A: Addr, R: Rng>(
+        &mut self,
+        addr: A,
+        who: Announcer,
+        now: u32,
+        numwant: usize,
+        compact: bool,
+        rng: &mut R,
+        out: &mut Sample,
+    ) where
+        Self: SetFor<A>,
+    {
+        let set = self.set_mut();
+        if who.event == Event::Stopped {
+            set.remove(addr, who.port);
+            return;
+        }
+        let peer = Peer {
+            addr,
+            port: who.port,
+            last_seen: now,
+        };
+        let before = set.upsert(peer, who.seeder);
+        set.sample(numwant, (addr, who.port), who.seeder, rng, |p| {
+            if compact {
+                out.compact.extend_from_slice(p.addr.octets());
+                out.compact.extend_from_slice(&p.port.to_be_bytes());
+            } else {
+                out.dicts.push((p.addr.to_ip(), p.port));
+            }
+        });
+        if who.event == Event::Completed && before != Some(true) {
+            self.downloaded += 1;
+        }
+    }
+
+    /// Drops peers last seen before `cutoff`; returns (seeders, leechers) removed.
+    pub fn expire(&mut self, cutoff: u32) -> (usize, usize) {
+        let a = self.v4.expire(cutoff);
+        let b = self.v6.expire(cutoff);
+        (a.0 + b.0, a.1 + b.1)
+    }
+
+    pub fn heap_bytes(&self) -> usize {
+        self.v4.heap_bytes() + self.v6.heap_bytes()
+    }
+}
+
+/// Picks the peer set of an address family.
+pub trait SetFor<A: Addr> {
+    fn set_mut(&mut self) -> &mut PeerSet<A>;
+}
+impl SetFor<[u8; 4]> for Swarm {
+    fn set_mut(&mut self) -> &mut PeerSet<[u8; 4]> {
+        &mut self.v4
+    }
+}
+impl SetFor<[u8; 16]> for Swarm {
+    fn set_mut(&mut self) -> &mut PeerSet<[u8; 16]> {
+        &mut self.v6
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rand::rngs::SmallRng;
+    use rand::SeedableRng;
+
+    fn who(ip: &str, port: u16, seeder: bool, event: Event) -> Announcer {
+        Announcer {
+            ip: ip.parse().unwrap(),
+            port,
+            seeder,
+            event,
+        }
+    }
+
+    fn compact_peers(bytes: &[u8]) -> Vec<(Ipv4Addr, u16)> {
+        bytes
+            .chunks_exact(6)
+            .map(|c| {
+                (
+                    Ipv4Addr::new(c[0], c[1], c[2], c[3]),
+                    u16::from_be_bytes([c[4], c[5]]),
+                )
+            })
+            .collect()
+    }
+
+    #[test]
+    fn announcer_is_never_in_its_own_list_and_seeders_get_no_seeders() {
+        let mut rng = SmallRng::seed_from_u64(1);
+        let mut s = Swarm::default();
+        for i in 0..5 {
+            s.announce(
+                who("10.0.0.1", 1000 + i, true, Event::Started),
+                0,
+                50,
+                true,
+                &mut rng,
+            );
+        }
+        for i in 0..5 {
+            s.announce(
+                who("10.0.0.2", 2000 + i, false, Event::Started),
+                0,
+                50,
+                true,
+                &mut rng,
+            );
+        }
+        assert_eq!((s.complete(), s.incomplete()), (5, 5));
+        let out = s.announce(
+            who("10.0.0.2", 2000, false, Event::None),
+            1,
+            50,
+            true,
+            &mut rng,
+        );
+        let peers = compact_peers(&out.peers.compact);
+        assert_eq!(peers.len(), 9);
+        assert!(!peers.contains(&(Ipv4Addr::new(10, 0, 0, 2), 2000)));
+        let out = s.announce(
+            who("10.0.0.1", 1000, true, Event::None),
+            1,
+            50,
+            true,
+            &mut rng,
+        );
+        let peers = compact_peers(&out.peers.compact);
+        assert_eq!(peers.len(), 5);
+        assert!(peers
+            .iter()
+            .all(|(ip, _)| *ip == Ipv4Addr::new(10, 0, 0, 2)));
+    }
+
+    #[test]
+    fn samples_are_bounded_random_and_distinct() {
+        let mut rng = SmallRng::seed_from_u64(2);
+        let mut s = Swarm::default();
+        for i in 0..200u16 {
+            s.announce(
+                who("10.1.0.1", i + 1, i % 3 == 0, Event::Started),
+                0,
+                0,
+                true,
+                &mut rng,
+            );
+        }
+        let mut firsts = std::collections::HashSet::new();
+        for _ in 0..20 {
+            let out = s.announce(
+                who("10.9.9.9", 9, false, Event::None),
+                0,
+                30,
+                true,
+                &mut rng,
+            );
+            let peers = compact_peers(&out.peers.compact);
+            assert_eq!(peers.len(), 30);
+            let distinct: std::collections::HashSet<_> = peers.iter().collect();
+            assert_eq!(distinct.len(), 30);
+            firsts.insert(peers[0]);
+        }
+        assert!(firsts.len() > 5, "samples should start at random places");
+    }
+
+    #[test]
+    fn families_are_kept_apart_and_v6_is_compact_18_bytes() {
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut s = Swarm::default();
+        s.announce(
+            who("10.0.0.1", 1, true, Event::Started),
+            0,
+            50,
+            true,
+            &mut rng,
+        );
+        s.announce(
+            who("::ffff:10.0.0.2", 2, false, Event::Started),
+            0,
+            50,
+            true,
+            &mut rng,
+        );
+        s.announce(
+            who("2001:db8::1", 3, true, Event::Started),
+            0,
+            50,
+            true,
+            &mut rng,
+        );
+        assert_eq!(
+            s.v4.seeders() + s.v4.leechers(),
+            2,
+            "mapped address counts as IPv4"
+        );
+        let out = s.announce(
+            who("2001:db8::2", 4, false, Event::None),
+            0,
+            50,
+            true,
+            &mut rng,
+        );
+        assert!(out.peers.v6);
+        assert_eq!(out.peers.compact.len(), 18);
+        assert_eq!(
+            &out.peers.compact[..16],
+            &"2001:db8::1".parse::<Ipv6Addr>().unwrap().octets()
+        );
+        assert_eq!(&out.peers.compact[16..], &3u16.to_be_bytes());
+        assert_eq!((out.complete, out.incomplete), (2, 2));
+        let out = s.announce(
+            who("10.0.0.3", 5, false, Event::None),
+            0,
+            50,
+            false,
+            &mut rng,
+        );
+        assert!(out.peers.compact.is_empty());
+        assert_eq!(out.peers.dicts.len(), 2);
+    }
+
+    #[test]
+    fn stopped_removes_completed_counts_once_and_expiry_sweeps() {
+        let mut rng = SmallRng::seed_from_u64(4);
+        let mut s = Swarm::default();
+        s.announce(
+            who("10.0.0.1", 1, false, Event::Started),
+            0,
+            50,
+            true,
+            &mut rng,
+        );
+        s.announce(
+            who("10.0.0.1", 1, true, Event::Completed),
+            10,
+            50,
+            true,
+            &mut rng,
+        );
+        s.announce(
+            who("10.0.0.1", 1, true, Event::Completed),
+            20,
+            50,
+            true,
+            &mut rng,
+        );
+        assert_eq!(s.downloaded, 1);
+        assert_eq!((s.complete(), s.incomplete()), (1, 0));
+        s.announce(
+            who("10.0.0.2", 2, false, Event::Started),
+            100,
+            50,
+            true,
+            &mut rng,
+        );
+        assert_eq!(s.expire(50), (1, 0));
+        assert_eq!((s.complete(), s.incomplete()), (0, 1));
+        let out = s.announce(
+            who("10.0.0.2", 2, false, Event::Stopped),
+            100,
+            50,
+            true,
+            &mut rng,
+        );
+        assert!(out.peers.compact.is_empty());
+        assert!(s.is_empty());
+        assert_eq!(s.downloaded, 1);
+    }
+
+    proptest! {
+        /// Whatever happens, counts equal list lengths and the index agrees.
+        #[test]
+        fn index_stays_consistent(ops in proptest::collection::vec((0u8..4, 1u16..12, any::<bool>(), 0u32..100), 0..200)) {
+            let mut rng = SmallRng::seed_from_u64(5);
+            let mut s = Swarm::default();
+            let mut model: HashMap<u16, (bool, u32)> = HashMap::new();
+            for (op, port, seeder, t) in ops {
+                match op {
+                    0 | 1 => {
+                        s.announce(who("10.0.0.1", port, seeder, Event::None), t, 5, true, &mut rng);
+                        model.insert(port, (seeder, t));
+                    }
+                    2 => {
+                        s.announce(who("10.0.0.1", port, seeder, Event::Stopped), t, 5, true, &mut rng);
+                        model.remove(&port);
+                    }
+                    _ => {
+                        s.expire(t);
+                        model.retain(|_, (_, seen)| *seen >= t);
+                    }
+                }
+                let seeders = model.values().filter(|(sd, _)| *sd).count();
+                prop_assert_eq!(s.complete(), seeders);
+                prop_assert_eq!(s.incomplete(), model.len() - seeders);
+                for (port, (seeder, _)) in &model {
+                    let slot = s.v4.index[&([10, 0, 0, 1], *port)];
+                    prop_assert_eq!(slot & SEEDER_BIT != 0, *seeder);
+                    let list = if *seeder { &s.v4.seeders } else { &s.v4.leechers };
+                    prop_assert_eq!(list[(slot & !SEEDER_BIT) as usize].port, *port);
+                }
+            }
+        }
+    }
+}
