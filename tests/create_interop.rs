@@ -84,6 +84,14 @@ fn multi_file_tree_matches_mktorrent() {
     // A directory holding a single file is still a multi-file torrent.
     write(&dir.path().join("solo/only.txt"), b"only\n");
     same_as_mktorrent(dir.path(), "solo", &["-l", "15"]);
+    // Enough pieces that several are hashed side by side (16 at a time on
+    // AVX-512), in batches that cross file boundaries.
+    write(&dir.path().join("many/a.bin"), &bytes(11, 700_001));
+    write(&dir.path().join("many/b/c.bin"), &bytes(12, 300_000));
+    write(&dir.path().join("many/d"), b"x");
+    write(&dir.path().join("many/e.bin"), &bytes(13, 65_536));
+    same_as_mktorrent(dir.path(), "many", &["-l", "15"]);
+    same_as_mktorrent(dir.path(), "many/a.bin", &["-l", "15"]);
     // Only empty files: zero pieces.
     write(&dir.path().join("hollow/e1"), b"");
     write(&dir.path().join("hollow/sub/e2"), b"");

@@ -13,6 +13,7 @@ mod infohash;
 pub mod magnet;
 pub mod metainfo;
 pub mod pieces;
+pub mod sha1_mb;
 
 pub use infohash::{InfoHash, ParseInfoHashError};
 pub use magnet::Magnet;
