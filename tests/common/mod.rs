@@ -126,3 +126,133 @@ pub fn listing(dir: &Path) -> Vec<String> {
     out.sort();
     out
 }
+
+/// A child process killed when dropped.
+pub struct Killed(pub std::process::Child);
+
+impl Drop for Killed {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Starts `shoal tracker --listen ADDR` (port 0) and waits for its
+/// "listening on" line; returns the process and the bound address.
+pub fn start_tracker(listen: &str, extra: &[&str]) -> (Killed, std::net::SocketAddr) {
+    use std::io::BufRead;
+    let mut child = Command::new(SHOAL)
+        .args(["tracker", "--listen", listen])
+        .args(extra)
+        .stderr(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("start shoal tracker");
+    let stderr = child.stderr.take().unwrap();
+    let mut lines = std::io::BufReader::new(stderr).lines();
+    let addr = loop {
+        let line = lines
+            .next()
+            .expect("tracker exited before listening")
+            .unwrap();
+        if let Some(rest) = line.split("listening on ").nth(1) {
+            break rest.split(';').next().unwrap().parse().unwrap();
+        }
+    };
+    // Keep draining stderr so the tracker never blocks on a full pipe; the
+    // lines become part of the test's output (shown when it fails).
+    std::thread::spawn(move || {
+        for line in lines.map_while(Result::ok) {
+            eprintln!("tracker: {line}");
+        }
+    });
+    (Killed(child), addr)
+}
+
+/// A minimal HTTP/1.0 GET (no dependency on an HTTP client crate).
+pub fn http_get(addr: std::net::SocketAddr, path: &str) -> (u16, Vec<u8>) {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(addr).expect("connect");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    let split = resp
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("http head");
+    let head = String::from_utf8_lossy(&resp[..split]).to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    (status, resp[split + 4..].to_vec())
+}
+
+/// A port that was free a moment ago (for programs that cannot take 0).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// Polls `cond` every 50 ms until it holds or `secs` pass.
+pub fn wait_for(secs: u64, what: &str, mut cond: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    while !cond() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Waits for a child with a deadline; kills it and fails on timeout.
+pub fn wait_child(
+    child: &mut std::process::Child,
+    secs: u64,
+    what: &str,
+) -> std::process::ExitStatus {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(secs);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("{what} did not finish within {secs} s");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// Python for a libtorrent seed: `seed.py TORRENT SAVE_DIR LISTEN` runs
+/// until its stdin closes.
+pub const LIBTORRENT_SEED: &str = r#"
+import libtorrent as lt, sys, threading
+ses = lt.session({"listen_interfaces": sys.argv[3], "enable_dht": False, "enable_lsd": False,
+    "enable_upnp": False, "enable_natpmp": False, "enable_outgoing_utp": False,
+    "enable_incoming_utp": False, "allow_multiple_connections_per_ip": True,
+    "announce_to_all_trackers": True})
+p = lt.add_torrent_params()
+p.ti = lt.torrent_info(sys.argv[1])
+p.save_path = sys.argv[2]
+p.flags = lt.torrent_flags.seed_mode
+h = ses.add_torrent(p)
+print("seeding", flush=True)
+sys.stdin.read()
+"#;
+
+/// Every file under `a` equals the same file under `b`.
+pub fn same_tree(a: &Path, b: &Path) {
+    let la = listing(a);
+    assert_eq!(la, listing(b), "different file lists");
+    for f in la {
+        let (pa, pb) = (a.join(&f), b.join(&f));
+        if pa.is_file() {
+            assert!(
+                std::fs::read(&pa).unwrap() == std::fs::read(&pb).unwrap(),
+                "{f} differs"
+            );
+        }
+    }
+}

@@ -265,6 +265,10 @@ impl Tracker {
         } else {
             numwant
         };
+        tracing::debug!(
+            info_hash = %req.info_hash, %ip, port = req.port, left = req.left,
+            event = ?req.event, numwant, "announce"
+        );
         let outcome = self
             .store
             .announce(req.info_hash, who, self.now(), numwant, req.compact);

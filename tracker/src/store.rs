@@ -106,7 +106,7 @@ impl SwarmStore for MemoryStore {
                 return AnnounceOutcome::default();
             };
             let out = RNG.with(|r| swarm.announce(who, now, 0, compact, &mut *r.borrow_mut()));
-            if swarm.is_empty() && swarm.downloaded == 0 {
+            if swarm.is_empty() {
                 shard.remove(&info_hash);
             }
             return out;

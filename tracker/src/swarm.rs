@@ -301,7 +301,10 @@ impl Swarm {
     {
         let set = self.set_mut();
         if who.event == Event::Stopped {
-            set.remove(addr, who.port);
+            let before = set.remove(addr, who.port);
+            if completed(who, before) {
+                self.downloaded += 1;
+            }
             return;
         }
         let peer = Peer {
@@ -318,7 +321,7 @@ impl Swarm {
                 out.dicts.push((p.addr.to_ip(), p.port));
             }
         });
-        if who.event == Event::Completed && before != Some(true) {
+        if completed(who, before) {
             self.downloaded += 1;
         }
     }
@@ -332,6 +335,17 @@ impl Swarm {
 
     pub fn heap_bytes(&self) -> usize {
         self.v4.heap_bytes() + self.v6.heap_bytes()
+    }
+}
+
+/// Did this announce finish a download? Either an explicit `completed`
+/// from a peer not already known as a seeder, or a peer we knew as a
+/// leecher now reporting nothing left — some clients (aria2 with
+/// `--seed-time=0`) go straight to `stopped` without `completed`.
+fn completed(who: Announcer, before: Option<bool>) -> bool {
+    match who.event {
+        Event::Completed => before != Some(true),
+        _ => who.seeder && before == Some(false),
     }
 }
 

@@ -1,0 +1,213 @@
+//! Real clients find each other through `shoal tracker` alone: a libtorrent
+//! seed and an aria2c leecher on loopback; a libtorrent seed and a
+//! Transmission leecher inside a private network namespace (Transmission
+//! ignores 127.x peers). Each downloads a multi-file torrent completely, and
+//! the tracker's /scrape and /stats.json then show the right counts.
+
+mod common;
+
+use std::process::{Command, Stdio};
+
+use common::*;
+use torrent_format::bencode::{decode, Value};
+use torrent_format::magnet::percent_encode_bytes;
+
+fn scrape(addr: std::net::SocketAddr, hash: &[u8; 20]) -> (i64, i64, i64) {
+    let (status, body) = http_get(
+        addr,
+        &format!("/scrape?info_hash={}", percent_encode_bytes(hash)),
+    );
+    assert_eq!(status, 200);
+    let v = decode(&body).unwrap();
+    let Some(Value::Dict(files)) = v.get("files") else {
+        panic!("no files in scrape")
+    };
+    let e = &files[&hash.to_vec()];
+    let n = |k| match e.get(k) {
+        Some(Value::Int(i)) => *i,
+        _ => panic!("no {k}"),
+    };
+    (n("complete"), n("incomplete"), n("downloaded"))
+}
+
+fn stats(addr: std::net::SocketAddr) -> serde_json::Value {
+    let (status, body) = http_get(addr, "/stats.json");
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+fn info_hash(dir: &std::path::Path, torrent: &str) -> [u8; 20] {
+    let hex = show_json(dir, torrent)["info_hash"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    hex.parse::<torrent_format::InfoHash>().unwrap().0
+}
+
+#[test]
+fn libtorrent_seed_and_aria2_leecher_meet_through_the_tracker() {
+    if !have_libtorrent() || !have("aria2c") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_tree(&d.join("seed/tree"));
+    let (_tracker, addr) = start_tracker("127.0.0.1:0", &[]);
+    let announce = format!("http://{addr}/announce");
+    shoal_ok(
+        d,
+        &["create", "seed/tree", "-a", &announce, "-o", "t.torrent"],
+    );
+    let hash = info_hash(d, "t.torrent");
+
+    std::fs::write(d.join("seed.py"), LIBTORRENT_SEED).unwrap();
+    let mut seed = Killed(
+        Command::new("/usr/bin/python3")
+            .args(["seed.py", "t.torrent", "seed", "127.0.0.1:0"])
+            .current_dir(d)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(30, "the libtorrent seed to announce", || {
+        stats(addr)["seeders"] == 1
+    });
+    assert!(
+        seed.0.try_wait().unwrap().is_none(),
+        "libtorrent seed exited"
+    );
+
+    let port = free_port().to_string();
+    let mut aria = Command::new("aria2c")
+        .args([
+            "-q",
+            "--seed-time=0",
+            "--enable-dht=false",
+            "--enable-dht6=false",
+            "--bt-enable-lpd=false",
+            "--enable-peer-exchange=false",
+            "--listen-port",
+            &port,
+            "--file-allocation=none",
+            "-d",
+            "out",
+            "t.torrent",
+        ])
+        .current_dir(d)
+        .spawn()
+        .unwrap();
+    let status = wait_child(&mut aria, 120, "aria2c");
+    assert!(status.success(), "aria2c failed: {status}");
+    same_tree(&d.join("seed/tree"), &d.join("out/tree"));
+
+    // aria2c sent `completed` then `stopped`; the libtorrent seed remains.
+    let mut last = (0, 0, 0);
+    wait_for(10, "the scrape to settle", || {
+        last = scrape(addr, &hash);
+        eprintln!("scrape: {last:?}");
+        last == (1, 0, 1)
+    });
+    let s = stats(addr);
+    assert_eq!(s["swarms"], 1);
+    assert_eq!(s["seeders"], 1);
+    assert_eq!(s["leechers"], 0);
+    assert_eq!(s["completed"], 1);
+    assert!(s["announces_total"].as_u64().unwrap() >= 3);
+    drop(seed.0.stdin.take());
+}
+
+/// Runs inside `unshare -n`: its own loopback with 10.77.0.1, nothing leaves.
+const TRANSMISSION_SCRIPT: &str = r#"
+set -euo pipefail
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+ip link set lo up
+ip addr add 10.77.0.1/24 dev lo
+cd "$DIR"
+RUST_LOG=info,tracker=debug "$SHOAL" tracker --listen 10.77.0.1:0 > /dev/null 2> tracker.log &
+for _ in $(seq 100); do grep -q "listening on" tracker.log && break; sleep 0.1; done
+ADDR=$(grep -o 'listening on [0-9.:]*' tracker.log | head -1 | cut -d' ' -f3)
+"$SHOAL" create seed/tree -a "http://$ADDR/announce" -o t.torrent > /dev/null
+mkfifo seed.in
+/usr/bin/python3 seed.py t.torrent seed 0.0.0.0:0 < seed.in > seed.log 2>&1 &
+exec 3> seed.in
+get() { /usr/bin/python3 -c 'import sys, urllib.request; sys.stdout.write(urllib.request.urlopen(sys.argv[1]).read().decode("latin-1"))' "$1"; }
+for _ in $(seq 300); do get "http://$ADDR/stats.json" | grep -q '"seeders":1' && break; sleep 0.1; done
+mkdir -p tconf out
+cat > tconf/settings.json <<JSON
+{"utp-enabled": false, "dht-enabled": false, "lpd-enabled": false, "pex-enabled": false,
+ "port-forwarding-enabled": false, "encryption": 1}
+JSON
+printf '#!/bin/sh\ntouch "%s/done"\n' "$DIR" > done.sh
+chmod +x done.sh
+HOME="$DIR" transmission-cli -g tconf -w out -p 51413 -et -f "$DIR/done.sh" t.torrent > transmission.log 2>&1 &
+TR=$!
+for _ in $(seq 1200); do [ -e done ] && break; sleep 0.1; done
+[ -e done ] || { echo "transmission did not finish"; tail -20 transmission.log; exit 1; }
+# Let transmission announce `completed` (it does so right after finishing).
+for _ in $(seq 100); do get "http://$ADDR/stats.json" | grep -q '"completed":1' && break; sleep 0.1; done
+echo "STATS $(get "http://$ADDR/stats.json")"
+kill $TR || true
+exec 3>&-
+wait $TR 2>/dev/null || true
+# Transmission 3.00 creates no zero-length files, so compare the others.
+(cd seed/tree && find . -type f -size +0c) | while read -r f; do cmp "seed/tree/$f" "out/tree/$f"; done
+echo "SAME DATA"
+"#;
+
+#[test]
+fn libtorrent_seed_and_transmission_leecher_meet_through_the_tracker() {
+    if !have_libtorrent() || !have("transmission-cli") || !have("unshare") || !have("ip") {
+        return;
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if !is_root {
+        assert!(
+            !interop_required(),
+            "this test needs root for a private network namespace"
+        );
+        eprintln!("SKIP: not root, cannot make a private network namespace");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_tree(&d.join("seed/tree"));
+    std::fs::write(d.join("seed.py"), LIBTORRENT_SEED).unwrap();
+    let mut child = Command::new("unshare")
+        .args(["-n", "bash", "-c", TRANSMISSION_SCRIPT])
+        .env("DIR", d)
+        .env("SHOAL", SHOAL)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_child(&mut child, 240, "the Transmission swarm");
+    let out = child.wait_with_output().unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        status.success() && stdout.contains("SAME DATA"),
+        "script failed ({status}):\n{stdout}\n{}\ntracker log:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        std::fs::read_to_string(d.join("tracker.log")).unwrap_or_default()
+    );
+    assert!(stdout.contains("SAME DATA"), "{stdout}");
+    let stats_line = stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("STATS "))
+        .expect("stats");
+    let s: serde_json::Value = serde_json::from_str(stats_line).unwrap();
+    let log = std::fs::read_to_string(d.join("tracker.log")).unwrap_or_default();
+    let s = serde_json::json!({"stats": s, "log": log});
+    let s = &s["stats"];
+    assert_eq!(s["swarms"], 1);
+    assert_eq!(s["completed"], 1, "{s}");
+    assert_eq!(
+        s["seeders"], 2,
+        "libtorrent and the finished Transmission: {s}\n{log}"
+    );
+    assert_eq!(s["leechers"], 0, "{s}");
+}
