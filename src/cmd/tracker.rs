@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracker::server::{self, ServeOptions};
-use tracker::{Config, MemoryStore, Tracker};
+use tracker::{Config, Limits, MemoryStore, Tracker};
 
 const EXAMPLES: &str = "\
 Examples:
@@ -69,8 +69,19 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", default_value = "15s", value_parser = parse_secs)]
     idle_timeout: u32,
     /// Most simultaneous connections
-    #[arg(long, value_name = "N", default_value_t = 10_000)]
-    max_connections: usize,
+    #[arg(long, value_name = "N", default_value_t = 10_000,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_connections: u64,
+    /// Most simultaneous connections from one IP address
+    #[arg(long, value_name = "N", default_value_t = 256,
+          value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    max_connections_per_ip: u64,
+    /// Most swarms held; announces for new torrents beyond it get "tracker is full"
+    #[arg(long, value_name = "N", default_value_t = 1_000_000)]
+    max_swarms: usize,
+    /// Most peers held (about 50-100 bytes each)
+    #[arg(long, value_name = "N", default_value_t = 10_000_000)]
+    max_peers: usize,
 }
 
 /// Seconds, as a plain number or a duration like "30m" or "1h30m".
@@ -88,10 +99,25 @@ fn parse_secs(s: &str) -> Result<u32, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let min_interval = args.min_interval.unwrap_or(args.interval / 2).max(1);
+    if min_interval > args.interval {
+        anyhow::bail!(
+            "--min-interval ({min_interval} s) is longer than --interval ({} s)",
+            args.interval
+        );
+    }
+    let peer_timeout = args.peer_timeout.unwrap_or(args.interval.saturating_mul(2));
+    if peer_timeout <= args.interval {
+        tracing::warn!(
+            "--peer-timeout ({peer_timeout} s) is not longer than --interval ({} s): \
+             peers will expire between their announces",
+            args.interval
+        );
+    }
     let config = Config {
         interval: args.interval,
-        min_interval: args.min_interval.unwrap_or(args.interval / 2).max(1),
-        peer_timeout: args.peer_timeout.unwrap_or(args.interval.saturating_mul(2)),
+        min_interval,
+        peer_timeout,
         default_numwant: args.numwant.min(args.max_numwant),
         max_numwant: args.max_numwant,
         real_ip_header: args.real_ip_header,
@@ -99,11 +125,16 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         whitelist: args.whitelist,
         keys: args.keys,
     };
-    let tracker = Arc::new(Tracker::new(config, Box::<MemoryStore>::default())?);
+    let limits = Limits {
+        max_swarms: args.max_swarms,
+        max_peers: args.max_peers,
+    };
+    let tracker = Arc::new(Tracker::new(config, Box::new(MemoryStore::new(limits)))?);
     let mut opts = ServeOptions {
         listen: args.listen,
         idle_timeout: Duration::from_secs(args.idle_timeout.into()),
-        max_connections: args.max_connections,
+        max_connections: args.max_connections as usize,
+        max_connections_per_ip: args.max_connections_per_ip as usize,
         ..ServeOptions::default()
     };
     if let Some(t) = args.threads {

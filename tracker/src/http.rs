@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::sync::Arc;
 
+use axum::extract::rejection::PathRejection;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::header::CONTENT_TYPE;
 use axum::http::{HeaderMap, StatusCode, Uri};
@@ -49,13 +50,20 @@ async fn announce(
     bencoded(&t, reply)
 }
 
+/// The passkey path segment; one that is not even UTF-8 is simply unknown
+/// (passkeys are ASCII), never an HTTP error.
+fn passkey(key: Result<Path<String>, PathRejection>) -> String {
+    key.map(|Path(k)| k).unwrap_or_default()
+}
+
 async fn keyed_announce(
     State(t): State<Arc<Tracker>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
-    Path(key): Path<String>,
+    key: Result<Path<String>, PathRejection>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
+    let key = passkey(key);
     let reply = t.announce(Some(&key), uri.query().unwrap_or(""), remote, &headers);
     bencoded(&t, reply)
 }

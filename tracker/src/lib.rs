@@ -32,7 +32,7 @@ use axum::http::{HeaderMap, HeaderName};
 use torrent_format::InfoHash;
 
 pub use http::app;
-pub use store::{MemoryStore, SwarmStore};
+pub use store::{Limits, MemoryStore, SwarmStore};
 
 use request::{AnnounceRequest, Event};
 use swarm::{canonical_ip, Announcer};
@@ -105,6 +105,8 @@ pub struct Tracker {
     keys: RwLock<Option<Arc<HashSet<String>>>>,
     started: Instant,
     counters: Counters,
+    /// The last full walk of the store for the stats pages.
+    stats_cache: std::sync::Mutex<Option<(Instant, store::StoreStats)>>,
 }
 
 /// A request outcome the HTTP layer turns into a reply.
@@ -120,6 +122,7 @@ impl Tracker {
             keys: RwLock::new(None),
             started: Instant::now(),
             counters: Counters::default(),
+            stats_cache: std::sync::Mutex::new(None),
         };
         t.reload()?;
         Ok(t)
@@ -217,17 +220,19 @@ impl Tracker {
     ) -> Result<IpAddr, String> {
         let mut ip = remote;
         if let Some(name) = &self.config.real_ip_header {
+            // The rightmost entry of the last header line is the one our
+            // proxy wrote (some proxies add a line rather than append).
             let value = headers
-                .get(name)
+                .get_all(name)
+                .iter()
+                .next_back()
                 .ok_or_else(|| format!("missing {name} header"))?;
             let value = value
                 .to_str()
                 .map_err(|_| format!("unreadable {name} header"))?;
-            // The rightmost entry is the one our proxy wrote.
             let last = value.rsplit(',').next().unwrap_or("").trim();
-            ip = last
-                .parse()
-                .map_err(|_| format!("{name} header does not end with an IP address"))?;
+            ip = parse_forwarded_ip(last)
+                .ok_or_else(|| format!("{name} header does not end with an IP address"))?;
         }
         if self.config.trust_ip_param {
             if let Some(p) = req.ip {
@@ -271,7 +276,8 @@ impl Tracker {
         );
         let outcome = self
             .store
-            .announce(req.info_hash, who, self.now(), numwant, req.compact);
+            .announce(req.info_hash, who, self.now(), numwant, req.compact)
+            .map_err(|full| full.to_string())?;
         Ok(response::announce(
             &outcome,
             self.config.interval,
@@ -297,6 +303,15 @@ impl Tracker {
     fn count_failure(&self) {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
     }
+}
+
+/// An address as proxies write it: `1.2.3.4`, `1.2.3.4:5678`, `::1` or
+/// `[::1]:5678`.
+fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
+    s.parse::<IpAddr>()
+        .ok()
+        .or_else(|| s.parse::<SocketAddr>().ok().map(|a| a.ip()))
+        .or_else(|| s.strip_prefix('[')?.strip_suffix(']')?.parse().ok())
 }
 
 /// Reads one entry per line; blank lines and `#` comments are skipped.

@@ -35,6 +35,9 @@ pub struct ServeOptions {
     pub idle_timeout: Duration,
     /// Open connections at most (beyond it new ones are closed at once).
     pub max_connections: usize,
+    /// Open connections from one IP address at most, so one host cannot
+    /// take every slot.
+    pub max_connections_per_ip: usize,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
 }
@@ -46,6 +49,7 @@ impl Default for ServeOptions {
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             idle_timeout: Duration::from_secs(15),
             max_connections: 10_000,
+            max_connections_per_ip: 256,
             drain_timeout: Duration::from_secs(10),
         }
     }
@@ -112,12 +116,16 @@ impl Bound {
     /// measuring the announce rate meanwhile, then drains and returns.
     pub async fn run(self, tracker: Arc<Tracker>, shutdown: CancellationToken) -> io::Result<()> {
         let router = app(tracker.clone());
-        let permits = Arc::new(Semaphore::new(self.opts.max_connections));
+        let permits = Arc::new(Semaphore::new(
+            self.opts.max_connections.min(Semaphore::MAX_PERMITS),
+        ));
+        let per_ip = Arc::new(PerIp::new(self.opts.max_connections_per_ip));
         let mut threads = Vec::new();
         for (i, sockets) in self.per_thread.into_iter().enumerate() {
             let router = router.clone();
             let shutdown = shutdown.clone();
             let permits = permits.clone();
+            let per_ip = per_ip.clone();
             let opts = self.opts.clone();
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -125,7 +133,9 @@ impl Bound {
             threads.push(
                 std::thread::Builder::new()
                     .name(format!("tracker-{i}"))
-                    .spawn(move || rt.block_on(worker(sockets, router, shutdown, permits, opts)))?,
+                    .spawn(move || {
+                        rt.block_on(worker(sockets, router, shutdown, permits, per_ip, opts))
+                    })?,
             );
         }
 
@@ -156,11 +166,58 @@ impl Bound {
     }
 }
 
+/// Open connections per client address.
+struct PerIp {
+    max: usize,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+}
+
+/// One connection's place in [`PerIp`]; released on drop.
+struct IpSlot {
+    table: Arc<PerIp>,
+    ip: std::net::IpAddr,
+}
+
+impl PerIp {
+    fn new(max: usize) -> PerIp {
+        PerIp {
+            max,
+            open: Default::default(),
+        }
+    }
+
+    fn acquire(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
+        let n = open.entry(ip).or_insert(0);
+        if *n >= self.max {
+            return None;
+        }
+        *n += 1;
+        Some(IpSlot {
+            table: self.clone(),
+            ip,
+        })
+    }
+}
+
+impl Drop for IpSlot {
+    fn drop(&mut self) {
+        let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(n) = open.get_mut(&self.ip) {
+            *n -= 1;
+            if *n == 0 {
+                open.remove(&self.ip);
+            }
+        }
+    }
+}
+
 async fn worker(
     sockets: Vec<std::net::TcpListener>,
     router: Router,
     shutdown: CancellationToken,
     permits: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
     opts: ServeOptions,
 ) {
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
@@ -179,6 +236,7 @@ async fn worker(
                 http.clone(),
                 graceful.clone(),
                 permits.clone(),
+                per_ip.clone(),
                 shutdown.clone(),
             ))),
             Err(e) => tracing::error!("cannot use listener: {e}"),
@@ -204,6 +262,7 @@ async fn accept_loop(
     http: Arc<hyper::server::conn::http1::Builder>,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
     permits: Arc<Semaphore>,
+    per_ip: Arc<PerIp>,
     shutdown: CancellationToken,
 ) {
     loop {
@@ -220,8 +279,12 @@ async fn accept_loop(
                 continue;
             }
         };
+        // Over a cap: dropping the stream closes it.
         let Ok(permit) = permits.clone().try_acquire_owned() else {
-            continue; // over the connection cap: dropping the stream closes it
+            continue;
+        };
+        let Some(slot) = per_ip.acquire(remote.ip()) else {
+            continue;
         };
         let _ = stream.set_nodelay(true);
         let router = router.clone();
@@ -236,7 +299,7 @@ async fn accept_loop(
             if let Err(e) = conn.await {
                 tracing::trace!("connection from {remote}: {e}");
             }
-            drop(permit);
+            drop((permit, slot));
         });
     }
 }

@@ -30,8 +30,27 @@ pub struct Stats {
     pub top_swarms: Vec<SwarmSummary>,
 }
 
+/// How long the walk over all swarms (top list, heap bytes) is reused:
+/// stats requests then cost the store almost nothing, however many arrive.
+const CACHE_FOR: std::time::Duration = std::time::Duration::from_secs(2);
+
 pub fn collect(t: &Tracker, top: usize) -> Stats {
-    let s = t.store.stats(top);
+    let mut s = t.store.stats(0);
+    if top > 0 {
+        let mut cache = t.stats_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let fresh = matches!(&*cache, Some((at, _)) if at.elapsed() < CACHE_FOR);
+        if !fresh {
+            *cache = Some((std::time::Instant::now(), t.store.stats(top)));
+        }
+        if let Some((_, walked)) = &*cache {
+            s.downloaded = walked.downloaded;
+            s.peer_heap_bytes = walked.peer_heap_bytes;
+            // With passkeys the torrents are private: do not list them.
+            if t.config.keys.is_none() {
+                s.top = walked.top.clone();
+            }
+        }
+    }
     let c = &t.counters;
     Stats {
         uptime_secs: t.started.elapsed().as_secs(),
@@ -87,7 +106,7 @@ pub async fn html(State(t): State<Arc<Tracker>>) -> Html<String> {
 }
 
 pub async fn metrics(State(t): State<Arc<Tracker>>) -> Response {
-    let s = collect(&t, 0);
+    let s = collect(&t, TOP);
     let mut o = String::new();
     let mut metric = |name: &str, kind: &str, help: &str, samples: &[(&str, f64)]| {
         let _ = writeln!(o, "# HELP shoal_tracker_{name} {help}");

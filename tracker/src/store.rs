@@ -8,6 +8,8 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
 use rand::rngs::SmallRng;
@@ -37,11 +39,22 @@ pub struct StoreStats {
     pub swarms: usize,
     pub seeders: usize,
     pub leechers: usize,
+    /// Only filled in with `top > 0`.
     pub downloaded: u64,
-    /// Heap bytes held for peers (lists and indexes, by capacity).
+    /// Heap bytes held for peers (lists and indexes, by capacity; not the
+    /// swarm maps themselves). Only filled in with `top > 0`.
     pub peer_heap_bytes: usize,
     /// The biggest swarms, biggest first.
     pub top: Vec<SwarmSummary>,
+}
+
+/// The store refuses to grow past its limits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Full {
+    #[error("tracker is full: too many swarms")]
+    Swarms,
+    #[error("tracker is full: too many peers")]
+    Peers,
 }
 
 pub trait SwarmStore: Send + Sync + 'static {
@@ -53,26 +66,48 @@ pub trait SwarmStore: Send + Sync + 'static {
         now: u32,
         numwant: usize,
         compact: bool,
-    ) -> AnnounceOutcome;
+    ) -> Result<AnnounceOutcome, Full>;
     /// Counts per hash, zeros for unknown swarms.
     fn scrape(&self, hashes: &[InfoHash]) -> Vec<ScrapeEntry>;
     /// Drops peers last seen before `cutoff` and swarms left empty;
     /// returns the number of peers dropped.
     fn sweep(&self, cutoff: u32) -> usize;
+    /// Totals (cheap) and, when `top > 0`, the biggest swarms (a walk over
+    /// every swarm: callers should cache it).
     fn stats(&self, top: usize) -> StoreStats;
 }
 
 const SHARDS: usize = 64;
 
+/// Bounds on what hostile (or just many) clients can make the store hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_swarms: usize,
+    pub max_peers: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_swarms: 1_000_000,
+            max_peers: 10_000_000,
+        }
+    }
+}
+
 pub struct MemoryStore {
     shards: Box<[Mutex<HashMap<InfoHash, Swarm>>]>,
+    /// Keyed at random, so clients cannot aim their swarms at one shard.
+    shard_hasher: RandomState,
+    limits: Limits,
+    swarms: AtomicUsize,
+    seeders: AtomicUsize,
+    leechers: AtomicUsize,
 }
 
 impl Default for MemoryStore {
     fn default() -> Self {
-        MemoryStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-        }
+        MemoryStore::new(Limits::default())
     }
 }
 
@@ -80,13 +115,36 @@ thread_local! {
     static RNG: RefCell<SmallRng> = RefCell::new(SmallRng::from_os_rng());
 }
 
+/// Applies a before/after difference to a counter.
+fn adjust(counter: &AtomicUsize, before: usize, after: usize) {
+    if after > before {
+        counter.fetch_add(after - before, Ordering::Relaxed);
+    } else if before > after {
+        counter.fetch_sub(before - after, Ordering::Relaxed);
+    }
+}
+
 impl MemoryStore {
+    pub fn new(limits: Limits) -> MemoryStore {
+        MemoryStore {
+            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
+            shard_hasher: RandomState::new(),
+            limits,
+            swarms: AtomicUsize::new(0),
+            seeders: AtomicUsize::new(0),
+            leechers: AtomicUsize::new(0),
+        }
+    }
+
     fn shard(&self, h: &InfoHash) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Swarm>> {
-        // Info hashes are SHA-1 output: their bytes are already uniform.
-        let i = u16::from_le_bytes([h.0[0], h.0[1]]) as usize % SHARDS;
+        let i = self.shard_hasher.hash_one(h) as usize % SHARDS;
         // A poisoned shard only means a panic elsewhere mid-update; the
         // swarm data is still structurally valid, so keep serving.
         self.shards[i].lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn peers(&self) -> usize {
+        self.seeders.load(Ordering::Relaxed) + self.leechers.load(Ordering::Relaxed)
     }
 }
 
@@ -98,21 +156,40 @@ impl SwarmStore for MemoryStore {
         now: u32,
         numwant: usize,
         compact: bool,
-    ) -> AnnounceOutcome {
+    ) -> Result<AnnounceOutcome, Full> {
         let mut shard = self.shard(&info_hash);
-        if who.event == crate::request::Event::Stopped {
-            // Never create a swarm just to remove a peer from it.
-            let Some(swarm) = shard.get_mut(&info_hash) else {
-                return AnnounceOutcome::default();
-            };
-            let out = RNG.with(|r| swarm.announce(who, now, 0, compact, &mut *r.borrow_mut()));
-            if swarm.is_empty() {
-                shard.remove(&info_hash);
+        let stopping = who.event == crate::request::Event::Stopped;
+        let new_swarm = !shard.contains_key(&info_hash);
+        if new_swarm {
+            if stopping {
+                // Never create a swarm just to remove a peer from it.
+                return Ok(AnnounceOutcome::default());
             }
-            return out;
+            if self.swarms.load(Ordering::Relaxed) >= self.limits.max_swarms {
+                return Err(Full::Swarms);
+            }
         }
         let swarm = shard.entry(info_hash).or_default();
-        RNG.with(|r| swarm.announce(who, now, numwant, compact, &mut *r.borrow_mut()))
+        if !stopping && self.peers() >= self.limits.max_peers && !swarm.contains(who.ip, who.port) {
+            if new_swarm {
+                shard.remove(&info_hash);
+            }
+            return Err(Full::Peers);
+        }
+        let (s0, l0) = (swarm.complete(), swarm.incomplete());
+        let out = RNG.with(|r| swarm.announce(who, now, numwant, compact, &mut *r.borrow_mut()));
+        adjust(&self.seeders, s0, swarm.complete());
+        adjust(&self.leechers, l0, swarm.incomplete());
+        let empty = swarm.is_empty();
+        if empty {
+            shard.remove(&info_hash);
+        }
+        match (new_swarm, empty) {
+            (true, false) => self.swarms.fetch_add(1, Ordering::Relaxed),
+            (false, true) => self.swarms.fetch_sub(1, Ordering::Relaxed),
+            _ => 0,
+        };
+        Ok(out)
     }
 
     fn scrape(&self, hashes: &[InfoHash]) -> Vec<ScrapeEntry> {
@@ -140,42 +217,58 @@ impl SwarmStore for MemoryStore {
         let mut dropped = 0;
         for shard in self.shards.iter() {
             let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let before = shard.len();
             shard.retain(|_, swarm| {
                 let (s, l) = swarm.expire(cutoff);
+                self.seeders.fetch_sub(s, Ordering::Relaxed);
+                self.leechers.fetch_sub(l, Ordering::Relaxed);
                 dropped += s + l;
                 !swarm.is_empty()
             });
+            self.swarms
+                .fetch_sub(before - shard.len(), Ordering::Relaxed);
+            if shard.capacity() > 64 && shard.len() < shard.capacity() / 4 {
+                let target = shard.capacity() / 2;
+                shard.shrink_to(target);
+            }
         }
         dropped
     }
 
     fn stats(&self, top: usize) -> StoreStats {
-        let mut st = StoreStats::default();
+        let mut st = StoreStats {
+            swarms: self.swarms.load(Ordering::Relaxed),
+            seeders: self.seeders.load(Ordering::Relaxed),
+            leechers: self.leechers.load(Ordering::Relaxed),
+            ..StoreStats::default()
+        };
+        if top == 0 {
+            return st;
+        }
         let mut biggest: Vec<(usize, InfoHash, usize, usize, u64)> = Vec::new();
+        let by_size = |a: &(usize, InfoHash, usize, usize, u64),
+                       b: &(usize, InfoHash, usize, usize, u64)| {
+            b.0.cmp(&a.0).then(a.1.cmp(&b.1))
+        };
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            st.swarms += shard.len();
             for (h, s) in shard.iter() {
-                st.seeders += s.complete();
-                st.leechers += s.incomplete();
                 st.downloaded += s.downloaded;
                 st.peer_heap_bytes += s.heap_bytes();
-                if top > 0 {
-                    biggest.push((
-                        s.peer_count(),
-                        *h,
-                        s.complete(),
-                        s.incomplete(),
-                        s.downloaded,
-                    ));
-                    if biggest.len() >= top * 4 {
-                        biggest.sort_unstable_by_key(|b| std::cmp::Reverse(b.0));
-                        biggest.truncate(top);
-                    }
+                biggest.push((
+                    s.peer_count(),
+                    *h,
+                    s.complete(),
+                    s.incomplete(),
+                    s.downloaded,
+                ));
+                if biggest.len() >= top * 4 {
+                    biggest.sort_unstable_by(by_size);
+                    biggest.truncate(top);
                 }
             }
         }
-        biggest.sort_unstable_by(|a, b| b.0.cmp(&a.0).then(a.1.cmp(&b.1)));
+        biggest.sort_unstable_by(by_size);
         biggest.truncate(top);
         st.top = biggest
             .into_iter()
@@ -209,10 +302,18 @@ mod tests {
         let store = MemoryStore::default();
         let a = InfoHash([1; 20]);
         let b = InfoHash([2; 20]);
-        store.announce(a, who(1, true, Event::Started), 0, 50, true);
-        store.announce(a, who(2, false, Event::Started), 0, 50, true);
-        store.announce(a, who(2, true, Event::Completed), 5, 50, true);
-        store.announce(b, who(3, false, Event::Started), 10, 50, true);
+        store
+            .announce(a, who(1, true, Event::Started), 0, 50, true)
+            .unwrap();
+        store
+            .announce(a, who(2, false, Event::Started), 0, 50, true)
+            .unwrap();
+        store
+            .announce(a, who(2, true, Event::Completed), 5, 50, true)
+            .unwrap();
+        store
+            .announce(b, who(3, false, Event::Started), 10, 50, true)
+            .unwrap();
         let got = store.scrape(&[a, b, InfoHash([3; 20])]);
         assert_eq!(
             got[0],
@@ -248,15 +349,42 @@ mod tests {
         assert_eq!(store.sweep(6), 2);
         assert_eq!(store.stats(0).swarms, 1);
         // A stopped announce to an unknown swarm creates nothing.
-        store.announce(
-            InfoHash([9; 20]),
-            who(1, false, Event::Stopped),
-            20,
-            50,
-            true,
-        );
+        store
+            .announce(
+                InfoHash([9; 20]),
+                who(1, false, Event::Stopped),
+                20,
+                50,
+                true,
+            )
+            .unwrap();
         assert_eq!(store.stats(0).swarms, 1);
-        store.announce(b, who(3, false, Event::Stopped), 20, 50, true);
-        assert_eq!(store.stats(0).swarms, 0);
+        store
+            .announce(b, who(3, false, Event::Stopped), 20, 50, true)
+            .unwrap();
+        let st = store.stats(0);
+        assert_eq!((st.swarms, st.seeders, st.leechers), (0, 0, 0));
+    }
+
+    #[test]
+    fn limits_are_enforced() {
+        let store = MemoryStore::new(Limits {
+            max_swarms: 2,
+            max_peers: 3,
+        });
+        let ann = |h: u8, port, seeder, event| {
+            store.announce(InfoHash([h; 20]), who(port, seeder, event), 0, 50, true)
+        };
+        ann(1, 1, false, Event::Started).unwrap();
+        ann(2, 1, false, Event::Started).unwrap();
+        assert_eq!(ann(3, 1, false, Event::Started), Err(Full::Swarms));
+        ann(1, 2, false, Event::Started).unwrap();
+        assert_eq!(ann(1, 3, false, Event::Started), Err(Full::Peers));
+        // Known peers still re-announce and leave when it is full.
+        ann(1, 2, true, Event::None).unwrap();
+        ann(2, 1, false, Event::Stopped).unwrap();
+        ann(3, 1, false, Event::Started).unwrap();
+        let st = store.stats(0);
+        assert_eq!((st.swarms, st.seeders, st.leechers), (2, 1, 2));
     }
 }

@@ -109,15 +109,27 @@ impl<A: Addr> PeerSet<A> {
     }
 
     /// Removes the peer at `pos`, moving the last one into its place.
+    /// Gives memory back once a list has shrunk to a quarter of its capacity.
     fn remove_at(&mut self, seeder: bool, pos: usize) -> Peer<A> {
         let list = self.list(seeder);
         let gone = list.swap_remove(pos);
-        if let Some(moved) = list.get(pos).copied() {
+        let moved = list.get(pos).copied();
+        if list.capacity() > 16 && list.len() < list.capacity() / 4 {
+            list.shrink_to(list.capacity() / 2);
+        }
+        if let Some(moved) = moved {
             let slot = pos as u32 | if seeder { SEEDER_BIT } else { 0 };
             self.index.insert((moved.addr, moved.port), slot);
         }
         self.index.remove(&(gone.addr, gone.port));
+        if self.index.capacity() > 16 && self.index.len() < self.index.capacity() / 4 {
+            self.index.shrink_to(self.index.capacity() / 2);
+        }
         gone
+    }
+
+    pub fn contains(&self, addr: A, port: u16) -> bool {
+        self.index.contains_key(&(addr, port))
     }
 
     /// Removes a peer; returns whether it was a seeder (`None` if unknown).
@@ -128,9 +140,9 @@ impl<A: Addr> PeerSet<A> {
         Some(seeder)
     }
 
-    /// Up to `want` peers other than `me`, leechers only if `leechers_only`:
-    /// a window starting at a random position of the candidate list
-    /// (O(want), no allocation beyond the result).
+    /// Up to `want` peers other than `me` (leechers only if
+    /// `leechers_only`), chosen uniformly at random: O(want), no allocation
+    /// beyond the index sample.
     pub fn sample<R: Rng>(
         &self,
         want: usize,
@@ -141,29 +153,26 @@ impl<A: Addr> PeerSet<A> {
     ) {
         let seeders: &[Peer<A>] = if leechers_only { &[] } else { &self.seeders };
         let n = seeders.len() + self.leechers.len();
-        if n == 0 || want == 0 {
-            return;
-        }
-        let start = if n > want + 1 {
-            rng.random_range(0..n)
-        } else {
-            0
-        };
-        let mut taken = 0;
-        for k in 0..n {
-            let i = (start + k) % n;
-            let p = if i < seeders.len() {
+        let at = |i: usize| {
+            if i < seeders.len() {
                 &seeders[i]
             } else {
                 &self.leechers[i - seeders.len()]
-            };
-            if (p.addr, p.port) == me {
-                continue;
             }
-            take(p);
-            taken += 1;
-            if taken == want {
-                break;
+        };
+        let mut taken = 0;
+        let mut emit = |p: &Peer<A>| {
+            if (p.addr, p.port) != me && taken < want {
+                take(p);
+                taken += 1;
+            }
+        };
+        if n <= want + 1 {
+            (0..n).for_each(|i| emit(at(i)));
+        } else {
+            // One spare in case `me` is drawn.
+            for i in rand::seq::index::sample(rng, n, want + 1) {
+                emit(at(i));
             }
         }
     }
@@ -256,6 +265,14 @@ impl Swarm {
     }
     pub fn is_empty(&self) -> bool {
         self.v4.is_empty() && self.v6.is_empty()
+    }
+
+    /// Is this announcer already in the swarm?
+    pub fn contains(&self, ip: IpAddr, port: u16) -> bool {
+        match canonical_ip(ip) {
+            IpAddr::V4(v4) => self.v4.contains(v4.octets(), port),
+            IpAddr::V6(v6) => self.v6.contains(v6.octets(), port),
+        }
     }
 
     /// The announce logic: record (or remove) the announcer, count a
