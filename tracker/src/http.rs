@@ -40,14 +40,24 @@ fn bencoded(tracker: &Tracker, reply: Result<Vec<u8>, String>) -> Response {
     ([(CONTENT_TYPE, "text/plain")], body).into_response()
 }
 
+/// An announce and its reply (also the server's fast path for `/announce`).
+pub(crate) fn announce_reply(
+    t: &Tracker,
+    key: Option<&str>,
+    query: &str,
+    remote: SocketAddr,
+    headers: &HeaderMap,
+) -> Response {
+    bencoded(t, t.announce(key, query, remote, headers))
+}
+
 async fn announce(
     State(t): State<Arc<Tracker>>,
     ConnectInfo(remote): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    let reply = t.announce(None, uri.query().unwrap_or(""), remote, &headers);
-    bencoded(&t, reply)
+    announce_reply(&t, None, uri.query().unwrap_or(""), remote, &headers)
 }
 
 /// The passkey path segment; one that is not even UTF-8 is simply unknown
@@ -64,8 +74,7 @@ async fn keyed_announce(
     uri: Uri,
 ) -> Response {
     let key = passkey(key);
-    let reply = t.announce(Some(&key), uri.query().unwrap_or(""), remote, &headers);
-    bencoded(&t, reply)
+    announce_reply(&t, Some(&key), uri.query().unwrap_or(""), remote, &headers)
 }
 
 async fn scrape(State(t): State<Arc<Tracker>>, uri: Uri) -> Response {

@@ -8,17 +8,17 @@ use torrent_format::InfoHash;
 use crate::store::ScrapeEntry;
 use crate::swarm::AnnounceOutcome;
 
+use std::io::Write;
+
 fn bytes(out: &mut Vec<u8>, b: &[u8]) {
-    out.extend_from_slice(b.len().to_string().as_bytes());
-    out.push(b':');
+    // Writing into a Vec cannot fail.
+    let _ = write!(out, "{}:", b.len());
     out.extend_from_slice(b);
 }
 
 fn int(out: &mut Vec<u8>, key: &str, v: u64) {
     bytes(out, key.as_bytes());
-    out.push(b'i');
-    out.extend_from_slice(v.to_string().as_bytes());
-    out.push(b'e');
+    let _ = write!(out, "i{v}e");
 }
 
 /// `d14:failure reason…e`: the error form every client displays.

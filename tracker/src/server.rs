@@ -80,6 +80,8 @@ fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
         socket.set_only_v6(true)?;
     }
     socket.set_nonblocking(true)?;
+    // Accepted connections inherit it: replies go out at once.
+    socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(4096)?;
     Ok(socket.into())
@@ -116,6 +118,7 @@ impl Bound {
     /// measuring the announce rate meanwhile, then drains and returns.
     pub async fn run(self, tracker: Arc<Tracker>, shutdown: CancellationToken) -> io::Result<()> {
         let router = app(tracker.clone());
+        let tracker_for_workers = tracker.clone();
         let permits = Arc::new(Semaphore::new(
             self.opts.max_connections.min(Semaphore::MAX_PERMITS),
         ));
@@ -123,6 +126,7 @@ impl Bound {
         let mut threads = Vec::new();
         for (i, sockets) in self.per_thread.into_iter().enumerate() {
             let router = router.clone();
+            let tracker = tracker_for_workers.clone();
             let shutdown = shutdown.clone();
             let permits = permits.clone();
             let per_ip = per_ip.clone();
@@ -134,7 +138,9 @@ impl Bound {
                 std::thread::Builder::new()
                     .name(format!("tracker-{i}"))
                     .spawn(move || {
-                        rt.block_on(worker(sockets, router, shutdown, permits, per_ip, opts))
+                        rt.block_on(worker(
+                            sockets, tracker, router, shutdown, permits, per_ip, opts,
+                        ))
                     })?,
             );
         }
@@ -214,6 +220,7 @@ impl Drop for IpSlot {
 
 async fn worker(
     sockets: Vec<std::net::TcpListener>,
+    tracker: Arc<Tracker>,
     router: Router,
     shutdown: CancellationToken,
     permits: Arc<Semaphore>,
@@ -232,6 +239,7 @@ async fn worker(
         match tokio::net::TcpListener::from_std(std_listener) {
             Ok(listener) => loops.push(tokio::spawn(accept_loop(
                 listener,
+                tracker.clone(),
                 router.clone(),
                 http.clone(),
                 graceful.clone(),
@@ -258,6 +266,7 @@ async fn worker(
 
 async fn accept_loop(
     listener: tokio::net::TcpListener,
+    tracker: Arc<Tracker>,
     router: Router,
     http: Arc<hyper::server::conn::http1::Builder>,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
@@ -286,11 +295,27 @@ async fn accept_loop(
         let Some(slot) = per_ip.acquire(remote.ip()) else {
             continue;
         };
-        let _ = stream.set_nodelay(true);
+        // TCP_NODELAY is inherited from the listener.
         let router = router.clone();
+        let tracker = tracker.clone();
         let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            req.extensions_mut().insert(ConnectInfo(remote));
-            router.clone().oneshot(req.map(axum::body::Body::new))
+            // The hot path, /announce, skips the router: no extractor
+            // clones, no boxed future.
+            let fast = (req.method() == hyper::Method::GET && req.uri().path() == "/announce")
+                .then(|| {
+                    let query = req.uri().query().unwrap_or("");
+                    crate::http::announce_reply(&tracker, None, query, remote, req.headers())
+                });
+            let router = router.clone();
+            async move {
+                match fast {
+                    Some(reply) => Ok(reply),
+                    None => {
+                        req.extensions_mut().insert(ConnectInfo(remote));
+                        router.oneshot(req.map(axum::body::Body::new)).await
+                    }
+                }
+            }
         });
         let conn = graceful
             .watcher()

@@ -8,7 +8,9 @@
 
 use std::cell::RefCell;
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::BuildHasher;
+
+use foldhash::fast::RandomState;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -79,6 +81,8 @@ pub trait SwarmStore: Send + Sync + 'static {
 
 const SHARDS: usize = 64;
 
+type SwarmMap = HashMap<InfoHash, Swarm, RandomState>;
+
 /// Bounds on what hostile (or just many) clients can make the store hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -96,7 +100,7 @@ impl Default for Limits {
 }
 
 pub struct MemoryStore {
-    shards: Box<[Mutex<HashMap<InfoHash, Swarm>>]>,
+    shards: Box<[Mutex<SwarmMap>]>,
     /// Keyed at random, so clients cannot aim their swarms at one shard.
     shard_hasher: RandomState,
     limits: Limits,
@@ -127,8 +131,10 @@ fn adjust(counter: &AtomicUsize, before: usize, after: usize) {
 impl MemoryStore {
     pub fn new(limits: Limits) -> MemoryStore {
         MemoryStore {
-            shards: (0..SHARDS).map(|_| Mutex::new(HashMap::new())).collect(),
-            shard_hasher: RandomState::new(),
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(SwarmMap::default()))
+                .collect(),
+            shard_hasher: RandomState::default(),
             limits,
             swarms: AtomicUsize::new(0),
             seeders: AtomicUsize::new(0),
@@ -136,7 +142,7 @@ impl MemoryStore {
         }
     }
 
-    fn shard(&self, h: &InfoHash) -> std::sync::MutexGuard<'_, HashMap<InfoHash, Swarm>> {
+    fn shard(&self, h: &InfoHash) -> std::sync::MutexGuard<'_, SwarmMap> {
         let i = self.shard_hasher.hash_one(h) as usize % SHARDS;
         // A poisoned shard only means a panic elsewhere mid-update; the
         // swarm data is still structurally valid, so keep serving.
