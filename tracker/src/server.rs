@@ -239,12 +239,14 @@ async fn worker(
         match tokio::net::TcpListener::from_std(std_listener) {
             Ok(listener) => loops.push(tokio::spawn(accept_loop(
                 listener,
-                tracker.clone(),
-                router.clone(),
-                http.clone(),
-                graceful.clone(),
-                permits.clone(),
-                per_ip.clone(),
+                Shared {
+                    tracker: tracker.clone(),
+                    router: router.clone(),
+                    http: http.clone(),
+                    graceful: graceful.clone(),
+                    permits: permits.clone(),
+                    per_ip: per_ip.clone(),
+                },
                 shutdown.clone(),
             ))),
             Err(e) => tracing::error!("cannot use listener: {e}"),
@@ -264,16 +266,29 @@ async fn worker(
     }
 }
 
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
+/// What every accept loop of a worker shares.
+struct Shared {
     tracker: Arc<Tracker>,
     router: Router,
     http: Arc<hyper::server::conn::http1::Builder>,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
     permits: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    shared: Shared,
     shutdown: CancellationToken,
 ) {
+    let Shared {
+        tracker,
+        router,
+        http,
+        graceful,
+        permits,
+        per_ip,
+    } = shared;
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => return,

@@ -294,7 +294,7 @@ impl Swarm {
         self.complete() + self.incomplete()
     }
     pub fn is_empty(&self) -> bool {
-        self.v4.is_empty() && self.v6.as_ref().is_none_or(|v6| v6.is_empty())
+        self.v4.is_empty() && self.v6.as_ref().map_or(true, |v6| v6.is_empty())
     }
 
     /// Is this announcer already in the swarm?
