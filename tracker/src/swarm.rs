@@ -59,7 +59,19 @@ pub const RUN: usize = 16;
 pub struct PeerSet<A: Addr> {
     seeders: Vec<Peer<A>>,
     leechers: Vec<Peer<A>>,
-    index: HashMap<(A, u16), u32, foldhash::fast::RandomState>,
+    /// (address, port) → slot, only for sets bigger than [`INDEX_AT`]:
+    /// small sets (most swarms) are scanned instead, which saves a hash
+    /// table per swarm.
+    index: Option<Box<Index<A>>>,
+}
+
+type Index<A> = HashMap<(A, u16), u32, foldhash::fast::RandomState>;
+
+/// Sets with more peers than this keep a hash index.
+pub const INDEX_AT: usize = 32;
+
+fn slot(seeder: bool, pos: usize) -> u32 {
+    pos as u32 | if seeder { SEEDER_BIT } else { 0 }
 }
 
 impl<A: Addr> PeerSet<A> {
@@ -69,8 +81,11 @@ impl<A: Addr> PeerSet<A> {
     pub fn leechers(&self) -> usize {
         self.leechers.len()
     }
+    pub fn len(&self) -> usize {
+        self.seeders.len() + self.leechers.len()
+    }
     pub fn is_empty(&self) -> bool {
-        self.index.is_empty()
+        self.len() == 0
     }
 
     fn list(&mut self, seeder: bool) -> &mut Vec<Peer<A>> {
@@ -81,14 +96,39 @@ impl<A: Addr> PeerSet<A> {
         }
     }
 
+    /// Where a peer is: its slot (seeder bit + position).
+    fn find(&self, addr: A, port: u16) -> Option<u32> {
+        if let Some(index) = &self.index {
+            return index.get(&(addr, port)).copied();
+        }
+        let here = |p: &Peer<A>| p.addr == addr && p.port == port;
+        if let Some(pos) = self.seeders.iter().position(here) {
+            return Some(slot(true, pos));
+        }
+        self.leechers
+            .iter()
+            .position(here)
+            .map(|pos| slot(false, pos))
+    }
+
+    fn build_index(&mut self) {
+        let mut index = Index::<A>::default();
+        index.reserve(self.len());
+        for (seeder, list) in [(true, &self.seeders), (false, &self.leechers)] {
+            for (pos, p) in list.iter().enumerate() {
+                index.insert((p.addr, p.port), slot(seeder, pos));
+            }
+        }
+        self.index = Some(Box::new(index));
+    }
+
     /// Inserts or refreshes a peer; returns whether it was a seeder before
     /// (`None` if it is new).
     pub fn upsert(&mut self, peer: Peer<A>, seeder: bool) -> Option<bool> {
-        let key = (peer.addr, peer.port);
-        match self.index.get(&key).copied() {
-            Some(slot) => {
-                let was_seeder = slot & SEEDER_BIT != 0;
-                let pos = (slot & !SEEDER_BIT) as usize;
+        match self.find(peer.addr, peer.port) {
+            Some(found) => {
+                let was_seeder = found & SEEDER_BIT != 0;
+                let pos = (found & !SEEDER_BIT) as usize;
                 if was_seeder == seeder {
                     self.list(seeder)[pos] = peer;
                 } else {
@@ -106,13 +146,18 @@ impl<A: Addr> PeerSet<A> {
 
     fn push(&mut self, peer: Peer<A>, seeder: bool) {
         let list = self.list(seeder);
-        let slot = list.len() as u32 | if seeder { SEEDER_BIT } else { 0 };
+        let at = slot(seeder, list.len());
         list.push(peer);
-        self.index.insert((peer.addr, peer.port), slot);
+        if let Some(index) = &mut self.index {
+            index.insert((peer.addr, peer.port), at);
+        } else if self.len() > INDEX_AT {
+            self.build_index();
+        }
     }
 
     /// Removes the peer at `pos`, moving the last one into its place.
-    /// Gives memory back once a list has shrunk to a quarter of its capacity.
+    /// Gives memory back once a list has shrunk to a quarter of its
+    /// capacity, and drops the index when the set is small again.
     fn remove_at(&mut self, seeder: bool, pos: usize) -> Peer<A> {
         let list = self.list(seeder);
         let gone = list.swap_remove(pos);
@@ -120,26 +165,31 @@ impl<A: Addr> PeerSet<A> {
         if list.capacity() > 16 && list.len() < list.capacity() / 4 {
             list.shrink_to(list.capacity() / 2);
         }
-        if let Some(moved) = moved {
-            let slot = pos as u32 | if seeder { SEEDER_BIT } else { 0 };
-            self.index.insert((moved.addr, moved.port), slot);
+        if self.len() <= INDEX_AT / 2 {
+            self.index = None;
         }
-        self.index.remove(&(gone.addr, gone.port));
-        if self.index.capacity() > 16 && self.index.len() < self.index.capacity() / 4 {
-            self.index.shrink_to(self.index.capacity() / 2);
+        if let Some(index) = &mut self.index {
+            if let Some(moved) = moved {
+                index.insert((moved.addr, moved.port), slot(seeder, pos));
+            }
+            index.remove(&(gone.addr, gone.port));
+            if index.capacity() > 64 && index.len() < index.capacity() / 4 {
+                let target = index.capacity() / 2;
+                index.shrink_to(target);
+            }
         }
         gone
     }
 
     pub fn contains(&self, addr: A, port: u16) -> bool {
-        self.index.contains_key(&(addr, port))
+        self.find(addr, port).is_some()
     }
 
     /// Removes a peer; returns whether it was a seeder (`None` if unknown).
     pub fn remove(&mut self, addr: A, port: u16) -> Option<bool> {
-        let slot = *self.index.get(&(addr, port))?;
-        let seeder = slot & SEEDER_BIT != 0;
-        self.remove_at(seeder, (slot & !SEEDER_BIT) as usize);
+        let found = self.find(addr, port)?;
+        let seeder = found & SEEDER_BIT != 0;
+        self.remove_at(seeder, (found & !SEEDER_BIT) as usize);
         Some(seeder)
     }
 
@@ -231,7 +281,9 @@ impl<A: Addr> PeerSet<A> {
     pub fn heap_bytes(&self) -> usize {
         let entry = std::mem::size_of::<((A, u16), u32)>() + 1;
         (self.seeders.capacity() + self.leechers.capacity()) * std::mem::size_of::<Peer<A>>()
-            + self.index.capacity() * entry
+            + self.index.as_ref().map_or(0, |i| {
+                std::mem::size_of::<Index<A>>() + i.capacity() * entry
+            })
     }
 }
 
@@ -651,7 +703,7 @@ mod tests {
     proptest! {
         /// Whatever happens, counts equal list lengths and the index agrees.
         #[test]
-        fn index_stays_consistent(ops in proptest::collection::vec((0u8..4, 1u16..12, any::<bool>(), 0u32..100), 0..200)) {
+        fn index_stays_consistent(ops in proptest::collection::vec((0u8..4, 1u16..80, any::<bool>(), 0u32..100), 0..400)) {
             let mut rng = SmallRng::seed_from_u64(5);
             let mut s = Swarm::default();
             let mut model: HashMap<u16, (bool, u32)> = HashMap::new();
@@ -674,7 +726,7 @@ mod tests {
                 prop_assert_eq!(s.complete(), seeders);
                 prop_assert_eq!(s.incomplete(), model.len() - seeders);
                 for (port, (seeder, _)) in &model {
-                    let slot = s.v4.index[&([10, 0, 0, 1], *port)];
+                    let slot = s.v4.find([10, 0, 0, 1], *port).unwrap();
                     prop_assert_eq!(slot & SEEDER_BIT != 0, *seeder);
                     let list = if *seeder { &s.v4.seeders } else { &s.v4.leechers };
                     prop_assert_eq!(list[(slot & !SEEDER_BIT) as usize].port, *port);
