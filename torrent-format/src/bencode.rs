@@ -183,6 +183,37 @@ impl<'a> Parser<'a> {
         }
     }
 
+    /// Decimal digits up to (not including) `end`: no leading zero, must
+    /// fit a u64. Stops at `end` without consuming it.
+    fn digits(&mut self, end: u8, context: &'static str) -> Result<u64, DecodeError> {
+        let start = self.pos;
+        let mut value: u64 = 0;
+        loop {
+            match self.peek(context)? {
+                c if c == end => return Ok(value),
+                c @ b'0'..=b'9' => {
+                    if self.pos > start && self.input[start] == b'0' {
+                        return Err(DecodeError {
+                            offset: start,
+                            kind: ErrorKind::LeadingZero,
+                        });
+                    }
+                    value = value
+                        .checked_mul(10)
+                        .and_then(|v| v.checked_add(u64::from(c - b'0')))
+                        .ok_or_else(|| self.err(ErrorKind::IntegerOverflow))?;
+                    self.pos += 1;
+                }
+                c => {
+                    return Err(self.err(ErrorKind::InvalidDigit {
+                        found: c as char,
+                        context,
+                    }))
+                }
+            }
+        }
+    }
+
     /// `i<digits>e`: no leading zeros, no `-0`, must fit i64.
     fn int(&mut self) -> Result<i64, DecodeError> {
         self.pos += 1; // 'i'
@@ -191,31 +222,7 @@ impl<'a> Parser<'a> {
             self.pos += 1;
         }
         let digits_at = self.pos;
-        let mut magnitude: u64 = 0;
-        loop {
-            match self.peek("integer")? {
-                b'e' => break,
-                c @ b'0'..=b'9' => {
-                    if self.pos > digits_at && self.input[digits_at] == b'0' {
-                        return Err(DecodeError {
-                            offset: digits_at,
-                            kind: ErrorKind::LeadingZero,
-                        });
-                    }
-                    magnitude = magnitude
-                        .checked_mul(10)
-                        .and_then(|m| m.checked_add(u64::from(c - b'0')))
-                        .ok_or_else(|| self.err(ErrorKind::IntegerOverflow))?;
-                    self.pos += 1;
-                }
-                c => {
-                    return Err(self.err(ErrorKind::InvalidDigit {
-                        found: c as char,
-                        context: "integer",
-                    }))
-                }
-            }
-        }
+        let magnitude = self.digits(b'e', "integer")?;
         if self.pos == digits_at {
             return Err(self.err(ErrorKind::EmptyInteger));
         }
@@ -243,31 +250,7 @@ impl<'a> Parser<'a> {
     /// `<len>:<bytes>`; the length is checked against what is left before use.
     fn bytes(&mut self) -> Result<&'a [u8], DecodeError> {
         let len_at = self.pos;
-        let mut len: u64 = 0;
-        loop {
-            match self.peek("string length")? {
-                b':' => break,
-                c @ b'0'..=b'9' => {
-                    if self.pos > len_at && self.input[len_at] == b'0' {
-                        return Err(DecodeError {
-                            offset: len_at,
-                            kind: ErrorKind::LeadingZero,
-                        });
-                    }
-                    len = len
-                        .checked_mul(10)
-                        .and_then(|l| l.checked_add(u64::from(c - b'0')))
-                        .ok_or_else(|| self.err(ErrorKind::IntegerOverflow))?;
-                    self.pos += 1;
-                }
-                c => {
-                    return Err(self.err(ErrorKind::InvalidDigit {
-                        found: c as char,
-                        context: "string length",
-                    }))
-                }
-            }
-        }
+        let len = self.digits(b':', "string length")?;
         self.pos += 1; // ':'
         let available = self.input.len() - self.pos;
         if len > available as u64 {
