@@ -213,6 +213,7 @@ fn help_has_examples() {
         &["create", "--help"],
         &["show", "--help"],
         &["verify", "--help"],
+        &["tracker", "--help"],
     ] {
         let text = shoal_ok(dir.path(), cmd);
         assert!(text.contains("Examples:"), "{cmd:?}:\n{text}");
