@@ -238,7 +238,7 @@ p.ti = lt.torrent_info(sys.argv[1])
 p.save_path = sys.argv[2]
 p.flags = lt.torrent_flags.seed_mode
 h = ses.add_torrent(p)
-print("seeding", flush=True)
+print("seeding", ses.listen_port(), flush=True)
 sys.stdin.read()
 "#;
 
