@@ -1,7 +1,9 @@
 //! The swarm client engine behind `shoal download` and `shoal seed`.
 //!
 //! So far: [`wire`], the sans-IO peer wire codec (handshake, messages,
-//! bitfields). The piece picker, choker, storage and tracker client follow
-//! (see ARCHITECTURE.md).
+//! bitfields), and [`picker`], which blocks to request from whom (started
+//! pieces first, rarest first with random ties, endgame). The choker,
+//! storage and tracker client follow (see ARCHITECTURE.md).
 
+pub mod picker;
 pub mod wire;
