@@ -60,16 +60,7 @@ fn libtorrent_seed_and_aria2_leecher_meet_through_the_tracker() {
     );
     let hash = info_hash(d, "t.torrent");
 
-    std::fs::write(d.join("seed.py"), LIBTORRENT_SEED).unwrap();
-    let mut seed = Killed(
-        Command::new("/usr/bin/python3")
-            .args(["seed.py", "t.torrent", "seed", "127.0.0.1:0"])
-            .current_dir(d)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
+    let (mut seed, _port) = start_libtorrent_seed(d);
     wait_for(30, "the libtorrent seed to announce", || {
         stats(addr)["seeders"] == 1
     });
@@ -114,7 +105,6 @@ fn libtorrent_seed_and_aria2_leecher_meet_through_the_tracker() {
     assert_eq!(s["leechers"], 0);
     assert_eq!(s["completed"], 1);
     assert!(s["announces_total"].as_u64().unwrap() >= 3);
-    drop(seed.0.stdin.take());
 }
 
 /// Runs inside `unshare -n`: its own loopback with 10.77.0.1, nothing leaves.

@@ -3,9 +3,8 @@
 
 mod common;
 
-use std::io::{BufRead, Read, Write};
+use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::process::{Command, Stdio};
 use std::time::Duration;
 
 use client::wire::{Bitfield, BlockRef, Features, Handshake, Message};
@@ -38,26 +37,7 @@ fn wire_codec_talks_to_libtorrent() {
     let info_hash: torrent_format::InfoHash = json["info_hash"].as_str().unwrap().parse().unwrap();
     let pieces = json["piece_count"].as_u64().unwrap() as usize;
 
-    std::fs::write(d.join("seed.py"), LIBTORRENT_SEED).unwrap();
-    let mut seed = Killed(
-        Command::new("/usr/bin/python3")
-            .args(["seed.py", "t.torrent", "seed", "127.0.0.1:0"])
-            .current_dir(d)
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap(),
-    );
-    let mut line = String::new();
-    std::io::BufReader::new(seed.0.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
-    let port: u16 = line
-        .trim()
-        .strip_prefix("seeding ")
-        .expect("seed's port")
-        .parse()
-        .unwrap();
+    let (_seed, port) = start_libtorrent_seed(d);
 
     let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
@@ -135,5 +115,4 @@ fn wire_codec_talks_to_libtorrent() {
     }
     let start = 32768 + 16384;
     assert_eq!(data, stream[start..start + 16384]);
-    drop(seed.0.stdin.take());
 }

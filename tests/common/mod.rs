@@ -242,6 +242,33 @@ print("seeding", ses.listen_port(), flush=True)
 sys.stdin.read()
 "#;
 
+/// Starts a libtorrent seed of `dir/t.torrent` with its data in `dir/seed`,
+/// listening on 127.0.0.1; returns it (killed on drop) and its port, once
+/// it is seeding.
+pub fn start_libtorrent_seed(dir: &Path) -> (Killed, u16) {
+    use std::io::BufRead;
+    std::fs::write(dir.join("seed.py"), LIBTORRENT_SEED).unwrap();
+    let mut seed = Killed(
+        Command::new("/usr/bin/python3")
+            .args(["seed.py", "t.torrent", "seed", "127.0.0.1:0"])
+            .current_dir(dir)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("start the libtorrent seed"),
+    );
+    let mut line = String::new();
+    std::io::BufReader::new(seed.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let port = line
+        .trim()
+        .strip_prefix("seeding ")
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("libtorrent seed said {line:?}"));
+    (seed, port)
+}
+
 /// Every file under `a` equals the same file under `b`.
 pub fn same_tree(a: &Path, b: &Path) {
     let la = listing(a);
