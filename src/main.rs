@@ -19,6 +19,8 @@ Examples:
   shoal show my-album.torrent                                       what is inside
   shoal verify my-album.torrent my-album/                           check the data
   shoal tracker --listen 0.0.0.0:6969                               run a tracker
+  shoal seed my-album.torrent my-album/                             share it
+  shoal download my-album.torrent -o ~/Downloads                    fetch it, then seed
 
 Run 'shoal <command> --help' for the options of each command.";
 
@@ -26,7 +28,7 @@ Run 'shoal <command> --help' for the options of each command.";
 #[command(
     name = "shoal",
     version,
-    about = "A BitTorrent toolkit: create, inspect and verify torrents, run a tracker",
+    about = "A BitTorrent toolkit: create, inspect and verify torrents, run a tracker, seed and download",
     after_help = EXAMPLES,
     propagate_version = true
 )]
@@ -41,6 +43,8 @@ enum Command {
     Show(cmd::show::Args),
     Verify(cmd::verify::Args),
     Tracker(cmd::tracker::Args),
+    Seed(cmd::seed::Args),
+    Download(cmd::download::Args),
 }
 
 fn main() -> ExitCode {
@@ -51,7 +55,7 @@ fn main() -> ExitCode {
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,shoal=info,tracker=info")
+                tracing_subscriber::EnvFilter::new("warn,shoal=info,tracker=info,client=info")
             }),
         )
         .init();
@@ -60,6 +64,8 @@ fn main() -> ExitCode {
         Command::Show(args) => cmd::show::run(args),
         Command::Verify(args) => cmd::verify::run(args),
         Command::Tracker(args) => cmd::tracker::run(args),
+        Command::Seed(args) => cmd::seed::run(args),
+        Command::Download(args) => cmd::download::run(args),
     };
     match result {
         Ok(code) => code,

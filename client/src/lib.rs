@@ -5,5 +5,13 @@
 //! pieces first, rarest first with random ties, endgame). The choker,
 //! storage and tracker client follow (see ARCHITECTURE.md).
 
+pub mod choker;
+pub mod disk;
+pub mod peer;
 pub mod picker;
+pub mod rate;
+pub mod resume;
+pub mod session;
+pub mod storage;
+pub mod tracker;
 pub mod wire;

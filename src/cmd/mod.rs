@@ -1,5 +1,8 @@
 pub mod create;
+pub mod download;
+pub mod seed;
 pub mod show;
+pub mod swarm;
 pub mod tracker;
 pub mod verify;
 

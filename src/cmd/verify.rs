@@ -35,7 +35,7 @@ pub struct Args {
 
 /// Where the content is: PATH itself, or PATH/NAME when PATH is a directory
 /// that holds the content under the torrent's name.
-fn content_path(info: &Info, path: Option<PathBuf>) -> PathBuf {
+pub fn content_path(info: &Info, path: Option<PathBuf>) -> PathBuf {
     let Some(path) = path else {
         return PathBuf::from(info.name());
     };
@@ -67,32 +67,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let report = pieces::verify(info, &content, hashing, &|n| bar.inc(n));
     bar.finish_and_clear();
 
-    let mut out = String::new();
-    for (i, state) in report.files.iter().enumerate() {
-        let f = &info.files()[i];
-        let shown = if info.is_multi_file() {
-            content.join(f.path.iter().collect::<PathBuf>())
-        } else {
-            content.clone()
-        };
-        let problem = match state {
-            FileState::Ok => continue,
-            FileState::Missing => "missing".to_string(),
-            FileState::NotAFile => "not a regular file".to_string(),
-            FileState::Short { actual } => {
-                format!("short: {actual} of {} bytes", f.length)
-            }
-            FileState::TooLong { actual } => {
-                format!("too long: {actual} bytes, expected {}", f.length)
-            }
-            FileState::Corrupt { bad_pieces } => format!(
-                "corrupt: {bad_pieces} of {} pieces do not match",
-                info.file_pieces(i).len()
-            ),
-            FileState::Unreadable(e) => format!("unreadable: {e}"),
-        };
-        out.push_str(&format!("{}: {problem}\n", shown.display()));
-    }
+    let mut out: String = problems(info, &content, &report)
+        .iter()
+        .map(|p| format!("{p}\n"))
+        .collect();
     let good = report.good_pieces();
     let total = info.piece_count();
     if report.all_ok() {
@@ -113,4 +91,35 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ui::print_out(&out)?;
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// One line per file that does not match: "PATH: what is wrong".
+pub fn problems(info: &Info, content: &Path, report: &pieces::VerifyReport) -> Vec<String> {
+    let mut out = Vec::new();
+    for (i, state) in report.files.iter().enumerate() {
+        let f = &info.files()[i];
+        let shown = if info.is_multi_file() {
+            content.join(f.path.iter().collect::<PathBuf>())
+        } else {
+            content.to_path_buf()
+        };
+        let problem = match state {
+            FileState::Ok => continue,
+            FileState::Missing => "missing".to_string(),
+            FileState::NotAFile => "not a regular file".to_string(),
+            FileState::Short { actual } => {
+                format!("short: {actual} of {} bytes", f.length)
+            }
+            FileState::TooLong { actual } => {
+                format!("too long: {actual} bytes, expected {}", f.length)
+            }
+            FileState::Corrupt { bad_pieces } => format!(
+                "corrupt: {bad_pieces} of {} pieces do not match",
+                info.file_pieces(i).len()
+            ),
+            FileState::Unreadable(e) => format!("unreadable: {e}"),
+        };
+        out.push(format!("{}: {problem}", shown.display()));
+    }
+    out
 }

@@ -1,0 +1,248 @@
+//! Disk work off the async threads.
+//!
+//! Received blocks go to a few writer threads, each owning the pieces
+//! whose index maps to it, so one piece's blocks are written in arrival
+//! order by one thread. That thread also hashes each piece as its blocks
+//! arrive in order (the common case: one peer sends one piece front to
+//! back), so a finished piece is usually verified without reading it back;
+//! whatever arrived out of order is read back from the page cache.
+//!
+//! Bytes queued for writing are capped ([`WRITE_BUDGET`]): a connection
+//! waits for room before it reads on, so a fast peer and a slow disk
+//! cannot grow memory without bound — TCP flow control pushes back.
+//!
+//! Blocks to upload are read in batches on tokio's blocking pool.
+
+use std::collections::HashMap;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+
+use sha1::{Digest, Sha1};
+use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+
+use torrent_format::Info;
+
+use crate::storage::{Storage, StorageError};
+use crate::wire::{BlockRef, BLOCK};
+
+/// Most bytes waiting to be written, across all connections of a session.
+pub const WRITE_BUDGET: usize = 8 << 20;
+
+/// What the writer threads report.
+#[derive(Debug)]
+pub enum DiskEvent {
+    /// A piece's last block is written and its hash checked. `blocks`
+    /// holds the SHA-1 of each 16 KiB block when asked for (to find which
+    /// peer sent bad data, see the session's ban logic).
+    Verified {
+        piece: u32,
+        ok: bool,
+        blocks: Option<Vec<[u8; 20]>>,
+    },
+    /// Writing failed (disk full, file removed…): the download cannot go on.
+    Failed(StorageError),
+}
+
+struct Write {
+    piece: u32,
+    offset: u32,
+    data: Vec<u8>,
+    /// The piece's last block: verify after writing it.
+    last: bool,
+    digests: bool,
+    _permit: Option<OwnedSemaphorePermit>,
+}
+
+/// A piece being hashed in arrival order.
+struct Running {
+    hasher: Sha1,
+    /// Bytes hashed so far, from the piece's start.
+    next: u32,
+}
+
+pub struct Disk {
+    storage: Arc<Storage>,
+    info: Arc<Info>,
+    writers: Vec<std_mpsc::Sender<Write>>,
+    budget: Arc<Semaphore>,
+    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+}
+
+impl Disk {
+    /// Starts `threads` writer threads reporting to `events`.
+    pub fn new(
+        info: Arc<Info>,
+        storage: Arc<Storage>,
+        threads: usize,
+        events: mpsc::UnboundedSender<DiskEvent>,
+    ) -> Disk {
+        let mut writers = Vec::new();
+        let mut handles = Vec::new();
+        for n in 0..threads.max(1) {
+            let (tx, rx) = std_mpsc::channel::<Write>();
+            let storage = storage.clone();
+            let info = info.clone();
+            let events = events.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("shoal-disk-{n}"))
+                .spawn(move || writer(&info, &storage, &rx, &events))
+                .expect("spawn a disk thread");
+            writers.push(tx);
+            handles.push(handle);
+        }
+        Disk {
+            storage,
+            info,
+            writers,
+            budget: Arc::new(Semaphore::new(WRITE_BUDGET)),
+            threads: std::sync::Mutex::new(handles),
+        }
+    }
+
+    pub fn storage(&self) -> &Arc<Storage> {
+        &self.storage
+    }
+
+    pub fn info(&self) -> &Arc<Info> {
+        &self.info
+    }
+
+    /// Waits for room for `len` more bytes in the write queue.
+    pub async fn reserve(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let n = len.clamp(1, WRITE_BUDGET) as u32;
+        self.budget.clone().acquire_many_owned(n).await.ok()
+    }
+
+    /// Queues a received block with the room `reserve` gave. `last` marks
+    /// the piece's final block (queue it after the others); `digests` asks
+    /// for per-block hashes with the verdict.
+    pub fn queue(
+        &self,
+        permit: Option<OwnedSemaphorePermit>,
+        piece: u32,
+        offset: u32,
+        data: Vec<u8>,
+        last: bool,
+        digests: bool,
+    ) {
+        let w = &self.writers[piece as usize % self.writers.len()];
+        // A send fails only once the threads are gone (shutting down).
+        let _ = w.send(Write {
+            piece,
+            offset,
+            data,
+            last,
+            digests,
+            _permit: permit,
+        });
+    }
+
+    /// Reads blocks to upload and encodes them as `piece` messages onto
+    /// `out`. Runs on the blocking pool.
+    pub async fn read_blocks(
+        &self,
+        blocks: Vec<BlockRef>,
+        mut out: Vec<u8>,
+    ) -> Result<Vec<u8>, StorageError> {
+        let storage = self.storage.clone();
+        let task = tokio::task::spawn_blocking(move || {
+            for b in &blocks {
+                out.extend_from_slice(&(9 + b.length).to_be_bytes());
+                out.push(7);
+                out.extend_from_slice(&b.index.to_be_bytes());
+                out.extend_from_slice(&b.offset.to_be_bytes());
+                let at = out.len();
+                out.resize(at + b.length as usize, 0);
+                storage.read(b.index, b.offset, &mut out[at..])?;
+            }
+            Ok(out)
+        });
+        match task.await {
+            Ok(r) => r,
+            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        }
+    }
+
+    /// Stops the writer threads after they have written everything queued.
+    pub fn close(&mut self) {
+        self.writers.clear();
+        let handles = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for Disk {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+fn writer(
+    info: &Info,
+    storage: &Storage,
+    rx: &std_mpsc::Receiver<Write>,
+    events: &mpsc::UnboundedSender<DiskEvent>,
+) {
+    let mut running: HashMap<u32, Running> = HashMap::new();
+    while let Ok(w) = rx.recv() {
+        if let Err(e) = storage.write(w.piece, w.offset, &w.data) {
+            let _ = events.send(DiskEvent::Failed(e));
+            // Keep draining so senders never block on a dead writer.
+            continue;
+        }
+        let r = running.entry(w.piece).or_insert_with(|| Running {
+            hasher: Sha1::new(),
+            next: 0,
+        });
+        if w.offset == r.next {
+            r.hasher.update(&w.data);
+            r.next += w.data.len() as u32;
+        }
+        drop(w.data);
+        if !w.last {
+            continue;
+        }
+        let mut r = running.remove(&w.piece).expect("entry made above");
+        let verdict = storage
+            .hash_from(w.piece, r.next, &mut r.hasher)
+            .and_then(|()| {
+                let hash: [u8; 20] = r.hasher.finalize().into();
+                let ok = info.piece_hashes()[w.piece as usize] == hash;
+                let blocks = if w.digests || !ok {
+                    Some(block_digests(info, storage, w.piece)?)
+                } else {
+                    None
+                };
+                Ok((ok, blocks))
+            });
+        let event = match verdict {
+            Ok((ok, blocks)) => DiskEvent::Verified {
+                piece: w.piece,
+                ok,
+                blocks,
+            },
+            Err(e) => DiskEvent::Failed(e),
+        };
+        let _ = events.send(event);
+    }
+}
+
+fn block_digests(
+    info: &Info,
+    storage: &Storage,
+    piece: u32,
+) -> Result<Vec<[u8; 20]>, StorageError> {
+    let size = info.piece_size(piece as usize) as u32;
+    let mut buf = vec![0u8; BLOCK as usize];
+    let mut out = Vec::new();
+    let mut offset = 0u32;
+    while offset < size {
+        let len = (size - offset).min(BLOCK) as usize;
+        storage.read(piece, offset, &mut buf[..len])?;
+        out.push(Sha1::digest(&buf[..len]).into());
+        offset += len as u32;
+    }
+    Ok(out)
+}

@@ -1,0 +1,676 @@
+//! One peer connection: a reader task that owns the protocol state and a
+//! writer task that owns the socket's sending half (so a peer that does not
+//! read can never stop us from reading, and the other way round).
+//!
+//! The reader decodes messages with [`crate::wire`], keeps the peer's
+//! bitfield and our outstanding requests, and talks to the session state.
+//! The writer sends what the reader encodes and the blocks the peer asked
+//! for, read from disk in small batches on the blocking pool.
+
+use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Notify};
+use tokio_util::sync::CancellationToken;
+
+use crate::picker::{PeerKey, Received};
+use crate::session::{Cmd, Ident, PeerCounters, Shared, State};
+use crate::wire::{Bitfield, BlockRef, Features, Handshake, Message, HANDSHAKE_LEN, MAX_BLOCK};
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Close a connection that sent nothing (not even a keep-alive) this long.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(150);
+/// Send a keep-alive after this long without sending anything.
+const KEEP_ALIVE: Duration = Duration::from_secs(90);
+/// Most requests from a peer queued for upload.
+const MAX_UPLOAD_QUEUE: usize = 500;
+/// Blocks read from disk per batch when uploading.
+const UPLOAD_BATCH: usize = 8;
+/// Blocks cancelled or given up on, whose late arrival is forgiven.
+const MAX_FORGIVEN: usize = 2048;
+
+/// Dials `addr`; false when no BitTorrent connection came of it.
+pub(crate) async fn connect(shared: Arc<Shared>, addr: SocketAddr) -> bool {
+    let stream = tokio::select! {
+        () = shared.cancel.cancelled() => return true,
+        r = tokio::time::timeout(CONNECT_TIMEOUT, dial(addr, shared.config.bind)) => match r {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!("{addr}: connect: {e}");
+                return false;
+            }
+            Err(_) => {
+                tracing::debug!("{addr}: connect: timed out");
+                return false;
+            }
+        },
+    };
+    run(shared, stream, addr, true).await
+}
+
+/// Connects from `bind` when given (so a peer sees the address we announce).
+async fn dial(addr: SocketAddr, bind: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(ip) = bind.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if ip.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(ip, 0))?;
+    socket.connect(addr).await
+}
+
+/// Runs a connection to its end. Returns false if the handshake failed.
+pub(crate) async fn run(
+    shared: Arc<Shared>,
+    stream: TcpStream,
+    addr: SocketAddr,
+    outgoing: bool,
+) -> bool {
+    let _ = stream.set_nodelay(true);
+    let cancel = shared.cancel.child_token();
+    let (rd, wr, buf, peer_id) = match tokio::select! {
+        () = cancel.cancelled() => return true,
+        r = tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(&shared, stream, outgoing)) => r,
+    } {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            tracing::debug!("{addr}: handshake: {e}");
+            return false;
+        }
+        Err(_) => {
+            tracing::debug!("{addr}: handshake: timed out");
+            return false;
+        }
+    };
+    let (tx, cmds) = mpsc::unbounded_channel();
+    let (key, counters, ours) = match shared.register(addr, peer_id, outgoing, tx) {
+        Ok(x) => x,
+        Err(why) => {
+            tracing::debug!("{addr}: not admitted: {why}");
+            return true;
+        }
+    };
+    tracing::debug!("{addr}: connected ({})", client_name(&peer_id));
+    let (out_tx, out_rx) = mpsc::unbounded_channel();
+    let uploads = Arc::new(UploadQueue::default());
+    let writer = {
+        let shared = shared.clone();
+        let uploads = uploads.clone();
+        let counters = counters.clone();
+        let cancel = cancel.clone();
+        shared.tasks.clone().spawn(async move {
+            if let Err(e) = write_loop(&shared, wr, out_rx, &uploads, &counters).await {
+                tracing::debug!("{addr}: sending: {e}");
+            }
+            cancel.cancel();
+        })
+    };
+    let mut conn = Conn {
+        shared: shared.clone(),
+        key,
+        addr,
+        ident: Ident { peer_id, addr },
+        bitfield: Bitfield::new(shared.info.piece_count()),
+        got_bitfield: false,
+        peer_choking: true,
+        am_interested: false,
+        am_choking: true,
+        inflight: Vec::new(),
+        forgiven: HashSet::new(),
+        last_block: Instant::now(),
+        last_recv: Instant::now(),
+        snubbed: false,
+        out: Vec::new(),
+        out_tx,
+        uploads,
+        counters,
+    };
+    // Our pieces first (a bitfield only when there is something in it).
+    if ours.count() > 0 {
+        Message::Bitfield(ours.as_bytes().to_vec()).encode(&mut conn.out);
+    }
+    let why = conn.run(rd, buf, cmds, &cancel).await;
+    tracing::debug!("{addr}: disconnected: {why}");
+    cancel.cancel();
+    drop(conn.out_tx);
+    shared.unregister(key, &conn.bitfield);
+    let _ = writer.await;
+    true
+}
+
+async fn handshake(
+    shared: &Shared,
+    mut stream: TcpStream,
+    outgoing: bool,
+) -> Result<(OwnedReadHalf, OwnedWriteHalf, Vec<u8>, [u8; 20]), String> {
+    let ours = Handshake {
+        features: Features::default(),
+        info_hash: shared.info_hash,
+        peer_id: shared.peer_id,
+    }
+    .encode();
+    if outgoing {
+        stream.write_all(&ours).await.map_err(|e| e.to_string())?;
+    }
+    let mut buf = Vec::with_capacity(64 * 1024);
+    let theirs = loop {
+        if let Some(h) = Handshake::decode(&buf).map_err(|e| e.to_string())? {
+            break h;
+        }
+        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+            return Err("closed during the handshake".into());
+        }
+    };
+    if theirs.info_hash != shared.info_hash {
+        return Err("wrong info hash".into());
+    }
+    if !outgoing {
+        stream.write_all(&ours).await.map_err(|e| e.to_string())?;
+    }
+    buf.drain(..HANDSHAKE_LEN);
+    let (rd, wr) = stream.into_split();
+    Ok((rd, wr, buf, theirs.peer_id))
+}
+
+/// A readable name for a peer id ("-TR3000-" → "TR 3000").
+pub fn client_name(id: &[u8; 20]) -> String {
+    if id[0] == b'-' && id[7] == b'-' && id[1..7].iter().all(u8::is_ascii_alphanumeric) {
+        format!(
+            "{} {}",
+            String::from_utf8_lossy(&id[1..3]),
+            String::from_utf8_lossy(&id[3..7])
+        )
+    } else {
+        "unknown client".into()
+    }
+}
+
+/// Blocks a peer asked for, waiting to be read and sent.
+#[derive(Default)]
+struct UploadQueue {
+    queue: Mutex<VecDeque<BlockRef>>,
+    ready: Notify,
+}
+
+impl UploadQueue {
+    fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<BlockRef>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    fn push(&self, b: BlockRef) -> bool {
+        let mut q = self.lock();
+        if q.len() >= MAX_UPLOAD_QUEUE || q.contains(&b) {
+            return false;
+        }
+        q.push_back(b);
+        drop(q);
+        self.ready.notify_one();
+        true
+    }
+    fn remove(&self, b: &BlockRef) {
+        self.lock().retain(|x| x != b);
+    }
+    fn clear(&self) {
+        self.lock().clear();
+    }
+    fn take(&self, n: usize) -> Vec<BlockRef> {
+        let mut q = self.lock();
+        let n = n.min(q.len());
+        q.drain(..n).collect()
+    }
+}
+
+async fn write_loop(
+    shared: &Shared,
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<Vec<u8>>,
+    uploads: &UploadQueue,
+    counters: &PeerCounters,
+) -> std::io::Result<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        if buf.is_empty() && uploads.lock().is_empty() {
+            tokio::select! {
+                m = rx.recv() => match m {
+                    Some(b) => buf.extend_from_slice(&b),
+                    None => return Ok(()),
+                },
+                () = uploads.ready.notified() => {}
+                () = tokio::time::sleep(KEEP_ALIVE) => Message::KeepAlive.encode(&mut buf),
+            }
+        }
+        while let Ok(b) = rx.try_recv() {
+            buf.extend_from_slice(&b);
+        }
+        let blocks = uploads.take(UPLOAD_BATCH);
+        if !blocks.is_empty() {
+            let bytes: u64 = blocks.iter().map(|b| u64::from(b.length)).sum();
+            shared.up_limit.acquire(bytes).await;
+            buf = shared
+                .disk
+                .read_blocks(blocks, buf)
+                .await
+                .map_err(|e| std::io::Error::other(e.to_string()))?;
+            counters.up.fetch_add(bytes, Ordering::Relaxed);
+            shared.uploaded.fetch_add(bytes, Ordering::Relaxed);
+        }
+        if !buf.is_empty() {
+            wr.write_all(&buf).await?;
+            buf.clear();
+            if buf.capacity() > 1 << 20 {
+                buf = Vec::new();
+            }
+        }
+    }
+}
+
+struct Conn {
+    shared: Arc<Shared>,
+    key: PeerKey,
+    addr: SocketAddr,
+    ident: Ident,
+    /// What the peer has.
+    bitfield: Bitfield,
+    got_bitfield: bool,
+    peer_choking: bool,
+    am_interested: bool,
+    am_choking: bool,
+    /// Requests sent and not yet answered.
+    inflight: Vec<BlockRef>,
+    /// Blocks cancelled or given up on: forgiven if they still arrive.
+    forgiven: HashSet<BlockRef>,
+    last_block: Instant,
+    last_recv: Instant,
+    snubbed: bool,
+    /// Encoded messages to hand to the writer.
+    out: Vec<u8>,
+    out_tx: mpsc::UnboundedSender<Vec<u8>>,
+    uploads: Arc<UploadQueue>,
+    counters: Arc<PeerCounters>,
+}
+
+type Why = std::borrow::Cow<'static, str>;
+
+impl Conn {
+    async fn run(
+        &mut self,
+        mut rd: OwnedReadHalf,
+        mut buf: Vec<u8>,
+        mut cmds: mpsc::UnboundedReceiver<Cmd>,
+        cancel: &CancellationToken,
+    ) -> Why {
+        let mut tick = tokio::time::interval(Duration::from_secs(1));
+        loop {
+            // Everything complete in the buffer first.
+            let mut at = 0;
+            loop {
+                match Message::decode(&buf[at..]) {
+                    Ok(Some((m, used))) => {
+                        at += used;
+                        if let Err(why) = self.handle(m).await {
+                            return why;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return format!("protocol error: {e}").into(),
+                }
+            }
+            buf.drain(..at);
+            self.flush();
+            if buf.capacity() - buf.len() < 16 * 1024 {
+                buf.reserve(64 * 1024);
+            }
+            tokio::select! {
+                () = cancel.cancelled() => return "closed".into(),
+                cmd = cmds.recv() => {
+                    let Some(cmd) = cmd else { return "session ended".into() };
+                    if let Err(why) = self.command(cmd) {
+                        return why;
+                    }
+                    // Take whatever else is queued in one go.
+                    while let Ok(cmd) = cmds.try_recv() {
+                        if let Err(why) = self.command(cmd) {
+                            return why;
+                        }
+                    }
+                }
+                r = rd.read_buf(&mut buf) => match r {
+                    Ok(0) => return "the peer closed the connection".into(),
+                    Ok(n) => {
+                        self.last_recv = Instant::now();
+                        self.shared.down_limit.acquire(n as u64).await;
+                    }
+                    Err(e) => return format!("receiving: {e}").into(),
+                },
+                _ = tick.tick() => {
+                    if let Err(why) = self.tick() {
+                        return why;
+                    }
+                }
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if !self.out.is_empty() {
+            let _ = self.out_tx.send(std::mem::take(&mut self.out));
+        }
+    }
+
+    fn send(&mut self, m: &Message) {
+        m.encode(&mut self.out);
+    }
+
+    fn tick(&mut self) -> Result<(), Why> {
+        let now = Instant::now();
+        if now.duration_since(self.last_recv) > IDLE_TIMEOUT {
+            return Err("idle too long".into());
+        }
+        if !self.inflight.is_empty()
+            && !self.snubbed
+            && now.duration_since(self.last_block) > self.shared.config.snub_after
+        {
+            // Snubbed: its requests go back to the pool for others.
+            tracing::debug!(
+                "{}: snubbed, releasing {} requests",
+                self.addr,
+                self.inflight.len()
+            );
+            self.snubbed = true;
+            self.release_all();
+        }
+        Ok(())
+    }
+
+    fn release_all(&mut self) {
+        let blocks = std::mem::take(&mut self.inflight);
+        let shared = Arc::clone(&self.shared);
+        let mut st = shared.lock();
+        for b in &blocks {
+            st.picker.release(self.key, *b);
+        }
+        for p in st.peers.values() {
+            let _ = p.tx.send(Cmd::Poke);
+        }
+        drop(st);
+        if self.forgiven.len() + blocks.len() > MAX_FORGIVEN {
+            self.forgiven.clear();
+        }
+        self.forgiven.extend(blocks);
+    }
+
+    fn command(&mut self, cmd: Cmd) -> Result<(), Why> {
+        match cmd {
+            Cmd::Have(piece) => {
+                if !self.bitfield.get(piece as usize) {
+                    self.send(&Message::Have(piece));
+                }
+                let shared = Arc::clone(&self.shared);
+                let mut st = shared.lock();
+                if st.is_complete() && self.bitfield.is_complete() {
+                    return Err("both sides are seeds".into());
+                }
+                if self.am_interested && self.bitfield.get(piece as usize) {
+                    self.update_interest(&mut st);
+                }
+            }
+            Cmd::Choke => {
+                if !self.am_choking {
+                    self.am_choking = true;
+                    self.uploads.clear();
+                    self.send(&Message::Choke);
+                }
+            }
+            Cmd::Unchoke => {
+                if self.am_choking {
+                    self.am_choking = false;
+                    self.send(&Message::Unchoke);
+                }
+            }
+            Cmd::Cancel(b) => {
+                if let Some(i) = self.inflight.iter().position(|x| *x == b) {
+                    self.inflight.swap_remove(i);
+                    self.forgiven.insert(b);
+                    self.send(&Message::Cancel(b));
+                }
+            }
+            Cmd::Poke => {
+                let shared = Arc::clone(&self.shared);
+                let mut st = shared.lock();
+                self.update_interest(&mut st);
+                self.request_more(&mut st);
+            }
+            Cmd::Close(why) => return Err(why.into()),
+        }
+        Ok(())
+    }
+
+    /// Says `interested` / `not interested` when that changed.
+    fn update_interest(&mut self, st: &mut State) {
+        let want = st.picker.is_interesting(&self.bitfield);
+        if want != self.am_interested {
+            self.am_interested = want;
+            self.send(if want {
+                &Message::Interested
+            } else {
+                &Message::NotInterested
+            });
+        }
+    }
+
+    /// Tops up the request pipeline.
+    fn request_more(&mut self, st: &mut State) {
+        if self.peer_choking || !self.am_interested {
+            return;
+        }
+        let depth = if self.snubbed {
+            1
+        } else {
+            st.queue_depth(self.key)
+        };
+        let room = depth.saturating_sub(self.inflight.len());
+        // Ask in batches, not one block per block received.
+        if room == 0 || (room < depth / 4 && !self.inflight.is_empty()) {
+            return;
+        }
+        let st = &mut *st;
+        let blocks = st.picker.pick(self.key, &self.bitfield, room, &mut st.rng);
+        for b in blocks {
+            self.inflight.push(b);
+            self.send(&Message::Request(b));
+        }
+    }
+
+    fn peer_got(&mut self, st: &mut State) {
+        let pieces = self.bitfield.count();
+        let seed = pieces == self.bitfield.len();
+        if let Some(p) = st.peers.get_mut(&self.key) {
+            p.pieces = pieces;
+            p.seed = seed;
+        }
+    }
+
+    async fn handle(&mut self, m: Message) -> Result<(), Why> {
+        match m {
+            Message::KeepAlive => {}
+            Message::Choke => {
+                self.peer_choking = true;
+                // Without the fast extension, a choke drops our requests.
+                self.release_all();
+            }
+            Message::Unchoke => {
+                self.peer_choking = false;
+                let shared = Arc::clone(&self.shared);
+                let mut st = shared.lock();
+                self.request_more(&mut st);
+            }
+            Message::Interested => self.shared.set_interested(self.key, true),
+            Message::NotInterested => {
+                self.shared.set_interested(self.key, false);
+                self.uploads.clear();
+            }
+            Message::Have(piece) => {
+                if piece as usize >= self.bitfield.len() {
+                    return Err(format!("'have' for piece {piece}, which does not exist").into());
+                }
+                if !self.bitfield.get(piece as usize) {
+                    self.bitfield.set(piece as usize);
+                    let shared = Arc::clone(&self.shared);
+                    let mut st = shared.lock();
+                    st.picker.peer_has(piece);
+                    self.peer_got(&mut st);
+                    if st.is_complete() && self.bitfield.is_complete() {
+                        return Err("both sides are seeds".into());
+                    }
+                    if !self.am_interested && !st.picker.have().get(piece as usize) {
+                        self.am_interested = true;
+                        self.send(&Message::Interested);
+                    }
+                    self.request_more(&mut st);
+                }
+            }
+            Message::Bitfield(bytes) => {
+                if self.got_bitfield || self.bitfield.count() > 0 {
+                    return Err("a bitfield after other messages".into());
+                }
+                let bits = Bitfield::from_bytes(&bytes, self.bitfield.len())
+                    .map_err(|e| format!("bad bitfield: {e}"))?;
+                self.set_bitfield(bits)?;
+            }
+            Message::HaveAll => {
+                // Only with the fast extension, which we do not offer; the
+                // meaning is clear all the same.
+                let mut all = Bitfield::new(self.bitfield.len());
+                (0..all.len()).for_each(|i| {
+                    all.set(i);
+                });
+                self.set_bitfield(all)?;
+            }
+            Message::HaveNone => self.got_bitfield = true,
+            Message::Request(b) => self.requested(b)?,
+            Message::Cancel(b) => self.uploads.remove(&b),
+            Message::Piece {
+                index,
+                offset,
+                data,
+            } => self.piece(index, offset, data).await?,
+            // Extensions we have not offered: ignored.
+            Message::Port(_)
+            | Message::SuggestPiece(_)
+            | Message::RejectRequest(_)
+            | Message::AllowedFast(_)
+            | Message::Extended(..)
+            | Message::Unknown(_) => {}
+        }
+        Ok(())
+    }
+
+    fn set_bitfield(&mut self, bits: Bitfield) -> Result<(), Why> {
+        self.got_bitfield = true;
+        let shared = Arc::clone(&self.shared);
+        let mut st = shared.lock();
+        st.picker.add_peer(&bits);
+        self.bitfield = bits;
+        self.peer_got(&mut st);
+        if st.is_complete() && self.bitfield.is_complete() {
+            return Err("both sides are seeds".into());
+        }
+        self.update_interest(&mut st);
+        Ok(())
+    }
+
+    fn requested(&mut self, b: BlockRef) -> Result<(), Why> {
+        let info = &self.shared.info;
+        if b.index as usize >= info.piece_count()
+            || b.length == 0
+            || b.length > MAX_BLOCK
+            || u64::from(b.offset) + u64::from(b.length) > info.piece_size(b.index as usize)
+        {
+            return Err(format!(
+                "asked for {} bytes at {} of piece {}, which is out of range",
+                b.length, b.offset, b.index
+            )
+            .into());
+        }
+        if self.am_choking {
+            // Without the fast extension a request while choked is simply
+            // dropped (it may have crossed our choke on the wire).
+            return Ok(());
+        }
+        if !self.shared.lock().have.get(b.index as usize) {
+            return Err(format!("asked for piece {}, which we do not have", b.index).into());
+        }
+        self.uploads.push(b);
+        Ok(())
+    }
+
+    async fn piece(&mut self, index: u32, offset: u32, data: Vec<u8>) -> Result<(), Why> {
+        let b = BlockRef {
+            index,
+            offset,
+            length: data.len() as u32,
+        };
+        let len = u64::from(b.length);
+        if let Some(i) = self.inflight.iter().position(|x| *x == b) {
+            self.inflight.swap_remove(i);
+        } else if self.forgiven.remove(&b) {
+            return Ok(());
+        } else {
+            return Err(format!(
+                "sent {} bytes at {offset} of piece {index}, which we did not ask for",
+                b.length
+            )
+            .into());
+        }
+        self.last_block = Instant::now();
+        self.snubbed = false;
+        self.counters.down.fetch_add(len, Ordering::Relaxed);
+        self.shared.downloaded.fetch_add(len, Ordering::Relaxed);
+        // Room in the write queue first, so blocks reach the disk threads
+        // in the order the picker counted them (the last block of a piece
+        // must come after the others).
+        let permit = self.shared.disk.reserve(data.len()).await;
+        let shared = Arc::clone(&self.shared);
+        let mut st = shared.lock();
+        let outcome = st.picker.received(self.key, b);
+        let (cancel, last) = match outcome {
+            Received::Unexpected => {
+                self.request_more(&mut st);
+                return Ok(());
+            }
+            Received::Block { cancel } => (cancel, false),
+            Received::PieceDone { cancel } => (cancel, true),
+        };
+        for k in cancel {
+            if let Some(p) = st.peers.get(&k) {
+                let _ = p.tx.send(Cmd::Cancel(b));
+            }
+        }
+        let blocks = st.block_from.entry(index).or_insert_with(|| {
+            let n = self
+                .shared
+                .info
+                .piece_size(index as usize)
+                .div_ceil(u64::from(crate::wire::BLOCK));
+            vec![None; n as usize]
+        });
+        if let Some(slot) = blocks.get_mut((offset / crate::wire::BLOCK) as usize) {
+            *slot = Some(self.ident);
+        }
+        let digests = last && st.failed.contains_key(&index);
+        self.shared
+            .disk
+            .queue(permit, index, offset, data, last, digests);
+        self.request_more(&mut st);
+        Ok(())
+    }
+}
