@@ -2,10 +2,16 @@
 //!
 //! Received blocks go to a few writer threads, each owning the pieces
 //! whose index maps to it, so one piece's blocks are written in arrival
-//! order by one thread. That thread also hashes each piece as its blocks
-//! arrive in order (the common case: one peer sends one piece front to
-//! back), so a finished piece is usually verified without reading it back;
-//! whatever arrived out of order is read back from the page cache.
+//! order by one thread.
+//!
+//! Finished pieces are verified in one of two ways:
+//! - with AVX-512, a verifier thread reads them back from the page cache
+//!   and hashes up to 16 at once with the multi-buffer SHA-1 of
+//!   `torrent_format::sha1_mb` (about 4× the single-stream rate); it waits
+//!   a few milliseconds for a batch to fill when pieces come fast;
+//! - otherwise each writer thread hashes a piece as its blocks arrive in
+//!   order (the common case: one peer sends one piece front to back), so a
+//!   finished piece is usually verified without reading it back.
 //!
 //! Bytes queued for writing are capped ([`WRITE_BUDGET`]): a connection
 //! waits for room before it reads on, so a fast peer and a slow disk
@@ -20,13 +26,16 @@ use std::sync::Arc;
 use sha1::{Digest, Sha1};
 use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
 
+use std::time::{Duration, Instant};
+
+use torrent_format::sha1_mb::{self, Sha1x16, LANES};
 use torrent_format::Info;
 
 use crate::storage::{Storage, StorageError};
 use crate::wire::{BlockRef, BLOCK};
 
 /// Most bytes waiting to be written, across all connections of a session.
-pub const WRITE_BUDGET: usize = 8 << 20;
+pub const WRITE_BUDGET: usize = 4 << 20;
 
 /// What the writer threads report.
 #[derive(Debug)]
@@ -78,18 +87,32 @@ impl Disk {
     ) -> Disk {
         let mut writers = Vec::new();
         let mut handles = Vec::new();
+        let verifier = sha1_mb::available().then(|| {
+            let (tx, rx) = std_mpsc::channel::<Done>();
+            let storage = storage.clone();
+            let info = info.clone();
+            let events = events.clone();
+            let handle = std::thread::Builder::new()
+                .name("shoal-verify".into())
+                .spawn(move || verifier(&info, &storage, &rx, &events))
+                .expect("spawn a disk thread");
+            handles.push(handle);
+            tx
+        });
         for n in 0..threads.max(1) {
             let (tx, rx) = std_mpsc::channel::<Write>();
             let storage = storage.clone();
             let info = info.clone();
             let events = events.clone();
+            let verifier = verifier.clone();
             let handle = std::thread::Builder::new()
                 .name(format!("shoal-disk-{n}"))
-                .spawn(move || writer(&info, &storage, &rx, &events))
+                .spawn(move || writer(&info, &storage, &rx, verifier.as_ref(), &events))
                 .expect("spawn a disk thread");
             writers.push(tx);
             handles.push(handle);
         }
+        drop(verifier);
         Disk {
             storage,
             info,
@@ -183,6 +206,7 @@ fn writer(
     info: &Info,
     storage: &Storage,
     rx: &std_mpsc::Receiver<Write>,
+    verifier: Option<&std_mpsc::Sender<Done>>,
     events: &mpsc::UnboundedSender<DiskEvent>,
 ) {
     let mut running: HashMap<u32, Running> = HashMap::new();
@@ -190,6 +214,15 @@ fn writer(
         if let Err(e) = storage.write(w.piece, w.offset, &w.data) {
             let _ = events.send(DiskEvent::Failed(e));
             // Keep draining so senders never block on a dead writer.
+            continue;
+        }
+        if let Some(v) = verifier {
+            if w.last {
+                let _ = v.send(Done {
+                    piece: w.piece,
+                    digests: w.digests,
+                });
+            }
             continue;
         }
         let r = running.entry(w.piece).or_insert_with(|| Running {
@@ -227,6 +260,106 @@ fn writer(
         };
         let _ = events.send(event);
     }
+}
+
+/// A piece whose blocks are all written.
+struct Done {
+    piece: u32,
+    digests: bool,
+}
+
+/// How long the verifier waits for a batch to fill.
+const BATCH_WAIT: Duration = Duration::from_millis(10);
+/// Bytes per lane read at a time for multi-buffer hashing.
+const LANE_CHUNK: usize = 64 * 1024;
+
+fn verifier(
+    info: &Info,
+    storage: &Storage,
+    rx: &std_mpsc::Receiver<Done>,
+    events: &mpsc::UnboundedSender<DiskEvent>,
+) {
+    let mut buf = vec![0u8; LANES * LANE_CHUNK];
+    let full = info.piece_length();
+    while let Ok(first) = rx.recv() {
+        let mut batch = vec![first];
+        let deadline = Instant::now() + BATCH_WAIT;
+        while batch.len() < LANES {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match rx.recv_timeout(left) {
+                Ok(d) => batch.push(d),
+                Err(_) => break,
+            }
+        }
+        // Full-size pieces go side by side; a short last piece alone.
+        let (wide, single): (Vec<Done>, Vec<Done>) = batch
+            .into_iter()
+            .partition(|d| info.piece_size(d.piece as usize) == full);
+        let mut hashed: Vec<(Done, Result<[u8; 20], StorageError>)> = Vec::new();
+        if wide.len() >= 2 {
+            let pieces: Vec<u32> = wide.iter().map(|d| d.piece).collect();
+            match hash_side_by_side(storage, full, &pieces, &mut buf) {
+                Ok(hashes) => hashed.extend(wide.into_iter().zip(hashes.into_iter().map(Ok))),
+                Err(e) => {
+                    let _ = events.send(DiskEvent::Failed(e));
+                    continue;
+                }
+            }
+        } else {
+            hashed.extend(wide.into_iter().map(|d| {
+                let h = storage.hash_piece(d.piece);
+                (d, h)
+            }));
+        }
+        hashed.extend(single.into_iter().map(|d| {
+            let h = storage.hash_piece(d.piece);
+            (d, h)
+        }));
+        for (d, hash) in hashed {
+            let verdict = hash.and_then(|hash| {
+                let ok = info.piece_hashes()[d.piece as usize] == hash;
+                let blocks = if d.digests || !ok {
+                    Some(block_digests(info, storage, d.piece)?)
+                } else {
+                    None
+                };
+                Ok((ok, blocks))
+            });
+            let _ = events.send(match verdict {
+                Ok((ok, blocks)) => DiskEvent::Verified {
+                    piece: d.piece,
+                    ok,
+                    blocks,
+                },
+                Err(e) => DiskEvent::Failed(e),
+            });
+        }
+    }
+}
+
+/// SHA-1 of up to 16 full-size pieces at once.
+fn hash_side_by_side(
+    storage: &Storage,
+    piece_length: u64,
+    pieces: &[u32],
+    buf: &mut [u8],
+) -> Result<Vec<[u8; 20]>, StorageError> {
+    let mut h = Sha1x16::new().expect("checked available() before starting the verifier");
+    let mut offset = 0u64;
+    while offset < piece_length {
+        let n = (piece_length - offset).min(LANE_CHUNK as u64) as usize;
+        for (lane, &p) in pieces.iter().enumerate() {
+            storage.read(p, offset as u32, &mut buf[lane * LANE_CHUNK..][..n])?;
+        }
+        // Idle lanes hash a copy of lane 0; their digests are dropped.
+        let slices: [&[u8]; LANES] = std::array::from_fn(|lane| {
+            let lane = if lane < pieces.len() { lane } else { 0 };
+            &buf[lane * LANE_CHUNK..][..n]
+        });
+        h.update(&slices).expect("equal lengths");
+        offset += n as u64;
+    }
+    Ok(h.finish()[..pieces.len()].to_vec())
 }
 
 fn block_digests(

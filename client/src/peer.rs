@@ -32,7 +32,7 @@ const KEEP_ALIVE: Duration = Duration::from_secs(90);
 /// Most requests from a peer queued for upload.
 const MAX_UPLOAD_QUEUE: usize = 500;
 /// Blocks read from disk per batch when uploading.
-const UPLOAD_BATCH: usize = 8;
+const UPLOAD_BATCH: usize = 16;
 /// Blocks cancelled or given up on, whose late arrival is forgiven.
 const MAX_FORGIVEN: usize = 2048;
 
