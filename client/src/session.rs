@@ -872,9 +872,13 @@ fn verdict(shared: &Shared, piece: u32, ok: bool, digests: Option<Vec<[u8; 20]>>
 }
 
 fn ban(st: &mut State, who: Ident, why: &'static str) {
+    let new_id = st.banned_ids.insert(who.peer_id);
+    let new_addr = st.banned_addrs.insert(who.addr);
+    if !new_id && !new_addr {
+        // Its other bad pieces are only now being checked.
+        return;
+    }
     tracing::warn!("banning peer {} ({why})", who.addr);
-    st.banned_ids.insert(who.peer_id);
-    st.banned_addrs.insert(who.addr);
     st.candidates.remove(&who.addr);
     for p in st.peers.values() {
         if p.peer_id == who.peer_id || p.addr == who.addr {

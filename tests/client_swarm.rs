@@ -1,0 +1,775 @@
+//! `shoal seed` and `shoal download` in swarms: leechers that trade with each
+//! other (and with libtorrent) through `shoal tracker`, a peer that sends bad
+//! data and is banned, a download killed with SIGKILL that resumes, a
+//! multi-file torrent with empty files, BEP 12 tracker failover, and a UDP
+//! tracker (opentracker).
+//!
+//! Every process listens on port 0 and says where in its "listening on ADDR;"
+//! line; every wait is bounded.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, ExitStatus, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use client::wire::{Bitfield, Features, Handshake, Message};
+use common::*;
+use torrent_format::InfoHash;
+
+/// A running `shoal seed` or `shoal download`, killed when dropped. Its
+/// stderr is echoed (prefixed with its label) and kept; its stdout (the
+/// `--json` summary) is read once it has exited.
+struct Shoal {
+    label: String,
+    proc: Killed,
+    port: u16,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Shoal {
+    /// Starts `shoal ARGS` in `cwd` and waits (bounded) for its "listening
+    /// on" line.
+    fn start(cwd: &Path, label: &str, args: &[&str]) -> Shoal {
+        let mut child = Command::new(SHOAL)
+            .args(args)
+            .current_dir(cwd)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start shoal");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let (kept, name) = (lines.clone(), label.to_string());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{name}: {line}");
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    if let Some(addr) = rest
+                        .split(';')
+                        .next()
+                        .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+                    {
+                        let _ = tx.send(addr.port());
+                    }
+                }
+                kept.lock().unwrap().push(line);
+            }
+        });
+        let proc = Killed(child);
+        let port = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{label} never said where it listens ({e})"));
+        Shoal {
+            label: label.to_string(),
+            proc,
+            port,
+            lines,
+        }
+    }
+
+    /// Where peers on this machine reach it.
+    fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    fn said(&self, needle: &str) -> bool {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    fn line_with(&self, needle: &str) -> Option<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+    }
+
+    fn is_running(&mut self) -> bool {
+        self.proc.0.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for a line containing `needle`; fails if the process exits
+    /// first or `secs` pass.
+    fn wait_line(&mut self, secs: u64, needle: &str) {
+        let what = format!("{} to say {needle:?}", self.label);
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !self.said(needle) {
+            assert!(
+                self.is_running(),
+                "{} exited before saying {needle:?}",
+                self.label
+            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the exit (bounded); returns the status and the JSON summary
+    /// (`Null` when there is none).
+    fn finish(&mut self, secs: u64) -> (ExitStatus, serde_json::Value) {
+        let status = wait_child(&mut self.proc.0, secs, &self.label);
+        let mut out = String::new();
+        if let Some(mut stdout) = self.proc.0.stdout.take() {
+            stdout.read_to_string(&mut out).unwrap();
+        }
+        // Let the stderr thread catch up with the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !self.said("panicked") && !self.said("RUST_BACKTRACE"),
+            "{} panicked",
+            self.label
+        );
+        let json =
+            out.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map_or(serde_json::Value::Null, |l| {
+                    serde_json::from_str(l)
+                        .unwrap_or_else(|e| panic!("{}: bad JSON {l:?}: {e}", self.label))
+                });
+        eprintln!("{}: exit {status}, summary {json}", self.label);
+        (status, json)
+    }
+
+    /// SIGINT (a clean stop), then [`Shoal::finish`].
+    fn interrupt(&mut self, secs: u64) -> (ExitStatus, serde_json::Value) {
+        // SAFETY: kill(2) on our own child's pid.
+        let r = unsafe { libc::kill(self.proc.0.id() as libc::pid_t, libc::SIGINT) };
+        assert_eq!(r, 0, "kill -INT {}", self.label);
+        self.finish(secs)
+    }
+
+    /// SIGKILL: no clean-up at all.
+    fn kill9(&mut self) {
+        self.proc.0.kill().unwrap();
+        self.proc.0.wait().unwrap();
+    }
+}
+
+/// The torrent's info hash, from `shoal show --json`.
+fn info_hash(dir: &Path, torrent: &str) -> InfoHash {
+    show_json(dir, torrent)["info_hash"]
+        .as_str()
+        .unwrap()
+        .parse()
+        .unwrap()
+}
+
+/// `dir/seed/data.bin` of `len` pseudo-random bytes, and `dir/t.torrent`
+/// for it with 32 KiB pieces and these `-a` tiers.
+fn single_file(dir: &Path, len: usize, seed: u64, tiers: &[&str]) -> PathBuf {
+    let data = dir.join("seed/data.bin");
+    write(&data, &bytes(seed, len));
+    let mut args = vec!["create", "seed/data.bin", "-l", "15", "-o", "t.torrent"];
+    for t in tiers {
+        args.extend(["-a", t]);
+    }
+    shoal_ok(dir, &args);
+    data
+}
+
+fn same_file(a: &Path, b: &Path) {
+    let (da, db) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
+    assert!(
+        da == db,
+        "{} ({} bytes) differs from {} ({} bytes)",
+        b.display(),
+        db.len(),
+        a.display(),
+        da.len()
+    );
+}
+
+fn tracker_stats(addr: SocketAddr) -> serde_json::Value {
+    let (status, body) = http_get(addr, "/stats.json");
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// Python for a libtorrent leecher: `leech.py TORRENT SAVE_DIR` finds peers
+/// through the torrent's tracker only, says "done DOWN UP" once it seeds,
+/// and runs until its stdin closes.
+const LIBTORRENT_LEECH: &str = r#"
+import libtorrent as lt, sys, time
+ses = lt.session({"listen_interfaces": "127.0.0.1:0", "enable_dht": False, "enable_lsd": False,
+    "enable_upnp": False, "enable_natpmp": False, "enable_outgoing_utp": False,
+    "enable_incoming_utp": False, "allow_multiple_connections_per_ip": True})
+p = lt.add_torrent_params()
+p.ti = lt.torrent_info(sys.argv[1])
+p.save_path = sys.argv[2]
+h = ses.add_torrent(p)
+print("listening", ses.listen_port(), flush=True)
+while not h.status().is_seeding:
+    time.sleep(0.1)
+s = h.status()
+print("done", s.all_time_download, s.all_time_upload, flush=True)
+sys.stdin.read()
+"#;
+
+/// One `shoal seed` whose upload is capped, so the two `shoal download`s and
+/// the libtorrent leecher, which all find each other through `shoal
+/// tracker`, must trade pieces among themselves.
+#[test]
+fn leechers_trade_through_the_tracker() {
+    let started = Instant::now();
+    let with_libtorrent = have_libtorrent();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_tracker, taddr) = start_tracker("127.0.0.1:0", &["--interval", "5"]);
+    let announce = format!("http://{taddr}/announce");
+    const SIZE: usize = 4 << 20;
+    let data = single_file(d, SIZE, 11, &[&announce]);
+
+    let _seed = Shoal::start(
+        d,
+        "seed",
+        &[
+            "seed",
+            "t.torrent",
+            "seed/data.bin",
+            "--port",
+            "0",
+            "--upload-limit",
+            "1M",
+        ],
+    );
+    wait_for(30, "the seed to announce", || {
+        tracker_stats(taddr)["seeders"] == 1
+    });
+
+    let leech = |name: &str| {
+        Shoal::start(
+            d,
+            name,
+            &["download", "t.torrent", "-o", name, "--port", "0", "--json"],
+        )
+    };
+    let mut a = leech("a");
+    let mut b = leech("b");
+    let mut lt = with_libtorrent.then(|| {
+        std::fs::write(d.join("leech.py"), LIBTORRENT_LEECH).unwrap();
+        let mut child = Killed(
+            Command::new("/usr/bin/python3")
+                .args(["leech.py", "t.torrent", "lt"])
+                .current_dir(d)
+                .stdin(Stdio::piped())
+                .stdout(Stdio::piped())
+                .spawn()
+                .expect("start the libtorrent leecher"),
+        );
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.0.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                eprintln!("libtorrent: {line}");
+                let _ = tx.send(line);
+            }
+        });
+        (child, rx)
+    });
+
+    a.wait_line(45, "download complete");
+    b.wait_line(30, "download complete");
+    if let Some((_, rx)) = &lt {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = rx
+                .recv_timeout(left)
+                .expect("the libtorrent leecher did not finish");
+            if line.starts_with("done") {
+                break;
+            }
+        }
+    }
+    same_file(&data, &d.join("a/data.bin"));
+    same_file(&data, &d.join("b/data.bin"));
+    if with_libtorrent {
+        same_file(&data, &d.join("lt/data.bin"));
+    }
+
+    for p in [&mut a, &mut b] {
+        let (status, json) = p.interrupt(30);
+        assert!(status.success(), "{}: {status}", p.label);
+        assert_eq!(json["complete"], true, "{}: {json}", p.label);
+        assert_eq!(json["size"], SIZE as u64, "{}: {json}", p.label);
+        assert!(
+            json["uploaded"].as_u64().unwrap() > 0,
+            "{} uploaded nothing to the other leechers: {json}",
+            p.label
+        );
+    }
+    drop(lt.take());
+    eprintln!(
+        "leechers_trade_through_the_tracker: {:?}",
+        started.elapsed()
+    );
+}
+
+/// A fake peer: handshakes, says it has every piece, unchokes, and answers
+/// every request with wrong bytes. Counts the connections it accepts.
+struct BadPeer {
+    port: u16,
+    accepted: Arc<AtomicUsize>,
+    served: Arc<AtomicUsize>,
+}
+
+fn start_bad_peer(info_hash: InfoHash, pieces: usize) -> BadPeer {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let served = Arc::new(AtomicUsize::new(0));
+    let (acc, srv) = (accepted.clone(), served.clone());
+    std::thread::spawn(move || {
+        for stream in listener.incoming() {
+            let Ok(stream) = stream else { continue };
+            acc.fetch_add(1, Ordering::SeqCst);
+            let srv = srv.clone();
+            std::thread::spawn(move || {
+                if let Err(e) = serve_garbage(stream, info_hash, pieces, &srv) {
+                    eprintln!("bad peer: {e}");
+                }
+            });
+        }
+    });
+    BadPeer {
+        port,
+        accepted,
+        served,
+    }
+}
+
+fn serve_garbage(
+    mut s: TcpStream,
+    info_hash: InfoHash,
+    pieces: usize,
+    served: &AtomicUsize,
+) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
+    let mut buf = Vec::new();
+    let mut chunk = vec![0u8; 65536];
+    let mut fill = |s: &mut TcpStream, buf: &mut Vec<u8>| -> std::io::Result<bool> {
+        let n = s.read(&mut chunk)?;
+        buf.extend_from_slice(&chunk[..n]);
+        Ok(n > 0)
+    };
+    let theirs = loop {
+        if let Some(h) = Handshake::decode(&buf).map_err(std::io::Error::other)? {
+            buf.drain(..68);
+            break h;
+        }
+        if !fill(&mut s, &mut buf)? {
+            return Ok(());
+        }
+    };
+    assert_eq!(theirs.info_hash, info_hash);
+    let ours = Handshake {
+        features: Features::default(),
+        info_hash,
+        peer_id: *b"-XX0001-liarliarliar",
+    };
+    let mut all = Bitfield::new(pieces);
+    for i in 0..pieces {
+        all.set(i);
+    }
+    let mut out = ours.encode().to_vec();
+    Message::Bitfield(all.as_bytes().to_vec()).encode(&mut out);
+    Message::Unchoke.encode(&mut out);
+    s.write_all(&out)?;
+    loop {
+        while let Some((m, used)) = Message::decode(&buf).map_err(std::io::Error::other)? {
+            buf.drain(..used);
+            if let Message::Request(b) = m {
+                out.clear();
+                Message::Piece {
+                    index: b.index,
+                    offset: b.offset,
+                    data: vec![0xA5; b.length as usize],
+                }
+                .encode(&mut out);
+                s.write_all(&out)?;
+                served.fetch_add(1, Ordering::SeqCst);
+            }
+        }
+        if !fill(&mut s, &mut buf)? {
+            return Ok(());
+        }
+    }
+}
+
+/// A peer that sends bad blocks is found out by the hash check, banned and
+/// never dialled again; the download completes from the honest seed.
+#[test]
+fn a_peer_sending_bad_data_is_banned() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 64 pieces of 32 KiB.
+    const SIZE: usize = 64 << 15;
+    let data = single_file(d, SIZE, 22, &[]);
+    let bad = start_bad_peer(info_hash(d, "t.torrent"), 64);
+    // The honest seed is capped (2 MiB take a second) so the bad peer,
+    // which answers at once, surely gets requests.
+    let good = Shoal::start(
+        d,
+        "seed",
+        &[
+            "seed",
+            "t.torrent",
+            "seed/data.bin",
+            "--port",
+            "0",
+            "--upload-limit",
+            "2M",
+        ],
+    );
+    let bad_addr = format!("127.0.0.1:{}", bad.port);
+    let mut dl = Shoal::start(
+        d,
+        "download",
+        &[
+            "download",
+            "t.torrent",
+            "-o",
+            "out",
+            "--port",
+            "0",
+            "--no-trackers",
+            "--peer",
+            &bad_addr,
+            "--peer",
+            &good.addr(),
+            "-x",
+            "--json",
+        ],
+    );
+    let (status, json) = dl.finish(45);
+    assert!(status.success(), "download: {status}");
+    same_file(&data, &d.join("out/data.bin"));
+    assert_eq!(json["complete"], true, "{json}");
+    eprintln!(
+        "bad peer: {} connection(s), {} bad block(s) sent",
+        bad.accepted.load(Ordering::SeqCst),
+        bad.served.load(Ordering::SeqCst)
+    );
+    assert!(
+        bad.served.load(Ordering::SeqCst) > 0,
+        "the bad peer was never asked for a block"
+    );
+    assert!(json["hash_fails"].as_u64().unwrap() >= 1, "{json}");
+    assert!(json["banned"].as_u64().unwrap() >= 1, "{json}");
+    assert_eq!(
+        bad.accepted.load(Ordering::SeqCst),
+        1,
+        "the banned peer was dialled again"
+    );
+    eprintln!("a_peer_sending_bad_data_is_banned: {:?}", started.elapsed());
+}
+
+fn resume_files(out: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(out.join(".shoal"))
+        .map(|rd| {
+            rd.filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "resume"))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A download killed with SIGKILL (no clean-up) keeps what it had saved:
+/// the same command run again fetches only the rest.
+#[test]
+fn a_download_killed_with_sigkill_resumes() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    const SIZE: usize = 8 << 20;
+    let data = single_file(d, SIZE, 33, &[]);
+    let seed = Shoal::start(
+        d,
+        "seed",
+        &[
+            "seed",
+            "t.torrent",
+            "seed/data.bin",
+            "--port",
+            "0",
+            "--upload-limit",
+            "1M",
+        ],
+    );
+    let args = [
+        "download",
+        "t.torrent",
+        "-o",
+        "out",
+        "--port",
+        "0",
+        "--no-trackers",
+        "--peer",
+        &seed.addr(),
+        "-x",
+        "--json",
+    ];
+    let mut first = Shoal::start(d, "first run", &args);
+    wait_for(30, "a resume file", || {
+        !resume_files(&d.join("out")).is_empty()
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        first.is_running(),
+        "the first run finished before it could be killed"
+    );
+    first.kill9();
+
+    let mut second = Shoal::start(d, "second run", &args);
+    let (status, json) = second.finish(45);
+    assert!(status.success(), "second run: {status}");
+    same_file(&data, &d.join("out/data.bin"));
+    assert_eq!(json["complete"], true, "{json}");
+    let downloaded = json["downloaded"].as_u64().unwrap();
+    eprintln!(
+        "after the kill: {:?}; second run downloaded {downloaded} of {SIZE} bytes",
+        second.line_with("already here")
+    );
+    assert!(
+        (downloaded as f64) < 0.9 * SIZE as f64,
+        "the second run fetched {downloaded} of {SIZE} bytes: the first run's pieces were lost"
+    );
+    eprintln!(
+        "a_download_killed_with_sigkill_resumes: {:?}",
+        started.elapsed()
+    );
+}
+
+/// A multi-file torrent with nested folders, empty files and sizes that are
+/// no multiple of the piece length arrives whole.
+#[test]
+fn multi_file_torrent_with_empty_files() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tree = make_tree(&d.join("seed/tree"));
+    shoal_ok(d, &["create", "seed/tree", "-l", "15", "-o", "t.torrent"]);
+    let seed = Shoal::start(
+        d,
+        "seed",
+        &["seed", "t.torrent", "seed/tree", "--port", "0"],
+    );
+    let mut dl = Shoal::start(
+        d,
+        "download",
+        &[
+            "download",
+            "t.torrent",
+            "-o",
+            "out",
+            "--port",
+            "0",
+            "--no-trackers",
+            "--peer",
+            &seed.addr(),
+            "-x",
+            "--json",
+        ],
+    );
+    let (status, json) = dl.finish(45);
+    assert!(status.success(), "download: {status}");
+    assert_eq!(json["complete"], true, "{json}");
+    same_tree(&tree, &d.join("out/tree"));
+    for empty in ["empty", "z/empty-too"] {
+        let meta = std::fs::metadata(d.join("out/tree").join(empty))
+            .unwrap_or_else(|e| panic!("{empty}: {e}"));
+        assert!(meta.is_file() && meta.len() == 0, "{empty}: {meta:?}");
+    }
+    eprintln!(
+        "multi_file_torrent_with_empty_files: {:?}",
+        started.elapsed()
+    );
+}
+
+/// BEP 12: the first tier's tracker is down (nothing listens on its port);
+/// seed and downloader both fall over to the second tier and meet there.
+#[test]
+fn tracker_failover_to_the_second_tier() {
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let dead = free_port();
+    let (_tracker, taddr) = start_tracker("127.0.0.1:0", &[]);
+    let tier1 = format!("http://127.0.0.1:{dead}/announce");
+    let tier2 = format!("http://{taddr}/announce");
+    let data = single_file(d, 1 << 20, 44, &[&tier1, &tier2]);
+    let trackers = show_json(d, "t.torrent")["trackers"].clone();
+    assert_eq!(
+        trackers,
+        serde_json::json!([[tier1], [tier2]]),
+        "two tiers, the dead one first"
+    );
+
+    let _seed = Shoal::start(
+        d,
+        "seed",
+        &["seed", "t.torrent", "seed/data.bin", "--port", "0"],
+    );
+    wait_for(30, "the seed to reach the second tier", || {
+        tracker_stats(taddr)["seeders"] == 1
+    });
+    let mut dl = Shoal::start(
+        d,
+        "download",
+        &[
+            "download",
+            "t.torrent",
+            "-o",
+            "out",
+            "--port",
+            "0",
+            "-x",
+            "--json",
+        ],
+    );
+    let (status, json) = dl.finish(45);
+    assert!(status.success(), "download: {status}");
+    assert_eq!(json["complete"], true, "{json}");
+    same_file(&data, &d.join("out/data.bin"));
+    eprintln!(
+        "tracker_failover_to_the_second_tier: {:?}",
+        started.elapsed()
+    );
+}
+
+/// The `complete` count of opentracker's HTTP scrape for `hash`.
+fn opentracker_seeders(tcp: u16, hash: &InfoHash) -> Option<i64> {
+    use torrent_format::bencode::{decode, Value};
+    let addr: SocketAddr = ([127, 0, 0, 1], tcp).into();
+    let path = format!(
+        "/scrape?info_hash={}",
+        torrent_format::magnet::percent_encode_bytes(&hash.0)
+    );
+    let (status, body) = http_get(addr, &path);
+    if status != 200 {
+        return None;
+    }
+    let v = decode(&body).ok()?;
+    let Some(Value::Dict(files)) = v.get("files") else {
+        return None;
+    };
+    match files.get(&hash.0.to_vec())?.get("complete") {
+        Some(Value::Int(n)) => Some(*n),
+        _ => None,
+    }
+}
+
+/// A UDP port that was free a moment ago.
+fn free_udp_port() -> u16 {
+    std::net::UdpSocket::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// BEP 15: seed and downloader meet through opentracker's UDP side.
+#[test]
+fn udp_tracker_opentracker() {
+    if !have("opentracker") {
+        return;
+    }
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (tcp, udp) = (free_port(), free_udp_port());
+    let announce = format!("udp://127.0.0.1:{udp}/announce");
+    let data = single_file(d, 1 << 20, 55, &[&announce]);
+
+    // Run as root, opentracker chroots into its directory and becomes
+    // `nobody`: the directory and the whitelist must be world-readable.
+    let ot = d.join("ot");
+    std::fs::create_dir(&ot).unwrap();
+    std::fs::write(
+        ot.join("whitelist"),
+        format!("{}\n", info_hash(d, "t.torrent")),
+    )
+    .unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    for (p, mode) in [
+        (d, 0o755),
+        (ot.as_path(), 0o755),
+        (&ot.join("whitelist"), 0o644),
+    ] {
+        std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+    let (tcp_s, udp_s) = (tcp.to_string(), udp.to_string());
+    let mut tracker = Killed(
+        Command::new("opentracker")
+            .args([
+                "-i",
+                "127.0.0.1",
+                "-p",
+                &tcp_s,
+                "-P",
+                &udp_s,
+                "-w",
+                "whitelist",
+            ])
+            .args(["-d", ot.to_str().unwrap()])
+            .current_dir(&ot)
+            .stdin(Stdio::null())
+            .spawn()
+            .expect("start opentracker"),
+    );
+    wait_for(10, "opentracker to listen", || {
+        TcpStream::connect(("127.0.0.1", tcp)).is_ok()
+    });
+    assert!(
+        tracker.0.try_wait().unwrap().is_none(),
+        "opentracker exited"
+    );
+
+    let seed = Shoal::start(
+        d,
+        "seed",
+        &["seed", "t.torrent", "seed/data.bin", "--port", "0"],
+    );
+    // The downloader must find the seed in its first answer (the next one
+    // is half an hour away): wait until opentracker counts the seed, as
+    // its HTTP scrape says.
+    let hash = info_hash(d, "t.torrent");
+    wait_for(30, "the seed to announce over UDP", || {
+        opentracker_seeders(tcp, &hash) == Some(1)
+    });
+    let mut dl = Shoal::start(
+        d,
+        "download",
+        &[
+            "download",
+            "t.torrent",
+            "-o",
+            "out",
+            "--port",
+            "0",
+            "-x",
+            "--json",
+        ],
+    );
+    let (status, json) = dl.finish(45);
+    assert!(status.success(), "download: {status}");
+    assert_eq!(json["complete"], true, "{json}");
+    same_file(&data, &d.join("out/data.bin"));
+    drop(seed);
+    eprintln!("udp_tracker_opentracker: {:?}", started.elapsed());
+}
