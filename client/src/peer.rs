@@ -35,6 +35,27 @@ const MAX_UPLOAD_QUEUE: usize = 500;
 const UPLOAD_BATCH: usize = 16;
 /// Blocks cancelled or given up on, whose late arrival is forgiven.
 const MAX_FORGIVEN: usize = 2048;
+/// Initial seeding: pieces offered to a peer at once.
+const INITIAL_OFFERS: usize = 2;
+/// Initial seeding: a peer that took all its offered pieces waits this
+/// long for one of them to spread before it is offered another anyway.
+const SPREAD_WAIT: Duration = Duration::from_secs(2);
+
+/// Initial seeding (BEP 16), per peer: we never send our bitfield; the
+/// peer is offered a piece with `have`, and a new one when another peer
+/// announces one of its pieces (it spread), so the seed uploads each piece
+/// about once and the peers trade the rest among themselves.
+#[derive(Default)]
+struct Initial {
+    /// Offered and not yet seen spreading.
+    pending: Vec<u32>,
+    /// Every piece the peer may request from us.
+    allowed: HashSet<u32>,
+    /// Bytes requested of each pending piece.
+    requested: std::collections::HashMap<u32, u64>,
+    /// Since when every pending piece has been requested in full.
+    waiting_since: Option<Instant>,
+}
 
 /// Dials `addr`; false when no BitTorrent connection came of it.
 pub(crate) async fn connect(shared: Arc<Shared>, addr: SocketAddr) -> bool {
@@ -93,13 +114,14 @@ pub(crate) async fn run(
         }
     };
     let (tx, cmds) = mpsc::unbounded_channel();
-    let (key, counters, ours) = match shared.register(addr, peer_id, outgoing, tx) {
+    let admitted = match shared.register(addr, peer_id, outgoing, tx) {
         Ok(x) => x,
         Err(why) => {
             tracing::debug!("{addr}: not admitted: {why}");
             return true;
         }
     };
+    let (key, counters) = (admitted.key, admitted.counters.clone());
     tracing::debug!("{addr}: connected ({})", client_name(&peer_id));
     let (out_tx, out_rx) = mpsc::unbounded_channel();
     let uploads = Arc::new(UploadQueue::default());
@@ -134,10 +156,18 @@ pub(crate) async fn run(
         out_tx,
         uploads,
         counters,
+        initial: admitted.initial_seeding.then(Initial::default),
     };
-    // Our pieces first (a bitfield only when there is something in it).
-    if ours.count() > 0 {
-        Message::Bitfield(ours.as_bytes().to_vec()).encode(&mut conn.out);
+    if conn.initial.is_some() {
+        // Initial seeding: no bitfield, a first few pieces offered instead.
+        let shared = Arc::clone(&shared);
+        let mut st = shared.lock();
+        for _ in 0..INITIAL_OFFERS {
+            conn.offer(&mut st);
+        }
+    } else if admitted.have.count() > 0 {
+        // Our pieces first (a bitfield only when there is something in it).
+        Message::Bitfield(admitted.have.as_bytes().to_vec()).encode(&mut conn.out);
     }
     let why = conn.run(rd, buf, cmds, &cancel).await;
     tracing::debug!("{addr}: disconnected: {why}");
@@ -296,6 +326,7 @@ struct Conn {
     out_tx: mpsc::UnboundedSender<Vec<u8>>,
     uploads: Arc<UploadQueue>,
     counters: Arc<PeerCounters>,
+    initial: Option<Initial>,
 }
 
 type Why = std::borrow::Cow<'static, str>;
@@ -388,7 +419,79 @@ impl Conn {
             self.snubbed = true;
             self.release_all();
         }
+        self.initial_tick(now);
         Ok(())
+    }
+
+    /// Offers the peer one more piece (initial seeding).
+    fn offer(&mut self, st: &mut State) {
+        let Some(init) = &mut self.initial else {
+            return;
+        };
+        if let Some(piece) = st.piece_to_offer(&self.bitfield, &init.allowed) {
+            init.pending.push(piece);
+            init.allowed.insert(piece);
+            init.waiting_since = None;
+            Message::Have(piece).encode(&mut self.out);
+        }
+    }
+
+    /// A piece offered to this peer is elsewhere now (or it had it): offer
+    /// another.
+    fn spread(&mut self, piece: u32) {
+        let Some(init) = &mut self.initial else {
+            return;
+        };
+        let Some(i) = init.pending.iter().position(|&p| p == piece) else {
+            return;
+        };
+        init.pending.remove(i);
+        init.requested.remove(&piece);
+        let shared = Arc::clone(&self.shared);
+        let mut st = shared.lock();
+        self.offer(&mut st);
+    }
+
+    fn initial_tick(&mut self, now: Instant) {
+        let Some(init) = &mut self.initial else {
+            return;
+        };
+        let info = &self.shared.info;
+        let all_taken = init
+            .pending
+            .iter()
+            .all(|&p| init.requested.get(&p).copied().unwrap_or(0) >= info.piece_size(p as usize));
+        if !all_taken {
+            init.waiting_since = None;
+            return;
+        }
+        // It took everything offered (or nothing was left to offer): after
+        // a while, move on without waiting for the spread.
+        let since = *init.waiting_since.get_or_insert(now);
+        if now.duration_since(since) >= SPREAD_WAIT {
+            init.waiting_since = None;
+            if !init.pending.is_empty() {
+                let oldest = init.pending.remove(0);
+                init.requested.remove(&oldest);
+            }
+            let shared = Arc::clone(&self.shared);
+            let mut st = shared.lock();
+            self.offer(&mut st);
+        }
+    }
+
+    /// Initial seeding: tell the other connections that `pieces` spread.
+    fn announce_spread(&self, st: &State, pieces: &[u32]) {
+        if !(self.shared.config.initial_seeding && st.is_complete()) {
+            return;
+        }
+        for (&k, p) in &st.peers {
+            if k != self.key {
+                for &piece in pieces {
+                    let _ = p.tx.send(Cmd::Spread(piece));
+                }
+            }
+        }
     }
 
     fn release_all(&mut self) {
@@ -450,6 +553,7 @@ impl Conn {
                 self.request_more(&mut st);
             }
             Cmd::Close(why) => return Err(why.into()),
+            Cmd::Spread(piece) => self.spread(piece),
         }
         Ok(())
     }
@@ -531,6 +635,7 @@ impl Conn {
                     if st.is_complete() && self.bitfield.is_complete() {
                         return Err("both sides are seeds".into());
                     }
+                    self.announce_spread(&st, &[piece]);
                     if !self.am_interested && !st.picker.have().get(piece as usize) {
                         self.am_interested = true;
                         self.send(&Message::Interested);
@@ -585,6 +690,17 @@ impl Conn {
             return Err("both sides are seeds".into());
         }
         self.update_interest(&mut st);
+        if self.shared.config.initial_seeding && st.is_complete() {
+            let pieces: Vec<u32> = (0..self.bitfield.len() as u32)
+                .filter(|&i| self.bitfield.get(i as usize))
+                .collect();
+            self.announce_spread(&st, &pieces);
+            // Offered pieces it turns out to have are replaced.
+            drop(st);
+            for p in pieces {
+                self.spread(p);
+            }
+        }
         Ok(())
     }
 
@@ -604,6 +720,16 @@ impl Conn {
         if self.am_choking {
             // Without the fast extension a request while choked is simply
             // dropped (it may have crossed our choke on the wire).
+            return Ok(());
+        }
+        if let Some(init) = &mut self.initial {
+            // Only what we offered; anything else it cannot know we have.
+            if !init.allowed.contains(&b.index) {
+                return Ok(());
+            }
+            if self.uploads.push(b) {
+                *init.requested.entry(b.index).or_default() += u64::from(b.length);
+            }
             return Ok(());
         }
         if !self.shared.lock().have.get(b.index as usize) {

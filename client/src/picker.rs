@@ -99,6 +99,11 @@ impl Picker {
         }
     }
 
+    /// How many connected peers have `piece`.
+    pub fn availability(&self, piece: u32) -> u32 {
+        self.availability.get(piece as usize).copied().unwrap_or(0)
+    }
+
     /// A peer connected with these pieces.
     pub fn add_peer(&mut self, has: &Bitfield) {
         for (i, a) in self.availability.iter_mut().enumerate() {

@@ -60,6 +60,9 @@ pub struct Config {
     /// loses its requests to others.
     pub snub_after: Duration,
     pub disk_threads: usize,
+    /// Initial seeding (BEP 16) once complete: offer each peer pieces one
+    /// by one instead of announcing them all.
+    pub initial_seeding: bool,
 }
 
 impl Config {
@@ -77,6 +80,7 @@ impl Config {
             resume: None,
             snub_after: Duration::from_secs(60),
             disk_threads: 2,
+            initial_seeding: false,
         }
     }
 }
@@ -104,6 +108,18 @@ pub(crate) enum Cmd {
     /// Blocks were freed or pieces failed: look for work again.
     Poke,
     Close(&'static str),
+    /// Initial seeding: another peer announced this piece, so it spread.
+    Spread(u32),
+}
+
+/// What [`Shared::register`] hands a new connection.
+pub(crate) struct Admitted {
+    pub key: PeerKey,
+    pub counters: Arc<PeerCounters>,
+    /// Our pieces, for the bitfield.
+    pub have: Bitfield,
+    /// Offer pieces one by one instead of sending the bitfield.
+    pub initial_seeding: bool,
 }
 
 /// Per-connection byte counters, shared with the connection's tasks.
@@ -174,6 +190,10 @@ pub(crate) struct State {
     candidates: HashMap<SocketAddr, Candidate_>,
     resume_dirty: bool,
     pub hash_fails: u64,
+    /// Initial seeding: how often each piece was offered.
+    pub offers: Vec<u32>,
+    /// Byte counts of peers that disconnected, by peer id.
+    gone: HashMap<[u8; 20], (u64, u64)>,
 }
 
 impl State {
@@ -194,6 +214,37 @@ impl State {
 
     pub fn is_complete(&self) -> bool {
         self.picker.is_complete()
+    }
+
+    /// Initial seeding: the piece to offer a peer that has `has` and may
+    /// already request `allowed` — the one fewest peers have or were
+    /// offered, at random among equals.
+    pub fn piece_to_offer(&mut self, has: &Bitfield, allowed: &HashSet<u32>) -> Option<u32> {
+        let mut best: Option<(u32, u32)> = None;
+        let mut ties = 0u32;
+        for i in 0..self.have.len() {
+            let piece = i as u32;
+            if has.get(i) || allowed.contains(&piece) || !self.have.get(i) {
+                continue;
+            }
+            let score = self.picker.availability(piece) + self.offers[i];
+            match best {
+                Some((b, _)) if score > b => {}
+                Some((b, _)) if score == b => {
+                    ties += 1;
+                    if self.rng.random_range(0..ties) == 0 {
+                        best = Some((score, piece));
+                    }
+                }
+                _ => {
+                    best = Some((score, piece));
+                    ties = 1;
+                }
+            }
+        }
+        let piece = best?.1;
+        self.offers[piece as usize] += 1;
+        Some(piece)
     }
 }
 
@@ -231,7 +282,7 @@ impl Shared {
         peer_id: [u8; 20],
         outgoing: bool,
         tx: mpsc::UnboundedSender<Cmd>,
-    ) -> Result<(PeerKey, Arc<PeerCounters>, Bitfield), &'static str> {
+    ) -> Result<Admitted, &'static str> {
         let mut st = self.lock();
         if peer_id == self.peer_id {
             if let Some(c) = st.candidates.get_mut(&addr) {
@@ -271,7 +322,12 @@ impl Shared {
             c.connected = true;
             c.fails = 0;
         }
-        Ok((key, counters, st.have.clone()))
+        Ok(Admitted {
+            key,
+            counters,
+            have: st.have.clone(),
+            initial_seeding: self.config.initial_seeding && st.is_complete(),
+        })
     }
 
     /// A connection ended: free its requests and its slot.
@@ -280,6 +336,9 @@ impl Shared {
         st.picker.remove_peer(key, has);
         st.choker.remove(key);
         if let Some(p) = st.peers.remove(&key) {
+            let e = st.gone.entry(p.peer_id).or_default();
+            e.0 += p.counters.down.load(Ordering::Relaxed);
+            e.1 += p.counters.up.load(Ordering::Relaxed);
             if let Some(c) = st.candidates.get_mut(&p.addr) {
                 c.connected = false;
                 c.next_try = Some(Instant::now() + Duration::from_secs(30));
@@ -474,6 +533,8 @@ impl Session {
             candidates: HashMap::new(),
             resume_dirty: false,
             hash_fails: 0,
+            offers: vec![0; info.piece_count()],
+            gone: HashMap::new(),
         };
         let shared = Arc::new(Shared {
             info_hash: info.info_hash(),
@@ -592,6 +653,21 @@ impl Session {
             })
             .collect();
         v.sort_by_key(|p| p.addr);
+        v
+    }
+
+    /// Bytes received from and sent to each peer id over the whole session,
+    /// disconnected peers included: `(peer id, downloaded, uploaded)`.
+    pub fn peer_totals(&self) -> Vec<([u8; 20], u64, u64)> {
+        let st = self.shared.lock();
+        let mut totals = st.gone.clone();
+        for p in st.peers.values() {
+            let e = totals.entry(p.peer_id).or_default();
+            e.0 += p.counters.down.load(Ordering::Relaxed);
+            e.1 += p.counters.up.load(Ordering::Relaxed);
+        }
+        let mut v: Vec<_> = totals.into_iter().map(|(id, (d, u))| (id, d, u)).collect();
+        v.sort();
         v
     }
 

@@ -44,6 +44,11 @@ pub struct NetArgs {
     /// Upload at most this many bytes per second (suffixes K, M, G: powers of 1024)
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub upload_limit: Option<u64>,
+    /// Initial seeding (BEP 16, "super-seeding"): offer pieces one by one,
+    /// so the first seed uploads little more than one copy and peers trade
+    /// the rest (for a download: once it is complete)
+    #[arg(long)]
+    pub initial_seeding: bool,
     /// No progress display and no summary
     #[arg(short, long)]
     pub quiet: bool,
@@ -102,6 +107,7 @@ impl NetArgs {
         c.max_peers = self.max_peers as usize;
         c.upload_slots = self.upload_slots as usize;
         c.upload_limit = self.upload_limit;
+        c.initial_seeding = self.initial_seeding;
         c.disk_threads = ui::default_threads().clamp(1, 4);
         Ok(c)
     }
