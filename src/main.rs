@@ -15,6 +15,7 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const EXAMPLES: &str = "\
 Examples:
+  shoal demo                                                        a whole swarm on this machine
   shoal create my-album/ -a http://tracker.example:6969/announce   make my-album.torrent
   shoal show my-album.torrent                                       what is inside
   shoal verify my-album.torrent my-album/                           check the data
@@ -45,6 +46,7 @@ enum Command {
     Tracker(cmd::tracker::Args),
     Seed(cmd::seed::Args),
     Download(cmd::download::Args),
+    Demo(cmd::demo::Args),
 }
 
 fn main() -> ExitCode {
@@ -66,6 +68,7 @@ fn main() -> ExitCode {
         Command::Tracker(args) => cmd::tracker::run(args),
         Command::Seed(args) => cmd::seed::run(args),
         Command::Download(args) => cmd::download::run(args),
+        Command::Demo(args) => cmd::demo::run(args),
     };
     match result {
         Ok(code) => code,

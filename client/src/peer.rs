@@ -38,8 +38,13 @@ const MAX_FORGIVEN: usize = 2048;
 /// Initial seeding: pieces offered to a peer at once.
 const INITIAL_OFFERS: usize = 2;
 /// Initial seeding: a peer that took all its offered pieces waits this
-/// long for one of them to spread before it is offered another anyway.
+/// long for one of them to spread before it is offered a piece nobody has
+/// been offered...
 const SPREAD_WAIT: Duration = Duration::from_secs(2);
+/// ... and this long before it is offered any piece it lacks.
+const STUCK_WAIT: Duration = Duration::from_secs(10);
+/// Initial seeding: most offers outstanding to one peer.
+const MAX_PENDING: usize = 4;
 
 /// Initial seeding (BEP 16), per peer: we never send our bitfield; the
 /// peer is offered a piece with `have`, and a new one when another peer
@@ -172,6 +177,7 @@ pub(crate) async fn run(
     let why = conn.run(rd, buf, cmds, &cancel).await;
     tracing::debug!("{addr}: disconnected: {why}");
     cancel.cancel();
+    conn.withdraw_offers();
     drop(conn.out_tx);
     shared.unregister(key, &conn.bitfield);
     let _ = writer.await;
@@ -424,16 +430,26 @@ impl Conn {
     }
 
     /// Offers the peer one more piece (initial seeding).
-    fn offer(&mut self, st: &mut State) {
+    fn offer(&mut self, st: &mut State) -> bool {
+        self.offer_at_most(st, None)
+    }
+
+    /// Offers a piece whose score (peers that have it + offers) is at most
+    /// `max`; false when there is none.
+    fn offer_at_most(&mut self, st: &mut State, max: Option<u32>) -> bool {
         let Some(init) = &mut self.initial else {
-            return;
+            return false;
         };
-        if let Some(piece) = st.piece_to_offer(&self.bitfield, &init.allowed) {
+        let Some(piece) = st.piece_to_offer(&self.bitfield, &init.allowed, max) else {
+            return false;
+        };
+        {
             init.pending.push(piece);
             init.allowed.insert(piece);
             init.waiting_since = None;
             Message::Have(piece).encode(&mut self.out);
         }
+        true
     }
 
     /// A piece offered to this peer is elsewhere now (or it had it): offer
@@ -460,23 +476,43 @@ impl Conn {
         let all_taken = init
             .pending
             .iter()
-            .all(|&p| init.requested.get(&p).copied().unwrap_or(0) >= info.piece_size(p as usize));
+            .all(|&p| init.requested.get(&p).copied().unwrap_or(0) >= info.piece_size(p as usize))
+            // ... and sent: nothing left in its upload queue.
+            && self.uploads.lock().is_empty();
         if !all_taken {
             init.waiting_since = None;
             return;
         }
-        // It took everything offered (or nothing was left to offer): after
-        // a while, move on without waiting for the spread.
-        let since = *init.waiting_since.get_or_insert(now);
-        if now.duration_since(since) >= SPREAD_WAIT {
-            init.waiting_since = None;
-            if !init.pending.is_empty() {
+        // It took everything offered (or nothing was left to offer) and
+        // none of it spread yet. After a while offer a piece nobody has
+        // been given; after a long while (the others may be gone), any.
+        let waited = now.duration_since(*init.waiting_since.get_or_insert(now));
+        if waited < SPREAD_WAIT {
+            return;
+        }
+        let max = if waited >= STUCK_WAIT { None } else { Some(0) };
+        let shared = Arc::clone(&self.shared);
+        let mut st = shared.lock();
+        if self.offer_at_most(&mut st, max) {
+            let init = self.initial.as_mut().expect("checked above");
+            if init.pending.len() > MAX_PENDING {
                 let oldest = init.pending.remove(0);
                 init.requested.remove(&oldest);
             }
-            let shared = Arc::clone(&self.shared);
-            let mut st = shared.lock();
-            self.offer(&mut st);
+        }
+    }
+
+    /// Initial seeding: offers this peer will not take after all count no
+    /// more.
+    fn withdraw_offers(&mut self) {
+        let Some(init) = &self.initial else { return };
+        let info = &self.shared.info;
+        let shared = Arc::clone(&self.shared);
+        let mut st = shared.lock();
+        for &p in &init.pending {
+            if init.requested.get(&p).copied().unwrap_or(0) < info.piece_size(p as usize) {
+                st.offers[p as usize] = st.offers[p as usize].saturating_sub(1);
+            }
         }
     }
 
@@ -622,34 +658,24 @@ impl Conn {
                 self.shared.set_interested(self.key, false);
                 self.uploads.clear();
             }
-            Message::Have(piece) => {
-                if piece as usize >= self.bitfield.len() {
-                    return Err(format!("'have' for piece {piece}, which does not exist").into());
-                }
-                if !self.bitfield.get(piece as usize) {
-                    self.bitfield.set(piece as usize);
-                    let shared = Arc::clone(&self.shared);
-                    let mut st = shared.lock();
-                    st.picker.peer_has(piece);
-                    self.peer_got(&mut st);
-                    if st.is_complete() && self.bitfield.is_complete() {
-                        return Err("both sides are seeds".into());
-                    }
-                    self.announce_spread(&st, &[piece]);
-                    if !self.am_interested && !st.picker.have().get(piece as usize) {
-                        self.am_interested = true;
-                        self.send(&Message::Interested);
-                    }
-                    self.request_more(&mut st);
-                }
-            }
+            Message::Have(piece) => self.have(piece)?,
             Message::Bitfield(bytes) => {
-                if self.got_bitfield || self.bitfield.count() > 0 {
-                    return Err("a bitfield after other messages".into());
-                }
                 let bits = Bitfield::from_bytes(&bytes, self.bitfield.len())
                     .map_err(|e| format!("bad bitfield: {e}"))?;
-                self.set_bitfield(bits)?;
+                if self.got_bitfield || self.bitfield.count() > 0 {
+                    // BEP 3 allows it only first, but aria2 sends a whole
+                    // bitfield later instead of several 'have's: take the
+                    // new bits as 'have's.
+                    let new: Vec<u32> = (0..bits.len())
+                        .filter(|&i| bits.get(i) && !self.bitfield.get(i))
+                        .map(|i| i as u32)
+                        .collect();
+                    for piece in new {
+                        self.have(piece)?;
+                    }
+                } else {
+                    self.set_bitfield(bits)?;
+                }
             }
             Message::HaveAll => {
                 // Only with the fast extension, which we do not offer; the
@@ -676,6 +702,31 @@ impl Conn {
             | Message::Extended(..)
             | Message::Unknown(_) => {}
         }
+        Ok(())
+    }
+
+    /// The peer announced a piece.
+    fn have(&mut self, piece: u32) -> Result<(), Why> {
+        if piece as usize >= self.bitfield.len() {
+            return Err(format!("'have' for piece {piece}, which does not exist").into());
+        }
+        if self.bitfield.get(piece as usize) {
+            return Ok(());
+        }
+        self.bitfield.set(piece as usize);
+        let shared = Arc::clone(&self.shared);
+        let mut st = shared.lock();
+        st.picker.peer_has(piece);
+        self.peer_got(&mut st);
+        if st.is_complete() && self.bitfield.is_complete() {
+            return Err("both sides are seeds".into());
+        }
+        self.announce_spread(&st, &[piece]);
+        if !self.am_interested && !st.picker.have().get(piece as usize) {
+            self.am_interested = true;
+            self.send(&Message::Interested);
+        }
+        self.request_more(&mut st);
         Ok(())
     }
 

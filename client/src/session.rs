@@ -219,7 +219,12 @@ impl State {
     /// Initial seeding: the piece to offer a peer that has `has` and may
     /// already request `allowed` — the one fewest peers have or were
     /// offered, at random among equals.
-    pub fn piece_to_offer(&mut self, has: &Bitfield, allowed: &HashSet<u32>) -> Option<u32> {
+    pub fn piece_to_offer(
+        &mut self,
+        has: &Bitfield,
+        allowed: &HashSet<u32>,
+        max_score: Option<u32>,
+    ) -> Option<u32> {
         let mut best: Option<(u32, u32)> = None;
         let mut ties = 0u32;
         for i in 0..self.have.len() {
@@ -242,7 +247,10 @@ impl State {
                 }
             }
         }
-        let piece = best?.1;
+        let (score, piece) = best?;
+        if max_score.is_some_and(|m| score > m) {
+            return None;
+        }
         self.offers[piece as usize] += 1;
         Some(piece)
     }
@@ -919,7 +927,7 @@ fn verdict(shared: &Shared, piece: u32, ok: bool, digests: Option<Vec<[u8; 20]>>
             let _ = p.tx.send(Cmd::Have(piece));
         }
         if st.is_complete() {
-            tracing::info!("download complete");
+            tracing::debug!("download complete");
             shared.complete.send_replace(true);
         }
     } else {
@@ -1004,7 +1012,11 @@ async fn announce(shared: Arc<Shared>) {
     if shared.config.trackers.is_empty() {
         return;
     }
-    let client = match tracker::TrackerClient::new(tracker::TrackerConfig::default()) {
+    let config = tracker::TrackerConfig {
+        local_address: shared.config.bind,
+        ..tracker::TrackerConfig::default()
+    };
+    let client = match tracker::TrackerClient::new(config) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!("trackers not used: {e}");

@@ -1,4 +1,5 @@
 pub mod create;
+pub mod demo;
 pub mod download;
 pub mod seed;
 pub mod show;

@@ -167,6 +167,9 @@ pub struct TrackerConfig {
     pub max_response_bytes: usize,
     /// The HTTP `User-Agent`.
     pub user_agent: String,
+    /// Announce from this local address (so the tracker records the address
+    /// the client listens on when the host has several).
+    pub local_address: Option<std::net::IpAddr>,
 }
 
 impl Default for TrackerConfig {
@@ -178,6 +181,7 @@ impl Default for TrackerConfig {
             udp_tries: 3,
             max_response_bytes: 2 * 1024 * 1024,
             user_agent: concat!("shoal/", env!("CARGO_PKG_VERSION")).to_string(),
+            local_address: None,
         }
     }
 }
@@ -216,6 +220,7 @@ impl TrackerClient {
             // and trackers that close after each reply (opentracker) would
             // otherwise race a reused connection and reset it.
             .pool_max_idle_per_host(0)
+            .local_address(config.local_address)
             .build()
             .map_err(|e| TrackerError::Network(format!("cannot set up HTTP client: {e}")))?;
         Ok(TrackerClient {

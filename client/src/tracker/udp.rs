@@ -254,10 +254,10 @@ async fn exchange(
         .next()
         .ok_or_else(|| net("no address for", std::io::ErrorKind::NotFound.into()))?;
     let ipv6 = tracker.is_ipv6();
-    let local: SocketAddr = if ipv6 {
-        (Ipv6Addr::UNSPECIFIED, 0).into()
-    } else {
-        (Ipv4Addr::UNSPECIFIED, 0).into()
+    let local: SocketAddr = match config.local_address {
+        Some(ip) if ip.is_ipv6() == ipv6 => (ip, 0).into(),
+        _ if ipv6 => (Ipv6Addr::UNSPECIFIED, 0).into(),
+        _ => (Ipv4Addr::UNSPECIFIED, 0).into(),
     };
     let socket = UdpSocket::bind(local)
         .await
