@@ -214,6 +214,9 @@ fn help_has_examples() {
         &["show", "--help"],
         &["verify", "--help"],
         &["tracker", "--help"],
+        &["seed", "--help"],
+        &["download", "--help"],
+        &["demo", "--help"],
     ] {
         let text = shoal_ok(dir.path(), cmd);
         assert!(text.contains("Examples:"), "{cmd:?}:\n{text}");
@@ -393,4 +396,136 @@ fn sample_files_verify_against_a_fresh_torrent() {
         "a nested folder"
     );
     shoal_ok(dir.path(), &["verify", t, samples.to_str().unwrap()]);
+}
+
+/// The swarm commands fail with one clear line and a script-friendly exit
+/// status for the mistakes users make.
+#[test]
+fn seed_and_download_refuse_bad_input_clearly() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("data/f.bin"), &bytes(9, 100_000));
+    shoal_ok(
+        d,
+        &[
+            "create",
+            "data",
+            "-o",
+            "t.torrent",
+            "-a",
+            "http://127.0.0.1:9/announce",
+        ],
+    );
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["download", "missing.torrent"],
+            1,
+            "cannot open missing.torrent",
+        ),
+        (
+            &["seed", "missing.torrent", "data"],
+            1,
+            "cannot open missing.torrent",
+        ),
+        (
+            &["download", "t.torrent", "--only", "5"],
+            1,
+            "--only 5: the torrent has 1 file(s)",
+        ),
+        (
+            &["download", "t.torrent", "--no-trackers"],
+            1,
+            "no way to find peers",
+        ),
+        (
+            &["download", "t.torrent", "--seed-ratio=-1"],
+            2,
+            "not a ratio",
+        ),
+        (
+            &["download", "t.torrent", "--download-limit", "fast"],
+            2,
+            "not a rate",
+        ),
+        (
+            &["download", "t.torrent", "--peer", "nowhere"],
+            1,
+            "--peer nowhere",
+        ),
+        (
+            &["seed", "t.torrent", "data", "--port", "70000"],
+            2,
+            "70000",
+        ),
+    ];
+    for (args, code, needle) in cases {
+        let (got, err) = stderr_of(d, args);
+        assert_eq!(got, *code, "{args:?}:\n{err}");
+        assert!(err.contains(needle), "{args:?}: want {needle:?} in:\n{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    // A file where the output directory should be.
+    write(&d.join("blocker"), b"x");
+    let (got, err) = stderr_of(d, &["download", "t.torrent", "-o", "blocker"]);
+    assert_eq!(got, 1, "{err}");
+    assert!(err.contains("blocker"), "{err}");
+
+    // Data that does not match is not seeded, and the bad file is named.
+    write(&d.join("data/f.bin"), &bytes(10, 100_000));
+    let (got, err) = stderr_of(d, &["seed", "t.torrent", "data", "--port", "0"]);
+    assert_eq!(got, 1, "{err}");
+    assert!(err.contains("refusing to seed"), "{err}");
+    assert!(err.contains("f.bin: corrupt"), "{err}");
+
+    // A tracker that is down and no peer: give up after the time limit.
+    let (got, err) = stderr_of(
+        d,
+        &[
+            "download",
+            "t.torrent",
+            "-o",
+            "out",
+            "--port",
+            "0",
+            "--no-peers-timeout",
+            "1s",
+            "-q",
+        ],
+    );
+    assert_eq!(got, 1, "{err}");
+    assert!(err.contains("no peers found"), "{err}");
+}
+
+/// `shoal demo` runs a whole swarm and proves every copy.
+#[test]
+fn demo_runs_a_swarm_and_checks_every_copy() {
+    let dir = tempfile::tempdir().unwrap();
+    let keep = dir.path().join("swarm");
+    let out = shoal(
+        dir.path(),
+        &[
+            "demo",
+            "--leechers",
+            "3",
+            "--size",
+            "600K",
+            "--unlimited",
+            "--keep",
+            keep.to_str().unwrap(),
+        ],
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("All 3 copies match"), "{stdout}");
+    assert!(stdout.contains("The seed uploaded"), "{stdout}");
+    for i in 1..=3 {
+        assert_eq!(
+            std::fs::read(keep.join(format!("peer-{i}/demo.bin"))).unwrap(),
+            std::fs::read(keep.join("demo.bin")).unwrap()
+        );
+    }
 }

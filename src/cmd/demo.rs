@@ -317,12 +317,13 @@ async fn demo(args: Args, dir: PathBuf, content: PathBuf) -> anyhow::Result<Exit
         ));
     }
     let ratio = seed_up as f64 / total.max(1) as f64;
+    let traded: u64 = rows.iter().map(|r| r.3).sum();
     out.push_str(&format!(
-        "\nThe seed uploaded {} = {ratio:.2} × the content; the {} leechers downloaded {:.1} × it, \
-         the rest from each other.\n",
+        "\nThe seed uploaded {} = {ratio:.2} × the content. The {} leechers got the rest, \
+         {:.2} × the content, from each other.\n",
         ui::short_size(seed_up),
         rows.len(),
-        rows.len() as f64,
+        traded as f64 / total.max(1) as f64,
     ));
     // Every copy checked against the torrent's piece hashes.
     let mut bad = 0;
@@ -423,7 +424,8 @@ impl View {
 /// of pieces is there.
 fn piece_map(have: &Bitfield, pieces: usize) -> String {
     const SHADES: [char; 5] = [' ', '░', '▒', '▓', '█'];
-    let width = MAP_WIDTH.min(pieces.max(1));
+    let width = MAP_WIDTH;
+    let pieces = pieces.max(1);
     (0..width)
         .map(|c| {
             let from = c * pieces / width;
@@ -431,6 +433,5 @@ fn piece_map(have: &Bitfield, pieces: usize) -> String {
             let got = (from..to).filter(|&i| have.get(i)).count();
             SHADES[got * 4 / (to - from)]
         })
-        .collect::<String>()
-        + &" ".repeat(MAP_WIDTH - width)
+        .collect()
 }

@@ -60,7 +60,11 @@ pub struct NetArgs {
 /// "500K", "2M", "1G" (powers of 1024) or plain bytes.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
     let t = s.trim();
+    let not_a_rate = || format!("'{s}' is not a rate like 500K or 2M");
     let (digits, mult) = match t.char_indices().last() {
+        Some((i, _)) if t[..i].parse::<f64>().is_err() && t.parse::<f64>().is_err() => {
+            return Err(not_a_rate())
+        }
         Some((i, c)) if c.is_ascii_alphabetic() => {
             let m = match c.to_ascii_uppercase() {
                 'K' => 1u64 << 10,
@@ -72,9 +76,7 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
         }
         _ => (t, 1),
     };
-    let n: f64 = digits
-        .parse()
-        .map_err(|_| format!("'{s}' is not a rate like 500K or 2M"))?;
+    let n: f64 = digits.parse().map_err(|_| not_a_rate())?;
     if !(n.is_finite() && n > 0.0) {
         return Err(format!("'{s}' must be above zero"));
     }
