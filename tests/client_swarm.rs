@@ -773,3 +773,114 @@ fn udp_tracker_opentracker() {
     drop(seed);
     eprintln!("udp_tracker_opentracker: {:?}", started.elapsed());
 }
+
+/// `--only`: the chosen files arrive whole; far less than the torrent is
+/// fetched.
+#[test]
+fn only_the_chosen_files_are_downloaded() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tree = d.join("seed/tree");
+    write(&tree.join("big-1.bin"), &bytes(21, 300_000));
+    write(&tree.join("big-2.bin"), &bytes(22, 300_000));
+    write(&tree.join("small.txt"), b"small\n");
+    write(&tree.join("big-3.bin"), &bytes(23, 300_000));
+    shoal_ok(d, &["create", "seed/tree", "-l", "15", "-o", "t.torrent"]);
+    let files = show_json(d, "t.torrent")["files"].clone();
+    let index = |name: &str| {
+        files
+            .as_array()
+            .unwrap()
+            .iter()
+            .position(|f| f["path"].as_str().is_some_and(|p| p.ends_with(name)))
+            .unwrap_or_else(|| panic!("{name} not in {files}"))
+    };
+    let (two, small) = (index("big-2.bin"), index("small.txt"));
+    let seed = Shoal::start(
+        d,
+        "seed",
+        &["seed", "t.torrent", "seed/tree", "--port", "0"],
+    );
+    let only = format!("{two},{small}");
+    let mut dl = Shoal::start(
+        d,
+        "download",
+        &[
+            "download",
+            "t.torrent",
+            "-o",
+            "out",
+            "--port",
+            "0",
+            "--no-trackers",
+            "--peer",
+            &seed.addr(),
+            "--only",
+            &only,
+            "-x",
+            "--json",
+        ],
+    );
+    let (status, json) = dl.finish(45);
+    assert!(status.success(), "download: {status}");
+    assert_eq!(json["complete"], true, "{json}");
+    for name in ["big-2.bin", "small.txt"] {
+        same_file(&tree.join(name), &d.join("out/tree").join(name));
+    }
+    let downloaded = json["downloaded"].as_u64().unwrap();
+    assert!(
+        downloaded < 400_000,
+        "fetched {downloaded} bytes for ~300 KB of chosen files"
+    );
+    // Files not chosen are at most touched where a piece crosses into them.
+    for name in ["big-1.bin", "big-3.bin"] {
+        let got = std::fs::read(d.join("out/tree").join(name)).unwrap_or_default();
+        assert!(
+            got != std::fs::read(tree.join(name)).unwrap(),
+            "{name} was not chosen but arrived whole"
+        );
+    }
+}
+
+/// A full disk stops the download with one clear line and exit status 1
+/// (a 256 KiB tmpfs in a private mount namespace; needs root).
+#[test]
+fn a_full_disk_is_a_clear_error() {
+    let root = unsafe { libc::geteuid() } == 0;
+    let unshare = Command::new("sh")
+        .args(["-c", "command -v unshare && command -v mount"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !(root && unshare) {
+        assert!(
+            !interop_required(),
+            "a_full_disk_is_a_clear_error needs root and unshare under SHOAL_REQUIRE_INTEROP=1"
+        );
+        eprintln!("SKIP: a_full_disk_is_a_clear_error needs root, unshare and mount");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    single_file(d, 2 << 20, 31, &[]);
+    let seed = Shoal::start(
+        d,
+        "seed",
+        &["seed", "t.torrent", "seed/data.bin", "--port", "0"],
+    );
+    std::fs::create_dir(d.join("small")).unwrap();
+    let script = format!(
+        "mount -t tmpfs -o size=256k tmpfs small && exec {SHOAL} download t.torrent -o small/out \
+         --port 0 --no-trackers --peer {} -x -q",
+        seed.addr()
+    );
+    let out = Command::new("unshare")
+        .args(["-m", "sh", "-c", &script])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(err.matches("shoal: error:").count(), 1, "one line: {err}");
+    assert!(!err.contains("panicked"), "{err}");
+}

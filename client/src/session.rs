@@ -421,7 +421,7 @@ impl Shared {
     pub fn fail(&self, why: String) {
         let mut f = self.fatal.lock().unwrap_or_else(|e| e.into_inner());
         if f.is_none() {
-            tracing::error!("{why}");
+            tracing::debug!("{why}");
             *f = Some(why);
         }
         self.cancel.cancel();
