@@ -123,7 +123,9 @@ pub(crate) async fn run(
         Ok(x) => x,
         Err(why) => {
             tracing::debug!("{addr}: not admitted: {why}");
-            return true;
+            // A duplicate is marked connected by `register`; any other
+            // refusal (banned, full) backs off like a failed dial.
+            return why == crate::session::DUPLICATE;
         }
     };
     let (key, counters) = (admitted.key, admitted.counters.clone());
@@ -485,15 +487,26 @@ impl Conn {
         }
         // It took everything offered (or nothing was left to offer) and
         // none of it spread yet. After a while offer a piece nobody has
-        // been given; after a long while (the others may be gone), any.
+        // been given; after a long while (the others may be gone), any. A
+        // peer alone with us has nobody to spread to: it gets a few pieces
+        // at once, without waiting.
         let waited = now.duration_since(*init.waiting_since.get_or_insert(now));
-        if waited < SPREAD_WAIT {
-            return;
-        }
-        let max = if waited >= STUCK_WAIT { None } else { Some(0) };
         let shared = Arc::clone(&self.shared);
         let mut st = shared.lock();
-        if self.offer_at_most(&mut st, max) {
+        let alone = st.peers.len() <= 1;
+        if waited < SPREAD_WAIT && !alone {
+            return;
+        }
+        let max = if waited >= STUCK_WAIT || alone {
+            None
+        } else {
+            Some(0)
+        };
+        let batch = if alone { MAX_PENDING } else { 1 };
+        for _ in 0..batch {
+            if !self.offer_at_most(&mut st, max) {
+                break;
+            }
             let init = self.initial.as_mut().expect("checked above");
             if init.pending.len() > MAX_PENDING {
                 let oldest = init.pending.remove(0);

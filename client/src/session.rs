@@ -141,6 +141,9 @@ pub(crate) struct PeerEntry {
     /// It has every piece.
     pub seed: bool,
     pub pieces: usize,
+    /// A candidate address that turned out to be this peer (it also
+    /// connected to us).
+    pub dialed: Option<SocketAddr>,
     pub down: RateMeter,
     pub up: RateMeter,
 }
@@ -164,6 +167,9 @@ struct Candidate_ {
 
 /// A block's sender and the SHA-1 of what it sent.
 pub(crate) type BlockOrigin = (Option<Ident>, [u8; 20]);
+
+/// Why a second connection to the same peer is refused.
+pub(crate) const DUPLICATE: &str = "already connected to this peer";
 
 /// Most peer addresses remembered.
 const MAX_CANDIDATES: usize = 4000;
@@ -301,8 +307,16 @@ impl Shared {
         if st.is_banned(&Ident { peer_id, addr }) {
             return Err("banned");
         }
-        if st.peers.values().any(|p| p.peer_id == peer_id) {
-            return Err("already connected to this peer");
+        if let Some(p) = st.peers.values_mut().find(|p| p.peer_id == peer_id) {
+            // Connected the other way already: this address reaches it, so
+            // do not dial it again while that connection lasts.
+            if outgoing {
+                p.dialed = Some(addr);
+                if let Some(c) = st.candidates.get_mut(&addr) {
+                    c.connected = true;
+                }
+            }
+            return Err(DUPLICATE);
         }
         if st.peers.len() >= self.config.max_peers {
             return Err("too many peers");
@@ -322,6 +336,7 @@ impl Shared {
                 interested: false,
                 seed: false,
                 pieces: 0,
+                dialed: None,
                 down: RateMeter::default(),
                 up: RateMeter::default(),
             },
@@ -347,9 +362,11 @@ impl Shared {
             let e = st.gone.entry(p.peer_id).or_default();
             e.0 += p.counters.down.load(Ordering::Relaxed);
             e.1 += p.counters.up.load(Ordering::Relaxed);
-            if let Some(c) = st.candidates.get_mut(&p.addr) {
-                c.connected = false;
-                c.next_try = Some(Instant::now() + Duration::from_secs(30));
+            for addr in std::iter::once(p.addr).chain(p.dialed) {
+                if let Some(c) = st.candidates.get_mut(&addr) {
+                    c.connected = false;
+                    c.next_try = Some(Instant::now() + Duration::from_secs(30));
+                }
             }
         }
         for p in st.peers.values() {
