@@ -19,6 +19,9 @@ use crate::wire::{Bitfield, BlockRef, BLOCK};
 
 pub type PeerKey = u32;
 
+/// In endgame, how many peers may be asked for the same block.
+pub const ENDGAME_COPIES: usize = 2;
+
 #[derive(Debug, Default, Clone)]
 struct Block {
     received: bool,
@@ -203,7 +206,12 @@ impl Picker {
                     let Some(block) = self.partial.get_mut(&piece).map(|p| &mut p.blocks[b]) else {
                         continue;
                     };
-                    if !block.received && !block.requested_by.contains(&key) {
+                    // At most two peers per block: more only multiplies
+                    // the bytes sent twice (and cancelled too late).
+                    if !block.received
+                        && block.requested_by.len() < ENDGAME_COPIES
+                        && !block.requested_by.contains(&key)
+                    {
                         block.requested_by.push(key);
                         out.push(self.block_ref(piece, b));
                     }
@@ -457,8 +465,9 @@ mod tests {
         // Everything is requested: peer 2 may ask for the same blocks.
         let second = p.pick(2, &full(1), 10, &mut rng);
         assert_eq!(second, first);
-        // But never twice from the same peer.
+        // But never twice from the same peer, nor from a third.
         assert!(p.pick(2, &full(1), 10, &mut rng).is_empty());
+        assert!(p.pick(3, &full(1), 10, &mut rng).is_empty());
         assert_eq!(p.received(2, first[0]), Received::Block { cancel: vec![1] });
         assert_eq!(p.received(1, first[0]), Received::Unexpected);
         assert_eq!(

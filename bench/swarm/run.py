@@ -1,0 +1,338 @@
+"""One swarm run for bench/swarm.sh: 1 seed + N leechers on loopback.
+
+  run.py CONFIG SHOAL FILE WORKDIR LEECHERS TIMEOUT [TRACKER_INTERVAL]
+
+CONFIG: shoal | shoal-initial | lt | lt-super. FILE is the source file
+(single-file torrent; the seed serves it in place). WORKDIR is made fresh
+and removed at the end (unless KEEP=1 in the environment).
+
+Steps: a fresh `shoal tracker` (every peer, shoal or libtorrent, finds the
+others through it); `shoal create -l 18` (256 KiB pieces); the seed (shoal
+seed, or bench/swarm/lt_peer.py seed), which checks the data and announces
+before anything is timed (we wait until the tracker lists one peer); then
+all LEECHERS leechers are started at once (t0 = just before the first
+one). A leecher is complete when it says "download complete" (shoal's
+"shoal: download complete: ..." line on stderr; lt_peer.py prints it on libtorrent's torrent_finished_alert); every
+leecher keeps seeding to the others until the last one completes.
+
+Measured:
+  last    seconds from t0 to the last leecher's completion (also first and
+          median);
+  seed_x  the seed's payload upload / size (from its JSON at the end);
+  cpu     user+sys CPU seconds of every peer process, read from
+          /proc/PID/stat when the last leecher completes: the leechers' whole
+          lives (start-up included), the seed's since t0 (its data check is
+          left out). The tracker's CPU is reported apart (not in cpu).
+Then every process gets SIGINT, its JSON summary is read, and every
+leecher's file is compared with FILE byte for byte (a mismatch fails the
+run). Prints progress on stderr and one JSON result line on stdout.
+"""
+
+import filecmp
+import json
+import os
+import re
+import selectors
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+
+config, shoal, src, work, n, timeout = sys.argv[1:7]
+n = int(n)
+timeout = float(timeout)
+interval = sys.argv[7] if len(sys.argv) > 7 and sys.argv[7] else None
+HERE = os.path.dirname(os.path.abspath(__file__))
+LTPY = "/usr/bin/python3"
+HZ = os.sysconf("SC_CLK_TCK")
+is_lt = config.startswith("lt")
+name = os.path.basename(src)
+
+procs = []  # every Popen we started, for cleanup
+
+
+def log(*a):
+    print(f"[{config}]", *a, file=sys.stderr, flush=True)
+
+
+def cleanup():
+    for p in procs:
+        if p.poll() is None:
+            p.kill()
+    for p in procs:
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+    if os.environ.get("KEEP") != "1":
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def fail(msg):
+    log("FAIL:", msg)
+    print(json.dumps({"config": config, "ok": False, "error": msg}), flush=True)
+    cleanup()
+    sys.exit(1)
+
+
+def on_signal(*_):
+    cleanup()
+    sys.exit(130)
+
+
+signal.signal(signal.SIGTERM, on_signal)
+signal.signal(signal.SIGINT, on_signal)
+
+
+def spawn(args, tag):
+    """Start a process with stdout and stderr piped (read by Peer.feed)."""
+    env = dict(os.environ)
+    env.pop("RUST_LOG", None)
+    p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                         stderr=subprocess.PIPE, env=env)
+    procs.append(p)
+    return Peer(p, tag)
+
+
+class Peer:
+    def __init__(self, p, tag):
+        self.p, self.tag = p, tag
+        self.out = b""
+        self.err = b""
+        self.complete_at = None
+        self.errlog = open(os.path.join(work, tag + ".err"), "wb")
+
+    def feed(self, stream, data, now):
+        if stream == "out":
+            self.out += data
+        else:
+            self.err += data
+            self.errlog.write(data)
+            self.errlog.flush()
+        if self.complete_at is None and b"download complete" in (self.out if is_lt else self.err):
+            self.complete_at = now
+
+    def cpu(self):
+        """utime + stime in seconds (threads included)."""
+        with open(f"/proc/{self.p.pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / HZ
+
+    def summary(self):
+        for line in reversed(self.out.decode(errors="replace").splitlines()):
+            line = line.strip()
+            if line.startswith("{"):
+                return json.loads(line)
+        return None
+
+
+sel = selectors.DefaultSelector()
+
+
+def watch(peer):
+    sel.register(peer.p.stdout, selectors.EVENT_READ, (peer, "out"))
+    sel.register(peer.p.stderr, selectors.EVENT_READ, (peer, "err"))
+
+
+def pump(t):
+    """Read whatever the peers wrote, for up to t seconds."""
+    for key, _ in sel.select(t):
+        peer, stream = key.data
+        data = os.read(key.fileobj.fileno(), 65536)
+        if not data:
+            sel.unregister(key.fileobj)
+            continue
+        peer.feed(stream, data, time.monotonic())
+
+
+def wait_for(cond, secs, what, watch_peers=()):
+    deadline = time.monotonic() + secs
+    while not cond():
+        if time.monotonic() > deadline:
+            fail(f"timed out ({secs:.0f} s) waiting for {what}")
+        for peer in watch_peers:
+            if peer.p.poll() is not None:
+                pump(0.2)
+                fail(f"{peer.tag} exited ({peer.p.returncode}) while waiting for {what}: "
+                     + peer.err.decode(errors="replace")[-2000:])
+        pump(0.05)
+
+
+shutil.rmtree(work, ignore_errors=True)
+os.makedirs(work)
+
+# --- tracker and torrent ------------------------------------------------------------
+
+targs = [shoal, "tracker", "--listen", "127.0.0.1:0"]
+if interval:
+    targs += ["--interval", interval]
+tracker = spawn(targs, "tracker")
+watch(tracker)
+addr_re = re.compile(rb"listening on (127\.0\.0\.1:\d+);")
+wait_for(lambda: addr_re.search(tracker.err), 10, "the tracker", [tracker])
+taddr = addr_re.search(tracker.err).group(1).decode()
+torrent = os.path.join(work, "t.torrent")
+subprocess.run([shoal, "create", src, "-o", torrent, "-a", f"http://{taddr}/announce", "-l", "18"],
+               check=True, stdout=subprocess.DEVNULL)
+
+
+def tracker_peers():
+    with urllib.request.urlopen(f"http://{taddr}/stats.json", timeout=5) as r:
+        s = json.load(r)
+    return s["seeders"], s["leechers"]
+
+
+# --- seed ---------------------------------------------------------------------------
+
+if is_lt:
+    sargs = [LTPY, os.path.join(HERE, "lt_peer.py"), "seed", torrent, os.path.dirname(src)]
+    if config == "lt-super":
+        sargs.append("super")
+    seed = spawn(sargs, "seed")
+    watch(seed)
+    wait_for(lambda: b"ready" in seed.out, 120, "the libtorrent seed", [seed])
+else:
+    sargs = [shoal, "seed", torrent, src, "--port", "0", "--bind", "127.0.0.1", "-q", "--json"]
+    if config == "shoal-initial":
+        sargs.append("--initial-seeding")
+    seed = spawn(sargs, "seed")
+    watch(seed)
+    wait_for(lambda: addr_re.search(seed.err), 120, "shoal seed", [seed])
+wait_for(lambda: tracker_peers()[0] >= 1, 30, "the seed's announce", [seed])
+seed_cpu0 = seed.cpu()
+tracker_cpu0 = tracker.cpu()
+
+# --- leechers -----------------------------------------------------------------------
+
+t0 = time.monotonic()
+leechers = []
+for i in range(n):
+    out = os.path.join(work, f"l{i}")
+    os.makedirs(out)
+    if is_lt:
+        largs = [LTPY, os.path.join(HERE, "lt_peer.py"), "leech", torrent, out]
+    else:
+        # No -q: with stderr not a terminal shoal prints "shoal: download
+        # complete: ..." on completion (plus a progress line every 10 s).
+        largs = [shoal, "download", torrent, "-o", out, "--port", "0", "--bind", "127.0.0.1",
+                 "--json"]
+    leechers.append(spawn(largs, f"l{i}"))
+    watch(leechers[-1])
+t_started = time.monotonic() - t0
+log(f"{n} leechers started in {t_started:.2f} s")
+
+
+def progress():
+    done = sum(1 for l in leechers if l.complete_at is not None)
+    return done
+
+
+next_report = t0 + 10
+deadline = t0 + timeout
+while progress() < n:
+    now = time.monotonic()
+    for peer in leechers + [seed]:
+        if peer.p.poll() is not None:
+            pump(0.2)
+            fail(f"{peer.tag} exited ({peer.p.returncode}) before the swarm completed: "
+                 + peer.err.decode(errors="replace")[-2000:])
+    if now > deadline:
+        missing = [l.tag for l in leechers if l.complete_at is None]
+        fail(f"timed out after {timeout:.0f} s: {len(missing)} leecher(s) incomplete: {missing}")
+    if now >= next_report:
+        try:
+            seeders, leeching = tracker_peers()
+        except OSError:
+            seeders = leeching = "?"
+        log(f"{now - t0:5.1f} s: {progress()}/{n} leechers complete "
+            f"(the tracker lists {seeders} seeders, {leeching} leechers)")
+        next_report += 10
+    pump(0.25)
+
+t_last = max(l.complete_at for l in leechers) - t0
+cpu_leech = sum(l.cpu() for l in leechers)
+cpu_seed = seed.cpu() - seed_cpu0
+cpu_tracker = tracker.cpu() - tracker_cpu0
+times = sorted(l.complete_at - t0 for l in leechers)
+log(f"all {n} complete: first {times[0]:.2f} s, median {times[n // 2]:.2f} s, last {t_last:.2f} s")
+
+# --- stop, collect, verify ------------------------------------------------------------
+
+for peer in leechers + [seed]:
+    peer.p.send_signal(signal.SIGINT)
+peers = leechers + [seed]
+stop_deadline = time.monotonic() + 60
+
+
+def peer_pipes_open():
+    return any(key.data[0] is not tracker for key in sel.get_map().values())
+
+
+while any(p.p.poll() is None for p in peers) or peer_pipes_open():
+    if time.monotonic() > stop_deadline:
+        slow = [p.tag for p in peers if p.p.poll() is None]
+        fail(f"peers did not exit within 60 s of SIGINT: {slow}")
+    pump(0.1)
+tracker.p.send_signal(signal.SIGINT)
+
+bad_exit = [f"{p.tag}={p.p.returncode}" for p in leechers + [seed] if p.p.returncode not in (0, 130)]
+ssum = seed.summary()
+if ssum is None:
+    fail("no JSON summary from the seed: " + seed.out.decode(errors="replace")[-500:])
+size = ssum["size"]
+lsums = [l.summary() for l in leechers]
+if any(s is None for s in lsums):
+    fail("a leecher printed no JSON summary")
+
+mismatch = []
+for i, l in enumerate(leechers):
+    got = os.path.join(work, f"l{i}", name)
+    if not os.path.exists(got) or not filecmp.cmp(got, src, shallow=False):
+        mismatch.append(l.tag)
+if mismatch:
+    fail(f"data differs from the source in {mismatch}")
+
+# Anything noteworthy on the peers' stderr (shoal logs with tracing: WARN/ERROR).
+noise = {}
+for p in leechers + [seed]:
+    for line in p.err.decode(errors="replace").splitlines():
+        if re.search(r"\b(WARN|ERROR|error|panicked)\b", line) or line.startswith("lt:"):
+            key = re.sub(r"^\S+Z\s+", "", line)  # drop the timestamp
+            key = re.sub(r"\d+(\.\d+)*", "N", key)[:160]
+            noise[key] = noise.get(key, 0) + 1
+
+res = {
+    "config": config,
+    "ok": True,
+    "leechers": n,
+    "size": size,
+    "last": round(t_last, 3),
+    "first": round(times[0], 3),
+    "median": round(times[n // 2], 3),
+    "start_spread": round(t_started, 3),
+    "seed_x": round(ssum["uploaded"] / size, 4),
+    "leechers_up_x": round(sum(s["uploaded"] for s in lsums) / size, 4),
+    "leechers_down_x": round(sum(s["downloaded"] for s in lsums) / size, 4),
+    # Payload sent that no leecher counted as received: late blocks after a
+    # cancel (endgame) or a choke, blocks counted as sent but lost with a
+    # closed connection. Each client counts by its own rules.
+    "waste_x": round((ssum["uploaded"] + sum(s["uploaded"] for s in lsums)
+                      - sum(s["downloaded"] for s in lsums)) / size, 4),
+    "cpu": round(cpu_leech + cpu_seed, 2),
+    "cpu_seed": round(cpu_seed, 2),
+    "cpu_leechers": round(cpu_leech, 2),
+    "cpu_tracker": round(cpu_tracker, 3),
+    "hash_fails": sum(s.get("hash_fails", 0) for s in lsums),
+    "bad_exit": bad_exit,
+    "stderr_notes": noise,
+}
+if is_lt:
+    res["super_seeding"] = ssum.get("super_seeding")
+print(json.dumps(res), flush=True)
+try:
+    tracker.p.wait(10)
+except subprocess.TimeoutExpired:
+    pass
+cleanup()
