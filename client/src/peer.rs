@@ -20,7 +20,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
 use crate::picker::{PeerKey, Received};
-use crate::session::{Cmd, Ident, PeerCounters, Shared, State};
+use crate::session::{Cmd, Ident, Offer, PeerCounters, Shared, State};
 use crate::wire::{Bitfield, BlockRef, Features, Handshake, Message, HANDSHAKE_LEN, MAX_BLOCK};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
@@ -433,16 +433,16 @@ impl Conn {
 
     /// Offers the peer one more piece (initial seeding).
     fn offer(&mut self, st: &mut State) -> bool {
-        self.offer_at_most(st, None)
+        self.offer_at_most(st, Offer::Fresh)
     }
 
     /// Offers a piece whose score (peers that have it + offers) is at most
     /// `max`; false when there is none.
-    fn offer_at_most(&mut self, st: &mut State, max: Option<u32>) -> bool {
+    fn offer_at_most(&mut self, st: &mut State, which: Offer) -> bool {
         let Some(init) = &mut self.initial else {
             return false;
         };
-        let Some(piece) = st.piece_to_offer(&self.bitfield, &init.allowed, max) else {
+        let Some(piece) = st.piece_to_offer(&self.bitfield, &init.allowed, which) else {
             return false;
         };
         {
@@ -497,14 +497,16 @@ impl Conn {
         if waited < SPREAD_WAIT && !alone {
             return;
         }
-        let max = if waited >= STUCK_WAIT || alone {
-            None
+        let which = if alone {
+            Offer::Any
+        } else if waited >= STUCK_WAIT {
+            Offer::Unavailable
         } else {
-            Some(0)
+            Offer::Fresh
         };
         let batch = if alone { MAX_PENDING } else { 1 };
         for _ in 0..batch {
-            if !self.offer_at_most(&mut st, max) {
+            if !self.offer_at_most(&mut st, which) {
                 break;
             }
             let init = self.initial.as_mut().expect("checked above");
@@ -563,9 +565,10 @@ impl Conn {
     fn command(&mut self, cmd: Cmd) -> Result<(), Why> {
         match cmd {
             Cmd::Have(piece) => {
-                if !self.bitfield.get(piece as usize) {
-                    self.send(&Message::Have(piece));
-                }
+                // Even to a peer that has it: an initial seeder learns from
+                // these who holds what (libtorrent and Transmission send
+                // them too).
+                self.send(&Message::Have(piece));
                 let shared = Arc::clone(&self.shared);
                 let mut st = shared.lock();
                 if st.is_complete() && self.bitfield.is_complete() {

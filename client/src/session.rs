@@ -223,13 +223,13 @@ impl State {
     }
 
     /// Initial seeding: the piece to offer a peer that has `has` and may
-    /// already request `allowed` — the one fewest peers have or were
-    /// offered, at random among equals.
+    /// already request `allowed`, among those `which` admits — the one
+    /// fewest peers have or were offered, at random among equals.
     pub fn piece_to_offer(
         &mut self,
         has: &Bitfield,
         allowed: &HashSet<u32>,
-        max_score: Option<u32>,
+        which: Offer,
     ) -> Option<u32> {
         let mut best: Option<(u32, u32)> = None;
         let mut ties = 0u32;
@@ -238,7 +238,16 @@ impl State {
             if has.get(i) || allowed.contains(&piece) || !self.have.get(i) {
                 continue;
             }
-            let score = self.picker.availability(piece) + self.offers[i];
+            let available = self.picker.availability(piece);
+            let ok = match which {
+                Offer::Fresh => available == 0 && self.offers[i] == 0,
+                Offer::Unavailable => available == 0,
+                Offer::Any => true,
+            };
+            if !ok {
+                continue;
+            }
+            let score = available + self.offers[i];
             match best {
                 Some((b, _)) if score > b => {}
                 Some((b, _)) if score == b => {
@@ -253,13 +262,23 @@ impl State {
                 }
             }
         }
-        let (score, piece) = best?;
-        if max_score.is_some_and(|m| score > m) {
-            return None;
-        }
+        let (_, piece) = best?;
         self.offers[piece as usize] += 1;
         Some(piece)
     }
+}
+
+/// Initial seeding: which pieces may be offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Offer {
+    /// Never offered, and no peer has it: the normal case, so that the
+    /// seed sends each piece about once.
+    Fresh,
+    /// No connected peer has it (it may be on its way to someone): for a
+    /// peer that has waited long.
+    Unavailable,
+    /// Anything the peer lacks: for a peer alone with the seed.
+    Any,
 }
 
 pub(crate) struct Shared {
