@@ -61,6 +61,12 @@ fn main() -> ExitCode {
             }),
         )
         .init();
+    if matches!(
+        cli.command,
+        Command::Seed(_) | Command::Download(_) | Command::Demo(_)
+    ) {
+        raise_fd_limit();
+    }
     let result = match cli.command {
         Command::Create(args) => cmd::create::run(args),
         Command::Show(args) => cmd::show::run(args),
@@ -98,5 +104,18 @@ fn exit_cleanly_on_sigbus() {
         action.sa_sigaction = on_sigbus as extern "C" fn(libc::c_int) as usize;
         libc::sigemptyset(&mut action.sa_mask);
         libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut());
+    }
+}
+
+/// Peers, files and the tracker each take a file descriptor: lift the soft
+/// limit (often 1024) to the hard one.
+fn raise_fd_limit() {
+    // SAFETY: getrlimit/setrlimit with a valid pointer to a local struct.
+    unsafe {
+        let mut lim: libc::rlimit = std::mem::zeroed();
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) == 0 && lim.rlim_cur < lim.rlim_max {
+            lim.rlim_cur = lim.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
+        }
     }
 }

@@ -27,6 +27,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Close a connection that sent nothing (not even a keep-alive) this long.
 const IDLE_TIMEOUT: Duration = Duration::from_secs(150);
+/// Close a connection whose peer has not taken our data for this long.
+const WRITE_STALL: Duration = Duration::from_secs(60);
+/// Commands handled in one go before reading the socket again.
+const COMMAND_BATCH: usize = 256;
 /// Send a keep-alive after this long without sending anything.
 const KEEP_ALIVE: Duration = Duration::from_secs(90);
 /// Most requests from a peer queued for upload.
@@ -60,6 +64,8 @@ struct Initial {
     requested: std::collections::HashMap<u32, u64>,
     /// Since when every pending piece has been requested in full.
     waiting_since: Option<Instant>,
+    /// When it was last offered a piece.
+    last_offer: Option<Instant>,
 }
 
 /// Dials `addr`; false when no BitTorrent connection came of it.
@@ -78,7 +84,7 @@ pub(crate) async fn connect(shared: Arc<Shared>, addr: SocketAddr) -> bool {
             }
         },
     };
-    run(shared, stream, addr, true).await
+    run(shared, stream, addr, true, None).await
 }
 
 /// Connects from `bind` when given (so a peer sees the address we announce).
@@ -101,6 +107,7 @@ pub(crate) async fn run(
     stream: TcpStream,
     addr: SocketAddr,
     outgoing: bool,
+    handshaking: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> bool {
     let _ = stream.set_nodelay(true);
     let cancel = shared.cancel.child_token();
@@ -118,6 +125,7 @@ pub(crate) async fn run(
             return false;
         }
     };
+    drop(handshaking);
     let (tx, cmds) = mpsc::unbounded_channel();
     let admitted = match shared.register(addr, peer_id, outgoing, tx) {
         Ok(x) => x,
@@ -138,8 +146,16 @@ pub(crate) async fn run(
         let counters = counters.clone();
         let cancel = cancel.clone();
         shared.tasks.clone().spawn(async move {
-            if let Err(e) = write_loop(&shared, wr, out_rx, &uploads, &counters).await {
-                tracing::debug!("{addr}: sending: {e}");
+            // Dropped at once when the connection closes: a peer that stops
+            // reading must not hold up shutdown (a write to it can block
+            // for as long as its window stays shut).
+            tokio::select! {
+                r = write_loop(&shared, wr, out_rx, &uploads, &counters) => {
+                    if let Err(e) = r {
+                        tracing::debug!("{addr}: sending: {e}");
+                    }
+                }
+                () = cancel.cancelled() => {}
             }
             cancel.cancel();
         })
@@ -163,6 +179,7 @@ pub(crate) async fn run(
         out_tx,
         uploads,
         counters,
+        poked: admitted.poked.clone(),
         initial: admitted.initial_seeding.then(Initial::default),
     };
     if conn.initial.is_some() {
@@ -302,7 +319,11 @@ async fn write_loop(
             shared.uploaded.fetch_add(bytes, Ordering::Relaxed);
         }
         if !buf.is_empty() {
-            wr.write_all(&buf).await?;
+            tokio::time::timeout(WRITE_STALL, wr.write_all(&buf))
+                .await
+                .map_err(|_| {
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "peer stopped reading")
+                })??;
             buf.clear();
             if buf.capacity() > 1 << 20 {
                 buf = Vec::new();
@@ -334,6 +355,7 @@ struct Conn {
     out_tx: mpsc::UnboundedSender<Vec<u8>>,
     uploads: Arc<UploadQueue>,
     counters: Arc<PeerCounters>,
+    poked: Arc<std::sync::atomic::AtomicBool>,
     initial: Option<Initial>,
 }
 
@@ -375,8 +397,9 @@ impl Conn {
                     if let Err(why) = self.command(cmd) {
                         return why;
                     }
-                    // Take whatever else is queued in one go.
-                    while let Ok(cmd) = cmds.try_recv() {
+                    // Take more of what is queued in one go, within reason.
+                    for _ in 0..COMMAND_BATCH {
+                        let Ok(cmd) = cmds.try_recv() else { break };
                         if let Err(why) = self.command(cmd) {
                             return why;
                         }
@@ -449,6 +472,7 @@ impl Conn {
             init.pending.push(piece);
             init.allowed.insert(piece);
             init.waiting_since = None;
+            init.last_offer = Some(Instant::now());
             Message::Have(piece).encode(&mut self.out);
         }
         true
@@ -483,6 +507,16 @@ impl Conn {
             && self.uploads.lock().is_empty();
         if !all_taken {
             init.waiting_since = None;
+            // It leaves an offer untouched (it may not want that file):
+            // after a long while, offer something else beside it.
+            if now.duration_since(init.last_offer.unwrap_or(now)) < STUCK_WAIT {
+                return;
+            }
+            let shared = Arc::clone(&self.shared);
+            let mut st = shared.lock();
+            if self.offer_at_most(&mut st, Offer::Unavailable) {
+                self.prune_offers(&mut st);
+            }
             return;
         }
         // It took everything offered (or nothing was left to offer) and
@@ -509,10 +543,21 @@ impl Conn {
             if !self.offer_at_most(&mut st, which) {
                 break;
             }
-            let init = self.initial.as_mut().expect("checked above");
-            if init.pending.len() > MAX_PENDING {
-                let oldest = init.pending.remove(0);
-                init.requested.remove(&oldest);
+            self.prune_offers(&mut st);
+        }
+    }
+
+    /// Keeps at most MAX_PENDING offers, dropping the oldest; an offer
+    /// dropped untaken no longer counts.
+    fn prune_offers(&mut self, st: &mut State) {
+        let Some(init) = &mut self.initial else {
+            return;
+        };
+        while init.pending.len() > MAX_PENDING {
+            let oldest = init.pending.remove(0);
+            let taken = init.requested.remove(&oldest).unwrap_or(0);
+            if taken < self.shared.info.piece_size(oldest as usize) {
+                st.offers[oldest as usize] = st.offers[oldest as usize].saturating_sub(1);
             }
         }
     }
@@ -547,14 +592,15 @@ impl Conn {
 
     fn release_all(&mut self) {
         let blocks = std::mem::take(&mut self.inflight);
+        if blocks.is_empty() {
+            return;
+        }
         let shared = Arc::clone(&self.shared);
         let mut st = shared.lock();
         for b in &blocks {
             st.picker.release(self.key, *b);
         }
-        for p in st.peers.values() {
-            let _ = p.tx.send(Cmd::Poke);
-        }
+        st.poke_all();
         drop(st);
         if self.forgiven.len() + blocks.len() > MAX_FORGIVEN {
             self.forgiven.clear();
@@ -599,6 +645,7 @@ impl Conn {
                 }
             }
             Cmd::Poke => {
+                self.poked.store(false, Ordering::Relaxed);
                 let shared = Arc::clone(&self.shared);
                 let mut st = shared.lock();
                 self.update_interest(&mut st);
@@ -640,6 +687,11 @@ impl Conn {
         }
         let st = &mut *st;
         let blocks = st.picker.pick(self.key, &self.bitfield, room, &mut st.rng);
+        if self.inflight.is_empty() && !blocks.is_empty() {
+            // The snub clock starts with the first request, not with the
+            // last block (which may be long ago if it kept us choked).
+            self.last_block = Instant::now();
+        }
         for b in blocks {
             self.inflight.push(b);
             self.send(&Message::Request(b));
@@ -658,6 +710,7 @@ impl Conn {
     async fn handle(&mut self, m: Message) -> Result<(), Why> {
         match m {
             Message::KeepAlive => {}
+            Message::Choke if self.peer_choking => {}
             Message::Choke => {
                 self.peer_choking = true;
                 // Without the fast extension, a choke drops our requests.
@@ -692,6 +745,11 @@ impl Conn {
                 } else {
                     self.set_bitfield(bits)?;
                 }
+            }
+            Message::HaveAll | Message::HaveNone
+                if self.got_bitfield || self.bitfield.count() > 0 =>
+            {
+                return Err("'have all'/'have none' after other messages".into());
             }
             Message::HaveAll => {
                 // Only with the fast extension, which we do not offer; the
@@ -734,6 +792,19 @@ impl Conn {
         let mut st = shared.lock();
         st.picker.peer_has(piece);
         self.peer_got(&mut st);
+        // Initial seeding: an offered piece it got elsewhere (it did not
+        // ask us for all of it) makes room for another offer.
+        let size = self.shared.info.piece_size(piece as usize);
+        if let Some(init) = &mut self.initial {
+            if let Some(i) = init.pending.iter().position(|&p| p == piece) {
+                if init.requested.get(&piece).copied().unwrap_or(0) < size {
+                    init.pending.remove(i);
+                    init.requested.remove(&piece);
+                    st.offers[piece as usize] = st.offers[piece as usize].saturating_sub(1);
+                    self.offer(&mut st);
+                }
+            }
+        }
         if st.is_complete() && self.bitfield.is_complete() {
             return Err("both sides are seeds".into());
         }

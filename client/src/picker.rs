@@ -177,20 +177,23 @@ impl Picker {
                 return out;
             }
         }
-        // 2. New pieces, rarest first, random among equals.
-        while out.len() < max {
-            let Some(piece) = self.rarest_new(peer, rng) else {
-                break;
-            };
-            let blocks = vec![Block::default(); self.block_count(piece)];
-            self.partial.insert(
-                piece,
-                Partial {
-                    blocks,
-                    received: 0,
-                },
-            );
-            self.take_free(key, piece, max, &mut out);
+        // 2. New pieces, rarest first, random among equals: one pass over
+        // the pieces for as many as the request needs.
+        if out.len() < max {
+            for piece in self.rarest_new(peer, max - out.len(), rng) {
+                let blocks = vec![Block::default(); self.block_count(piece)];
+                self.partial.insert(
+                    piece,
+                    Partial {
+                        blocks,
+                        received: 0,
+                    },
+                );
+                self.take_free(key, piece, max, &mut out);
+                if out.len() >= max {
+                    break;
+                }
+            }
         }
         // 3. Endgame: nothing left unrequested, so double up on blocks
         // others have not delivered yet.
@@ -240,11 +243,13 @@ impl Picker {
         }
     }
 
-    /// The rarest piece `peer` has that we neither have nor have started;
-    /// ties broken uniformly at random (reservoir sampling).
-    fn rarest_new<R: Rng>(&self, peer: &Bitfield, rng: &mut R) -> Option<u32> {
-        let mut best: Option<(u32, u32)> = None; // (availability, piece)
-        let mut ties = 0u32;
+    /// Enough of the rarest pieces `peer` has that we neither have nor
+    /// have started to fill `blocks` requests, rarest first; ties broken
+    /// at random.
+    fn rarest_new<R: Rng>(&self, peer: &Bitfield, blocks: usize, rng: &mut R) -> Vec<u32> {
+        let per_piece = self.piece_length.div_ceil(u64::from(BLOCK)).max(1) as usize;
+        let want = blocks.div_ceil(per_piece).max(1);
+        let mut candidates: Vec<(u32, u32, u32)> = Vec::new();
         for (i, &avail) in self.availability.iter().enumerate() {
             let piece = i as u32;
             if !peer.get(i)
@@ -254,21 +259,14 @@ impl Picker {
             {
                 continue;
             }
-            match best {
-                Some((a, _)) if avail > a => {}
-                Some((a, _)) if avail == a => {
-                    ties += 1;
-                    if rng.random_range(0..ties) == 0 {
-                        best = Some((avail, piece));
-                    }
-                }
-                _ => {
-                    best = Some((avail, piece));
-                    ties = 1;
-                }
-            }
+            candidates.push((avail, rng.random(), piece));
         }
-        best.map(|(_, piece)| piece)
+        if candidates.len() > want {
+            candidates.select_nth_unstable(want - 1);
+            candidates.truncate(want);
+        }
+        candidates.sort_unstable();
+        candidates.into_iter().map(|(_, _, piece)| piece).collect()
     }
 
     /// True when every block we lack is either received or requested.

@@ -116,6 +116,7 @@ pub(crate) enum Cmd {
 pub(crate) struct Admitted {
     pub key: PeerKey,
     pub counters: Arc<PeerCounters>,
+    pub poked: Arc<AtomicBool>,
     /// Our pieces, for the bitfield.
     pub have: Bitfield,
     /// Offer pieces one by one instead of sending the bitfield.
@@ -134,6 +135,8 @@ pub(crate) struct PeerEntry {
     pub peer_id: [u8; 20],
     pub tx: mpsc::UnboundedSender<Cmd>,
     pub counters: Arc<PeerCounters>,
+    /// A `Poke` is queued and not yet handled.
+    pub poked: Arc<AtomicBool>,
     pub connected_at: Instant,
     pub outgoing: bool,
     /// It wants to download from us.
@@ -163,6 +166,8 @@ struct Candidate_ {
     connecting: bool,
     pinned: bool,
     is_self: bool,
+    /// It was a seed when it left: no use to us once we are one too.
+    was_seed: bool,
 }
 
 /// A block's sender and the SHA-1 of what it sent.
@@ -220,6 +225,16 @@ impl State {
 
     pub fn is_complete(&self) -> bool {
         self.picker.is_complete()
+    }
+
+    /// Asks every connection to look for work again; a connection with a
+    /// poke already pending gets no second one.
+    pub fn poke_all(&self) {
+        for p in self.peers.values() {
+            if !p.poked.swap(true, Ordering::Relaxed) {
+                let _ = p.tx.send(Cmd::Poke);
+            }
+        }
     }
 
     /// Initial seeding: the piece to offer a peer that has `has` and may
@@ -343,6 +358,7 @@ impl Shared {
         let key = st.next_key;
         st.next_key = st.next_key.wrapping_add(1);
         let counters = Arc::new(PeerCounters::default());
+        let poked = Arc::new(AtomicBool::new(false));
         st.peers.insert(
             key,
             PeerEntry {
@@ -350,6 +366,7 @@ impl Shared {
                 peer_id,
                 tx,
                 counters: counters.clone(),
+                poked: poked.clone(),
                 connected_at: Instant::now(),
                 outgoing,
                 interested: false,
@@ -367,6 +384,7 @@ impl Shared {
         Ok(Admitted {
             key,
             counters,
+            poked,
             have: st.have.clone(),
             initial_seeding: self.config.initial_seeding && st.is_complete(),
         })
@@ -384,13 +402,12 @@ impl Shared {
             for addr in std::iter::once(p.addr).chain(p.dialed) {
                 if let Some(c) = st.candidates.get_mut(&addr) {
                     c.connected = false;
+                    c.was_seed = p.seed;
                     c.next_try = Some(Instant::now() + Duration::from_secs(30));
                 }
             }
         }
-        for p in st.peers.values() {
-            let _ = p.tx.send(Cmd::Poke);
-        }
+        st.poke_all();
         drop(st);
         self.fill_slots();
         self.wake.notify_one();
@@ -482,7 +499,9 @@ fn candidates(st: &State) -> Vec<Candidate> {
 pub struct Session {
     shared: Arc<Shared>,
     listen: SocketAddr,
-    events: Option<mpsc::UnboundedReceiver<DiskEvent>>,
+    /// The driver hands back the disk's verdict channel when it stops, so
+    /// verdicts that arrive during shutdown still count.
+    driver: tokio::task::JoinHandle<mpsc::UnboundedReceiver<DiskEvent>>,
 }
 
 /// Progress, for the user.
@@ -602,17 +621,12 @@ impl Session {
         shared.add_candidates(shared.config.peers.clone(), true);
         shared.tasks.spawn(accept(shared.clone(), listener));
         shared.tasks.spawn(announce(shared.clone()));
-        let mut session = Session {
+        let driver = shared.tasks.spawn(drive(shared.clone(), events));
+        Ok(Session {
             shared,
             listen,
-            events: Some(events),
-        };
-        let events = session.events.take().expect("set above");
-        session
-            .shared
-            .tasks
-            .spawn(drive(session.shared.clone(), events));
-        Ok(session)
+            driver,
+        })
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -722,6 +736,7 @@ impl Session {
         shared.cancel.cancel();
         shared.tasks.close();
         shared.tasks.wait().await;
+        let events = self.driver.await.ok();
         let shared = match Arc::try_unwrap(shared) {
             Ok(s) => s,
             Err(shared) => {
@@ -745,13 +760,14 @@ impl Session {
         disk.close();
         drop(disk);
         let mut st = state.into_inner().unwrap_or_else(|e| e.into_inner());
-        if let Some(mut events) = self.events {
+        if let Some(mut events) = events {
             while let Ok(ev) = events.try_recv() {
                 if let DiskEvent::Verified {
                     piece, ok: true, ..
                 } = ev
                 {
-                    if st.have.set(piece as usize) {
+                    if !st.have.get(piece as usize) {
+                        st.have.set(piece as usize);
                         st.picker.verified(piece, true);
                         st.resume_dirty = true;
                     }
@@ -791,6 +807,7 @@ impl WantedExt for Option<&Bitfield> {
 }
 
 async fn accept(shared: Arc<Shared>, listener: TcpListener) {
+    let handshakes = Arc::new(tokio::sync::Semaphore::new(shared.config.max_peers.max(8)));
     loop {
         let (stream, addr) = tokio::select! {
             () = shared.cancel.cancelled() => return,
@@ -807,8 +824,15 @@ async fn accept(shared: Arc<Shared>, listener: TcpListener) {
         if shared.lock().peers.len() >= shared.config.max_peers {
             continue;
         }
+        // Connections still handshaking are capped too, so a flood of
+        // silent ones cannot take every file descriptor.
+        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
+            continue;
+        };
         let s = shared.clone();
-        shared.tasks.spawn(crate::peer::run(s, stream, addr, false));
+        shared.tasks.spawn(async move {
+            crate::peer::run(s, stream, addr, false, Some(permit)).await;
+        });
     }
 }
 
@@ -838,15 +862,9 @@ fn connect_more(shared: &Arc<Shared>) {
         })
         .map(|(a, c)| (c.fails, *a))
         .collect();
-    // A seed has nothing to gain from seeds: skip those we know of.
+    // A seed has nothing to gain from seeds.
     if seeding {
-        let seeds: HashSet<SocketAddr> = st
-            .peers
-            .values()
-            .filter(|p| p.seed)
-            .map(|p| p.addr)
-            .collect();
-        ready.retain(|(_, a)| !seeds.contains(a));
+        ready.retain(|(_, a)| !st.candidates.get(a).is_some_and(|c| c.was_seed));
     }
     ready.sort_unstable();
     for (_, addr) in ready.into_iter().take(room) {
@@ -876,7 +894,10 @@ impl BeforeExt for Option<Instant> {
 }
 
 /// The session's clockwork and the disk's verdicts.
-async fn drive(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<DiskEvent>) {
+async fn drive(
+    shared: Arc<Shared>,
+    mut events: mpsc::UnboundedReceiver<DiskEvent>,
+) -> mpsc::UnboundedReceiver<DiskEvent> {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let mut choke = tokio::time::interval(choker::ROUND);
@@ -884,11 +905,11 @@ async fn drive(shared: Arc<Shared>, mut events: mpsc::UnboundedReceiver<DiskEven
     let mut last_save = Instant::now();
     loop {
         tokio::select! {
-            () = shared.cancel.cancelled() => return,
+            () = shared.cancel.cancelled() => return events,
             ev = events.recv() => match ev {
                 Some(DiskEvent::Verified { piece, ok, blocks }) => verdict(&shared, piece, ok, blocks),
                 Some(DiskEvent::Failed(e)) => shared.fail(e.to_string()),
-                None => return,
+                None => return events,
             },
             _ = tick.tick() => {
                 measure(&shared);
@@ -939,9 +960,10 @@ fn verdict(shared: &Shared, piece: u32, ok: bool, digests: Option<Vec<[u8; 20]>>
     let from = st.block_from.remove(&piece).unwrap_or_default();
     st.picker.verified(piece, ok);
     if ok {
-        if !st.have.set(piece as usize) {
+        if st.have.get(piece as usize) {
             return;
         }
+        st.have.set(piece as usize);
         st.left = st
             .left
             .saturating_sub(shared.info.piece_size(piece as usize));
@@ -985,9 +1007,7 @@ fn verdict(shared: &Shared, piece: u32, ok: bool, digests: Option<Vec<[u8; 20]>>
                 .collect();
             st.failed.insert(piece, record);
         }
-        for p in st.peers.values() {
-            let _ = p.tx.send(Cmd::Poke);
-        }
+        st.poke_all();
     }
 }
 
@@ -1082,7 +1102,13 @@ async fn announce(shared: Arc<Shared>) {
     let mut event = tracker::Event::Started;
     let mut failures = 0u32;
     loop {
-        let wait = match list.announce(&params(event)).await {
+        // Ctrl-C does not wait for a walk through slow trackers.
+        let p = params(event);
+        let result = tokio::select! {
+            r = list.announce(&p) => r,
+            () = shared.cancel.cancelled() => break,
+        };
+        let wait = match result {
             Ok((url, r)) => {
                 failures = 0;
                 tracing::debug!(
