@@ -884,3 +884,160 @@ fn a_full_disk_is_a_clear_error() {
     assert_eq!(err.matches("shoal: error:").count(), 1, "one line: {err}");
     assert!(!err.contains("panicked"), "{err}");
 }
+
+/// Python for hostile peers: `hostile.py MODE PORT INFOHASH`.
+/// - `stall`: asks for every block it can and never reads (tiny receive
+///   buffer), so the seed's writes block;
+/// - `chokes`: sends 'choke' as fast as it can for 5 s.
+///
+/// Prints "ready" once it is doing so, and keeps the connection open until
+/// its stdin closes.
+const HOSTILE: &str = r#"
+import socket, struct, os, sys, time
+mode, port, ih = sys.argv[1], int(sys.argv[2]), bytes.fromhex(sys.argv[3])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+s.connect(("127.0.0.1", port))
+s.sendall(bytes([19]) + b"BitTorrent protocol" + bytes(8) + ih + b"-FP0001-" + os.urandom(12))
+def recvn(n):
+    b = b""
+    while len(b) < n:
+        c = s.recv(n - len(b))
+        if not c:
+            raise EOFError
+        b += c
+    return b
+recvn(68)
+msg = lambda id, p=b"": struct.pack(">IB", 1 + len(p), id) + p
+if mode == "stall":
+    s.sendall(msg(2))
+    while True:
+        l, = struct.unpack(">I", recvn(4))
+        body = recvn(l) if l else b""
+        if body[:1] == b"\x01":
+            break
+    s.sendall(b"".join(msg(6, struct.pack(">III", i // 16, (i % 16) * 16384, 16384)) for i in range(500)))
+    print("ready", flush=True)
+else:
+    print("ready", flush=True)
+    t0 = time.time()
+    chunk = msg(0) * 4096
+    while time.time() - t0 < 5:
+        s.sendall(chunk)
+sys.stdin.read()
+"#;
+
+/// A seed with one hostile peer attached, ready to be stopped.
+fn seed_with_hostile_peer(mode: &str) -> Option<(tempfile::TempDir, Shoal, Killed)> {
+    if !Command::new("python3")
+        .arg("-c")
+        .arg("pass")
+        .status()
+        .is_ok_and(|s| s.success())
+    {
+        assert!(!interop_required(), "python3 is required");
+        eprintln!("SKIP: python3 is not installed");
+        return None;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 8 MiB in 16 KiB blocks of 256 KiB pieces: more than any socket buffer.
+    let data = d.join("seed/data.bin");
+    write(&data, &bytes(41, 8 << 20));
+    shoal_ok(
+        d,
+        &["create", "seed/data.bin", "-l", "18", "-o", "t.torrent"],
+    );
+    let hash = info_hash(d, "t.torrent");
+    let seed = Shoal::start(
+        d,
+        "seed",
+        &[
+            "seed",
+            "t.torrent",
+            "seed/data.bin",
+            "--port",
+            "0",
+            "--json",
+        ],
+    );
+    std::fs::write(d.join("hostile.py"), HOSTILE).unwrap();
+    let mut peer = Killed(
+        Command::new("python3")
+            .args(["hostile.py", mode, &seed.port.to_string(), &hash.to_hex()])
+            .current_dir(d)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap(),
+    );
+    let mut line = String::new();
+    BufReader::new(peer.0.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line.trim(), "ready", "hostile peer: {line:?}");
+    Some((dir, seed, peer))
+}
+
+/// A peer that asks for data and never reads it cannot hold up Ctrl-C.
+#[test]
+fn a_peer_that_stops_reading_does_not_block_shutdown() {
+    let Some((_dir, mut seed, _peer)) = seed_with_hostile_peer("stall") else {
+        return;
+    };
+    // Let the seed fill the socket and block in its write.
+    std::thread::sleep(Duration::from_millis(500));
+    let started = Instant::now();
+    let (status, json) = seed.interrupt(15);
+    assert!(status.success(), "seed: {status}");
+    assert!(json["uploaded"].as_u64().unwrap() > 0, "{json}");
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}
+
+/// A flood of 'choke' messages at a downloader neither wedges it nor stops
+/// the download.
+#[test]
+fn a_choke_flood_does_not_stall_a_download() {
+    let Some((dir, seed, _)) = seed_with_hostile_peer("stall") else {
+        return;
+    };
+    let d = dir.path();
+    let hash = info_hash(d, "t.torrent");
+    let mut dl = Shoal::start(
+        d,
+        "download",
+        &[
+            "download",
+            "t.torrent",
+            "-o",
+            "out",
+            "--port",
+            "0",
+            "--no-trackers",
+            "--peer",
+            &seed.addr(),
+            "--download-limit",
+            "2M",
+            "-x",
+            "--json",
+        ],
+    );
+    let mut flood = Killed(
+        Command::new("python3")
+            .args(["hostile.py", "chokes", &dl.port.to_string(), &hash.to_hex()])
+            .current_dir(d)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let (status, json) = dl.finish(60);
+    assert!(status.success(), "download: {status}");
+    assert_eq!(json["complete"], true, "{json}");
+    same_file(&d.join("seed/data.bin"), &d.join("out/data.bin"));
+    let _ = flood.0.kill();
+}
