@@ -250,6 +250,9 @@ fn writer(
                 };
                 Ok((ok, blocks))
             });
+        if matches!(verdict, Ok((true, _))) {
+            storage.start_writeback(w.piece);
+        }
         let event = match verdict {
             Ok((ok, blocks)) => DiskEvent::Verified {
                 piece: w.piece,
@@ -325,6 +328,9 @@ fn verifier(
                 };
                 Ok((ok, blocks))
             });
+            if matches!(verdict, Ok((true, _))) && storage.is_writable() {
+                storage.start_writeback(d.piece);
+            }
             let _ = events.send(match verdict {
                 Ok((ok, blocks)) => DiskEvent::Verified {
                     piece: d.piece,
