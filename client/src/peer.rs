@@ -180,6 +180,7 @@ pub(crate) async fn run(
         uploads,
         counters,
         poked: admitted.poked.clone(),
+        lacking: 0,
         initial: admitted.initial_seeding.then(Initial::default),
     };
     if conn.initial.is_some() {
@@ -356,6 +357,8 @@ struct Conn {
     uploads: Arc<UploadQueue>,
     counters: Arc<PeerCounters>,
     poked: Arc<std::sync::atomic::AtomicBool>,
+    /// How many of its pieces we lack (we are interested while > 0).
+    lacking: usize,
     initial: Option<Initial>,
 }
 
@@ -577,16 +580,30 @@ impl Conn {
     }
 
     /// Initial seeding: tell the other connections that `pieces` spread.
-    fn announce_spread(&self, st: &State, pieces: &[u32]) {
+    fn announce_spread(&self, st: &State, piece: u32) {
         if !(self.shared.config.initial_seeding && st.is_complete()) {
             return;
         }
         for (&k, p) in &st.peers {
             if k != self.key {
-                for &piece in pieces {
-                    let _ = p.tx.send(Cmd::Spread(piece));
-                }
+                let _ = p.tx.send(Cmd::Spread(piece));
             }
+        }
+    }
+
+    /// Every offered piece another peer turned out to have spread.
+    fn spread_all(&mut self, bits: &Bitfield) {
+        let spread: Vec<u32> = match &self.initial {
+            Some(init) => init
+                .pending
+                .iter()
+                .copied()
+                .filter(|&p| bits.get(p as usize))
+                .collect(),
+            None => return,
+        };
+        for p in spread {
+            self.spread(p);
         }
     }
 
@@ -620,7 +637,16 @@ impl Conn {
                 if st.is_complete() && self.bitfield.is_complete() {
                     return Err("both sides are seeds".into());
                 }
-                if self.am_interested && self.bitfield.get(piece as usize) {
+                if self.bitfield.get(piece as usize) {
+                    self.lacking = self.lacking.saturating_sub(1);
+                    if self.lacking == 0 {
+                        // The count can drift when its 'have' and our
+                        // verdict cross; a full count settles it.
+                        let ours = st.picker.have();
+                        self.lacking = (0..self.bitfield.len())
+                            .filter(|&i| self.bitfield.get(i) && !ours.get(i))
+                            .count();
+                    }
                     self.update_interest(&mut st);
                 }
             }
@@ -653,13 +679,14 @@ impl Conn {
             }
             Cmd::Close(why) => return Err(why.into()),
             Cmd::Spread(piece) => self.spread(piece),
+            Cmd::SpreadAll(bits) => self.spread_all(&bits),
         }
         Ok(())
     }
 
     /// Says `interested` / `not interested` when that changed.
-    fn update_interest(&mut self, st: &mut State) {
-        let want = st.picker.is_interesting(&self.bitfield);
+    fn update_interest(&mut self, _st: &mut State) {
+        let want = self.lacking > 0;
         if want != self.am_interested {
             self.am_interested = want;
             self.send(if want {
@@ -791,6 +818,9 @@ impl Conn {
         let shared = Arc::clone(&self.shared);
         let mut st = shared.lock();
         st.picker.peer_has(piece);
+        if !st.picker.have().get(piece as usize) {
+            self.lacking += 1;
+        }
         self.peer_got(&mut st);
         // Initial seeding: an offered piece it got elsewhere (it did not
         // ask us for all of it) makes room for another offer.
@@ -808,7 +838,7 @@ impl Conn {
         if st.is_complete() && self.bitfield.is_complete() {
             return Err("both sides are seeds".into());
         }
-        self.announce_spread(&st, &[piece]);
+        self.announce_spread(&st, piece);
         if !self.am_interested && !st.picker.have().get(piece as usize) {
             self.am_interested = true;
             self.send(&Message::Interested);
@@ -822,6 +852,10 @@ impl Conn {
         let shared = Arc::clone(&self.shared);
         let mut st = shared.lock();
         st.picker.add_peer(&bits);
+        let ours = st.picker.have();
+        self.lacking = (0..bits.len())
+            .filter(|&i| bits.get(i) && !ours.get(i))
+            .count();
         self.bitfield = bits;
         self.peer_got(&mut st);
         if st.is_complete() && self.bitfield.is_complete() {
@@ -829,15 +863,16 @@ impl Conn {
         }
         self.update_interest(&mut st);
         if self.shared.config.initial_seeding && st.is_complete() {
-            let pieces: Vec<u32> = (0..self.bitfield.len() as u32)
-                .filter(|&i| self.bitfield.get(i as usize))
-                .collect();
-            self.announce_spread(&st, &pieces);
-            // Offered pieces it turns out to have are replaced.
-            drop(st);
-            for p in pieces {
-                self.spread(p);
+            // One message per connection, whatever the piece count.
+            let bits = Arc::new(self.bitfield.clone());
+            for (&k, p) in &st.peers {
+                if k != self.key {
+                    let _ = p.tx.send(Cmd::SpreadAll(bits.clone()));
+                }
             }
+            drop(st);
+            // Offered pieces it turns out to have are replaced.
+            self.spread_all(&bits);
         }
         Ok(())
     }

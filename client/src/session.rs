@@ -110,6 +110,8 @@ pub(crate) enum Cmd {
     Close(&'static str),
     /// Initial seeding: another peer announced this piece, so it spread.
     Spread(u32),
+    /// Initial seeding: another peer has all these pieces (its bitfield).
+    SpreadAll(Arc<Bitfield>),
 }
 
 /// What [`Shared::register`] hands a new connection.
