@@ -140,14 +140,16 @@ fn text(s: &Shown) -> String {
             let _ = writeln!(o, "  {w}");
         }
     }
+    // Numbered as `shoal download --only` takes them.
     let _ = writeln!(o, "\nFiles:");
-    for f in &s.files {
+    let width = s.files.len().saturating_sub(1).to_string().len();
+    for (i, f) in s.files.iter().enumerate() {
         let path = if s.multi_file {
             format!("{}/{}", s.name, f.path)
         } else {
             f.path.clone()
         };
-        let _ = writeln!(o, "  {:>10}  {path}", ui::short_size(f.size));
+        let _ = writeln!(o, "  {i:>width$}  {:>10}  {path}", ui::short_size(f.size));
     }
     o
 }
