@@ -1123,7 +1123,21 @@ async fn announce(shared: Arc<Shared>) {
                 }
                 shared.add_candidates(r.peers.iter().copied(), false);
                 event = tracker::Event::None;
-                r.interval
+                let starving = {
+                    let st = shared.lock();
+                    st.peers.is_empty() && !st.is_complete()
+                };
+                if starving && r.peers.is_empty() {
+                    // Nobody to download from yet: ask again as soon as the
+                    // tracker allows (its min interval, at least a minute),
+                    // not after the full interval.
+                    r.min_interval
+                        .unwrap_or(r.interval)
+                        .max(Duration::from_secs(60))
+                        .min(r.interval)
+                } else {
+                    r.interval
+                }
             }
             Err(e) => {
                 failures += 1;
