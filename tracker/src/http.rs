@@ -32,12 +32,17 @@ pub fn app(tracker: Arc<Tracker>) -> Router {
         .with_state(tracker)
 }
 
-fn bencoded(tracker: &Tracker, reply: Result<Vec<u8>, String>) -> Response {
-    let body = reply.unwrap_or_else(|reason| {
+/// The reply body: the bencoded reply, or the bencoded `failure reason`
+/// (counted). Also used by the server's fast path (`h1`).
+pub(crate) fn reply_body(tracker: &Tracker, reply: Result<Vec<u8>, String>) -> Vec<u8> {
+    reply.unwrap_or_else(|reason| {
         tracker.count_failure();
         response::failure(&reason)
-    });
-    ([(CONTENT_TYPE, "text/plain")], body).into_response()
+    })
+}
+
+fn bencoded(tracker: &Tracker, reply: Result<Vec<u8>, String>) -> Response {
+    ([(CONTENT_TYPE, "text/plain")], reply_body(tracker, reply)).into_response()
 }
 
 /// An announce and its reply (also the server's fast path for `/announce`).

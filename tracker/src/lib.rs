@@ -18,6 +18,7 @@ pub mod server;
 pub mod store;
 pub mod swarm;
 
+mod h1;
 mod http;
 mod stats;
 

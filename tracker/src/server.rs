@@ -2,10 +2,14 @@
 //! (clients open a new connection for each announce), so: one thread per
 //! core, each with a current-thread tokio runtime and its own
 //! `SO_REUSEPORT` listener on every address (the kernel spreads incoming
-//! connections over them), plain hyper HTTP/1 with no work on the
-//! connection path that can wait. Connections that send nothing for
+//! connections over them), no work on the connection path that can wait.
+//! `GET /announce` and `GET /scrape` are served by [`h1`]'s minimal
+//! HTTP/1 code on the socket itself — a connection whose request has
+//! already arrived is answered and closed by the accept loop without a task
+//! or an epoll registration — and everything else by hyper and the axum
+//! router. Connections that send no complete request head for
 //! `idle_timeout` are closed, request heads are capped in size, and the
-//! number of open connections is bounded.
+//! number of connections left open is bounded.
 //!
 //! Shutdown is graceful: after the token is cancelled no connection is
 //! accepted, in-flight requests finish (bounded by `drain_timeout`), then
@@ -20,11 +24,13 @@ use axum::extract::ConnectInfo;
 use axum::Router;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::io::unix::AsyncFd;
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::{app, Tracker};
+use crate::{app, h1, Tracker};
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
@@ -33,7 +39,9 @@ pub struct ServeOptions {
     pub threads: usize,
     /// Close a connection that sends no complete request head for this long.
     pub idle_timeout: Duration,
-    /// Open connections at most (beyond it new ones are closed at once).
+    /// Open connections at most (beyond it new ones are closed at once; a
+    /// request already read when the connection is accepted is answered
+    /// first, since that holds nothing open).
     pub max_connections: usize,
     /// Open connections from one IP address at most, so one host cannot
     /// take every slot.
@@ -228,6 +236,7 @@ async fn worker(
     opts: ServeOptions,
 ) {
     let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
+    let tasks = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(opts.idle_timeout)
@@ -236,18 +245,23 @@ async fn worker(
     let http = Arc::new(http);
     let mut loops = Vec::new();
     for std_listener in sockets {
-        match tokio::net::TcpListener::from_std(std_listener) {
+        // SAFETY: the `AsyncFd` owns the `TcpListener`, which owns its
+        // descriptor: it stays open, and is the same one, until the
+        // `AsyncFd` is dropped (what `register` asks of the caller).
+        match unsafe { AsyncFd::register(std_listener) }.map_err(io::Error::from) {
             Ok(listener) => loops.push(tokio::spawn(accept_loop(
                 listener,
-                Shared {
+                Arc::new(Shared {
                     tracker: tracker.clone(),
                     router: router.clone(),
                     http: http.clone(),
                     graceful: graceful.clone(),
+                    tasks: tasks.clone(),
                     permits: permits.clone(),
                     per_ip: per_ip.clone(),
-                },
-                shutdown.clone(),
+                    idle_timeout: opts.idle_timeout,
+                    shutdown: shutdown.clone(),
+                }),
             ))),
             Err(e) => tracing::error!("cannot use listener: {e}"),
         }
@@ -255,44 +269,69 @@ async fn worker(
     for l in loops {
         let _ = l.await;
     }
-    // The accept loops are gone, so this is the last reference.
-    if let Ok(graceful) = Arc::try_unwrap(graceful) {
-        if tokio::time::timeout(opts.drain_timeout, graceful.shutdown())
-            .await
-            .is_err()
-        {
-            tracing::warn!("connections still open after {:?}", opts.drain_timeout);
+    // The accept loops are gone: no new connections. Hyper's connections
+    // are told to finish; the fast path's close when idle (they watch the
+    // token). Then wait for both.
+    tasks.close();
+    let drain = async {
+        if let Ok(graceful) = Arc::try_unwrap(graceful) {
+            graceful.shutdown().await;
         }
+        tasks.wait().await;
+    };
+    if tokio::time::timeout(opts.drain_timeout, drain)
+        .await
+        .is_err()
+    {
+        tracing::warn!("connections still open after {:?}", opts.drain_timeout);
     }
 }
 
-/// What every accept loop of a worker shares.
+/// What every accept loop and connection of a worker shares.
 struct Shared {
     tracker: Arc<Tracker>,
     router: Router,
     http: Arc<hyper::server::conn::http1::Builder>,
     graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
+    /// Every connection task, so shutdown can wait for them.
+    tasks: TaskTracker,
     permits: Arc<Semaphore>,
     per_ip: Arc<PerIp>,
+    idle_timeout: Duration,
+    shutdown: CancellationToken,
 }
 
-async fn accept_loop(
-    listener: tokio::net::TcpListener,
-    shared: Shared,
-    shutdown: CancellationToken,
-) {
-    let Shared {
-        tracker,
-        router,
-        http,
-        graceful,
-        permits,
-        per_ip,
-    } = shared;
+/// Accepts without registering the socket with the runtime (the fast path
+/// often answers and closes it before it would ever need to wait).
+async fn accept(
+    listener: &AsyncFd<std::net::TcpListener>,
+) -> io::Result<(std::net::TcpStream, SocketAddr)> {
+    loop {
+        let mut ready = listener.readable().await?;
+        if let Ok(r) = ready.try_io(|l| l.get_ref().accept()) {
+            return r;
+        }
+    }
+}
+
+/// A connection's state when the accept loop hands it to a task: bytes
+/// read but not yet served, a reply not yet (fully) written, and whether
+/// to close once it is.
+struct Pending {
+    input: Vec<u8>,
+    output: Vec<u8>,
+    close: bool,
+}
+
+async fn accept_loop(listener: AsyncFd<std::net::TcpListener>, shared: Arc<Shared>) {
+    // Reused for every connection answered inline: no allocation per
+    // connection beyond the reply body.
+    let mut input = vec![0u8; MAX_HEAD];
+    let mut output = Vec::with_capacity(1024);
     loop {
         let accepted = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = listener.accept() => r,
+            _ = shared.shutdown.cancelled() => return,
+            r = accept(&listener) => r,
         };
         let (stream, remote) = match accepted {
             Ok(c) => c,
@@ -303,43 +342,209 @@ async fn accept_loop(
                 continue;
             }
         };
-        // Over a cap: dropping the stream closes it.
-        let Ok(permit) = permits.clone().try_acquire_owned() else {
+        // TCP_NODELAY is inherited from the listener; O_NONBLOCK is not.
+        if stream.set_nonblocking(true).is_err() {
+            continue;
+        }
+        output.clear();
+        let Some(pending) = serve_inline(&shared.tracker, &stream, remote, &mut input, &mut output)
+        else {
+            // Answered with `Connection: close` (or gone): dropping closes.
             continue;
         };
-        let Some(slot) = per_ip.acquire(remote.ip()) else {
+        // The connection stays open: now the caps apply. Over one, dropping
+        // the stream closes it.
+        let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
             continue;
         };
-        // TCP_NODELAY is inherited from the listener.
-        let router = router.clone();
-        let tracker = tracker.clone();
-        let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
-            // The hot path, /announce, skips the router: no extractor
-            // clones, no boxed future.
-            let fast = (req.method() == hyper::Method::GET && req.uri().path() == "/announce")
-                .then(|| {
-                    let query = req.uri().query().unwrap_or("");
-                    crate::http::announce_reply(&tracker, None, query, remote, req.headers())
-                });
-            let router = router.clone();
-            async move {
-                match fast {
-                    Some(reply) => Ok(reply),
-                    None => {
-                        req.extensions_mut().insert(ConnectInfo(remote));
-                        router.oneshot(req.map(axum::body::Body::new)).await
-                    }
-                }
-            }
-        });
-        let conn = graceful
-            .watcher()
-            .watch(http.serve_connection(TokioIo::new(stream), service));
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::trace!("connection from {remote}: {e}");
-            }
+        let Some(slot) = shared.per_ip.acquire(remote.ip()) else {
+            continue;
+        };
+        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+            continue;
+        };
+        let shared2 = shared.clone();
+        shared.tasks.spawn(async move {
+            connection(stream, remote, pending, &shared2).await;
             drop((permit, slot));
         });
+    }
+}
+
+/// The accept loop's attempt to answer a new connection at once: reads
+/// what has arrived (without waiting) and answers the fast-path requests in
+/// it. `None` when the connection is done (answered and to be closed, or
+/// closed by the peer); otherwise what a connection task must carry on
+/// with.
+fn serve_inline(
+    tracker: &Tracker,
+    mut stream: &std::net::TcpStream,
+    remote: SocketAddr,
+    input: &mut [u8],
+    output: &mut Vec<u8>,
+) -> Option<Pending> {
+    use std::io::{Read, Write};
+    let n = match stream.read(input) {
+        Ok(0) => return None,
+        Ok(n) => n,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Err(_) => return None,
+    };
+    let mut pos = 0;
+    let mut close = false;
+    while pos < n {
+        match h1::serve_one(tracker, &input[pos..n], remote, output) {
+            h1::Head::Answered { len, keep_alive } => {
+                pos += len;
+                if !keep_alive {
+                    close = true;
+                    break;
+                }
+            }
+            h1::Head::Partial | h1::Head::Other => break,
+        }
+    }
+    let mut written = 0;
+    if !output.is_empty() {
+        written = match stream.write(output) {
+            Ok(w) => w,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+            Err(_) => return None,
+        };
+        if close && written == output.len() {
+            return None;
+        }
+    }
+    Some(Pending {
+        input: if close {
+            Vec::new()
+        } else {
+            input[pos..n].to_vec()
+        },
+        output: output[written..].to_vec(),
+        close,
+    })
+}
+
+/// One connection after the accept loop: the fast path's keep-alive loop
+/// (pipelined requests answered in order), or hyper for anything else.
+async fn connection(
+    stream: tokio::net::TcpStream,
+    remote: SocketAddr,
+    pending: Pending,
+    shared: &Shared,
+) {
+    let Pending {
+        mut input,
+        mut output,
+        mut close,
+    } = pending;
+    // A connection must complete each request head within this.
+    let mut deadline = tokio::time::Instant::now() + shared.idle_timeout;
+    loop {
+        if !output.is_empty() {
+            if write_all(&stream, &output).await.is_err() {
+                return;
+            }
+            output.clear();
+        }
+        if close {
+            return;
+        }
+        // Answer every complete request already read.
+        let mut pos = 0;
+        let mut other = false;
+        while pos < input.len() {
+            match h1::serve_one(&shared.tracker, &input[pos..], remote, &mut output) {
+                h1::Head::Answered { len, keep_alive } => {
+                    pos += len;
+                    if !keep_alive {
+                        close = true;
+                        break;
+                    }
+                }
+                h1::Head::Partial => break,
+                h1::Head::Other => {
+                    other = true;
+                    break;
+                }
+            }
+        }
+        input.drain(..pos);
+        if other {
+            // Replies to earlier pipelined requests go out first.
+            if !output.is_empty() && write_all(&stream, &output).await.is_err() {
+                return;
+            }
+            return hyper_connection(h1::Rewind::new(input, stream), remote, shared).await;
+        }
+        if pos > 0 {
+            deadline = tokio::time::Instant::now() + shared.idle_timeout;
+            continue;
+        }
+        // Wait for more of a head: at most until the deadline, and not at
+        // all once shutting down if no request is under way.
+        let idle = input.is_empty();
+        tokio::select! {
+            _ = shared.shutdown.cancelled(), if idle => return,
+            _ = tokio::time::sleep_until(deadline) => return,
+            r = stream.readable() => if r.is_err() { return },
+        }
+        let old = input.len();
+        input.resize((old + 4096).min(MAX_HEAD), 0);
+        match stream.try_read(&mut input[old..]) {
+            Ok(0) => return,
+            Ok(n) => input.truncate(old + n),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => input.truncate(old),
+            Err(_) => return,
+        }
+    }
+}
+
+async fn write_all(stream: &tokio::net::TcpStream, mut buf: &[u8]) -> io::Result<()> {
+    while !buf.is_empty() {
+        stream.writable().await?;
+        match stream.try_write(buf) {
+            Ok(n) => buf = &buf[n..],
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(())
+}
+
+/// Hyper and the axum router, for everything the fast path does not serve.
+async fn hyper_connection(
+    io: h1::Rewind<tokio::net::TcpStream>,
+    remote: SocketAddr,
+    shared: &Shared,
+) {
+    let router = shared.router.clone();
+    let tracker = shared.tracker.clone();
+    let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        // `/announce` that the fast path left (a body, too many headers,
+        // …) still skips the router: no extractor clones, no boxed future.
+        let fast =
+            (req.method() == hyper::Method::GET && req.uri().path() == "/announce").then(|| {
+                let query = req.uri().query().unwrap_or("");
+                crate::http::announce_reply(&tracker, None, query, remote, req.headers())
+            });
+        let router = router.clone();
+        async move {
+            match fast {
+                Some(reply) => Ok(reply),
+                None => {
+                    req.extensions_mut().insert(ConnectInfo(remote));
+                    router.oneshot(req.map(axum::body::Body::new)).await
+                }
+            }
+        }
+    });
+    let conn = shared
+        .graceful
+        .watcher()
+        .watch(shared.http.serve_connection(TokioIo::new(io), service));
+    if let Err(e) = conn.await {
+        tracing::trace!("connection from {remote}: {e}");
     }
 }
