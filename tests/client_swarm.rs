@@ -12,151 +12,14 @@ mod common;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{mpsc, Arc};
 use std::time::{Duration, Instant};
 
 use client::wire::{Bitfield, Features, Handshake, Message};
 use common::*;
 use torrent_format::InfoHash;
-
-/// A running `shoal seed` or `shoal download`, killed when dropped. Its
-/// stderr is echoed (prefixed with its label) and kept; its stdout (the
-/// `--json` summary) is read once it has exited.
-struct Shoal {
-    label: String,
-    proc: Killed,
-    port: u16,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Shoal {
-    /// Starts `shoal ARGS` in `cwd` and waits (bounded) for its "listening
-    /// on" line.
-    fn start(cwd: &Path, label: &str, args: &[&str]) -> Shoal {
-        let mut child = Command::new(SHOAL)
-            .args(args)
-            .current_dir(cwd)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start shoal");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let (kept, name) = (lines.clone(), label.to_string());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{name}: {line}");
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    if let Some(addr) = rest
-                        .split(';')
-                        .next()
-                        .and_then(|a| a.trim().parse::<SocketAddr>().ok())
-                    {
-                        let _ = tx.send(addr.port());
-                    }
-                }
-                kept.lock().unwrap().push(line);
-            }
-        });
-        let proc = Killed(child);
-        let port = rx
-            .recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("{label} never said where it listens ({e})"));
-        Shoal {
-            label: label.to_string(),
-            proc,
-            port,
-            lines,
-        }
-    }
-
-    /// Where peers on this machine reach it.
-    fn addr(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    fn said(&self, needle: &str) -> bool {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains(needle))
-    }
-
-    fn line_with(&self, needle: &str) -> Option<String> {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .find(|l| l.contains(needle))
-            .cloned()
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.proc.0.try_wait().unwrap().is_none()
-    }
-
-    /// Waits for a line containing `needle`; fails if the process exits
-    /// first or `secs` pass.
-    fn wait_line(&mut self, secs: u64, needle: &str) {
-        let what = format!("{} to say {needle:?}", self.label);
-        let deadline = Instant::now() + Duration::from_secs(secs);
-        while !self.said(needle) {
-            assert!(
-                self.is_running(),
-                "{} exited before saying {needle:?}",
-                self.label
-            );
-            assert!(Instant::now() < deadline, "timed out waiting for {what}");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-
-    /// Waits for the exit (bounded); returns the status and the JSON summary
-    /// (`Null` when there is none).
-    fn finish(&mut self, secs: u64) -> (ExitStatus, serde_json::Value) {
-        let status = wait_child(&mut self.proc.0, secs, &self.label);
-        let mut out = String::new();
-        if let Some(mut stdout) = self.proc.0.stdout.take() {
-            stdout.read_to_string(&mut out).unwrap();
-        }
-        // Let the stderr thread catch up with the last lines.
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            !self.said("panicked") && !self.said("RUST_BACKTRACE"),
-            "{} panicked",
-            self.label
-        );
-        let json =
-            out.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .map_or(serde_json::Value::Null, |l| {
-                    serde_json::from_str(l)
-                        .unwrap_or_else(|e| panic!("{}: bad JSON {l:?}: {e}", self.label))
-                });
-        eprintln!("{}: exit {status}, summary {json}", self.label);
-        (status, json)
-    }
-
-    /// SIGINT (a clean stop), then [`Shoal::finish`].
-    fn interrupt(&mut self, secs: u64) -> (ExitStatus, serde_json::Value) {
-        // SAFETY: kill(2) on our own child's pid.
-        let r = unsafe { libc::kill(self.proc.0.id() as libc::pid_t, libc::SIGINT) };
-        assert_eq!(r, 0, "kill -INT {}", self.label);
-        self.finish(secs)
-    }
-
-    /// SIGKILL: no clean-up at all.
-    fn kill9(&mut self) {
-        self.proc.0.kill().unwrap();
-        self.proc.0.wait().unwrap();
-    }
-}
 
 /// The torrent's info hash, from `shoal show --json`.
 fn info_hash(dir: &Path, torrent: &str) -> InfoHash {
@@ -178,24 +41,6 @@ fn single_file(dir: &Path, len: usize, seed: u64, tiers: &[&str]) -> PathBuf {
     }
     shoal_ok(dir, &args);
     data
-}
-
-fn same_file(a: &Path, b: &Path) {
-    let (da, db) = (std::fs::read(a).unwrap(), std::fs::read(b).unwrap());
-    assert!(
-        da == db,
-        "{} ({} bytes) differs from {} ({} bytes)",
-        b.display(),
-        db.len(),
-        a.display(),
-        da.len()
-    );
-}
-
-fn tracker_stats(addr: SocketAddr) -> serde_json::Value {
-    let (status, body) = http_get(addr, "/stats.json");
-    assert_eq!(status, 200);
-    serde_json::from_slice(&body).unwrap()
 }
 
 /// Python for a libtorrent leecher: `leech.py TORRENT SAVE_DIR` finds peers

@@ -15,123 +15,10 @@ use std::io::{BufRead, BufReader, Read};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
-use std::sync::{mpsc, Arc, Mutex};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use common::*;
-
-/// A running `shoal seed` or `shoal download`, killed when dropped. Its
-/// stderr is echoed (prefixed with its label) and kept; its stdout (the
-/// `--json` summary) is read once it has exited. When the test fails its
-/// last log lines are printed again, together.
-struct Shoal {
-    label: String,
-    proc: Killed,
-    lines: Arc<Mutex<Vec<String>>>,
-}
-
-impl Shoal {
-    /// Starts `shoal ARGS` in `cwd` with `RUST_LOG=info,client=debug` and
-    /// waits (bounded) for its "listening on" line.
-    fn start(cwd: &Path, label: &str, args: &[&str]) -> Shoal {
-        let mut child = Command::new(SHOAL)
-            .args(args)
-            .current_dir(cwd)
-            .env("RUST_LOG", "info,client=debug")
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start shoal");
-        let stderr = child.stderr.take().unwrap();
-        let lines = Arc::new(Mutex::new(Vec::new()));
-        let (tx, rx) = mpsc::channel();
-        let (kept, name) = (lines.clone(), label.to_string());
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                eprintln!("{name}: {line}");
-                if let Some(rest) = line.split("listening on ").nth(1) {
-                    if let Some(addr) = rest
-                        .split(';')
-                        .next()
-                        .and_then(|a| a.trim().parse::<SocketAddr>().ok())
-                    {
-                        let _ = tx.send(addr.port());
-                    }
-                }
-                kept.lock().unwrap().push(line);
-            }
-        });
-        let proc = Killed(child);
-        rx.recv_timeout(Duration::from_secs(30))
-            .unwrap_or_else(|e| panic!("{label} never said where it listens ({e})"));
-        Shoal {
-            label: label.to_string(),
-            proc,
-            lines,
-        }
-    }
-
-    fn said(&self, needle: &str) -> bool {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .any(|l| l.contains(needle))
-    }
-
-    fn is_running(&mut self) -> bool {
-        self.proc.0.try_wait().unwrap().is_none()
-    }
-
-    /// Waits for the exit (bounded); returns the status and the JSON summary
-    /// (`Null` when there is none).
-    fn finish(&mut self, secs: u64) -> (ExitStatus, serde_json::Value) {
-        let status = wait_child(&mut self.proc.0, secs, &self.label);
-        let mut out = String::new();
-        if let Some(mut stdout) = self.proc.0.stdout.take() {
-            stdout.read_to_string(&mut out).unwrap();
-        }
-        // Let the stderr thread catch up with the last lines.
-        std::thread::sleep(Duration::from_millis(100));
-        assert!(
-            !self.said("panicked") && !self.said("RUST_BACKTRACE"),
-            "{} panicked",
-            self.label
-        );
-        let json =
-            out.lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .map_or(serde_json::Value::Null, |l| {
-                    serde_json::from_str(l)
-                        .unwrap_or_else(|e| panic!("{}: bad JSON {l:?}: {e}", self.label))
-                });
-        eprintln!("{}: exit {status}, summary {json}", self.label);
-        (status, json)
-    }
-
-    /// SIGINT (a clean stop), then [`Shoal::finish`].
-    fn interrupt(&mut self, secs: u64) -> (ExitStatus, serde_json::Value) {
-        // SAFETY: kill(2) on our own child's pid.
-        let r = unsafe { libc::kill(self.proc.0.id() as libc::pid_t, libc::SIGINT) };
-        assert_eq!(r, 0, "kill -INT {}", self.label);
-        self.finish(secs)
-    }
-}
-
-impl Drop for Shoal {
-    fn drop(&mut self) {
-        if std::thread::panicking() {
-            let lines = self.lines.lock().unwrap();
-            let from = lines.len().saturating_sub(60);
-            eprintln!("---- last lines of {} ----", self.label);
-            for l in &lines[from..] {
-                eprintln!("{}: {l}", self.label);
-            }
-        }
-    }
-}
 
 /// Stops an initial seed (SIGINT), checks its summary and prints its upload
 /// ratio; returns the ratio.
@@ -165,25 +52,6 @@ fn single_file(dir: &Path, len: usize, log2_piece: &str, announce: &str) -> Path
         ],
     );
     data
-}
-
-fn same_file(a: &Path, b: &Path) {
-    let da = std::fs::read(a).unwrap();
-    let db = std::fs::read(b).unwrap_or_default();
-    assert!(
-        da == db,
-        "{} ({} bytes) differs from {} ({} bytes)",
-        b.display(),
-        db.len(),
-        a.display(),
-        da.len()
-    );
-}
-
-fn tracker_stats(addr: SocketAddr) -> serde_json::Value {
-    let (status, body) = http_get(addr, "/stats.json");
-    assert_eq!(status, 200);
-    serde_json::from_slice(&body).unwrap()
 }
 
 /// A tracker (`--interval 5`), `dir/t.torrent` for `len` bytes in pieces of

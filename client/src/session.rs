@@ -745,7 +745,12 @@ impl Session {
                 // A task still holds it (cannot happen once all are done);
                 // save what we can.
                 save_resume_now(&shared);
-                return shared.fatal.lock().unwrap().clone().map_or(Ok(()), Err);
+                return shared
+                    .fatal
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .clone()
+                    .map_or(Ok(()), Err);
             }
         };
         let Shared {

@@ -2,8 +2,12 @@
 //! test trees, and decide whether a third-party peer program is available.
 #![allow(dead_code)]
 
+use std::io::{BufRead, BufReader, Read};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+use std::process::{Command, ExitStatus, Output, Stdio};
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 
@@ -281,5 +285,164 @@ pub fn same_tree(a: &Path, b: &Path) {
                 "{f} differs"
             );
         }
+    }
+}
+
+/// `b` holds the same bytes as `a` (a missing `b` differs).
+pub fn same_file(a: &Path, b: &Path) {
+    let da = std::fs::read(a).unwrap();
+    let db = std::fs::read(b).unwrap_or_default();
+    assert!(
+        da == db,
+        "{} ({} bytes) differs from {} ({} bytes)",
+        b.display(),
+        db.len(),
+        a.display(),
+        da.len()
+    );
+}
+
+/// A `shoal tracker`'s `/stats.json`.
+pub fn tracker_stats(addr: std::net::SocketAddr) -> serde_json::Value {
+    let (status, body) = http_get(addr, "/stats.json");
+    assert_eq!(status, 200);
+    serde_json::from_slice(&body).unwrap()
+}
+
+/// A running `shoal seed` or `shoal download`, killed when dropped. Its
+/// stderr is echoed (prefixed with its label) and kept; its stdout (the
+/// `--json` summary) is read once it has exited.
+pub struct Shoal {
+    pub label: String,
+    pub proc: Killed,
+    pub port: u16,
+    lines: Arc<Mutex<Vec<String>>>,
+}
+
+impl Shoal {
+    /// Starts `shoal ARGS` in `cwd` (client debug logs on) and waits (bounded) for its "listening
+    /// on" line.
+    pub fn start(cwd: &Path, label: &str, args: &[&str]) -> Shoal {
+        let mut child = Command::new(SHOAL)
+            .args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "info,client=debug")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start shoal");
+        let stderr = child.stderr.take().unwrap();
+        let lines = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = mpsc::channel();
+        let (kept, name) = (lines.clone(), label.to_string());
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                eprintln!("{name}: {line}");
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    if let Some(addr) = rest
+                        .split(';')
+                        .next()
+                        .and_then(|a| a.trim().parse::<SocketAddr>().ok())
+                    {
+                        let _ = tx.send(addr.port());
+                    }
+                }
+                kept.lock().unwrap().push(line);
+            }
+        });
+        let proc = Killed(child);
+        let port = rx
+            .recv_timeout(Duration::from_secs(30))
+            .unwrap_or_else(|e| panic!("{label} never said where it listens ({e})"));
+        Shoal {
+            label: label.to_string(),
+            proc,
+            port,
+            lines,
+        }
+    }
+
+    /// Where peers on this machine reach it.
+    pub fn addr(&self) -> String {
+        format!("127.0.0.1:{}", self.port)
+    }
+
+    pub fn said(&self, needle: &str) -> bool {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .any(|l| l.contains(needle))
+    }
+
+    pub fn line_with(&self, needle: &str) -> Option<String> {
+        self.lines
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|l| l.contains(needle))
+            .cloned()
+    }
+
+    pub fn is_running(&mut self) -> bool {
+        self.proc.0.try_wait().unwrap().is_none()
+    }
+
+    /// Waits for a line containing `needle`; fails if the process exits
+    /// first or `secs` pass.
+    pub fn wait_line(&mut self, secs: u64, needle: &str) {
+        let what = format!("{} to say {needle:?}", self.label);
+        let deadline = Instant::now() + Duration::from_secs(secs);
+        while !self.said(needle) {
+            assert!(
+                self.is_running(),
+                "{} exited before saying {needle:?}",
+                self.label
+            );
+            assert!(Instant::now() < deadline, "timed out waiting for {what}");
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    /// Waits for the exit (bounded); returns the status and the JSON summary
+    /// (`Null` when there is none).
+    pub fn finish(&mut self, secs: u64) -> (ExitStatus, serde_json::Value) {
+        let status = wait_child(&mut self.proc.0, secs, &self.label);
+        let mut out = String::new();
+        if let Some(mut stdout) = self.proc.0.stdout.take() {
+            stdout.read_to_string(&mut out).unwrap();
+        }
+        // Let the stderr thread catch up with the last lines.
+        std::thread::sleep(Duration::from_millis(100));
+        assert!(
+            !self.said("panicked") && !self.said("RUST_BACKTRACE"),
+            "{} panicked",
+            self.label
+        );
+        let json =
+            out.lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .map_or(serde_json::Value::Null, |l| {
+                    serde_json::from_str(l)
+                        .unwrap_or_else(|e| panic!("{}: bad JSON {l:?}: {e}", self.label))
+                });
+        eprintln!("{}: exit {status}, summary {json}", self.label);
+        (status, json)
+    }
+
+    /// SIGINT (a clean stop), then [`Shoal::finish`].
+    pub fn interrupt(&mut self, secs: u64) -> (ExitStatus, serde_json::Value) {
+        // SAFETY: kill(2) on our own child's pid.
+        let r = unsafe { libc::kill(self.proc.0.id() as libc::pid_t, libc::SIGINT) };
+        assert_eq!(r, 0, "kill -INT {}", self.label);
+        self.finish(secs)
+    }
+
+    /// SIGKILL: no clean-up at all.
+    pub fn kill9(&mut self) {
+        self.proc.0.kill().unwrap();
+        self.proc.0.wait().unwrap();
     }
 }
