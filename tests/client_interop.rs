@@ -9,8 +9,8 @@ mod common;
 
 use std::io::{BufRead, Read};
 use std::path::Path;
-use std::process::{Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::process::{Command, Stdio};
+use std::time::Instant;
 
 use common::*;
 
@@ -26,66 +26,6 @@ fn make_content(root: &Path) {
 /// Total size of the test content.
 fn content_size() -> u64 {
     (70_001 + 4 + 33_333 + 7 + 131_072 + BIG) as u64
-}
-
-/// What a finished shoal process left behind.
-struct Run {
-    status: ExitStatus,
-    stdout: String,
-    stderr: String,
-}
-
-impl Run {
-    /// The JSON summary (`--json`) on stdout.
-    fn json(&self) -> serde_json::Value {
-        let line = self.stdout.lines().last().unwrap_or_else(|| {
-            panic!(
-                "no JSON on stdout ({}); stderr:\n{}",
-                self.status, self.stderr
-            )
-        });
-        serde_json::from_str(line)
-            .unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}; stderr:\n{}", self.stderr))
-    }
-}
-
-/// Collects a child's stdout and stderr on threads (so neither pipe fills),
-/// waits at most `secs`, and kills it on timeout (then fails with its output).
-fn finish(mut child: std::process::Child, secs: u64, what: &str) -> Run {
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
-    assert!(!stderr.contains("panicked"), "{what} panicked:\n{stderr}");
-    let Some(status) = status else {
-        panic!("{what} did not finish within {secs} s\nstdout:\n{stdout}\nstderr:\n{stderr}")
-    };
-    Run {
-        status,
-        stdout,
-        stderr,
-    }
 }
 
 /// Runs `shoal download` in `cwd` with `args` for at most `secs`.
@@ -470,27 +410,6 @@ fn aria2_downloads_from_shoal(log2_piece: &str) {
 #[test]
 fn aria2_downloads_from_shoal_through_the_tracker() {
     aria2_downloads_from_shoal("16");
-}
-
-/// Is this root, with `unshare` and `ip` (for a private network namespace)?
-/// If not: skip with a printed reason, or fail under SHOAL_REQUIRE_INTEROP=1.
-fn can_make_netns() -> bool {
-    if !have("transmission-cli") || !have("unshare") || !have("ip") || !have("ss") {
-        return false;
-    }
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
-    if !is_root {
-        assert!(
-            !interop_required(),
-            "this test needs root for a private network namespace"
-        );
-        eprintln!("SKIP: not root, cannot make a private network namespace");
-    }
-    is_root
 }
 
 /// The start of every namespace script: its own loopback with 10.77.0.1

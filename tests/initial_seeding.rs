@@ -11,10 +11,10 @@
 
 mod common;
 
-use std::io::{BufRead, BufReader, Read};
+use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -332,63 +332,6 @@ fn a_lone_leecher_still_completes() {
     eprintln!("a_lone_leecher_still_completes: {:?}", started.elapsed());
 }
 
-/// Collects a child's stdout and stderr on threads (so neither pipe fills),
-/// waits at most `secs`, and kills it on timeout (then fails with its
-/// output). Returns the status, stdout and stderr.
-fn finish(mut child: std::process::Child, secs: u64, what: &str) -> (ExitStatus, String, String) {
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break Some(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
-    let Some(status) = status else {
-        panic!("{what} did not finish within {secs} s\nstdout:\n{stdout}\nstderr:\n{stderr}")
-    };
-    (status, stdout, stderr)
-}
-
-/// Is this root, with Transmission, `unshare` and `ip` (for a private
-/// network namespace)? If not: skip with a printed reason, or fail under
-/// SHOAL_REQUIRE_INTEROP=1.
-fn can_make_netns() -> bool {
-    if !have("transmission-cli") || !have("unshare") || !have("ip") {
-        return false;
-    }
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
-    if !is_root {
-        assert!(
-            !interop_required(),
-            "this test needs root for a private network namespace"
-        );
-        eprintln!("SKIP: not root, cannot make a private network namespace");
-    }
-    is_root
-}
-
 /// Inside a private network namespace (nothing started here can leave it):
 /// its own loopback with 10.77.0.1 (the tracker), 10.77.0.2 and 10.77.0.3
 /// (two Transmission leechers, each with its own HOME and configuration: no
@@ -465,7 +408,11 @@ fn transmission_leechers_from_an_initial_seed() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("start unshare");
-    let (status, stdout, stderr) = finish(child, 55, "the namespace script");
+    let Run {
+        status,
+        stdout,
+        stderr,
+    } = finish(child, 55, "the namespace script");
     let log = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
     assert!(
         status.success(),

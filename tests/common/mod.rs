@@ -446,3 +446,85 @@ impl Shoal {
         self.proc.0.wait().unwrap();
     }
 }
+
+/// What a finished shoal process left behind.
+pub struct Run {
+    pub status: ExitStatus,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Run {
+    /// The JSON summary (`--json`) on stdout.
+    pub fn json(&self) -> serde_json::Value {
+        let line = self.stdout.lines().last().unwrap_or_else(|| {
+            panic!(
+                "no JSON on stdout ({}); stderr:\n{}",
+                self.status, self.stderr
+            )
+        });
+        serde_json::from_str(line)
+            .unwrap_or_else(|e| panic!("bad JSON {line:?}: {e}; stderr:\n{}", self.stderr))
+    }
+}
+
+/// Collects a child's stdout and stderr on threads (so neither pipe fills),
+/// waits at most `secs`, and kills it on timeout (then fails with its output).
+pub fn finish(mut child: std::process::Child, secs: u64, what: &str) -> Run {
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let out = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = out.read_to_string(&mut s);
+        s
+    });
+    let err = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        s
+    });
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let (stdout, stderr) = (out.join().unwrap(), err.join().unwrap());
+    assert!(!stderr.contains("panicked"), "{what} panicked:\n{stderr}");
+    let Some(status) = status else {
+        panic!("{what} did not finish within {secs} s\nstdout:\n{stdout}\nstderr:\n{stderr}")
+    };
+    Run {
+        status,
+        stdout,
+        stderr,
+    }
+}
+
+/// Is this root, with Transmission, `unshare`, `ip` and `ss` (for a private
+/// network namespace and the scripts run in it)?
+/// If not: skip with a printed reason, or fail under SHOAL_REQUIRE_INTEROP=1.
+pub fn can_make_netns() -> bool {
+    if !have("transmission-cli") || !have("unshare") || !have("ip") || !have("ss") {
+        return false;
+    }
+    let is_root = Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout == b"0\n")
+        .unwrap_or(false);
+    if !is_root {
+        assert!(
+            !interop_required(),
+            "this test needs root for a private network namespace"
+        );
+        eprintln!("SKIP: not root, cannot make a private network namespace");
+    }
+    is_root
+}
