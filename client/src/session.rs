@@ -315,6 +315,8 @@ pub(crate) struct Shared {
     wake: Notify,
     pub config: Config,
     pub port: u16,
+    /// Bytes of the pieces this session downloads (or has).
+    pub wanted_bytes: u64,
     fatal: Mutex<Option<String>>,
     saving: AtomicBool,
 }
@@ -572,12 +574,15 @@ impl Session {
         let disk = Disk::new(info.clone(), storage, config.disk_threads, events_tx);
         // The picker counts unwanted pieces as had: it never asks for them.
         let mut picker_have = have.clone();
-        let mut left = 0;
+        let (mut left, mut wanted_bytes) = (0, 0);
         for i in 0..info.piece_count() {
             let wanted = config.wanted.as_ref().is_none_or_get(i);
             if !wanted {
                 picker_have.set(i);
-            } else if !have.get(i) {
+                continue;
+            }
+            wanted_bytes += info.piece_size(i);
+            if !have.get(i) {
                 left += info.piece_size(i);
             }
         }
@@ -616,6 +621,7 @@ impl Session {
             complete: watch::Sender::new(complete),
             wake: Notify::new(),
             port: listen.port(),
+            wanted_bytes,
             config,
             fatal: Mutex::new(None),
             saving: AtomicBool::new(false),
@@ -674,14 +680,10 @@ impl Session {
 
     pub fn stats(&self) -> Stats {
         let st = self.shared.lock();
-        let wanted_bytes = (0..self.shared.info.piece_count())
-            .filter(|&i| self.shared.config.wanted.as_ref().is_none_or_get(i))
-            .map(|i| self.shared.info.piece_size(i))
-            .sum();
         Stats {
             pieces: st.have.len(),
             pieces_have: st.have.count(),
-            wanted_bytes,
+            wanted_bytes: self.shared.wanted_bytes,
             left: st.left,
             downloaded: self.shared.downloaded.load(Ordering::Relaxed),
             uploaded: self.shared.uploaded.load(Ordering::Relaxed),
