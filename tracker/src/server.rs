@@ -17,6 +17,7 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::os::fd::{AsRawFd, RawFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -37,7 +38,8 @@ pub struct ServeOptions {
     pub listen: Vec<SocketAddr>,
     /// Worker threads (each with its own listeners); default: cores.
     pub threads: usize,
-    /// Close a connection that sends no complete request head for this long.
+    /// Close a connection that sends no complete request head for this long
+    /// (checked once per period: an idle connection goes after one to two).
     pub idle_timeout: Duration,
     /// Open connections at most (beyond it new ones are closed at once; a
     /// request already read when the connection is accepted is answered
@@ -91,8 +93,28 @@ fn listener(addr: SocketAddr) -> io::Result<std::net::TcpListener> {
     // Accepted connections inherit it: replies go out at once.
     socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
+    defer_accept(&socket);
     socket.listen(4096)?;
     Ok(socket.into())
+}
+
+/// Asks the kernel to hand over a connection only once its first data
+/// (the request) has arrived, so the accept loop can answer it at once.
+fn defer_accept(socket: &socket2::Socket) {
+    let secs: libc::c_int = 5;
+    // SAFETY: a valid descriptor and a pointer to a live c_int of the size given.
+    let r = unsafe {
+        libc::setsockopt(
+            socket.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_DEFER_ACCEPT,
+            (&secs as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        tracing::debug!("TCP_DEFER_ACCEPT: {}", io::Error::last_os_error());
+    }
 }
 
 pub fn bind(opts: ServeOptions) -> io::Result<Bound> {
@@ -323,14 +345,65 @@ struct Pending {
     close: bool,
 }
 
+/// `recv` into `buf`'s spare capacity (at most `max` bytes), never
+/// blocking whatever the socket's mode — so accepted sockets need no
+/// syscall to make them non-blocking — and without zeroing the buffer.
+fn recv_into(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+    let spare = buf.spare_capacity_mut();
+    let len = spare.len().min(max);
+    loop {
+        // SAFETY: the kernel writes at most `len` bytes at the pointer, all
+        // inside the vector's spare capacity.
+        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
+        if n >= 0 {
+            let n = n as usize;
+            // SAFETY: the first `n` bytes of the spare capacity were just
+            // written by the kernel, and `n <= len <= spare capacity`.
+            unsafe { buf.set_len(buf.len() + n) };
+            return Ok(n);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+/// `send` that never blocks (and never raises SIGPIPE).
+fn send_now(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+    loop {
+        // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
+        let n = unsafe {
+            libc::send(
+                fd,
+                buf.as_ptr().cast(),
+                buf.len(),
+                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n >= 0 {
+            return Ok(n as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
 async fn accept_loop(listener: AsyncFd<std::net::TcpListener>, shared: Arc<Shared>) {
     // Reused for every connection answered inline: no allocation per
     // connection beyond the reply body.
-    let mut input = vec![0u8; MAX_HEAD];
+    let mut input = Vec::with_capacity(MAX_HEAD);
     let mut output = Vec::with_capacity(1024);
+    // Made once: a new one per connection would join and leave the token's
+    // waiter list every time.
+    let cancelled = shared.shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         let accepted = tokio::select! {
-            _ = shared.shutdown.cancelled() => return,
+            biased;
+            _ = &mut cancelled => return,
             r = accept(&listener) => r,
         };
         let (stream, remote) = match accepted {
@@ -342,10 +415,7 @@ async fn accept_loop(listener: AsyncFd<std::net::TcpListener>, shared: Arc<Share
                 continue;
             }
         };
-        // TCP_NODELAY is inherited from the listener; O_NONBLOCK is not.
-        if stream.set_nonblocking(true).is_err() {
-            continue;
-        }
+        input.clear();
         output.clear();
         let Some(pending) = serve_inline(&shared.tracker, &stream, remote, &mut input, &mut output)
         else {
@@ -360,7 +430,9 @@ async fn accept_loop(listener: AsyncFd<std::net::TcpListener>, shared: Arc<Share
         let Some(slot) = shared.per_ip.acquire(remote.ip()) else {
             continue;
         };
-        let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+        // SAFETY: the `AsyncFd` owns the stream, which owns its descriptor
+        // until the `AsyncFd` is dropped or `into_inner` returns it.
+        let Ok(stream) = (unsafe { AsyncFd::register(stream) }) else {
             continue;
         };
         let shared2 = shared.clone();
@@ -371,6 +443,32 @@ async fn accept_loop(listener: AsyncFd<std::net::TcpListener>, shared: Arc<Share
     }
 }
 
+/// Answers every complete fast-path request at the start of `input`
+/// (pipelined ones in order) into `output`. Returns how many bytes were
+/// consumed, whether the connection is to be closed after the replies, and
+/// whether what follows is for hyper.
+fn serve_all(
+    tracker: &Tracker,
+    input: &[u8],
+    remote: SocketAddr,
+    output: &mut Vec<u8>,
+) -> (usize, bool, bool) {
+    let mut pos = 0;
+    while pos < input.len() {
+        match h1::serve_one(tracker, &input[pos..], remote, output) {
+            h1::Head::Answered { len, keep_alive } => {
+                pos += len;
+                if !keep_alive {
+                    return (pos, true, false);
+                }
+            }
+            h1::Head::Partial => break,
+            h1::Head::Other => return (pos, false, true),
+        }
+    }
+    (pos, false, false)
+}
+
 /// The accept loop's attempt to answer a new connection at once: reads
 /// what has arrived (without waiting) and answers the fast-path requests in
 /// it. `None` when the connection is done (answered and to be closed, or
@@ -378,35 +476,22 @@ async fn accept_loop(listener: AsyncFd<std::net::TcpListener>, shared: Arc<Share
 /// with.
 fn serve_inline(
     tracker: &Tracker,
-    mut stream: &std::net::TcpStream,
+    stream: &std::net::TcpStream,
     remote: SocketAddr,
-    input: &mut [u8],
+    input: &mut Vec<u8>,
     output: &mut Vec<u8>,
 ) -> Option<Pending> {
-    use std::io::{Read, Write};
-    let n = match stream.read(input) {
+    let fd = stream.as_raw_fd();
+    match recv_into(fd, input, MAX_HEAD) {
         Ok(0) => return None,
-        Ok(n) => n,
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
         Err(_) => return None,
-    };
-    let mut pos = 0;
-    let mut close = false;
-    while pos < n {
-        match h1::serve_one(tracker, &input[pos..n], remote, output) {
-            h1::Head::Answered { len, keep_alive } => {
-                pos += len;
-                if !keep_alive {
-                    close = true;
-                    break;
-                }
-            }
-            h1::Head::Partial | h1::Head::Other => break,
-        }
     }
+    let (pos, close, _) = serve_all(tracker, input, remote, output);
     let mut written = 0;
     if !output.is_empty() {
-        written = match stream.write(output) {
+        written = match send_now(fd, output) {
             Ok(w) => w,
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => 0,
             Err(_) => return None,
@@ -419,7 +504,7 @@ fn serve_inline(
         input: if close {
             Vec::new()
         } else {
-            input[pos..n].to_vec()
+            input[pos..].to_vec()
         },
         output: output[written..].to_vec(),
         close,
@@ -428,8 +513,13 @@ fn serve_inline(
 
 /// One connection after the accept loop: the fast path's keep-alive loop
 /// (pipelined requests answered in order), or hyper for anything else.
+///
+/// Per request this costs one `recv` and one `send`: a read that leaves
+/// the buffer short has drained the socket, so readiness is cleared without
+/// a second `recv` to see `EAGAIN`; the idle timer and the shutdown
+/// future are set up once per connection, not per request.
 async fn connection(
-    stream: tokio::net::TcpStream,
+    stream: AsyncFd<std::net::TcpStream>,
     remote: SocketAddr,
     pending: Pending,
     shared: &Shared,
@@ -439,8 +529,18 @@ async fn connection(
         mut output,
         mut close,
     } = pending;
-    // A connection must complete each request head within this.
-    let mut deadline = tokio::time::Instant::now() + shared.idle_timeout;
+    let fd = stream.as_raw_fd();
+    // A connection must complete a request head in every idle period: the
+    // timer is not re-armed per request (no clock read, no timer-wheel
+    // work), only when a period ends with requests served in it — so an
+    // idle connection is closed between one and two periods after its
+    // last request.
+    let idle = shared.idle_timeout;
+    let mut served = false;
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    let cancelled = shared.shutdown.cancelled();
+    tokio::pin!(cancelled);
     loop {
         if !output.is_empty() {
             if write_all(&stream, &output).await.is_err() {
@@ -451,62 +551,74 @@ async fn connection(
         if close {
             return;
         }
-        // Answer every complete request already read.
-        let mut pos = 0;
-        let mut other = false;
-        while pos < input.len() {
-            match h1::serve_one(&shared.tracker, &input[pos..], remote, &mut output) {
-                h1::Head::Answered { len, keep_alive } => {
-                    pos += len;
-                    if !keep_alive {
-                        close = true;
-                        break;
-                    }
-                }
-                h1::Head::Partial => break,
-                h1::Head::Other => {
-                    other = true;
-                    break;
-                }
-            }
-        }
+        let (pos, closing, other) = serve_all(&shared.tracker, &input, remote, &mut output);
+        close = closing;
         input.drain(..pos);
         if other {
             // Replies to earlier pipelined requests go out first.
             if !output.is_empty() && write_all(&stream, &output).await.is_err() {
                 return;
             }
+            let stream = stream.into_inner();
+            if stream.set_nonblocking(true).is_err() {
+                return;
+            }
+            let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
+                return;
+            };
             return hyper_connection(h1::Rewind::new(input, stream), remote, shared).await;
         }
         if pos > 0 {
-            deadline = tokio::time::Instant::now() + shared.idle_timeout;
+            served = true;
             continue;
         }
         // Wait for more of a head: at most until the deadline, and not at
         // all once shutting down if no request is under way.
-        let idle = input.is_empty();
-        tokio::select! {
-            _ = shared.shutdown.cancelled(), if idle => return,
-            _ = tokio::time::sleep_until(deadline) => return,
-            r = stream.readable() => if r.is_err() { return },
-        }
-        let old = input.len();
-        input.resize((old + 4096).min(MAX_HEAD), 0);
-        match stream.try_read(&mut input[old..]) {
+        let waiting_idle = input.is_empty();
+        let mut ready = loop {
+            tokio::select! {
+                biased;
+                r = stream.readable() => match r {
+                    Ok(guard) => break guard,
+                    Err(_) => return,
+                },
+                _ = &mut cancelled, if waiting_idle => return,
+                _ = &mut timer => {
+                    if !served {
+                        return;
+                    }
+                    served = false;
+                    timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+            }
+        };
+        let want = (input.len() + 4096).min(MAX_HEAD);
+        input.reserve(want - input.len());
+        let max = MAX_HEAD - input.len();
+        let space = input.capacity().min(MAX_HEAD) - input.len();
+        match recv_into(fd, &mut input, max) {
             Ok(0) => return,
-            Ok(n) => input.truncate(old + n),
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => input.truncate(old),
+            // A short read drained the socket: the next `recv` would only
+            // say `EAGAIN`.
+            Ok(n) if n < space => ready.clear_ready(),
+            Ok(_) => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
             Err(_) => return,
         }
     }
 }
 
-async fn write_all(stream: &tokio::net::TcpStream, mut buf: &[u8]) -> io::Result<()> {
+async fn write_all(stream: &AsyncFd<std::net::TcpStream>, mut buf: &[u8]) -> io::Result<()> {
+    let fd = stream.as_raw_fd();
     while !buf.is_empty() {
-        stream.writable().await?;
-        match stream.try_write(buf) {
+        match send_now(fd, buf) {
             Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                let mut ready = stream.writable().await?;
+                if let Ok(r) = ready.try_io(|_| send_now(fd, buf)) {
+                    buf = &buf[r?..];
+                }
+            }
             Err(e) => return Err(e),
         }
     }
