@@ -121,18 +121,7 @@ pub(crate) fn serve_one(
 /// trackers' clients do not use it, and opentracker sends none either).
 fn write_reply(out: &mut Vec<u8>, body: &[u8], keep_alive: bool, http10: bool) {
     out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: ");
-    let mut digits = [0u8; 20];
-    let mut n = body.len();
-    let mut i = digits.len();
-    loop {
-        i -= 1;
-        digits[i] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[i..]);
+    crate::response::push_decimal(out, body.len() as u64);
     out.extend_from_slice(match (keep_alive, http10) {
         (false, _) => b"\r\nconnection: close\r\n\r\n".as_slice(),
         (true, true) => b"\r\nconnection: keep-alive\r\n\r\n",

@@ -102,13 +102,17 @@ struct Counters {
 pub struct Tracker {
     config: Config,
     store: Box<dyn SwarmStore>,
-    whitelist: RwLock<Option<Arc<HashSet<InfoHash>>>>,
-    keys: RwLock<Option<Arc<HashSet<String>>>>,
+    whitelist: RwLock<Option<Arc<List<InfoHash>>>>,
+    keys: RwLock<Option<Arc<List<String>>>>,
     started: Instant,
     counters: Counters,
     /// The last full walk of the store for the stats pages.
     stats_cache: std::sync::Mutex<Option<(Instant, store::StoreStats)>>,
 }
+
+/// A whitelist or passkey list: looked up on every announce, so with a fast
+/// hasher (the lists come from the operator, not from clients).
+type List<T> = HashSet<T, foldhash::fast::RandomState>;
 
 /// A request outcome the HTTP layer turns into a reply.
 type Reply = Result<Vec<u8>, String>;
@@ -191,8 +195,8 @@ impl Tracker {
     }
 
     fn check_key(&self, key: Option<&str>) -> Result<(), String> {
-        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner()).clone();
-        match (keys, key) {
+        let keys = self.keys.read().unwrap_or_else(|p| p.into_inner());
+        match (keys.as_deref(), key) {
             (None, None) => Ok(()),
             (None, Some(_)) => Err("passkeys are not enabled on this tracker".into()),
             (Some(_), None) => {
@@ -319,12 +323,12 @@ fn parse_forwarded_ip(s: &str) -> Option<IpAddr> {
 fn read_list<T: std::hash::Hash + Eq>(
     path: &std::path::Path,
     parse: impl Fn(&str) -> Result<T, String>,
-) -> Result<HashSet<T>, LoadError> {
+) -> Result<List<T>, LoadError> {
     let text = std::fs::read_to_string(path).map_err(|error| LoadError::Io {
         path: path.to_path_buf(),
         error,
     })?;
-    let mut set = HashSet::new();
+    let mut set = List::default();
     for (i, line) in text.lines().enumerate() {
         let line = line.trim();
         if line.is_empty() || line.starts_with('#') {

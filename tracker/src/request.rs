@@ -74,6 +74,26 @@ fn pairs(query: &str) -> impl Iterator<Item = (&str, &str)> {
         .map(|p| p.split_once('=').unwrap_or((p, "")))
 }
 
+const NOT_HEX: u8 = 0xff;
+
+/// Hex digit values by byte ([`NOT_HEX`] for anything else): binary fields
+/// are 20 escapes each, on every announce.
+static HEX: [u8; 256] = {
+    let mut t = [NOT_HEX; 256];
+    let mut c = 0;
+    while c < 10 {
+        t[b'0' as usize + c] = c as u8;
+        c += 1;
+    }
+    let mut c = 0;
+    while c < 6 {
+        t[b'a' as usize + c] = 10 + c as u8;
+        t[b'A' as usize + c] = 10 + c as u8;
+        c += 1;
+    }
+    t
+};
+
 /// Percent-decodes `value` into exactly 20 bytes.
 fn decode20(field: &'static str, value: &str) -> Result<[u8; 20], RequestError> {
     let mut out = [0u8; 20];
@@ -82,15 +102,13 @@ fn decode20(field: &'static str, value: &str) -> Result<[u8; 20], RequestError> 
     let mut i = 0;
     while i < b.len() {
         let byte = if b[i] == b'%' {
-            let hi = b.get(i + 1).and_then(|c| (*c as char).to_digit(16));
-            let lo = b.get(i + 2).and_then(|c| (*c as char).to_digit(16));
-            match (hi, lo) {
-                (Some(hi), Some(lo)) => {
-                    i += 3;
-                    (hi * 16 + lo) as u8
-                }
-                _ => return Err(RequestError::BadEscape(field)),
+            let hi = b.get(i + 1).map_or(NOT_HEX, |&c| HEX[c as usize]);
+            let lo = b.get(i + 2).map_or(NOT_HEX, |&c| HEX[c as usize]);
+            if hi == NOT_HEX || lo == NOT_HEX {
+                return Err(RequestError::BadEscape(field));
             }
+            i += 3;
+            hi << 4 | lo
         } else {
             i += 1;
             b[i - 1]

@@ -8,17 +8,33 @@ use torrent_format::InfoHash;
 use crate::store::ScrapeEntry;
 use crate::swarm::AnnounceOutcome;
 
-use std::io::Write;
+/// Appends `n` in decimal (no formatting machinery: this runs several
+/// times per announce).
+pub(crate) fn push_decimal(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut i = digits.len();
+    loop {
+        i -= 1;
+        digits[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[i..]);
+}
 
 fn bytes(out: &mut Vec<u8>, b: &[u8]) {
-    // Writing into a Vec cannot fail.
-    let _ = write!(out, "{}:", b.len());
+    push_decimal(out, b.len() as u64);
+    out.push(b':');
     out.extend_from_slice(b);
 }
 
 fn int(out: &mut Vec<u8>, key: &str, v: u64) {
     bytes(out, key.as_bytes());
-    let _ = write!(out, "i{v}e");
+    out.push(b'i');
+    push_decimal(out, v);
+    out.push(b'e');
 }
 
 /// `d14:failure reason…e`: the error form every client displays.

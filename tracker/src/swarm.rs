@@ -416,6 +416,14 @@ impl Swarm {
             last_seen: now,
         };
         let before = set.upsert(peer, who.seeder);
+        // At most this many (the announcer itself is in the set now): one
+        // allocation rather than a growing vector.
+        let most = numwant.min(set.len() - 1);
+        if compact {
+            out.compact.reserve_exact(most * (addr.octets().len() + 2));
+        } else {
+            out.dicts.reserve_exact(most);
+        }
         set.sample(numwant, (addr, who.port), who.seeder, rng, |p| {
             if compact {
                 out.compact.extend_from_slice(p.addr.octets());
