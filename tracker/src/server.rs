@@ -17,7 +17,7 @@
 
 use std::io;
 use std::net::SocketAddr;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -345,48 +345,31 @@ struct Pending {
     close: bool,
 }
 
-/// `recv` into `buf`'s spare capacity (at most `max` bytes), never
+/// `recv` into `buf`'s spare capacity (which must not be empty), never
 /// blocking whatever the socket's mode — so accepted sockets need no
 /// syscall to make them non-blocking — and without zeroing the buffer.
-fn recv_into(fd: RawFd, buf: &mut Vec<u8>, max: usize) -> io::Result<usize> {
-    let spare = buf.spare_capacity_mut();
-    let len = spare.len().min(max);
+/// A raw syscall (rustix), not libc's cancellation-point wrapper.
+fn recv_into(fd: BorrowedFd<'_>, buf: &mut Vec<u8>) -> io::Result<usize> {
     loop {
-        // SAFETY: the kernel writes at most `len` bytes at the pointer, all
-        // inside the vector's spare capacity.
-        let n = unsafe { libc::recv(fd, spare.as_mut_ptr().cast(), len, libc::MSG_DONTWAIT) };
-        if n >= 0 {
-            let n = n as usize;
-            // SAFETY: the first `n` bytes of the spare capacity were just
-            // written by the kernel, and `n <= len <= spare capacity`.
-            unsafe { buf.set_len(buf.len() + n) };
-            return Ok(n);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match rustix::net::recv(
+            fd,
+            rustix::buffer::spare_capacity(buf),
+            rustix::net::RecvFlags::DONTWAIT,
+        ) {
+            Ok((n, _)) => return Ok(n),
+            Err(rustix::io::Errno::INTR) => continue,
+            Err(e) => return Err(e.into()),
         }
     }
 }
 
 /// `send` that never blocks (and never raises SIGPIPE).
-fn send_now(fd: RawFd, buf: &[u8]) -> io::Result<usize> {
+fn send_now(fd: BorrowedFd<'_>, buf: &[u8]) -> io::Result<usize> {
+    use rustix::net::SendFlags;
     loop {
-        // SAFETY: the kernel reads at most `buf.len()` bytes from `buf`.
-        let n = unsafe {
-            libc::send(
-                fd,
-                buf.as_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT | libc::MSG_NOSIGNAL,
-            )
-        };
-        if n >= 0 {
-            return Ok(n as usize);
-        }
-        let e = io::Error::last_os_error();
-        if e.kind() != io::ErrorKind::Interrupted {
-            return Err(e);
+        match rustix::net::send(fd, buf, SendFlags::DONTWAIT | SendFlags::NOSIGNAL) {
+            Err(rustix::io::Errno::INTR) => continue,
+            r => return r.map_err(io::Error::from),
         }
     }
 }
@@ -481,8 +464,8 @@ fn serve_inline(
     input: &mut Vec<u8>,
     output: &mut Vec<u8>,
 ) -> Option<Pending> {
-    let fd = stream.as_raw_fd();
-    match recv_into(fd, input, MAX_HEAD) {
+    let fd = stream.as_fd();
+    match recv_into(fd, input) {
         Ok(0) => return None,
         Ok(_) => {}
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
@@ -529,7 +512,6 @@ async fn connection(
         mut output,
         mut close,
     } = pending;
-    let fd = stream.as_raw_fd();
     // A connection must complete a request head in every idle period: the
     // timer is not re-armed per request (no clock read, no timer-wheel
     // work), only when a period ends with requests served in it — so an
@@ -592,11 +574,12 @@ async fn connection(
                 }
             }
         };
+        // Room for more (a head that outgrows MAX_HEAD goes to hyper,
+        // which refuses it, so the buffer stays under twice that).
         let want = (input.len() + 4096).min(MAX_HEAD);
-        input.reserve(want - input.len());
-        let max = MAX_HEAD - input.len();
-        let space = input.capacity().min(MAX_HEAD) - input.len();
-        match recv_into(fd, &mut input, max) {
+        input.reserve(want.saturating_sub(input.len()).max(1));
+        let space = input.capacity() - input.len();
+        match recv_into(stream.get_ref().as_fd(), &mut input) {
             Ok(0) => return,
             // A short read drained the socket: the next `recv` would only
             // say `EAGAIN`.
@@ -609,7 +592,7 @@ async fn connection(
 }
 
 async fn write_all(stream: &AsyncFd<std::net::TcpStream>, mut buf: &[u8]) -> io::Result<()> {
-    let fd = stream.as_raw_fd();
+    let fd = stream.get_ref().as_fd();
     while !buf.is_empty() {
         match send_now(fd, buf) {
             Ok(n) => buf = &buf[n..],

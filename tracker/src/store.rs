@@ -165,17 +165,20 @@ impl SwarmStore for MemoryStore {
     ) -> Result<AnnounceOutcome, Full> {
         let mut shard = self.shard(&info_hash);
         let stopping = who.event == crate::request::Event::Stopped;
-        let new_swarm = !shard.contains_key(&info_hash);
-        if new_swarm {
-            if stopping {
-                // Never create a swarm just to remove a peer from it.
-                return Ok(AnnounceOutcome::default());
+        // One hash lookup for the swarm, found or made.
+        let (swarm, new_swarm) = match shard.entry(info_hash) {
+            std::collections::hash_map::Entry::Occupied(o) => (o.into_mut(), false),
+            std::collections::hash_map::Entry::Vacant(v) => {
+                if stopping {
+                    // Never create a swarm just to remove a peer from it.
+                    return Ok(AnnounceOutcome::default());
+                }
+                if self.swarms.load(Ordering::Relaxed) >= self.limits.max_swarms {
+                    return Err(Full::Swarms);
+                }
+                (v.insert(Swarm::default()), true)
             }
-            if self.swarms.load(Ordering::Relaxed) >= self.limits.max_swarms {
-                return Err(Full::Swarms);
-            }
-        }
-        let swarm = shard.entry(info_hash).or_default();
+        };
         if !stopping && self.peers() >= self.limits.max_peers && !swarm.contains(who.ip, who.port) {
             if new_swarm {
                 shard.remove(&info_hash);
