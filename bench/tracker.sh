@@ -3,9 +3,10 @@
 # then measure shoal's memory per peer with 1,000,000 peers.
 #
 # Usage: bench/tracker.sh
-#   env: HASHES=1000 DURATION=10 WARMUP=2 CONNS=50 ROUNDS=3
+#   env: HASHES=1000 DURATION=5 WARMUP=2 CONNS=50 ROUNDS=7
 #        TRACKER_CPUS=0 WRK_CPUS=1 SHOAL_THREADS=(1 if pinned, else cores)
-#        FILL_SWARMS=100000 FILL_PER=10 FILL_TIMEOUT=180 OT_MEMORY=1
+#        FILL_SWARMS=100000 FILL_PER=10 FILL_TIMEOUT=180 OT_MEMORY=1 MEMORY=1
+#        CPU_CAP=50 CAP_ROUNDS=5
 #
 # Throughput: HASHES random info hashes (opentracker's whitelist; shoal
 # gets the same file as --whitelist so both check every announce against
@@ -22,8 +23,11 @@
 # peer must be told about the first), warms up for WARMUP s while wrk
 # checks every reply (HTTP 200, a bencoded dict with "peers", no "failure
 # reason"), then times DURATION s. ROUNDS rounds, interleaved (shoal close,
-# opentracker close, shoal keep-alive); the summary takes medians (this
-# machine is shared and noisy: single runs vary by 10-30%). wrk's
+# opentracker close, shoal keep-alive); the summary takes medians, and
+# also the median of each round's own ratios (runs of one round are
+# seconds apart, so they share the machine's state: this machine is a
+# shared VM whose speed drifts by up to 40% from one minute to the next,
+# so more, shorter rounds beat fewer, longer ones). wrk's
 # non-2xx/socket-error counts and shoal's failure-reply count (from
 # /stats.json) are printed for every timed run.
 #
@@ -38,7 +42,10 @@
 # to whichever task is running, so loopback packet processing is split
 # between wrk and the tracker) and how busy wrk was: when wrk is ~100%
 # busy, requests/s is bounded by the client and CPU per announce is the
-# better measure of the tracker.
+# better measure of the tracker. So a second set of CAP_ROUNDS rounds holds
+# each tracker to CPU_CAP% of its core (a cgroup CPU quota, as root;
+# CPU_CAP= to skip): then wrk has room to spare and announces/s is what a
+# tracker achieves with the same CPU. Both summaries are printed.
 #
 # Memory: a fresh shoal (--interval 3600, nothing expires), FILL_SWARMS x
 # FILL_PER peers announced by bench/tracker/fill.lua over keep-alive
@@ -48,10 +55,10 @@
 set -euo pipefail
 
 HASHES=${HASHES:-1000}
-DURATION=${DURATION:-10}
+DURATION=${DURATION:-5}
 WARMUP=${WARMUP:-2}
 CONNS=${CONNS:-50}
-ROUNDS=${ROUNDS:-3}
+ROUNDS=${ROUNDS:-7}
 TRACKER_CPUS=${TRACKER_CPUS-0}
 WRK_CPUS=${WRK_CPUS-1}
 if [ -n "$TRACKER_CPUS" ]; then
@@ -63,6 +70,9 @@ FILL_SWARMS=${FILL_SWARMS:-100000}
 FILL_PER=${FILL_PER:-10}
 FILL_TIMEOUT=${FILL_TIMEOUT:-180}
 OT_MEMORY=${OT_MEMORY:-1}
+MEMORY=${MEMORY:-1}
+CPU_CAP=${CPU_CAP-50}
+CAP_ROUNDS=${CAP_ROUNDS:-5}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SHOAL=$ROOT/target/release/shoal
@@ -88,6 +98,8 @@ cleanup() {
         wait "$p" 2>/dev/null || true
     done
     rm -rf "$TMP"
+    [ -n "${CGROUP:-}" ] && rmdir "$CGROUP" 2>/dev/null
+    true
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM
@@ -213,6 +225,24 @@ start_tracker() {
         URL=http://127.0.0.1:$port/announce
         ;;
     esac
+    case $1 in *-cap) echo "$PID" >"$CGROUP/cgroup.procs" ;; esac
+}
+
+# A cgroup that gives its processes CPU_CAP% of one core (cgroup v2's
+# cpu.max, or v1's CFS quota); sets CGROUP, or leaves it empty (and says
+# why) when that is not possible.
+make_cgroup() {
+    CGROUP=
+    local quota=$((CPU_CAP * 1000)) dir
+    if grep -qw cpu /sys/fs/cgroup/cgroup.controllers 2>/dev/null; then
+        dir=/sys/fs/cgroup/shoal-bench-$$
+        mkdir "$dir" 2>/dev/null && echo "$quota 100000" >"$dir/cpu.max" 2>/dev/null && CGROUP=$dir
+    elif [ -d /sys/fs/cgroup/cpu ]; then
+        dir=/sys/fs/cgroup/cpu/shoal-bench-$$
+        mkdir "$dir" 2>/dev/null && echo 100000 >"$dir/cpu.cfs_period_us" &&
+            echo "$quota" >"$dir/cpu.cfs_quota_us" 2>/dev/null && CGROUP=$dir
+    fi
+    [ -n "$CGROUP" ] || echo "  (no CPU cap: cannot make a cgroup with a CPU quota here; run as root with the cpu controller)"
 }
 
 # bench NAME MODE ROUND : fresh tracker, sample announces, warm-up (every
@@ -286,24 +316,59 @@ for ((r = 1; r <= ROUNDS; r++)); do
     bench shoal-keepalive keepalive "$r"
 done
 
-S_CLOSE=$(median <"$TMP/shoal-close.rps")
-O_CLOSE=$(median <"$TMP/opentracker-close.rps")
-S_KA=$(median <"$TMP/shoal-keepalive.rps")
-S_CLOSE_US=$(median <"$TMP/shoal-close.cpu")
-O_CLOSE_US=$(median <"$TMP/opentracker-close.cpu")
-S_KA_US=$(median <"$TMP/shoal-keepalive.cpu")
-echo
-echo "== throughput summary (median of $ROUNDS)"
-awk -v sc="$S_CLOSE" -v oc="$O_CLOSE" -v sk="$S_KA" -v scu="$S_CLOSE_US" -v ocu="$O_CLOSE_US" -v sku="$S_KA_US" 'BEGIN {
-    printf "  shoal       close:      %8.0f announces/s   %5.1f us tracker CPU/announce\n", sc, scu
-    printf "  opentracker close:      %8.0f announces/s   %5.1f us tracker CPU/announce\n", oc, ocu
-    printf "  shoal       keep-alive: %8.0f announces/s   %5.1f us tracker CPU/announce\n", sk, sku
-    r1 = sc / oc; r2 = sk / oc
-    printf "  shoal close / opentracker close:      %5.2f  (goal >= 1.1: %s)\n", r1, (r1 >= 1.1 ? "met" : "NOT met")
-    printf "  shoal keep-alive / opentracker close: %5.2f  (goal >= 4:   %s)\n", r2, (r2 >= 4 ? "met" : "NOT met")
-    printf "  tracker CPU per announce, opentracker / shoal: close %.2f, keep-alive %.2f (above 1: shoal cheaper)\n", ocu / scu, ocu / sku
-}'
+summary() { # SUFFIX TITLE
+    local x=$1
+    local sc oc sk scu ocu sku
+    sc=$(median <"$TMP/shoal-close$x.rps")
+    oc=$(median <"$TMP/opentracker-close$x.rps")
+    sk=$(median <"$TMP/shoal-keepalive$x.rps")
+    scu=$(median <"$TMP/shoal-close$x.cpu")
+    ocu=$(median <"$TMP/opentracker-close$x.cpu")
+    sku=$(median <"$TMP/shoal-keepalive$x.cpu")
+    echo
+    echo "== $2"
+    awk -v sc="$sc" -v oc="$oc" -v sk="$sk" -v scu="$scu" -v ocu="$ocu" -v sku="$sku" 'BEGIN {
+        printf "  shoal       close:      %8.0f announces/s   %5.1f us tracker CPU/announce\n", sc, scu
+        printf "  opentracker close:      %8.0f announces/s   %5.1f us tracker CPU/announce\n", oc, ocu
+        printf "  shoal       keep-alive: %8.0f announces/s   %5.1f us tracker CPU/announce\n", sk, sku
+        r1 = sc / oc; r2 = sk / oc
+        printf "  shoal close / opentracker close:      %5.2f  (goal >= 1.1: %s)\n", r1, (r1 >= 1.1 ? "met" : "NOT met")
+        printf "  shoal keep-alive / opentracker close: %5.2f  (goal >= 4:   %s)\n", r2, (r2 >= 4 ? "met" : "NOT met")
+        printf "  tracker CPU per announce, opentracker / shoal: close %.2f, keep-alive %.2f (above 1: shoal cheaper)\n", ocu / scu, ocu / sku
+    }'
+    # The same ratios taken within each round, then their median.
+    paste "$TMP/shoal-close$x.rps" "$TMP/opentracker-close$x.rps" "$TMP/shoal-keepalive$x.rps" >"$TMP/rounds"
+    local r1s r2s
+    r1s=$(awk '{ printf "%.2f ", $1 / $2 }' "$TMP/rounds")
+    r2s=$(awk '{ printf "%.2f ", $3 / $2 }' "$TMP/rounds")
+    echo "  per round, close / opentracker:      $r1s-> median $(echo "$r1s" | tr ' ' '\n' | grep . | median)"
+    echo "  per round, keep-alive / opentracker: $r2s-> median $(echo "$r2s" | tr ' ' '\n' | grep . | median)"
+}
+
+# Each tracker held to the same CPU budget, so that the tracker, not wrk,
+# is the bottleneck: without a cap wrk saturates its core first (on
+# loopback the client pays for most of each TCP handshake and teardown),
+# and announces/s then measures the client. With the cap, announces/s
+# measures what a tracker gets done with a given amount of CPU.
+if [ -n "$CPU_CAP" ] && [ -n "$TRACKER_CPUS" ]; then
+    echo
+    echo "== throughput with each tracker held to ${CPU_CAP}% of its core: $CAP_ROUNDS round(s)"
+    make_cgroup
+    if [ -n "$CGROUP" ]; then
+        for ((r = 1; r <= CAP_ROUNDS; r++)); do
+            bench shoal-close-cap close "$r"
+            bench opentracker-close-cap close "$r"
+            bench shoal-keepalive-cap keepalive "$r"
+        done
+    fi
+fi
+
+summary "" "throughput summary, one core each (median of $ROUNDS)"
+[ -n "${CGROUP:-}" ] && summary -cap "throughput summary, each tracker held to ${CPU_CAP}% of a core (median of $CAP_ROUNDS)"
+
 # --- memory --------------------------------------------------------------------
+
+[ "$MEMORY" = 1 ] || exit 0
 
 FILL_PEERS=$((FILL_SWARMS * FILL_PER))
 MEMDIR=$TMP/ot-mem
