@@ -257,7 +257,6 @@ async fn worker(
     per_ip: Arc<PerIp>,
     opts: ServeOptions,
 ) {
-    let graceful = Arc::new(hyper_util::server::graceful::GracefulShutdown::new());
     let tasks = TaskTracker::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
@@ -277,7 +276,6 @@ async fn worker(
                     tracker: tracker.clone(),
                     router: router.clone(),
                     http: http.clone(),
-                    graceful: graceful.clone(),
                     tasks: tasks.clone(),
                     permits: permits.clone(),
                     per_ip: per_ip.clone(),
@@ -291,17 +289,11 @@ async fn worker(
     for l in loops {
         let _ = l.await;
     }
-    // The accept loops are gone: no new connections. Hyper's connections
-    // are told to finish; the fast path's close when idle (they watch the
-    // token). Then wait for both.
+    // The accept loops are gone: no new connections. Every connection
+    // watches the token: hyper's finish the request under way, the fast
+    // path's close when idle. Wait for them.
     tasks.close();
-    let drain = async {
-        if let Ok(graceful) = Arc::try_unwrap(graceful) {
-            graceful.shutdown().await;
-        }
-        tasks.wait().await;
-    };
-    if tokio::time::timeout(opts.drain_timeout, drain)
+    if tokio::time::timeout(opts.drain_timeout, tasks.wait())
         .await
         .is_err()
     {
@@ -314,7 +306,6 @@ struct Shared {
     tracker: Arc<Tracker>,
     router: Router,
     http: Arc<hyper::server::conn::http1::Builder>,
-    graceful: Arc<hyper_util::server::graceful::GracefulShutdown>,
     /// Every connection task, so shutdown can wait for them.
     tasks: TaskTracker,
     permits: Arc<Semaphore>,
@@ -525,7 +516,7 @@ async fn connection(
     tokio::pin!(cancelled);
     loop {
         if !output.is_empty() {
-            if write_all(&stream, &output).await.is_err() {
+            if write_all(&stream, &output, idle).await.is_err() {
                 return;
             }
             output.clear();
@@ -534,11 +525,12 @@ async fn connection(
             return;
         }
         let (pos, closing, other) = serve_all(&shared.tracker, &input, remote, &mut output);
-        close = closing;
+        // Shutting down: answer what has come, then close.
+        close = closing || (pos > 0 && shared.shutdown.is_cancelled());
         input.drain(..pos);
         if other {
             // Replies to earlier pipelined requests go out first.
-            if !output.is_empty() && write_all(&stream, &output).await.is_err() {
+            if !output.is_empty() && write_all(&stream, &output, idle).await.is_err() {
                 return;
             }
             let stream = stream.into_inner();
@@ -591,21 +583,38 @@ async fn connection(
     }
 }
 
-async fn write_all(stream: &AsyncFd<std::net::TcpStream>, mut buf: &[u8]) -> io::Result<()> {
+/// Writes `buf` out: at once when the socket takes it (the usual case), or
+/// waiting for the client to read, for at most `limit` — a client that
+/// pipelines requests and never reads its replies must not hold its
+/// connection slot for ever.
+async fn write_all(
+    stream: &AsyncFd<std::net::TcpStream>,
+    mut buf: &[u8],
+    limit: Duration,
+) -> io::Result<()> {
     let fd = stream.get_ref().as_fd();
     while !buf.is_empty() {
         match send_now(fd, buf) {
             Ok(n) => buf = &buf[n..],
-            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                let mut ready = stream.writable().await?;
-                if let Ok(r) = ready.try_io(|_| send_now(fd, buf)) {
-                    buf = &buf[r?..];
-                }
-            }
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
             Err(e) => return Err(e),
         }
     }
-    Ok(())
+    if buf.is_empty() {
+        return Ok(());
+    }
+    let rest = async {
+        while !buf.is_empty() {
+            let mut ready = stream.writable().await?;
+            if let Ok(r) = ready.try_io(|_| send_now(fd, buf)) {
+                buf = &buf[r?..];
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(limit, rest)
+        .await
+        .unwrap_or_else(|_| Err(io::ErrorKind::TimedOut.into()))
 }
 
 /// Hyper and the axum router, for everything the fast path does not serve.
@@ -635,11 +644,17 @@ async fn hyper_connection(
             }
         }
     });
-    let conn = shared
-        .graceful
-        .watcher()
-        .watch(shared.http.serve_connection(TokioIo::new(io), service));
-    if let Err(e) = conn.await {
+    let conn = shared.http.serve_connection(TokioIo::new(io), service);
+    tokio::pin!(conn);
+    let result = tokio::select! {
+        r = conn.as_mut() => r,
+        _ = shared.shutdown.cancelled() => {
+            // Finish the request under way (if any), then close.
+            conn.as_mut().graceful_shutdown();
+            conn.await
+        }
+    };
+    if let Err(e) = result {
         tracing::trace!("connection from {remote}: {e}");
     }
 }

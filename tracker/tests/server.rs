@@ -1,7 +1,7 @@
 //! The real server on 127.0.0.1:0: serves, caps connections per IP, and
 //! shuts down gracefully when told.
 
-use std::io::{Read, Write};
+use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
@@ -158,7 +158,14 @@ fn read_reply(s: &mut TcpStream) -> String {
 fn closed_by_server(s: &mut TcpStream) -> bool {
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut buf = [0u8; 64];
-    matches!(s.read(&mut buf), Ok(0) | Err(_))
+    match s.read(&mut buf) {
+        Ok(0) => true,
+        // Still open when the read timed out.
+        Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => false,
+        // Reset: closed as well.
+        Err(_) => true,
+        Ok(_) => false,
+    }
 }
 
 #[test]
@@ -180,13 +187,14 @@ fn idle_and_stalled_connections_are_closed() {
 
 #[test]
 fn a_busy_keep_alive_connection_outlives_the_idle_timeout() {
-    let server = Server::start(Duration::from_millis(300));
+    // Closing would need a 600 ms gap between requests sent every 100 ms.
+    let server = Server::start(Duration::from_millis(600));
     let mut s = TcpStream::connect(server.addr).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
     let started = std::time::Instant::now();
     let mut n = 0u8;
-    // Well past two idle periods, one request every 100 ms.
-    while started.elapsed() < Duration::from_millis(1000) {
+    // Past two idle periods.
+    while started.elapsed() < Duration::from_millis(1500) {
         n += 1;
         s.write_all(announce_head(n).as_bytes()).unwrap();
         assert!(read_reply(&mut s).starts_with("HTTP/1.1 200 OK\r\n"));
@@ -218,4 +226,30 @@ fn split_and_pipelined_requests_are_answered() {
             "{reply}"
         );
     }
+}
+
+#[test]
+fn shutdown_closes_idle_connections_at_once() {
+    // Idle connections would otherwise stay for a minute, and shutdown
+    // would wait its whole drain timeout (10 s) for them.
+    let server = Server::start(Duration::from_secs(60));
+    // One kept-alive connection served by hyper, one by the fast path.
+    let mut hyper = TcpStream::connect(server.addr).unwrap();
+    hyper
+        .write_all(b"GET /stats.json HTTP/1.1\r\nHost: x\r\n\r\n")
+        .unwrap();
+    assert!(read_reply(&mut hyper).starts_with("HTTP/1.1 200 OK\r\n"));
+    let mut fast = TcpStream::connect(server.addr).unwrap();
+    fast.write_all(announce_head(1).as_bytes()).unwrap();
+    assert!(read_reply(&mut fast).starts_with("HTTP/1.1 200 OK\r\n"));
+
+    let started = std::time::Instant::now();
+    drop(server);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    assert!(closed_by_server(&mut hyper));
+    assert!(closed_by_server(&mut fast));
 }
