@@ -147,20 +147,7 @@ echo "SAME DATA"
 
 #[test]
 fn libtorrent_seed_and_transmission_leecher_meet_through_the_tracker() {
-    if !have_libtorrent() || !have("transmission-cli") || !have("unshare") || !have("ip") {
-        return;
-    }
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
-    if !is_root {
-        assert!(
-            !interop_required(),
-            "this test needs root for a private network namespace"
-        );
-        eprintln!("SKIP: not root, cannot make a private network namespace");
+    if !have_libtorrent() || !can_make_netns() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
