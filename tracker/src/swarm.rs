@@ -52,6 +52,45 @@ const SEEDER_BIT: u32 = 1 << 31;
 /// Longest run of neighbouring peers in one sample (see [`PeerSet::sample`]).
 pub const RUN: usize = 16;
 
+/// Most runs in one sample (so at most this many cache misses for it).
+const MAX_RUNS: usize = 16;
+/// A run is at most two slices (it can wrap round within its segment), and
+/// one run can also cross from the seeders into the leechers.
+const MAX_PARTS: usize = 2 * MAX_RUNS + 1;
+
+/// Asks the CPU to start loading the start of `part` into the cache.
+#[inline(always)]
+fn prefetch<T>(part: &[T]) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: a prefetch is only a hint: it never faults and changes no
+    // state visible to the program (and the pointer is a valid slice's).
+    unsafe {
+        use std::arch::x86_64::{_mm_prefetch, _MM_HINT_T0};
+        _mm_prefetch::<_MM_HINT_T0>(part.as_ptr().cast());
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = part;
+}
+
+/// The slices of a list a sample comes from.
+struct Runs<'a, A> {
+    parts: [&'a [Peer<A>]; MAX_PARTS],
+    len: usize,
+}
+
+impl<'a, A> Runs<'a, A> {
+    fn push(&mut self, part: &'a [Peer<A>]) {
+        if !part.is_empty() {
+            self.parts[self.len] = part;
+            self.len += 1;
+        }
+    }
+
+    fn peers(&self) -> impl Iterator<Item = &'a Peer<A>> + '_ {
+        self.parts[..self.len].iter().flat_map(|part| part.iter())
+    }
+}
+
 /// The peers of one address family: seeders and leechers in two vectors
 /// (random access for sampling, swap-remove for O(1) deletion) and an index
 /// from (address, port) to position.
@@ -125,7 +164,12 @@ impl<A: Addr> PeerSet<A> {
     /// Inserts or refreshes a peer; returns whether it was a seeder before
     /// (`None` if it is new).
     pub fn upsert(&mut self, peer: Peer<A>, seeder: bool) -> Option<bool> {
-        match self.find(peer.addr, peer.port) {
+        self.upsert_at(self.find(peer.addr, peer.port), peer, seeder)
+    }
+
+    /// [`PeerSet::upsert`] with the peer's slot already looked up.
+    fn upsert_at(&mut self, found: Option<u32>, peer: Peer<A>, seeder: bool) -> Option<bool> {
+        match found {
             Some(found) => {
                 let was_seeder = found & SEEDER_BIT != 0;
                 let pos = (found & !SEEDER_BIT) as usize;
@@ -193,52 +237,53 @@ impl<A: Addr> PeerSet<A> {
         Some(seeder)
     }
 
-    /// Up to `want` peers other than `me` (leechers only if
-    /// `leechers_only`), picked at random and cheaply. Random single peers
-    /// from a big swarm cost a cache miss each (profiles showed that as the
-    /// tracker's largest user-space cost), so the sample is made of a few
-    /// runs of up to [`RUN`] neighbours: the list is cut into equal
-    /// segments and each gives one run from a random offset. Every part of
-    /// the list is represented, the peers are distinct, and the cost is
-    /// O(want) with a handful of misses.
-    pub fn sample<R: Rng>(
-        &self,
-        want: usize,
-        me: (A, u16),
-        leechers_only: bool,
-        rng: &mut R,
-        mut take: impl FnMut(&Peer<A>),
-    ) {
+    /// Where a sample of up to `want` peers other than the announcer comes
+    /// from (leechers only if `leechers_only`): a few runs of neighbours,
+    /// as slices of the lists. Random single peers from a big swarm cost a
+    /// cache miss each (profiles showed that as the tracker's largest
+    /// user-space cost), so the list is cut into equal segments and each
+    /// gives one run of up to about [`RUN`] peers from a random offset
+    /// (wrapping round within its segment). Every part of the list is
+    /// represented, the peers are distinct, the cost is O(want) with a
+    /// handful of misses — and every run's start is prefetched before any
+    /// is read, so those misses overlap each other and the announcer's
+    /// lookup rather than queue.
+    ///
+    /// The runs hold `want + 1` peers (or the whole list if it is
+    /// smaller), so skipping the announcer still leaves `want`.
+    fn sample_runs<R: Rng>(&self, want: usize, leechers_only: bool, rng: &mut R) -> Runs<'_, A> {
         let seeders: &[Peer<A>] = if leechers_only { &[] } else { &self.seeders };
-        let n = seeders.len() + self.leechers.len();
+        let leechers: &[Peer<A>] = &self.leechers;
+        let n = seeders.len() + leechers.len();
+        let mut runs = Runs {
+            parts: [&[]; MAX_PARTS],
+            len: 0,
+        };
         if n == 0 || want == 0 {
-            return;
+            return runs;
         }
-        let at = |i: usize| {
-            if i < seeders.len() {
-                &seeders[i]
-            } else {
-                &self.leechers[i - seeders.len()]
+        // Positions `from..to` of the view [seeders.., leechers..], as at
+        // most two slices.
+        let mut add = |from: usize, to: usize| {
+            let s = seeders.len();
+            if from < s {
+                runs.push(&seeders[from..to.min(s)]);
+            }
+            if to > s {
+                runs.push(&leechers[from.max(s) - s..to - s]);
             }
         };
-        // One spare in case `me` is among them.
         let k = want + 1;
-        let mut taken = 0;
-        let mut emit = |p: &Peer<A>| {
-            if (p.addr, p.port) != me && taken < want {
-                take(p);
-                taken += 1;
-            }
-        };
         if n <= k {
-            (0..n).for_each(|i| emit(at(i)));
-            return;
+            add(0, n);
+            return runs;
         }
-        // (segment start, segment length) pairs, then a run in each.
+        // (segment count, run length): one run when the list is not much
+        // longer than the sample, else runs of about RUN.
         let (segments, run) = if n < 4 * k {
             (1, k)
         } else {
-            let w = k.div_ceil(RUN);
+            let w = k.div_ceil(RUN).min(MAX_RUNS);
             (w, k.div_ceil(w))
         };
         let seg_len = n / segments;
@@ -246,14 +291,16 @@ impl<A: Addr> PeerSet<A> {
             let base = s * seg_len;
             let len = if s + 1 == segments { n - base } else { seg_len };
             let offset = rng.random_range(0..len);
-            for j in 0..run.min(len) {
-                let mut i = offset + j;
-                if i >= len {
-                    i -= len;
-                }
-                emit(at(base + i));
+            let first = run.min(len - offset);
+            add(base + offset, base + offset + first);
+            if first < run {
+                add(base, base + run - first);
             }
         }
+        for part in &runs.parts[..runs.len] {
+            prefetch(part);
+        }
+        runs
     }
 
     /// Drops peers last seen before `cutoff`; returns (seeders, leechers) removed.
@@ -410,28 +457,41 @@ impl Swarm {
             self.drop_empty_v6();
             return;
         }
+        // The sample is taken before the announcer is recorded (the other
+        // peers are the same either way), so that its runs' cache misses
+        // are under way while the announcer is looked up.
+        let runs = set.sample_runs(numwant, who.seeder, rng);
+        let found = set.find(addr, who.port);
+        let me = (addr, who.port);
+        let others = runs.peers().filter(|p| (p.addr, p.port) != me);
+        if compact {
+            // Exactly this many: the runs hold `numwant + 1` or everyone.
+            let pool = if who.seeder {
+                set.leechers()
+            } else {
+                set.len()
+            };
+            let me_in_pool = found.is_some_and(|slot| !who.seeder || slot & SEEDER_BIT == 0);
+            let count = numwant.min(pool - usize::from(me_in_pool));
+            let width = addr.octets().len() + 2;
+            out.compact.resize(count * width, 0);
+            for (entry, p) in out.compact.chunks_exact_mut(width).zip(others) {
+                let (ip, port) = entry.split_at_mut(width - 2);
+                ip.copy_from_slice(p.addr.octets());
+                port.copy_from_slice(&p.port.to_be_bytes());
+            }
+        } else {
+            out.dicts = others
+                .take(numwant)
+                .map(|p| (p.addr.to_ip(), p.port))
+                .collect();
+        }
         let peer = Peer {
             addr,
             port: who.port,
             last_seen: now,
         };
-        let before = set.upsert(peer, who.seeder);
-        // At most this many (the announcer itself is in the set now): one
-        // allocation rather than a growing vector.
-        let most = numwant.min(set.len() - 1);
-        if compact {
-            out.compact.reserve_exact(most * (addr.octets().len() + 2));
-        } else {
-            out.dicts.reserve_exact(most);
-        }
-        set.sample(numwant, (addr, who.port), who.seeder, rng, |p| {
-            if compact {
-                out.compact.extend_from_slice(p.addr.octets());
-                out.compact.extend_from_slice(&p.port.to_be_bytes());
-            } else {
-                out.dicts.push((p.addr.to_ip(), p.port));
-            }
-        });
+        let before = set.upsert_at(found, peer, who.seeder);
         if completed(who, before) {
             self.downloaded += 1;
         }
@@ -709,6 +769,48 @@ mod tests {
     }
 
     proptest! {
+        /// Every reply holds exactly min(numwant, other eligible peers)
+        /// distinct peers, all real, never the announcer, no seeder for a
+        /// seeder; the compact and dictionary forms agree on the count.
+        #[test]
+        fn replies_hold_exactly_the_peers_they_should(
+            peers in proptest::collection::vec((1u16..400, any::<bool>()), 0..300),
+            me in 1u16..400,
+            me_seeder in any::<bool>(),
+            numwant in 0usize..120,
+            compact in any::<bool>(),
+        ) {
+            let mut rng = SmallRng::seed_from_u64(6);
+            let mut s = Swarm::default();
+            let mut model: HashMap<u16, bool> = HashMap::new();
+            for (port, seeder) in peers {
+                s.announce(who("10.0.0.1", port, seeder, Event::None), 0, 0, true, &mut rng);
+                model.insert(port, seeder);
+            }
+            let out = s.announce(who("10.0.0.1", me, me_seeder, Event::None), 0, numwant, compact, &mut rng);
+            let eligible = model
+                .iter()
+                .filter(|(port, seeder)| **port != me && !(me_seeder && **seeder))
+                .count();
+            let got: Vec<(IpAddr, u16)> = if compact {
+                prop_assert!(out.peers.dicts.is_empty());
+                compact_peers(&out.peers.compact).into_iter().map(|(ip, port)| (IpAddr::V4(ip), port)).collect()
+            } else {
+                prop_assert!(out.peers.compact.is_empty());
+                out.peers.dicts.clone()
+            };
+            prop_assert_eq!(got.len(), numwant.min(eligible));
+            let distinct: std::collections::HashSet<_> = got.iter().collect();
+            prop_assert_eq!(distinct.len(), got.len());
+            for (ip, port) in got {
+                prop_assert_eq!(ip, IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1)));
+                prop_assert!(port != me);
+                let seeder = model.get(&port);
+                prop_assert!(seeder.is_some(), "port {} is no peer", port);
+                prop_assert!(!(me_seeder && *seeder.unwrap()), "a seeder got a seeder");
+            }
+        }
+
         /// Whatever happens, counts equal list lengths and the index agrees.
         #[test]
         fn index_stays_consistent(ops in proptest::collection::vec((0u8..4, 1u16..80, any::<bool>(), 0u32..100), 0..400)) {
