@@ -179,7 +179,11 @@ impl SwarmStore for MemoryStore {
                 (v.insert(Swarm::default()), true)
             }
         };
-        if !stopping && self.peers() >= self.limits.max_peers && !swarm.contains(who.ip, who.port) {
+        if !stopping
+            && (self.peers() >= self.limits.max_peers
+                || swarm.peer_count() >= crate::swarm::MAX_SWARM_PEERS)
+            && !swarm.contains(who.ip, who.port)
+        {
             if new_swarm {
                 shard.remove(&info_hash);
             }

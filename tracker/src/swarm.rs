@@ -2,12 +2,12 @@
 //! clocks (`now` is passed in, in seconds), randomness from a caller's RNG.
 //!
 //! Memory per peer is small: an IPv4 peer is 12 bytes in its list (address,
-//! port, last-seen second) plus one hash-index entry; the peer id is not
+//! port, last-seen second) plus, in swarms of more than [`INDEX_AT`], 8–16
+//! bytes of hash index (a `u32` per bucket, at most half full); the peer id is not
 //! stored (dictionary-form replies omit it, as `no_peer_id` does). IPv4 and
 //! IPv6 peers live apart, seeders apart from leechers, so counts are list
 //! lengths and a seeder's sample never has to skip seeders.
 
-use std::collections::HashMap;
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 
@@ -101,16 +101,110 @@ pub struct PeerSet<A: Addr> {
     /// (address, port) → slot, only for sets bigger than [`INDEX_AT`]:
     /// small sets (most swarms) are scanned instead, which saves a hash
     /// table per swarm.
-    index: Option<Box<Index<A>>>,
+    index: Option<Index>,
 }
-
-type Index<A> = HashMap<(A, u16), u32, foldhash::fast::RandomState>;
 
 /// Sets with more peers than this keep a hash index.
 pub const INDEX_AT: usize = 32;
 
+/// Most peers in one swarm: a position in a list must fit in an index
+/// entry's [`POS_BITS`] (with room for [`EMPTY`] and [`DELETED`]).
+pub const MAX_SWARM_PEERS: usize = (1 << POS_BITS) - 3;
+
 fn slot(seeder: bool, pos: usize) -> u32 {
     pos as u32 | if seeder { SEEDER_BIT } else { 0 }
+}
+
+const POS_BITS: u32 = 24;
+/// A slot: the seeder bit and the position.
+const SLOT_MASK: u32 = SEEDER_BIT | ((1 << POS_BITS) - 1);
+/// 7 bits of the key's hash, in the bits between.
+const TAG_MASK: u32 = !SLOT_MASK;
+const EMPTY: u32 = u32::MAX;
+const DELETED: u32 = u32::MAX - 1;
+
+/// The hash of an index key: keyed per process (a client cannot aim its
+/// peers at one chain), the same on every thread.
+fn key_hash<A: Addr>(addr: A, port: u16) -> u64 {
+    use std::hash::BuildHasher;
+    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    let seed = *SEED.get_or_init(rand::random);
+    foldhash::fast::FixedState::with_seed(seed).hash_one((addr, port))
+}
+
+fn tag(hash: u64) -> u32 {
+    ((hash >> 57) as u32) << POS_BITS
+}
+
+/// An open-addressing index: each entry a `u32` holding the peer's slot
+/// and 7 bits of its key's hash, so a probe reads a peer (the key is not
+/// stored) only when those bits match. Linear probing, at most half
+/// used, tombstones for removals; rebuilt from the lists when it fills.
+/// 8–16 bytes per peer, where a `HashMap<(addr, port), u32>` took 15–30.
+#[derive(Debug)]
+struct Index {
+    table: Box<[u32]>,
+    /// Entries that are neither [`EMPTY`] nor [`DELETED`].
+    live: usize,
+    deleted: usize,
+}
+
+impl Index {
+    fn new(peers: usize) -> Index {
+        let size = (2 * peers + 2).next_power_of_two().max(64);
+        Index {
+            table: vec![EMPTY; size].into_boxed_slice(),
+            live: 0,
+            deleted: 0,
+        }
+    }
+
+    /// The position of the entry for the key hashed to `hash`, whose slot
+    /// `is_key` accepts.
+    fn lookup(&self, hash: u64, is_key: impl Fn(u32) -> bool) -> Option<usize> {
+        let mask = self.table.len() - 1;
+        let tag = tag(hash);
+        let mut i = hash as usize & mask;
+        loop {
+            let e = self.table[i];
+            if e == EMPTY {
+                return None;
+            }
+            if e != DELETED && e & TAG_MASK == tag && is_key(e & SLOT_MASK) {
+                return Some(i);
+            }
+            i = (i + 1) & mask;
+        }
+    }
+
+    /// Adds a key known to be absent; false when the index is too full
+    /// (the caller rebuilds it instead).
+    fn insert(&mut self, hash: u64, slot: u32) -> bool {
+        if 2 * (self.live + self.deleted + 1) > self.table.len() {
+            return false;
+        }
+        let mask = self.table.len() - 1;
+        let mut i = hash as usize & mask;
+        while self.table[i] != EMPTY && self.table[i] != DELETED {
+            i = (i + 1) & mask;
+        }
+        if self.table[i] == DELETED {
+            self.deleted -= 1;
+        }
+        self.table[i] = tag(hash) | slot;
+        self.live += 1;
+        true
+    }
+
+    fn set_slot(&mut self, at: usize, slot: u32) {
+        self.table[at] = (self.table[at] & TAG_MASK) | slot;
+    }
+
+    fn remove(&mut self, at: usize) {
+        self.table[at] = DELETED;
+        self.live -= 1;
+        self.deleted += 1;
+    }
 }
 
 impl<A: Addr> PeerSet<A> {
@@ -135,10 +229,51 @@ impl<A: Addr> PeerSet<A> {
         }
     }
 
+    fn at_slot(&self, slot: u32) -> &Peer<A> {
+        let pos = (slot & !SEEDER_BIT) as usize;
+        if slot & SEEDER_BIT != 0 {
+            &self.seeders[pos]
+        } else {
+            &self.leechers[pos]
+        }
+    }
+
+    /// Where the index holds the entry for a key.
+    fn index_entry(&self, index: &Index, addr: A, port: u16) -> Option<usize> {
+        self.index_entry_hashed(index, key_hash(addr, port), addr, port)
+    }
+
+    fn index_entry_hashed(&self, index: &Index, hash: u64, addr: A, port: u16) -> Option<usize> {
+        index.lookup(hash, |slot| {
+            let p = self.at_slot(slot);
+            p.addr == addr && p.port == port
+        })
+    }
+
     /// Where a peer is: its slot (seeder bit + position).
     fn find(&self, addr: A, port: u16) -> Option<u32> {
-        if let Some(index) = &self.index {
-            return index.get(&(addr, port)).copied();
+        self.find_hashed(
+            self.index.as_ref().map(|_| key_hash(addr, port)),
+            addr,
+            port,
+        )
+    }
+
+    /// Starts loading what finding a peer will read; returns the key's
+    /// hash for [`PeerSet::find_hashed`] (`None` without an index).
+    fn prefetch_find(&self, addr: A, port: u16) -> Option<u64> {
+        let index = self.index.as_ref()?;
+        let hash = key_hash(addr, port);
+        prefetch(&index.table[hash as usize & (index.table.len() - 1)..]);
+        Some(hash)
+    }
+
+    /// [`PeerSet::find`] with the key's hash (if there is an index).
+    fn find_hashed(&self, hash: Option<u64>, addr: A, port: u16) -> Option<u32> {
+        if let (Some(index), Some(hash)) = (&self.index, hash) {
+            return self
+                .index_entry_hashed(index, hash, addr, port)
+                .map(|at| index.table[at] & SLOT_MASK);
         }
         let here = |p: &Peer<A>| p.addr == addr && p.port == port;
         if let Some(pos) = self.seeders.iter().position(here) {
@@ -151,14 +286,13 @@ impl<A: Addr> PeerSet<A> {
     }
 
     fn build_index(&mut self) {
-        let mut index = Index::<A>::default();
-        index.reserve(self.len());
+        let mut index = Index::new(self.len());
         for (seeder, list) in [(true, &self.seeders), (false, &self.leechers)] {
             for (pos, p) in list.iter().enumerate() {
-                index.insert((p.addr, p.port), slot(seeder, pos));
+                index.insert(key_hash(p.addr, p.port), slot(seeder, pos));
             }
         }
-        self.index = Some(Box::new(index));
+        self.index = Some(index);
     }
 
     /// Inserts or refreshes a peer; returns whether it was a seeder before
@@ -192,9 +326,11 @@ impl<A: Addr> PeerSet<A> {
         let list = self.list(seeder);
         let at = slot(seeder, list.len());
         list.push(peer);
-        if let Some(index) = &mut self.index {
-            index.insert((peer.addr, peer.port), at);
-        } else if self.len() > INDEX_AT {
+        let inserted = match &mut self.index {
+            Some(index) => index.insert(key_hash(peer.addr, peer.port), at),
+            None => self.len() <= INDEX_AT,
+        };
+        if !inserted {
             self.build_index();
         }
     }
@@ -203,24 +339,36 @@ impl<A: Addr> PeerSet<A> {
     /// Gives memory back once a list has shrunk to a quarter of its
     /// capacity, and drops the index when the set is small again.
     fn remove_at(&mut self, seeder: bool, pos: usize) -> Peer<A> {
+        // The index is updated first: its lookups read the lists.
+        if let Some(mut index) = self.index.take() {
+            let gone = self.list(seeder)[pos];
+            let last = self.list(seeder).len() - 1;
+            if let Some(at) = self.index_entry(&index, gone.addr, gone.port) {
+                index.remove(at);
+            }
+            if pos != last {
+                let moved = self.list(seeder)[last];
+                if let Some(at) = self.index_entry(&index, moved.addr, moved.port) {
+                    index.set_slot(at, slot(seeder, pos));
+                }
+            }
+            self.index = Some(index);
+        }
         let list = self.list(seeder);
         let gone = list.swap_remove(pos);
-        let moved = list.get(pos).copied();
         if list.capacity() > 16 && list.len() < list.capacity() / 4 {
             list.shrink_to(list.capacity() / 2);
         }
-        if self.len() <= INDEX_AT / 2 {
+        let len = self.len();
+        if len <= INDEX_AT / 2 {
             self.index = None;
-        }
-        if let Some(index) = &mut self.index {
-            if let Some(moved) = moved {
-                index.insert((moved.addr, moved.port), slot(seeder, pos));
-            }
-            index.remove(&(gone.addr, gone.port));
-            if index.capacity() > 64 && index.len() < index.capacity() / 4 {
-                let target = index.capacity() / 2;
-                index.shrink_to(target);
-            }
+        } else if self
+            .index
+            .as_ref()
+            .is_some_and(|index| index.table.len() > 64 && 8 * len < index.table.len())
+        {
+            // Far too big for what is left.
+            self.build_index();
         }
         gone
     }
@@ -326,11 +474,11 @@ impl<A: Addr> PeerSet<A> {
 
     /// Bytes this set holds on the heap (capacity, not length).
     pub fn heap_bytes(&self) -> usize {
-        let entry = std::mem::size_of::<((A, u16), u32)>() + 1;
         (self.seeders.capacity() + self.leechers.capacity()) * std::mem::size_of::<Peer<A>>()
-            + self.index.as_ref().map_or(0, |i| {
-                std::mem::size_of::<Index<A>>() + i.capacity() * entry
-            })
+            + self
+                .index
+                .as_ref()
+                .map_or(0, |i| i.table.len() * std::mem::size_of::<u32>())
     }
 }
 
@@ -459,9 +607,10 @@ impl Swarm {
         }
         // The sample is taken before the announcer is recorded (the other
         // peers are the same either way), so that its runs' cache misses
-        // are under way while the announcer is looked up.
+        // and the index's are all under way before any is waited for.
+        let hash = set.prefetch_find(addr, who.port);
         let runs = set.sample_runs(numwant, who.seeder, rng);
-        let found = set.find(addr, who.port);
+        let found = set.find_hashed(hash, addr, who.port);
         let me = (addr, who.port);
         let others = runs.peers().filter(|p| (p.addr, p.port) != me);
         if compact {
@@ -551,6 +700,7 @@ mod tests {
     use proptest::prelude::*;
     use rand::rngs::SmallRng;
     use rand::SeedableRng;
+    use std::collections::HashMap;
 
     fn who(ip: &str, port: u16, seeder: bool, event: Event) -> Announcer {
         Announcer {
@@ -768,6 +918,58 @@ mod tests {
         assert_eq!(s.downloaded, 1);
     }
 
+    /// A big set through growth, mass removal (tombstones, a shrinking
+    /// index), re-growth and seeder/leecher switches: every peer is found
+    /// where it is, and nobody else is found.
+    #[test]
+    fn the_index_follows_a_big_set_up_and_down() {
+        let mut set = PeerSet::<[u8; 4]>::default();
+        let peer = |port: u16| Peer {
+            addr: [10, 0, (port >> 8) as u8, 1],
+            port,
+            last_seen: u32::from(port),
+        };
+        let check = |set: &PeerSet<[u8; 4]>, present: &dyn Fn(u16) -> bool| {
+            for port in 1..=6000u16 {
+                let p = peer(port);
+                let found = set.find(p.addr, p.port);
+                assert_eq!(found.is_some(), present(port), "port {port}");
+                if let Some(slot) = found {
+                    assert_eq!(*set.at_slot(slot), p);
+                }
+            }
+        };
+        for port in 1..=5000 {
+            assert_eq!(set.upsert(peer(port), port % 2 == 0), None);
+        }
+        check(&set, &|port| port <= 5000);
+        // Drop all but every tenth.
+        for port in (1..=5000).filter(|port| port % 10 != 0) {
+            assert_eq!(set.remove(peer(port).addr, port), Some(port % 2 == 0));
+        }
+        check(&set, &|port| port <= 5000 && port % 10 == 0);
+        let table = set.index.as_ref().map(|i| i.table.len());
+        assert!(
+            table.is_some_and(|t| t <= 4 * 500 + 64),
+            "index shrank: {table:?}"
+        );
+        // Everyone left becomes a leecher, then new peers arrive.
+        for port in (10..=5000).step_by(10) {
+            set.upsert(peer(port), false);
+        }
+        for port in 5001..=6000 {
+            set.upsert(peer(port), true);
+        }
+        assert_eq!(set.seeders(), 1000);
+        assert_eq!(set.leechers(), 500);
+        check(&set, &|port| port > 5000 || port % 10 == 0);
+        // Expiry down to nothing but a few: the index goes away.
+        set.expire(5995);
+        assert_eq!(set.len(), 6);
+        assert!(set.index.is_none());
+        check(&set, &|port| port >= 5995);
+    }
+
     proptest! {
         /// Every reply holds exactly min(numwant, other eligible peers)
         /// distinct peers, all real, never the announcer, no seeder for a
@@ -813,7 +1015,7 @@ mod tests {
 
         /// Whatever happens, counts equal list lengths and the index agrees.
         #[test]
-        fn index_stays_consistent(ops in proptest::collection::vec((0u8..4, 1u16..80, any::<bool>(), 0u32..100), 0..400)) {
+        fn index_stays_consistent(ops in proptest::collection::vec((0u8..4, 1u16..120, any::<bool>(), 0u32..100), 0..300)) {
             let mut rng = SmallRng::seed_from_u64(5);
             let mut s = Swarm::default();
             let mut model: HashMap<u16, (bool, u32)> = HashMap::new();
@@ -835,6 +1037,9 @@ mod tests {
                 let seeders = model.values().filter(|(sd, _)| *sd).count();
                 prop_assert_eq!(s.complete(), seeders);
                 prop_assert_eq!(s.incomplete(), model.len() - seeders);
+                for port in 1..120 {
+                    prop_assert_eq!(s.v4.contains([10, 0, 0, 1], port), model.contains_key(&port));
+                }
                 for (port, (seeder, _)) in &model {
                     let slot = s.v4.find([10, 0, 0, 1], *port).unwrap();
                     prop_assert_eq!(slot & SEEDER_BIT != 0, *seeder);
