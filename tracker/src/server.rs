@@ -281,6 +281,7 @@ async fn worker(
                     per_ip: per_ip.clone(),
                     idle_timeout: opts.idle_timeout,
                     shutdown: shutdown.clone(),
+                    stopping: false.into(),
                 }),
             ))),
             Err(e) => tracing::error!("cannot use listener: {e}"),
@@ -312,6 +313,9 @@ struct Shared {
     per_ip: Arc<PerIp>,
     idle_timeout: Duration,
     shutdown: CancellationToken,
+    /// Set by the accept loop once `shutdown` fires: a plain load for the
+    /// per-request check (`CancellationToken::is_cancelled` takes a lock).
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 /// Accepts without registering the socket with the runtime (the fast path
@@ -382,7 +386,10 @@ async fn accept_loop(listener: AsyncFd<std::net::TcpListener>, shared: Arc<Share
     loop {
         let accepted = tokio::select! {
             biased;
-            _ = &mut cancelled => return,
+            _ = &mut cancelled => {
+                shared.stopping.store(true, std::sync::atomic::Ordering::Relaxed);
+                return;
+            }
             r = accept(&listener) => r,
         };
         let (stream, remote) = match accepted {
@@ -539,7 +546,7 @@ async fn connection(
         }
         let (pos, closing, other) = serve_all(&shared.tracker, &input, remote, &mut output);
         // Shutting down: answer what has come, then close.
-        close = closing || (pos > 0 && shared.shutdown.is_cancelled());
+        close = closing || (pos > 0 && shared.stopping.load(std::sync::atomic::Ordering::Relaxed));
         input.drain(..pos);
         if other {
             // Replies to earlier pipelined requests go out first.

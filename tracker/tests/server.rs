@@ -135,10 +135,14 @@ fn announce_head(peer: u8) -> String {
 
 /// Reads one reply with a `content-length` body.
 fn read_reply(s: &mut TcpStream) -> String {
+    try_read_reply(s).unwrap()
+}
+
+fn try_read_reply(s: &mut TcpStream) -> std::io::Result<String> {
     let mut got = Vec::new();
     let mut byte = [0u8; 1];
     while !got.ends_with(b"\r\n\r\n") {
-        s.read_exact(&mut byte).unwrap();
+        s.read_exact(&mut byte)?;
         got.push(byte[0]);
     }
     let head = String::from_utf8(got).unwrap();
@@ -150,8 +154,8 @@ fn read_reply(s: &mut TcpStream) -> String {
         .parse()
         .unwrap();
     let mut body = vec![0u8; len];
-    s.read_exact(&mut body).unwrap();
-    head + &String::from_utf8_lossy(&body)
+    s.read_exact(&mut body)?;
+    Ok(head + &String::from_utf8_lossy(&body))
 }
 
 /// Waits (bounded) for the server to close the connection.
@@ -252,4 +256,50 @@ fn shutdown_closes_idle_connections_at_once() {
     );
     assert!(closed_by_server(&mut hyper));
     assert!(closed_by_server(&mut fast));
+}
+
+#[test]
+fn shutdown_closes_a_busy_connection_after_its_replies() {
+    let server = Server::start(Duration::from_secs(60));
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    // A client that never pauses: one thread pipelines announces without
+    // waiting for replies, another reads them, until the server closes
+    // the connection. The server always has a request coming, so it must
+    // notice the shutdown between requests, not only when idle.
+    let mut writer = s.try_clone().unwrap();
+    let stop_writing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stop = stop_writing.clone();
+    let writing = std::thread::spawn(move || {
+        let mut n = 0u8;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            n = n.wrapping_add(1);
+            if writer.write_all(announce_head(n).as_bytes()).is_err() {
+                return;
+            }
+        }
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let reading = std::thread::spawn(move || {
+        let mut replies = 0u32;
+        while let Ok(reply) = try_read_reply(&mut s) {
+            assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+            replies += 1;
+            let _ = tx.send(());
+        }
+        replies
+    });
+    for _ in 0..100 {
+        rx.recv_timeout(Duration::from_secs(10)).unwrap();
+    }
+    let started = std::time::Instant::now();
+    drop(server);
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "shutdown took {:?}",
+        started.elapsed()
+    );
+    assert!(reading.join().unwrap() >= 100);
+    stop_writing.store(true, std::sync::atomic::Ordering::Relaxed);
+    writing.join().unwrap();
 }
