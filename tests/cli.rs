@@ -529,3 +529,17 @@ fn demo_runs_a_swarm_and_checks_every_copy() {
         );
     }
 }
+
+#[test]
+fn tracker_refuses_out_of_range_numwant() {
+    let dir = tempfile::tempdir().unwrap();
+    for flag in ["--numwant", "--max-numwant"] {
+        let (code, err) = stderr_of(dir.path(), &["tracker", flag, "20000"]);
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(
+            err.contains("20000") && err.contains("0..=10000"),
+            "{flag}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{err}");
+    }
+}

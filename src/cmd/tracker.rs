@@ -12,6 +12,10 @@ use tokio_util::sync::CancellationToken;
 use tracker::server::{self, ServeOptions};
 use tracker::{Config, Limits, MemoryStore, Tracker};
 
+/// Largest `--numwant` / `--max-numwant`: a reply of this many IPv6 peers
+/// is 180 kB already.
+const MAX_NUMWANT: i64 = 10_000;
+
 const EXAMPLES: &str = "\
 Examples:
   shoal tracker                                   listen on 0.0.0.0:6969
@@ -43,11 +47,13 @@ pub struct Args {
     #[arg(long, value_name = "DURATION", value_parser = parse_secs)]
     peer_timeout: Option<u32>,
     /// Peers per reply when the client does not say
-    #[arg(long, value_name = "N", default_value_t = 50)]
-    numwant: usize,
-    /// Most peers per reply, whatever the client asks for
-    #[arg(long, value_name = "N", default_value_t = 200)]
-    max_numwant: usize,
+    #[arg(long, value_name = "N", default_value_t = 50,
+          value_parser = clap::value_parser!(u32).range(0..=MAX_NUMWANT))]
+    numwant: u32,
+    /// Most peers per reply, whatever the client asks for (at most 10000)
+    #[arg(long, value_name = "N", default_value_t = 200,
+          value_parser = clap::value_parser!(u32).range(0..=MAX_NUMWANT))]
+    max_numwant: u32,
     /// File of hex info hashes, one per line: serve only these (re-read on SIGHUP)
     #[arg(long, value_name = "FILE")]
     whitelist: Option<PathBuf>,
@@ -118,8 +124,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         interval: args.interval,
         min_interval,
         peer_timeout,
-        default_numwant: args.numwant.min(args.max_numwant),
-        max_numwant: args.max_numwant,
+        default_numwant: args.numwant.min(args.max_numwant) as usize,
+        max_numwant: args.max_numwant as usize,
         real_ip_header: args.real_ip_header,
         trust_ip_param: args.trust_ip_param,
         whitelist: args.whitelist,

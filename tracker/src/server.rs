@@ -468,19 +468,22 @@ fn serve_inline(
     output: &mut Vec<u8>,
 ) -> Option<Pending> {
     let fd = stream.as_fd();
-    match recv_into(fd, input) {
+    let space = input.capacity() - input.len();
+    let drained = match recv_into(fd, input) {
         Ok(0) => return None,
-        Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
+        Ok(n) => n < space,
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
         Err(_) => return None,
-    }
+    };
     let (pos, close, _) = serve_all(tracker, input, remote, output);
     let mut written = 0;
     if !output.is_empty() {
         // A reply followed by a close is held back (`MSG_MORE`) so that
         // the close puts the FIN in the reply's segment and pushes both:
-        // one packet fewer per connection, for us and for the client.
-        let more = if close {
+        // one packet fewer per connection, for us and for the client. Not
+        // when input is left unread: closing then resets the connection,
+        // and a reset throws away a reply still held.
+        let more = if close && drained && pos == input.len() {
             rustix::net::SendFlags::MORE
         } else {
             rustix::net::SendFlags::empty()

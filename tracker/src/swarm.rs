@@ -123,15 +123,6 @@ const TAG_MASK: u32 = !SLOT_MASK;
 const EMPTY: u32 = u32::MAX;
 const DELETED: u32 = u32::MAX - 1;
 
-/// The hash of an index key: keyed per process (a client cannot aim its
-/// peers at one chain), the same on every thread.
-fn key_hash<A: Addr>(addr: A, port: u16) -> u64 {
-    use std::hash::BuildHasher;
-    static SEED: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
-    let seed = *SEED.get_or_init(rand::random);
-    foldhash::fast::FixedState::with_seed(seed).hash_one((addr, port))
-}
-
 fn tag(hash: u64) -> u32 {
     ((hash >> 57) as u32) << POS_BITS
 }
@@ -139,34 +130,71 @@ fn tag(hash: u64) -> u32 {
 /// An open-addressing index: each entry a `u32` holding the peer's slot
 /// and 7 bits of its key's hash, so a probe reads a peer (the key is not
 /// stored) only when those bits match. Linear probing, at most half
-/// used, tombstones for removals; rebuilt from the lists when it fills.
-/// 8–16 bytes per peer, where a `HashMap<(addr, port), u32>` took 15–30.
+/// used, tombstones for removals; rebuilt from the lists when it fills
+/// (same size if tombstones fill it, else twice the size) or is far too
+/// big, so rebuilds cost O(1) per change on average. 8–16 bytes per peer,
+/// where a `HashMap<(addr, port), u32>` took 15–30.
+///
+/// One allocation: a small header (counts and the hash seed, new at
+/// every rebuild, so a client cannot aim its peers at one chain for
+/// long), then a power-of-two number of buckets.
 #[derive(Debug)]
 struct Index {
     table: Box<[u32]>,
-    /// Entries that are neither [`EMPTY`] nor [`DELETED`].
-    live: usize,
-    deleted: usize,
 }
 
+/// Header words: entries in use, tombstones, the seed's two halves.
+const LIVE: usize = 0;
+const DELETED_COUNT: usize = 1;
+const SEED: usize = 2;
+const HEADER: usize = 4;
+
 impl Index {
-    fn new(peers: usize) -> Index {
-        let size = (2 * peers + 2).next_power_of_two().max(64);
-        Index {
-            table: vec![EMPTY; size].into_boxed_slice(),
-            live: 0,
-            deleted: 0,
-        }
+    fn new(buckets: usize) -> Index {
+        debug_assert!(buckets.is_power_of_two());
+        let mut table = vec![EMPTY; HEADER + buckets].into_boxed_slice();
+        let seed: u64 = rand::random();
+        table[LIVE] = 0;
+        table[DELETED_COUNT] = 0;
+        table[SEED] = seed as u32;
+        table[SEED + 1] = (seed >> 32) as u32;
+        Index { table }
     }
 
-    /// The position of the entry for the key hashed to `hash`, whose slot
+    /// Buckets for `peers` entries: at most a third used.
+    fn buckets_for(peers: usize) -> usize {
+        (3 * peers).next_power_of_two().max(64)
+    }
+
+    fn buckets(&self) -> usize {
+        self.table.len() - HEADER
+    }
+    fn live(&self) -> usize {
+        self.table[LIVE] as usize
+    }
+    fn deleted(&self) -> usize {
+        self.table[DELETED_COUNT] as usize
+    }
+
+    fn hash<A: Addr>(&self, addr: A, port: u16) -> u64 {
+        use std::hash::BuildHasher;
+        let seed = u64::from(self.table[SEED]) | u64::from(self.table[SEED + 1]) << 32;
+        foldhash::fast::FixedState::with_seed(seed).hash_one((addr, port))
+    }
+
+    /// Where probing for `hash` starts (for a prefetch).
+    fn first_bucket(&self, hash: u64) -> &[u32] {
+        &self.table[HEADER + (hash as usize & (self.buckets() - 1))..]
+    }
+
+    /// The bucket of the entry for the key hashed to `hash`, whose slot
     /// `is_key` accepts.
     fn lookup(&self, hash: u64, is_key: impl Fn(u32) -> bool) -> Option<usize> {
-        let mask = self.table.len() - 1;
+        let mask = self.buckets() - 1;
         let tag = tag(hash);
         let mut i = hash as usize & mask;
         loop {
-            let e = self.table[i];
+            let e = self.table[HEADER + i];
             if e == EMPTY {
                 return None;
             }
@@ -177,33 +205,34 @@ impl Index {
         }
     }
 
-    /// Adds a key known to be absent; false when the index is too full
-    /// (the caller rebuilds it instead).
+    /// Adds a key known to be absent; false when the index is full (half
+    /// its buckets used or tombstoned): the caller rebuilds it instead.
     fn insert(&mut self, hash: u64, slot: u32) -> bool {
-        if 2 * (self.live + self.deleted + 1) > self.table.len() {
+        if 2 * (self.live() + self.deleted() + 1) > self.buckets() {
             return false;
         }
-        let mask = self.table.len() - 1;
+        let mask = self.buckets() - 1;
         let mut i = hash as usize & mask;
-        while self.table[i] != EMPTY && self.table[i] != DELETED {
+        while self.table[HEADER + i] != EMPTY && self.table[HEADER + i] != DELETED {
             i = (i + 1) & mask;
         }
-        if self.table[i] == DELETED {
-            self.deleted -= 1;
+        if self.table[HEADER + i] == DELETED {
+            self.table[DELETED_COUNT] -= 1;
         }
-        self.table[i] = tag(hash) | slot;
-        self.live += 1;
+        self.table[HEADER + i] = tag(hash) | slot;
+        self.table[LIVE] += 1;
         true
     }
 
     fn set_slot(&mut self, at: usize, slot: u32) {
-        self.table[at] = (self.table[at] & TAG_MASK) | slot;
+        let e = &mut self.table[HEADER + at];
+        *e = (*e & TAG_MASK) | slot;
     }
 
     fn remove(&mut self, at: usize) {
-        self.table[at] = DELETED;
-        self.live -= 1;
-        self.deleted += 1;
+        self.table[HEADER + at] = DELETED;
+        self.table[LIVE] -= 1;
+        self.table[DELETED_COUNT] += 1;
     }
 }
 
@@ -240,7 +269,7 @@ impl<A: Addr> PeerSet<A> {
 
     /// Where the index holds the entry for a key.
     fn index_entry(&self, index: &Index, addr: A, port: u16) -> Option<usize> {
-        self.index_entry_hashed(index, key_hash(addr, port), addr, port)
+        self.index_entry_hashed(index, index.hash(addr, port), addr, port)
     }
 
     fn index_entry_hashed(&self, index: &Index, hash: u64, addr: A, port: u16) -> Option<usize> {
@@ -252,19 +281,16 @@ impl<A: Addr> PeerSet<A> {
 
     /// Where a peer is: its slot (seeder bit + position).
     fn find(&self, addr: A, port: u16) -> Option<u32> {
-        self.find_hashed(
-            self.index.as_ref().map(|_| key_hash(addr, port)),
-            addr,
-            port,
-        )
+        let hash = self.index.as_ref().map(|index| index.hash(addr, port));
+        self.find_hashed(hash, addr, port)
     }
 
     /// Starts loading what finding a peer will read; returns the key's
     /// hash for [`PeerSet::find_hashed`] (`None` without an index).
     fn prefetch_find(&self, addr: A, port: u16) -> Option<u64> {
         let index = self.index.as_ref()?;
-        let hash = key_hash(addr, port);
-        prefetch(&index.table[hash as usize & (index.table.len() - 1)..]);
+        let hash = index.hash(addr, port);
+        prefetch(index.first_bucket(hash));
         Some(hash)
     }
 
@@ -273,7 +299,7 @@ impl<A: Addr> PeerSet<A> {
         if let (Some(index), Some(hash)) = (&self.index, hash) {
             return self
                 .index_entry_hashed(index, hash, addr, port)
-                .map(|at| index.table[at] & SLOT_MASK);
+                .map(|at| index.table[HEADER + at] & SLOT_MASK);
         }
         let here = |p: &Peer<A>| p.addr == addr && p.port == port;
         if let Some(pos) = self.seeders.iter().position(here) {
@@ -285,11 +311,15 @@ impl<A: Addr> PeerSet<A> {
             .map(|pos| slot(false, pos))
     }
 
-    fn build_index(&mut self) {
-        let mut index = Index::new(self.len());
+    /// A new index of `buckets` buckets (and a new seed) over the lists.
+    fn build_index(&mut self, buckets: usize) {
+        #[cfg(test)]
+        tests::REBUILDS.with(|n| n.set(n.get() + 1));
+        let mut index = Index::new(buckets);
         for (seeder, list) in [(true, &self.seeders), (false, &self.leechers)] {
             for (pos, p) in list.iter().enumerate() {
-                index.insert(key_hash(p.addr, p.port), slot(seeder, pos));
+                let inserted = index.insert(index.hash(p.addr, p.port), slot(seeder, pos));
+                debug_assert!(inserted);
             }
         }
         self.index = Some(index);
@@ -324,14 +354,30 @@ impl<A: Addr> PeerSet<A> {
 
     fn push(&mut self, peer: Peer<A>, seeder: bool) {
         let list = self.list(seeder);
+        // The store refuses new peers to a swarm this big: a position must
+        // fit an index entry.
+        debug_assert!(list.len() < MAX_SWARM_PEERS);
         let at = slot(seeder, list.len());
         list.push(peer);
-        let inserted = match &mut self.index {
-            Some(index) => index.insert(key_hash(peer.addr, peer.port), at),
-            None => self.len() <= INDEX_AT,
+        let len = self.len();
+        let rebuild = match &mut self.index {
+            Some(index) => {
+                let hash = index.hash(peer.addr, peer.port);
+                // Full: of tombstones (clear them), or of peers (grow).
+                (!index.insert(hash, at)).then(|| {
+                    let buckets = index.buckets();
+                    let tombstones = 8 * index.deleted() >= buckets;
+                    if tombstones {
+                        buckets
+                    } else {
+                        2 * buckets
+                    }
+                })
+            }
+            None => (len > INDEX_AT).then(|| Index::buckets_for(len)),
         };
-        if !inserted {
-            self.build_index();
+        if let Some(buckets) = rebuild {
+            self.build_index(buckets);
         }
     }
 
@@ -362,13 +408,13 @@ impl<A: Addr> PeerSet<A> {
         let len = self.len();
         if len <= INDEX_AT / 2 {
             self.index = None;
-        } else if self
-            .index
-            .as_ref()
-            .is_some_and(|index| index.table.len() > 64 && 8 * len < index.table.len())
-        {
-            // Far too big for what is left.
-            self.build_index();
+        } else if let Some(index) = &self.index {
+            // Far too big for what is left: half the size, still at most a
+            // quarter used.
+            let buckets = index.buckets();
+            if buckets > 64 && 8 * len < buckets {
+                self.build_index(buckets / 2);
+            }
         }
         gone
     }
@@ -478,7 +524,7 @@ impl<A: Addr> PeerSet<A> {
             + self
                 .index
                 .as_ref()
-                .map_or(0, |i| i.table.len() * std::mem::size_of::<u32>())
+                .map_or(0, |i| std::mem::size_of_val(&*i.table))
     }
 }
 
@@ -701,6 +747,11 @@ mod tests {
     use rand::rngs::SmallRng;
     use rand::SeedableRng;
     use std::collections::HashMap;
+
+    thread_local! {
+        /// Index builds on this thread (each test has its own).
+        pub(super) static REBUILDS: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    }
 
     fn who(ip: &str, port: u16, seeder: bool, event: Event) -> Announcer {
         Announcer {
@@ -948,7 +999,7 @@ mod tests {
             assert_eq!(set.remove(peer(port).addr, port), Some(port % 2 == 0));
         }
         check(&set, &|port| port <= 5000 && port % 10 == 0);
-        let table = set.index.as_ref().map(|i| i.table.len());
+        let table = set.index.as_ref().map(|i| i.buckets());
         assert!(
             table.is_some_and(|t| t <= 4 * 500 + 64),
             "index shrank: {table:?}"
@@ -968,6 +1019,42 @@ mod tests {
         assert_eq!(set.len(), 6);
         assert!(set.index.is_none());
         check(&set, &|port| port >= 5995);
+    }
+
+    /// A swarm that holds steady at any size while peers come and go
+    /// rebuilds its index rarely, whatever size it holds at (a rebuild
+    /// costs O(peers)).
+    #[test]
+    fn churn_at_a_steady_size_rebuilds_rarely() {
+        for size in [33, 62, 63, 64, 126, 127, 510, 511, 4094, 4095] {
+            let mut set = PeerSet::<[u8; 4]>::default();
+            let peer = |n: usize| Peer {
+                addr: [10, 0, 0, 1],
+                port: n as u16,
+                last_seen: 0,
+            };
+            for n in 0..size {
+                set.upsert(peer(n), false);
+            }
+            REBUILDS.with(|r| r.set(0));
+            // 20 000 times: the oldest peer leaves, a new one comes.
+            for n in size..size + 20_000 {
+                let (gone, old) = (n - size, peer(n - size));
+                let was_seeder = gone >= size && gone % 3 == 0;
+                assert_eq!(set.remove(old.addr, old.port), Some(was_seeder));
+                set.upsert(peer(n), n % 3 == 0);
+            }
+            let rebuilds = REBUILDS.with(|r| r.get());
+            // A tombstone clean-up at most every buckets / 8 >= size / 4
+            // joins.
+            assert!(
+                rebuilds <= 4 * 20_000 / size + 4,
+                "size {size}: {rebuilds} rebuilds"
+            );
+            for n in 20_000..size + 20_000 {
+                assert!(set.contains(peer(n).addr, peer(n).port));
+            }
+        }
     }
 
     proptest! {
