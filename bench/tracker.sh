@@ -23,7 +23,7 @@
 # peer must be told about the first), warms up for WARMUP s while wrk
 # checks every reply (HTTP 200, a bencoded dict with "peers", no "failure
 # reason"), then times DURATION s. ROUNDS rounds, interleaved (shoal close,
-# opentracker close, shoal keep-alive); the summary takes medians, and
+# opentracker close, shoal keep-alive, the order rotating each round); the summary takes medians, and
 # also the median of each round's own ratios (runs of one round are
 # seconds apart, so they share the machine's state: this machine is a
 # shared VM whose speed drifts by up to 40% from one minute to the next,
@@ -310,10 +310,20 @@ bench() {
 echo "== throughput: $ROUNDS round(s) of ${WARMUP} s warm-up + ${DURATION} s, 1 wrk thread, $CONNS connections"
 echo "   (opentracker closes each connection without a 'Connection: close' header, so wrk learns it"
 echo "    only when its next request on that socket fails: ~1 read error per announce is expected there)"
+# One round: the three runs, in an order that rotates from round to round
+# (back-to-back runs on this VM are not independent: which one goes first
+# in a round must not favour one tracker).
+round() { # SUFFIX ROUND
+    local order=("shoal-close close" "opentracker-close close" "shoal-keepalive keepalive")
+    local i run
+    for ((i = 0; i < 3; i++)); do
+        run=${order[$(((i + $2 - 1) % 3))]}
+        bench "${run% *}$1" "${run#* }" "$2"
+    done
+}
+
 for ((r = 1; r <= ROUNDS; r++)); do
-    bench shoal-close close "$r"
-    bench opentracker-close close "$r"
-    bench shoal-keepalive keepalive "$r"
+    round "" "$r"
 done
 
 summary() { # SUFFIX TITLE
@@ -356,9 +366,7 @@ if [ -n "$CPU_CAP" ] && [ -n "$TRACKER_CPUS" ]; then
     make_cgroup
     if [ -n "$CGROUP" ]; then
         for ((r = 1; r <= CAP_ROUNDS; r++)); do
-            bench shoal-close-cap close "$r"
-            bench opentracker-close-cap close "$r"
-            bench shoal-keepalive-cap keepalive "$r"
+            round -cap "$r"
         done
     fi
 fi
