@@ -232,7 +232,7 @@ pub fn wait_child(
 /// Python for a libtorrent seed: `seed.py TORRENT SAVE_DIR LISTEN` runs
 /// until its stdin closes.
 pub const LIBTORRENT_SEED: &str = r#"
-import libtorrent as lt, sys, threading
+import libtorrent as lt, sys, threading, time
 ses = lt.session({"listen_interfaces": sys.argv[3], "enable_dht": False, "enable_lsd": False,
     "enable_upnp": False, "enable_natpmp": False, "enable_outgoing_utp": False,
     "enable_incoming_utp": False, "allow_multiple_connections_per_ip": True,
@@ -242,6 +242,11 @@ p.ti = lt.torrent_info(sys.argv[1])
 p.save_path = sys.argv[2]
 p.flags = lt.torrent_flags.seed_mode
 h = ses.add_torrent(p)
+# add_torrent returns before the torrent takes connections: one that
+# arrives first is closed during the handshake. Wait until it seeds.
+deadline = time.time() + 30
+while h.status().state != lt.torrent_status.seeding and time.time() < deadline:
+    time.sleep(0.01)
 print("seeding", ses.listen_port(), flush=True)
 sys.stdin.read()
 "#;
