@@ -6,7 +6,7 @@
 #   env: HASHES=1000 DURATION=5 WARMUP=2 CONNS=50 ROUNDS=7
 #        TRACKER_CPUS=0 WRK_CPUS=1 SHOAL_THREADS=(1 if pinned, else cores)
 #        FILL_SWARMS=100000 FILL_PER=10 FILL_TIMEOUT=180 OT_MEMORY=1 MEMORY=1
-#        CPU_CAP=50 CAP_ROUNDS=5
+#        CPU_CAP=50 CAP_ROUNDS=5 CEILING=1
 #
 # Throughput: HASHES random info hashes (opentracker's whitelist; shoal
 # gets the same file as --whitelist so both check every announce against
@@ -47,6 +47,13 @@
 # CPU_CAP= to skip): then wrk has room to spare and announces/s is what a
 # tracker achieves with the same CPU. Both summaries are printed.
 #
+# Ceiling (CEILING=1, needs cc): every round also runs
+# bench/tracker/zerowork.c, a C responder that does no tracker work at all
+# (the same small reply to every request, epoll, TCP_DEFER_ACCEPT, the FIN
+# in the reply's segment), in both modes. Its ratios to opentracker are
+# the most any tracker can show under this load on this machine: when wrk
+# is the bottleneck they are wrk's, not the trackers'.
+#
 # Memory: a fresh shoal (--interval 3600, nothing expires), FILL_SWARMS x
 # FILL_PER peers announced by bench/tracker/fill.lua over keep-alive
 # connections; bytes per peer = (VmRSS after - VmRSS at start) / peers, next
@@ -73,6 +80,7 @@ OT_MEMORY=${OT_MEMORY:-1}
 MEMORY=${MEMORY:-1}
 CPU_CAP=${CPU_CAP-50}
 CAP_ROUNDS=${CAP_ROUNDS:-5}
+CEILING=${CEILING:-1}
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 SHOAL=$ROOT/target/release/shoal
@@ -88,6 +96,17 @@ echo "== building shoal (release)"
 
 TMP=$(mktemp -d "${TMPDIR:-/tmp}/shoal-tracker-bench.XXXXXX")
 chmod 755 "$TMP"
+
+# The zero-work responder (bench/tracker/zerowork.c): the ceiling for any
+# tracker under this load, run in every round next to the trackers.
+ZEROWORK=
+if [ "$CEILING" = 1 ]; then
+    if command -v cc >/dev/null && cc -O2 -o "$TMP/zerowork" "$HERE/zerowork.c"; then
+        ZEROWORK=$TMP/zerowork
+    else
+        echo "== (no zero-work ceiling: cannot compile bench/tracker/zerowork.c with cc)"
+    fi
+fi
 PIDS=()
 cleanup() {
     local p
@@ -224,6 +243,19 @@ start_tracker() {
         PID=$OT_PID
         URL=http://127.0.0.1:$port/announce
         ;;
+    zerowork-*)
+        "${TRACKER_PIN[@]}" "$ZEROWORK" >"$TMP/$1.out" &
+        PID=$!
+        PIDS+=("$PID")
+        local port=
+        for _ in $(seq 100); do
+            port=$(sed -n 's/^port \([0-9]*\)$/\1/p' "$TMP/$1.out")
+            [ -n "$port" ] && break
+            sleep 0.05
+        done
+        [ -n "$port" ] || { echo "FAIL: the zero-work responder did not start" >&2; exit 1; }
+        URL=http://127.0.0.1:$port/announce
+        ;;
     esac
     case $1 in *-cap) echo "$PID" >"$CGROUP/cgroup.procs" ;; esac
 }
@@ -254,7 +286,9 @@ bench() {
     local PID URL
     start_tracker "$name"
     local pid=$PID url=$URL
-    if [ "$round" = 1 ]; then
+    if [ "${name%%-*}" = zerowork ]; then
+        : # answers every announce with the same reply: nothing to verify
+    elif [ "$round" = 1 ]; then
         printf '  %-17s sample announces (two peers per swarm; the 2nd must be told about the 1st): ' "$name"
         "${HELPER[@]}" verify "$url" "$HASHFILE" 20
     else
@@ -315,9 +349,10 @@ echo "    only when its next request on that socket fails: ~1 read error per ann
 # in a round must not favour one tracker).
 round() { # SUFFIX ROUND
     local order=("shoal-close close" "opentracker-close close" "shoal-keepalive keepalive")
-    local i run
-    for ((i = 0; i < 3; i++)); do
-        run=${order[$(((i + $2 - 1) % 3))]}
+    [ -n "$ZEROWORK" ] && order+=("zerowork-close close" "zerowork-keepalive keepalive")
+    local i run n=${#order[@]}
+    for ((i = 0; i < n; i++)); do
+        run=${order[$(((i + $2 - 1) % n))]}
         bench "${run% *}$1" "${run#* }" "$2"
     done
 }
@@ -353,6 +388,16 @@ summary() { # SUFFIX TITLE
     r2s=$(awk '{ printf "%.2f ", $3 / $2 }' "$TMP/rounds")
     echo "  per round, close / opentracker:      $r1s-> median $(echo "$r1s" | tr ' ' '\n' | grep . | median)"
     echo "  per round, keep-alive / opentracker: $r2s-> median $(echo "$r2s" | tr ' ' '\n' | grep . | median)"
+    if [ -s "$TMP/zerowork-close$x.rps" ]; then
+        # What a tracker doing no work at all gets under the same load: the
+        # ceiling of the ratios above on this machine.
+        paste "$TMP/zerowork-close$x.rps" "$TMP/opentracker-close$x.rps" "$TMP/zerowork-keepalive$x.rps" >"$TMP/rounds"
+        r1s=$(awk '{ printf "%.2f ", $1 / $2 }' "$TMP/rounds")
+        r2s=$(awk '{ printf "%.2f ", $3 / $2 }' "$TMP/rounds")
+        echo "  ceiling: a zero-work responder (bench/tracker/zerowork.c), $(median <"$TMP/zerowork-close$x.cpu") / $(median <"$TMP/zerowork-keepalive$x.cpu") us CPU per close / keep-alive request:"
+        echo "    per round, close / opentracker:      $r1s-> median $(echo "$r1s" | tr ' ' '\n' | grep . | median)"
+        echo "    per round, keep-alive / opentracker: $r2s-> median $(echo "$r2s" | tr ' ' '\n' | grep . | median)"
+    fi
 }
 
 # Each tracker held to the same CPU budget, so that the tracker, not wrk,
