@@ -12,9 +12,8 @@ use tokio_util::sync::CancellationToken;
 use tracker::server::{self, ServeOptions};
 use tracker::{Config, Limits, MemoryStore, Tracker};
 
-/// Largest `--numwant` / `--max-numwant`: a reply of this many IPv6 peers
-/// is 180 kB already.
-const MAX_NUMWANT: i64 = 10_000;
+/// Largest `--numwant` / `--max-numwant` (the tracker's own cap).
+const MAX_NUMWANT: i64 = tracker::MAX_NUMWANT as i64;
 
 const EXAMPLES: &str = "\
 Examples:

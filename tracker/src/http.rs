@@ -164,6 +164,34 @@ mod tests {
         }
     }
 
+    /// A configuration asking for unbounded replies is capped, and a
+    /// client asking for four billion peers gets the cap, not a panic.
+    #[tokio::test]
+    async fn numwant_is_capped_whatever_the_configuration() {
+        let t = tracker(Config {
+            default_numwant: usize::MAX,
+            max_numwant: usize::MAX,
+            ..Config::default()
+        });
+        assert_eq!(t.config().max_numwant, crate::MAX_NUMWANT);
+        assert_eq!(t.config().default_numwant, crate::MAX_NUMWANT);
+        let app = app(t);
+        for peer in 1..=4u8 {
+            // The last one leaves numwant to the (capped) default.
+            let extra = if peer < 4 { "&numwant=4000000000" } else { "" };
+            let query = q(1, peer, 6880 + u16::from(peer), 5, extra);
+            let (s, body) =
+                get_from(&app, "10.0.0.1:5000", &format!("/announce?{query}"), &[]).await;
+            assert_eq!(s, StatusCode::OK);
+            assert_eq!(failure_of(&body), None);
+            let peers = match decode(&body).unwrap().get("peers") {
+                Some(Value::Bytes(b)) => b.len() / 6,
+                other => panic!("peers: {other:?}"),
+            };
+            assert_eq!(peers, usize::from(peer) - 1);
+        }
+    }
+
     #[tokio::test]
     async fn announce_scrape_and_stats() {
         let t = tracker(Config::default());

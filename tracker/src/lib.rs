@@ -38,6 +38,10 @@ pub use store::{Limits, MemoryStore, SwarmStore};
 use request::{AnnounceRequest, Event};
 use swarm::{canonical_ip, Announcer};
 
+/// The most peers one reply holds, whatever the configuration says (a
+/// reply of this many IPv6 peers is 180 kB already).
+pub const MAX_NUMWANT: usize = 10_000;
+
 /// Tracker policy. Times are in seconds.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -46,6 +50,7 @@ pub struct Config {
     /// Peers not heard from for this long are dropped.
     pub peer_timeout: u32,
     pub default_numwant: usize,
+    /// At most [`MAX_NUMWANT`].
     pub max_numwant: usize,
     /// Take the client address from this header (rightmost entry), for use
     /// behind a reverse proxy.
@@ -119,7 +124,9 @@ type Reply = Result<Vec<u8>, String>;
 
 impl Tracker {
     /// A tracker over `store`, with the whitelist and passkeys loaded.
-    pub fn new(config: Config, store: Box<dyn SwarmStore>) -> Result<Tracker, LoadError> {
+    pub fn new(mut config: Config, store: Box<dyn SwarmStore>) -> Result<Tracker, LoadError> {
+        config.max_numwant = config.max_numwant.min(MAX_NUMWANT);
+        config.default_numwant = config.default_numwant.min(config.max_numwant);
         let t = Tracker {
             config,
             store,

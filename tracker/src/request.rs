@@ -181,9 +181,10 @@ fn percent_decoded_len(b: &[u8]) -> usize {
 }
 
 fn number(field: &'static str, value: &str) -> Result<u64, RequestError> {
-    // Digits only: no sign, no spaces, no exponent; at most u64::MAX.
+    // Digits only: no sign, no spaces, no exponent; at most 20 of them
+    // and at most u64::MAX.
     let bad = || RequestError::BadNumber(field);
-    if value.is_empty() {
+    if value.is_empty() || value.len() > 20 {
         return Err(bad());
     }
     value.bytes().try_fold(0u64, |n, c| {
@@ -464,6 +465,12 @@ mod tests {
         assert_eq!(number("n", "0"), Ok(0));
         assert_eq!(number("n", "00012"), Ok(12));
         assert_eq!(number("n", "18446744073709551615"), Ok(u64::MAX));
+        assert_eq!(number("n", "00000000000000006881"), Ok(6881));
+        // More than 20 characters, as before, even if only zeros.
+        assert_eq!(
+            number("n", "000000000000000006881"),
+            Err(RequestError::BadNumber("n"))
+        );
         for bad in [
             "",
             "18446744073709551616",
@@ -509,6 +516,18 @@ mod tests {
                 prop_assert_eq!(decode20_escaped(&v), Some(bytes));
                 prop_assert_eq!(general, Ok(bytes));
             }
+        }
+
+        /// `pairs` splits exactly as `split('&')` + `split_once('=')` do,
+        /// multi-byte characters and empty pieces included.
+        #[test]
+        fn pairs_split_like_the_standard_library(q in "[&=a%é😀]{0,40}") {
+            let want: Vec<(&str, &str)> = q
+                .split('&')
+                .filter(|p| !p.is_empty())
+                .map(|p| p.split_once('=').unwrap_or((p, "")))
+                .collect();
+            prop_assert_eq!(pairs(&q).collect::<Vec<_>>(), want);
         }
 
         #[test]

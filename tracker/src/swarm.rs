@@ -2,7 +2,7 @@
 //! clocks (`now` is passed in, in seconds), randomness from a caller's RNG.
 //!
 //! Memory per peer is small: an IPv4 peer is 12 bytes in its list (address,
-//! port, last-seen second) plus, in swarms of more than [`INDEX_AT`], 8–16
+//! port, last-seen second) plus, in swarms of more than [`INDEX_AT`], 8–32
 //! bytes of hash index (a `u32` per bucket, at most half full); the peer id is not
 //! stored (dictionary-form replies omit it, as `no_peer_id` does). IPv4 and
 //! IPv6 peers live apart, seeders apart from leechers, so counts are list
@@ -132,38 +132,37 @@ fn tag(hash: u64) -> u32 {
 /// stored) only when those bits match. Linear probing, at most half
 /// used, tombstones for removals; rebuilt from the lists when it fills
 /// (same size if tombstones fill it, else twice the size) or is far too
-/// big, so rebuilds cost O(1) per change on average. 8–16 bytes per peer,
-/// where a `HashMap<(addr, port), u32>` took 15–30.
+/// big, so rebuilds cost O(1) per change on average. 4-byte buckets,
+/// between an eighth and half of them used: 8–32 bytes per peer (11–21
+/// when just built), where a `HashMap<(addr, port), u32>` took 15–30.
 ///
-/// One allocation: a small header (counts and the hash seed, new at
-/// every rebuild, so a client cannot aim its peers at one chain for
-/// long), then a power-of-two number of buckets.
+/// One allocation: two counts, then a power-of-two number of buckets.
+/// The hash is keyed by a secret per process mixed with the table's
+/// address, which is new at every rebuild (a client cannot aim its peers
+/// at one chain for long) and costs no memory read before the bucket's.
 #[derive(Debug)]
 struct Index {
     table: Box<[u32]>,
 }
 
-/// Header words: entries in use, tombstones, the seed's two halves.
+/// Header words: entries in use, tombstones.
 const LIVE: usize = 0;
 const DELETED_COUNT: usize = 1;
-const SEED: usize = 2;
-const HEADER: usize = 4;
+const HEADER: usize = 2;
 
 impl Index {
     fn new(buckets: usize) -> Index {
         debug_assert!(buckets.is_power_of_two());
         let mut table = vec![EMPTY; HEADER + buckets].into_boxed_slice();
-        let seed: u64 = rand::random();
         table[LIVE] = 0;
         table[DELETED_COUNT] = 0;
-        table[SEED] = seed as u32;
-        table[SEED + 1] = (seed >> 32) as u32;
         Index { table }
     }
 
-    /// Buckets for `peers` entries: at most a third used.
+    /// Buckets for `peers` entries: at most 3/8 used, so at least an
+    /// eighth free before the next rebuild.
     fn buckets_for(peers: usize) -> usize {
-        (3 * peers).next_power_of_two().max(64)
+        (8 * peers / 3 + 1).next_power_of_two().max(64)
     }
 
     fn buckets(&self) -> usize {
@@ -178,7 +177,9 @@ impl Index {
 
     fn hash<A: Addr>(&self, addr: A, port: u16) -> u64 {
         use std::hash::BuildHasher;
-        let seed = u64::from(self.table[SEED]) | u64::from(self.table[SEED + 1]) << 32;
+        static SECRET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+        let secret = *SECRET.get_or_init(rand::random);
+        let seed = secret ^ (self.table.as_ptr() as usize as u64).rotate_left(29);
         foldhash::fast::FixedState::with_seed(seed).hash_one((addr, port))
     }
 
@@ -1126,6 +1127,15 @@ mod tests {
                 prop_assert_eq!(s.incomplete(), model.len() - seeders);
                 for port in 1..120 {
                     prop_assert_eq!(s.v4.contains([10, 0, 0, 1], port), model.contains_key(&port));
+                }
+                if let Some(index) = &s.v4.index {
+                    // The counts agree with the buckets and the lists.
+                    let buckets = &index.table[HEADER..];
+                    let deleted = buckets.iter().filter(|&&e| e == DELETED).count();
+                    let live = buckets.iter().filter(|&&e| e != DELETED && e != EMPTY).count();
+                    prop_assert_eq!((index.live(), index.deleted()), (live, deleted));
+                    prop_assert_eq!(live, s.v4.len());
+                    prop_assert!(2 * (live + deleted) <= index.buckets());
                 }
                 for (port, (seeder, _)) in &model {
                     let slot = s.v4.find([10, 0, 0, 1], *port).unwrap();
