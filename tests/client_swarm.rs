@@ -77,30 +77,12 @@ fn leechers_trade_through_the_tracker() {
     const SIZE: usize = 4 << 20;
     let data = single_file(d, SIZE, 11, &[&announce]);
 
-    let _seed = Shoal::start(
-        d,
-        "seed",
-        &[
-            "seed",
-            "t.torrent",
-            "seed/data.bin",
-            "--port",
-            "0",
-            "--upload-limit",
-            "1M",
-        ],
-    );
+    let _seed = Shoal::seed(d, "seed/data.bin", &["--upload-limit", "1M"]);
     wait_for(30, "the seed to announce", || {
         tracker_stats(taddr)["seeders"] == 1
     });
 
-    let leech = |name: &str| {
-        Shoal::start(
-            d,
-            name,
-            &["download", "t.torrent", "-o", name, "--port", "0", "--json"],
-        )
-    };
+    let leech = |name: &str| Shoal::download(d, name, name, &[]);
     let mut a = leech("a");
     let mut b = leech("b");
     let mut lt = with_libtorrent.then(|| {
@@ -267,37 +249,19 @@ fn a_peer_sending_bad_data_is_banned() {
     let bad = start_bad_peer(info_hash(d, "t.torrent"), 64);
     // The honest seed is capped (2 MiB take a second) so the bad peer,
     // which answers at once, surely gets requests.
-    let good = Shoal::start(
-        d,
-        "seed",
-        &[
-            "seed",
-            "t.torrent",
-            "seed/data.bin",
-            "--port",
-            "0",
-            "--upload-limit",
-            "2M",
-        ],
-    );
+    let good = Shoal::seed(d, "seed/data.bin", &["--upload-limit", "2M"]);
     let bad_addr = format!("127.0.0.1:{}", bad.port);
-    let mut dl = Shoal::start(
+    let mut dl = Shoal::download(
         d,
         "download",
+        "out",
         &[
-            "download",
-            "t.torrent",
-            "-o",
-            "out",
-            "--port",
-            "0",
             "--no-trackers",
             "--peer",
             &bad_addr,
             "--peer",
             &good.addr(),
             "-x",
-            "--json",
         ],
     );
     let (status, json) = dl.finish(45);
@@ -343,19 +307,7 @@ fn a_download_killed_with_sigkill_resumes() {
     let d = dir.path();
     const SIZE: usize = 8 << 20;
     let data = single_file(d, SIZE, 33, &[]);
-    let seed = Shoal::start(
-        d,
-        "seed",
-        &[
-            "seed",
-            "t.torrent",
-            "seed/data.bin",
-            "--port",
-            "0",
-            "--upload-limit",
-            "1M",
-        ],
-    );
+    let seed = Shoal::seed(d, "seed/data.bin", &["--upload-limit", "1M"]);
     let args = [
         "download",
         "t.torrent",
@@ -409,27 +361,12 @@ fn multi_file_torrent_with_empty_files() {
     let d = dir.path();
     let tree = make_tree(&d.join("seed/tree"));
     shoal_ok(d, &["create", "seed/tree", "-l", "15", "-o", "t.torrent"]);
-    let seed = Shoal::start(
-        d,
-        "seed",
-        &["seed", "t.torrent", "seed/tree", "--port", "0"],
-    );
-    let mut dl = Shoal::start(
+    let seed = Shoal::seed(d, "seed/tree", &[]);
+    let mut dl = Shoal::download(
         d,
         "download",
-        &[
-            "download",
-            "t.torrent",
-            "-o",
-            "out",
-            "--port",
-            "0",
-            "--no-trackers",
-            "--peer",
-            &seed.addr(),
-            "-x",
-            "--json",
-        ],
+        "out",
+        &["--no-trackers", "--peer", &seed.addr(), "-x"],
     );
     let (status, json) = dl.finish(45);
     assert!(status.success(), "download: {status}");
@@ -465,28 +402,11 @@ fn tracker_failover_to_the_second_tier() {
         "two tiers, the dead one first"
     );
 
-    let _seed = Shoal::start(
-        d,
-        "seed",
-        &["seed", "t.torrent", "seed/data.bin", "--port", "0"],
-    );
+    let _seed = Shoal::seed(d, "seed/data.bin", &[]);
     wait_for(30, "the seed to reach the second tier", || {
         tracker_stats(taddr)["seeders"] == 1
     });
-    let mut dl = Shoal::start(
-        d,
-        "download",
-        &[
-            "download",
-            "t.torrent",
-            "-o",
-            "out",
-            "--port",
-            "0",
-            "-x",
-            "--json",
-        ],
-    );
+    let mut dl = Shoal::download(d, "download", "out", &["-x"]);
     let (status, json) = dl.finish(45);
     assert!(status.success(), "download: {status}");
     assert_eq!(json["complete"], true, "{json}");
@@ -585,11 +505,7 @@ fn udp_tracker_opentracker() {
         "opentracker exited"
     );
 
-    let seed = Shoal::start(
-        d,
-        "seed",
-        &["seed", "t.torrent", "seed/data.bin", "--port", "0"],
-    );
+    let seed = Shoal::seed(d, "seed/data.bin", &[]);
     // The downloader must find the seed in its first answer (the next one
     // is half an hour away): wait until opentracker counts the seed, as
     // its HTTP scrape says.
@@ -597,20 +513,7 @@ fn udp_tracker_opentracker() {
     wait_for(30, "the seed to announce over UDP", || {
         opentracker_seeders(tcp, &hash) == Some(1)
     });
-    let mut dl = Shoal::start(
-        d,
-        "download",
-        &[
-            "download",
-            "t.torrent",
-            "-o",
-            "out",
-            "--port",
-            "0",
-            "-x",
-            "--json",
-        ],
-    );
+    let mut dl = Shoal::download(d, "download", "out", &["-x"]);
     let (status, json) = dl.finish(45);
     assert!(status.success(), "download: {status}");
     assert_eq!(json["complete"], true, "{json}");
@@ -641,29 +544,19 @@ fn only_the_chosen_files_are_downloaded() {
             .unwrap_or_else(|| panic!("{name} not in {files}"))
     };
     let (two, small) = (index("big-2.bin"), index("small.txt"));
-    let seed = Shoal::start(
-        d,
-        "seed",
-        &["seed", "t.torrent", "seed/tree", "--port", "0"],
-    );
+    let seed = Shoal::seed(d, "seed/tree", &[]);
     let only = format!("{two},{small}");
-    let mut dl = Shoal::start(
+    let mut dl = Shoal::download(
         d,
         "download",
+        "out",
         &[
-            "download",
-            "t.torrent",
-            "-o",
-            "out",
-            "--port",
-            "0",
             "--no-trackers",
             "--peer",
             &seed.addr(),
             "--only",
             &only,
             "-x",
-            "--json",
         ],
     );
     let (status, json) = dl.finish(45);
@@ -707,11 +600,7 @@ fn a_full_disk_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     single_file(d, 2 << 20, 31, &[]);
-    let seed = Shoal::start(
-        d,
-        "seed",
-        &["seed", "t.torrent", "seed/data.bin", "--port", "0"],
-    );
+    let seed = Shoal::seed(d, "seed/data.bin", &[]);
     std::fs::create_dir(d.join("small")).unwrap();
     let script = format!(
         "mount -t tmpfs -o size=256k tmpfs small && exec {SHOAL} download t.torrent -o small/out \
@@ -794,18 +683,7 @@ fn seed_with_hostile_peer(mode: &str) -> Option<(tempfile::TempDir, Shoal, Kille
         &["create", "seed/data.bin", "-l", "18", "-o", "t.torrent"],
     );
     let hash = info_hash(d, "t.torrent");
-    let seed = Shoal::start(
-        d,
-        "seed",
-        &[
-            "seed",
-            "t.torrent",
-            "seed/data.bin",
-            "--port",
-            "0",
-            "--json",
-        ],
-    );
+    let seed = Shoal::seed(d, "seed/data.bin", &["--json"]);
     std::fs::write(d.join("hostile.py"), HOSTILE).unwrap();
     let mut peer = Killed(
         Command::new("python3")
@@ -852,23 +730,17 @@ fn a_choke_flood_does_not_stall_a_download() {
     };
     let d = dir.path();
     let hash = info_hash(d, "t.torrent");
-    let mut dl = Shoal::start(
+    let mut dl = Shoal::download(
         d,
         "download",
+        "out",
         &[
-            "download",
-            "t.torrent",
-            "-o",
-            "out",
-            "--port",
-            "0",
             "--no-trackers",
             "--peer",
             &seed.addr(),
             "--download-limit",
             "2M",
             "-x",
-            "--json",
         ],
     );
     let mut flood = Killed(

@@ -63,20 +63,10 @@ fn start_initial_seed(
 ) -> (Killed, SocketAddr, PathBuf, Shoal) {
     let (tracker, taddr) = start_tracker("127.0.0.1:0", &["--interval", "5"]);
     let data = single_file(dir, len, log2_piece, &format!("http://{taddr}/announce"));
-    let seed = Shoal::start(
+    let seed = Shoal::seed(
         dir,
-        "seed",
-        &[
-            "seed",
-            "t.torrent",
-            "seed/data.bin",
-            "--port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "--initial-seeding",
-            "--json",
-        ],
+        "seed/data.bin",
+        &["--bind", "127.0.0.1", "--initial-seeding", "--json"],
     );
     wait_for(30, "the seed to announce", || {
         tracker_stats(taddr)["seeders"] == 1
@@ -303,23 +293,11 @@ fn a_lone_leecher_still_completes() {
     // (2 s after its 1 s tick sees the last one taken): ~20 s in all.
     const SIZE: usize = 7 * 32768 + 1000;
     let (_tracker, _taddr, data, mut seed) = start_initial_seed(d, SIZE, "15");
-    let mut leech = Shoal::start(
+    let mut leech = Shoal::download(
         d,
         "leech",
-        &[
-            "download",
-            "t.torrent",
-            "-o",
-            "out",
-            "--port",
-            "0",
-            "--bind",
-            "127.0.0.1",
-            "-x",
-            "--json",
-            "--no-peers-timeout",
-            "30s",
-        ],
+        "out",
+        &["--bind", "127.0.0.1", "-x", "--no-peers-timeout", "30s"],
     );
     let (status, j) = leech.finish(45);
     assert!(status.success(), "the lone leecher failed ({status}): {j}");

@@ -325,6 +325,20 @@ pub struct Shoal {
 }
 
 impl Shoal {
+    /// `shoal seed t.torrent DATA --port 0 EXTRA…` in `cwd`, labelled "seed".
+    pub fn seed(cwd: &Path, data: &str, extra: &[&str]) -> Shoal {
+        let mut args = vec!["seed", "t.torrent", data, "--port", "0"];
+        args.extend_from_slice(extra);
+        Shoal::start(cwd, "seed", &args)
+    }
+
+    /// `shoal download t.torrent -o OUT --port 0 --json EXTRA…` in `cwd`.
+    pub fn download(cwd: &Path, label: &str, out: &str, extra: &[&str]) -> Shoal {
+        let mut args = vec!["download", "t.torrent", "-o", out, "--port", "0", "--json"];
+        args.extend_from_slice(extra);
+        Shoal::start(cwd, label, &args)
+    }
+
     /// Starts `shoal ARGS` in `cwd` (client debug logs on) and waits (bounded) for its "listening
     /// on" line.
     pub fn start(cwd: &Path, label: &str, args: &[&str]) -> Shoal {
