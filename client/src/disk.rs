@@ -20,11 +20,12 @@
 //! Blocks to upload are read in batches on tokio's blocking pool.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc as std_mpsc;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use sha1::{Digest, Sha1};
-use tokio::sync::{mpsc, OwnedSemaphorePermit, Semaphore};
+use tokio::sync::{mpsc, oneshot, OwnedSemaphorePermit, Semaphore};
 
 use std::time::{Duration, Instant};
 
@@ -34,7 +35,7 @@ use torrent_format::Info;
 use crate::storage::{Storage, StorageError};
 use crate::wire::{BlockRef, BLOCK};
 
-/// Most bytes waiting to be written, across all connections of a session.
+/// Most bytes waiting to be written, across all connections of an engine.
 pub const WRITE_BUDGET: usize = 4 << 20;
 
 /// What the writer threads report.
@@ -42,7 +43,7 @@ pub const WRITE_BUDGET: usize = 4 << 20;
 pub enum DiskEvent {
     /// A piece's last block is written and its hash checked. `blocks`
     /// holds the SHA-1 of each 16 KiB block when asked for (to find which
-    /// peer sent bad data, see the session's ban logic).
+    /// peer sent bad data, see [`crate::smartban`]).
     Verified {
         piece: u32,
         ok: bool,
@@ -52,7 +53,17 @@ pub enum DiskEvent {
     Failed(StorageError),
 }
 
+/// One torrent's files and where its verdicts go.
+struct Target {
+    /// Tells this torrent's pieces apart from another's in the threads.
+    id: u64,
+    info: Arc<Info>,
+    storage: Arc<Storage>,
+    events: mpsc::UnboundedSender<DiskEvent>,
+}
+
 struct Write {
+    target: Arc<Target>,
     piece: u32,
     offset: u32,
     data: Vec<u8>,
@@ -62,6 +73,12 @@ struct Write {
     _permit: Option<OwnedSemaphorePermit>,
 }
 
+enum Job {
+    Write(Write),
+    /// Everything queued before this is done: say so.
+    Flush(oneshot::Sender<()>),
+}
+
 /// A piece being hashed in arrival order.
 struct Running {
     hasher: Sha1,
@@ -69,71 +86,117 @@ struct Running {
     next: u32,
 }
 
-pub struct Disk {
-    storage: Arc<Storage>,
-    info: Arc<Info>,
-    writers: Vec<std_mpsc::Sender<Write>>,
+/// The disk threads of an engine, shared by all its torrents: writer
+/// threads (a piece always goes to the same one), a verifier with
+/// AVX-512, and one byte budget for everything queued.
+pub struct DiskPool {
+    writers: Mutex<Vec<std_mpsc::Sender<Job>>>,
     budget: Arc<Semaphore>,
-    threads: std::sync::Mutex<Vec<std::thread::JoinHandle<()>>>,
+    threads: Mutex<Vec<std::thread::JoinHandle<()>>>,
+    next_id: AtomicU64,
+}
+
+impl DiskPool {
+    /// Starts `threads` writer threads (and the verifier where AVX-512
+    /// makes multi-buffer hashing pay).
+    pub fn new(threads: usize) -> Arc<DiskPool> {
+        let mut writers = Vec::new();
+        let mut handles = Vec::new();
+        let verifier = sha1_mb::available().then(|| {
+            let (tx, rx) = std_mpsc::channel::<Verify>();
+            let handle = std::thread::Builder::new()
+                .name("shoal-verify".into())
+                .spawn(move || verifier(&rx))
+                .expect("spawn a disk thread");
+            handles.push(handle);
+            tx
+        });
+        for n in 0..threads.max(1) {
+            let (tx, rx) = std_mpsc::channel::<Job>();
+            let verifier = verifier.clone();
+            let handle = std::thread::Builder::new()
+                .name(format!("shoal-disk-{n}"))
+                .spawn(move || writer(&rx, verifier.as_ref()))
+                .expect("spawn a disk thread");
+            writers.push(tx);
+            handles.push(handle);
+        }
+        drop(verifier);
+        Arc::new(DiskPool {
+            writers: Mutex::new(writers),
+            budget: Arc::new(Semaphore::new(WRITE_BUDGET)),
+            threads: Mutex::new(handles),
+            next_id: AtomicU64::new(0),
+        })
+    }
+
+    /// A torrent's handle on the pool; verdicts go to `events`.
+    pub fn attach(
+        self: &Arc<Self>,
+        info: Arc<Info>,
+        storage: Arc<Storage>,
+        events: mpsc::UnboundedSender<DiskEvent>,
+    ) -> Disk {
+        Disk {
+            pool: self.clone(),
+            target: Arc::new(Target {
+                id: self.next_id.fetch_add(1, Ordering::Relaxed),
+                info,
+                storage,
+                events,
+            }),
+        }
+    }
+
+    fn writers(&self) -> std::sync::MutexGuard<'_, Vec<std_mpsc::Sender<Job>>> {
+        self.writers.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Stops the threads after they have written everything queued.
+    pub fn close(&self) {
+        self.writers().clear();
+        let handles = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
+        for h in handles {
+            let _ = h.join();
+        }
+    }
+}
+
+impl Drop for DiskPool {
+    fn drop(&mut self) {
+        self.close();
+    }
+}
+
+/// One torrent's way to the disk threads.
+pub struct Disk {
+    pool: Arc<DiskPool>,
+    target: Arc<Target>,
 }
 
 impl Disk {
-    /// Starts `threads` writer threads reporting to `events`.
+    /// A pool of `threads` of its own (one torrent, or tests).
     pub fn new(
         info: Arc<Info>,
         storage: Arc<Storage>,
         threads: usize,
         events: mpsc::UnboundedSender<DiskEvent>,
     ) -> Disk {
-        let mut writers = Vec::new();
-        let mut handles = Vec::new();
-        let verifier = sha1_mb::available().then(|| {
-            let (tx, rx) = std_mpsc::channel::<Done>();
-            let storage = storage.clone();
-            let info = info.clone();
-            let events = events.clone();
-            let handle = std::thread::Builder::new()
-                .name("shoal-verify".into())
-                .spawn(move || verifier(&info, &storage, &rx, &events))
-                .expect("spawn a disk thread");
-            handles.push(handle);
-            tx
-        });
-        for n in 0..threads.max(1) {
-            let (tx, rx) = std_mpsc::channel::<Write>();
-            let storage = storage.clone();
-            let info = info.clone();
-            let events = events.clone();
-            let verifier = verifier.clone();
-            let handle = std::thread::Builder::new()
-                .name(format!("shoal-disk-{n}"))
-                .spawn(move || writer(&info, &storage, &rx, verifier.as_ref(), &events))
-                .expect("spawn a disk thread");
-            writers.push(tx);
-            handles.push(handle);
-        }
-        drop(verifier);
-        Disk {
-            storage,
-            info,
-            writers,
-            budget: Arc::new(Semaphore::new(WRITE_BUDGET)),
-            threads: std::sync::Mutex::new(handles),
-        }
+        DiskPool::new(threads).attach(info, storage, events)
     }
 
     pub fn storage(&self) -> &Arc<Storage> {
-        &self.storage
+        &self.target.storage
     }
 
     pub fn info(&self) -> &Arc<Info> {
-        &self.info
+        &self.target.info
     }
 
     /// Waits for room for `len` more bytes in the write queue.
     pub async fn reserve(&self, len: usize) -> Option<OwnedSemaphorePermit> {
         let n = len.clamp(1, WRITE_BUDGET) as u32;
-        self.budget.clone().acquire_many_owned(n).await.ok()
+        self.pool.budget.clone().acquire_many_owned(n).await.ok()
     }
 
     /// Queues a received block with the room `reserve` gave. `last` marks
@@ -148,16 +211,21 @@ impl Disk {
         last: bool,
         digests: bool,
     ) {
-        let w = &self.writers[piece as usize % self.writers.len()];
+        let writers = self.pool.writers();
+        if writers.is_empty() {
+            return;
+        }
+        let at = (self.target.id as usize).wrapping_add(piece as usize) % writers.len();
         // A send fails only once the threads are gone (shutting down).
-        let _ = w.send(Write {
+        let _ = writers[at].send(Job::Write(Write {
+            target: self.target.clone(),
             piece,
             offset,
             data,
             last,
             digests,
             _permit: permit,
-        });
+        }));
     }
 
     /// Reads blocks to upload and encodes them as `piece` messages onto
@@ -167,7 +235,7 @@ impl Disk {
         blocks: Vec<BlockRef>,
         mut out: Vec<u8>,
     ) -> Result<Vec<u8>, StorageError> {
-        let storage = self.storage.clone();
+        let storage = self.target.storage.clone();
         let task = tokio::task::spawn_blocking(move || {
             for b in &blocks {
                 out.extend_from_slice(&(9 + b.length).to_be_bytes());
@@ -186,46 +254,65 @@ impl Disk {
         }
     }
 
-    /// Stops the writer threads after they have written everything queued.
-    pub fn close(&mut self) {
-        self.writers.clear();
-        let handles = std::mem::take(&mut *self.threads.lock().unwrap_or_else(|e| e.into_inner()));
-        for h in handles {
-            let _ = h.join();
+    /// Waits until every block queued so far (by any torrent) is written
+    /// and its verdict sent.
+    pub async fn flush(&self) {
+        let waits: Vec<oneshot::Receiver<()>> = {
+            let writers = self.pool.writers();
+            writers
+                .iter()
+                .filter_map(|w| {
+                    let (tx, rx) = oneshot::channel();
+                    w.send(Job::Flush(tx)).ok().map(|()| rx)
+                })
+                .collect()
+        };
+        for w in waits {
+            let _ = w.await;
         }
     }
 }
 
-impl Drop for Disk {
-    fn drop(&mut self) {
-        self.close();
-    }
-}
-
-fn writer(
-    info: &Info,
-    storage: &Storage,
-    rx: &std_mpsc::Receiver<Write>,
-    verifier: Option<&std_mpsc::Sender<Done>>,
-    events: &mpsc::UnboundedSender<DiskEvent>,
-) {
-    let mut running: HashMap<u32, Running> = HashMap::new();
-    while let Ok(w) = rx.recv() {
-        if let Err(e) = storage.write(w.piece, w.offset, &w.data) {
-            let _ = events.send(DiskEvent::Failed(e));
+fn writer(rx: &std_mpsc::Receiver<Job>, verifier: Option<&std_mpsc::Sender<Verify>>) {
+    let mut running: HashMap<(u64, u32), Running> = HashMap::new();
+    while let Ok(job) = rx.recv() {
+        let w = match job {
+            Job::Write(w) => w,
+            Job::Flush(done) => {
+                // With a verifier, verdicts come from there: flush it too.
+                match verifier {
+                    Some(v) => {
+                        if let Err(std_mpsc::SendError(Verify::Flush(done))) =
+                            v.send(Verify::Flush(done))
+                        {
+                            let _ = done.send(());
+                        }
+                    }
+                    None => {
+                        let _ = done.send(());
+                    }
+                }
+                continue;
+            }
+        };
+        let t = &*w.target;
+        if let Err(e) = t.storage.write(w.piece, w.offset, &w.data) {
+            let _ = t.events.send(DiskEvent::Failed(e));
             // Keep draining so senders never block on a dead writer.
             continue;
         }
         if let Some(v) = verifier {
             if w.last {
-                let _ = v.send(Done {
+                let _ = v.send(Verify::Piece(Done {
+                    target: w.target.clone(),
                     piece: w.piece,
                     digests: w.digests,
-                });
+                }));
             }
             continue;
         }
-        let r = running.entry(w.piece).or_insert_with(|| Running {
+        let key = (t.id, w.piece);
+        let r = running.entry(key).or_insert_with(|| Running {
             hasher: Sha1::new(),
             next: 0,
         });
@@ -233,11 +320,13 @@ fn writer(
             r.hasher.update(&w.data);
             r.next += w.data.len() as u32;
         }
-        drop(w.data);
         if !w.last {
             continue;
         }
-        let mut r = running.remove(&w.piece).expect("entry made above");
+        let Some(mut r) = running.remove(&key) else {
+            continue;
+        };
+        let (info, storage) = (&*t.info, &*t.storage);
         let verdict = storage
             .hash_from(w.piece, r.next, &mut r.hasher)
             .and_then(|()| {
@@ -261,14 +350,20 @@ fn writer(
             },
             Err(e) => DiskEvent::Failed(e),
         };
-        let _ = events.send(event);
+        let _ = t.events.send(event);
     }
 }
 
 /// A piece whose blocks are all written.
 struct Done {
+    target: Arc<Target>,
     piece: u32,
     digests: bool,
+}
+
+enum Verify {
+    Piece(Done),
+    Flush(oneshot::Sender<()>),
 }
 
 /// How long the verifier waits for a batch to fill.
@@ -276,49 +371,58 @@ const BATCH_WAIT: Duration = Duration::from_millis(10);
 /// Bytes per lane read at a time for multi-buffer hashing.
 const LANE_CHUNK: usize = 64 * 1024;
 
-fn verifier(
-    info: &Info,
-    storage: &Storage,
-    rx: &std_mpsc::Receiver<Done>,
-    events: &mpsc::UnboundedSender<DiskEvent>,
-) {
+fn verifier(rx: &std_mpsc::Receiver<Verify>) {
     let mut buf = vec![0u8; LANES * LANE_CHUNK];
-    let full = info.piece_length();
+    let mut flushes = Vec::new();
     while let Ok(first) = rx.recv() {
+        let first = match first {
+            Verify::Piece(d) => d,
+            Verify::Flush(done) => {
+                let _ = done.send(());
+                continue;
+            }
+        };
         let mut batch = vec![first];
         let deadline = Instant::now() + BATCH_WAIT;
         while batch.len() < LANES {
             let left = deadline.saturating_duration_since(Instant::now());
             match rx.recv_timeout(left) {
-                Ok(d) => batch.push(d),
+                Ok(Verify::Piece(d)) => batch.push(d),
+                // Answered once this batch is done.
+                Ok(Verify::Flush(done)) => {
+                    flushes.push(done);
+                    break;
+                }
                 Err(_) => break,
             }
         }
-        // Full-size pieces go side by side; a short last piece alone.
-        let (wide, single): (Vec<Done>, Vec<Done>) = batch
-            .into_iter()
-            .partition(|d| info.piece_size(d.piece as usize) == full);
+        // Full-size pieces of one torrent go side by side; the rest alone.
+        let t0 = batch[0].target.clone();
+        let full = t0.info.piece_length();
+        let (wide, single): (Vec<Done>, Vec<Done>) = batch.into_iter().partition(|d| {
+            d.target.id == t0.id && d.target.info.piece_size(d.piece as usize) == full
+        });
         let mut hashed: Vec<(Done, Result<[u8; 20], StorageError>)> = Vec::new();
         if wide.len() >= 2 {
             let pieces: Vec<u32> = wide.iter().map(|d| d.piece).collect();
-            match hash_side_by_side(storage, full, &pieces, &mut buf) {
+            match hash_side_by_side(&t0.storage, full, &pieces, &mut buf) {
                 Ok(hashes) => hashed.extend(wide.into_iter().zip(hashes.into_iter().map(Ok))),
                 Err(e) => {
-                    let _ = events.send(DiskEvent::Failed(e));
-                    continue;
+                    let _ = t0.events.send(DiskEvent::Failed(e));
                 }
             }
         } else {
             hashed.extend(wide.into_iter().map(|d| {
-                let h = storage.hash_piece(d.piece);
+                let h = d.target.storage.hash_piece(d.piece);
                 (d, h)
             }));
         }
         hashed.extend(single.into_iter().map(|d| {
-            let h = storage.hash_piece(d.piece);
+            let h = d.target.storage.hash_piece(d.piece);
             (d, h)
         }));
         for (d, hash) in hashed {
+            let (info, storage) = (&*d.target.info, &*d.target.storage);
             let verdict = hash.and_then(|hash| {
                 let ok = info.piece_hashes()[d.piece as usize] == hash;
                 let blocks = if d.digests || !ok {
@@ -331,7 +435,7 @@ fn verifier(
             if matches!(verdict, Ok((true, _))) && storage.is_writable() {
                 storage.start_writeback(d.piece);
             }
-            let _ = events.send(match verdict {
+            let _ = d.target.events.send(match verdict {
                 Ok((ok, blocks)) => DiskEvent::Verified {
                     piece: d.piece,
                     ok,
@@ -339,6 +443,9 @@ fn verifier(
                 },
                 Err(e) => DiskEvent::Failed(e),
             });
+        }
+        for done in flushes.drain(..) {
+            let _ = done.send(());
         }
     }
 }

@@ -1,17 +1,33 @@
-//! The swarm client engine behind `shoal download` and `shoal seed`.
+//! The swarm client behind `shoal download` and `shoal seed`.
 //!
-//! So far: [`wire`], the sans-IO peer wire codec (handshake, messages,
-//! bitfields), and [`picker`], which blocks to request from whom (started
-//! pieces first, rarest first with random ties, endgame). The choker,
-//! storage and tracker client follow (see ARCHITECTURE.md).
+//! - [`engine`]: many torrents behind one listening port (peer id, global
+//!   connection cap and rate limits, the disk threads).
+//! - [`session`]: one torrent — its state, driver and announcer.
+//! - [`protocol`]: one connection's protocol state machine (BEP 3, 6, 10),
+//!   no I/O; [`peer`] is its transport.
+//! - [`wire`] (codec), [`extension`] (BEP 10 handshake), [`fast`] (BEP 6
+//!   allowed-fast set), [`picker`], [`choker`], [`initial`] (BEP 16),
+//!   [`smartban`], [`rate`], [`disk`], [`storage`], [`resume`],
+//!   [`tracker`] (the tracker client).
+//!
+//! See ARCHITECTURE.md for how they fit.
 
 pub mod choker;
 pub mod disk;
+pub mod engine;
+pub mod extension;
+pub mod fast;
+pub(crate) mod initial;
 pub mod peer;
 pub mod picker;
+pub(crate) mod protocol;
 pub mod rate;
 pub mod resume;
 pub mod session;
+pub mod smartban;
 pub mod storage;
 pub mod tracker;
 pub mod wire;
+
+pub use engine::{Engine, EngineConfig};
+pub use session::{Config, Session};

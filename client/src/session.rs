@@ -5,9 +5,13 @@
 //!   verified (and tells every peer with `have`), bans peers that sent bad
 //!   data, runs the choker every 10 s, dials candidate peers, measures
 //!   rates, and saves the resume file.
-//! - The *listener* accepts incoming connections.
 //! - The *announcer* talks to the trackers (see [`crate::tracker`]).
-//! - Each connection is a task of its own ([`crate::peer`]).
+//! - Each connection is a task of its own ([`crate::peer`], driving a
+//!   [`crate::protocol::Connection`]).
+//!
+//! A torrent lives inside an [`Engine`] (the listening socket, peer id,
+//! global limits and disk threads); [`Session::start`] makes an engine of
+//! its own for a lone torrent.
 //!
 //! The state lives behind one mutex, held briefly and never across an
 //! `.await`. Connections reach the driver through that state and the
@@ -22,7 +26,6 @@ use std::time::{Duration, Instant};
 
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
-use tokio::net::TcpListener;
 use tokio::sync::{mpsc, watch, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -30,8 +33,10 @@ use torrent_format::{Info, InfoHash};
 
 use crate::choker::{self, Candidate, Choker};
 use crate::disk::{Disk, DiskEvent};
+use crate::engine::{AddError, Engine, EngineConfig, EngineShared};
 use crate::picker::{PeerKey, Picker};
-use crate::rate::{Limiter, RateMeter};
+use crate::rate::RateMeter;
+use crate::smartban::SmartBan;
 use crate::storage::Storage;
 use crate::tracker;
 use crate::wire::{Bitfield, BlockRef, BLOCK};
@@ -85,6 +90,21 @@ impl Config {
     }
 }
 
+impl Config {
+    /// The engine a lone torrent with this configuration runs in.
+    pub fn engine(&self) -> EngineConfig {
+        EngineConfig {
+            listen: self.listen,
+            bind: self.bind,
+            // Room for the torrent's peers and as many still handshaking.
+            max_connections: self.max_peers.saturating_mul(2).max(16),
+            upload_limit: self.upload_limit,
+            download_limit: self.download_limit,
+            disk_threads: self.disk_threads,
+        }
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("cannot listen on {addr}: {source}")]
@@ -94,6 +114,8 @@ pub enum SessionError {
     },
     #[error("{0}")]
     Storage(#[from] crate::storage::StorageError),
+    #[error("{0}")]
+    Add(#[from] AddError),
 }
 
 /// Sent by the session to one connection.
@@ -119,15 +141,13 @@ pub(crate) struct Admitted {
     pub key: PeerKey,
     pub counters: Arc<PeerCounters>,
     pub poked: Arc<AtomicBool>,
-    /// Our pieces, for the bitfield.
-    pub have: Bitfield,
     /// Offer pieces one by one instead of sending the bitfield.
     pub initial_seeding: bool,
 }
 
 /// Per-connection byte counters, shared with the connection's tasks.
 #[derive(Debug, Default)]
-pub(crate) struct PeerCounters {
+pub struct PeerCounters {
     pub down: AtomicU64,
     pub up: AtomicU64,
 }
@@ -139,6 +159,8 @@ pub(crate) struct PeerEntry {
     pub counters: Arc<PeerCounters>,
     /// A `Poke` is queued and not yet handled.
     pub poked: Arc<AtomicBool>,
+    /// Its client name from the extended handshake (`v`).
+    pub client: Option<String>,
     pub connected_at: Instant,
     pub outgoing: bool,
     /// It wants to download from us.
@@ -155,7 +177,7 @@ pub(crate) struct PeerEntry {
 
 /// Who sent a block, remembered until its piece is verified.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct Ident {
+pub struct Ident {
     pub peer_id: [u8; 20],
     pub addr: SocketAddr,
 }
@@ -172,11 +194,18 @@ struct Candidate_ {
     was_seed: bool,
 }
 
-/// A block's sender and the SHA-1 of what it sent.
-pub(crate) type BlockOrigin = (Option<Ident>, [u8; 20]);
-
-/// Why a second connection to the same peer is refused.
-pub(crate) const DUPLICATE: &str = "already connected to this peer";
+/// Why a handshaken peer is not admitted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum Refused {
+    #[error("that is us")]
+    Us,
+    #[error("banned")]
+    Banned,
+    #[error("already connected to this peer")]
+    Duplicate,
+    #[error("too many peers")]
+    Full,
+}
 
 /// Most peer addresses remembered.
 const MAX_CANDIDATES: usize = 4000;
@@ -184,6 +213,7 @@ const MAX_CANDIDATES: usize = 4000;
 const MAX_CONNECTING: usize = 16;
 
 pub(crate) struct State {
+    pub info: Arc<Info>,
     pub picker: Picker,
     /// Verified pieces (what we tell peers we have).
     pub have: Bitfield,
@@ -193,11 +223,10 @@ pub(crate) struct State {
     next_key: PeerKey,
     pub choker: Choker,
     pub rng: SmallRng,
-    /// Senders of each block of pieces in progress, by block index.
-    pub block_from: HashMap<u32, Vec<Option<Ident>>>,
-    /// Pieces that failed with blocks from several peers: each block's
-    /// sender and digest, to compare with the good copy later.
-    pub failed: HashMap<u32, Vec<BlockOrigin>>,
+    /// Who sent each block, to ban the sender of bad data.
+    pub smart: SmartBan,
+    /// Initial seeding (BEP 16) once complete.
+    pub initial_seeding: bool,
     banned_ids: HashSet<[u8; 20]>,
     banned_addrs: HashSet<SocketAddr>,
     candidates: HashMap<SocketAddr, Candidate_>,
@@ -239,82 +268,84 @@ impl State {
         }
     }
 
-    /// Initial seeding: the piece to offer a peer that has `has` and may
-    /// already request `allowed`, among those `which` admits — the one
-    /// fewest peers have or were offered, at random among equals.
-    pub fn piece_to_offer(
-        &mut self,
-        has: &Bitfield,
-        allowed: &HashSet<u32>,
-        which: Offer,
-    ) -> Option<u32> {
-        let mut best: Option<(u32, u32)> = None;
-        let mut ties = 0u32;
-        for i in 0..self.have.len() {
-            let piece = i as u32;
-            if has.get(i) || allowed.contains(&piece) || !self.have.get(i) {
-                continue;
-            }
-            let available = self.picker.availability(piece);
-            let ok = match which {
-                Offer::Fresh => available == 0 && self.offers[i] == 0,
-                Offer::Unavailable => available == 0,
-                Offer::Any => true,
-            };
-            if !ok {
-                continue;
-            }
-            let score = available + self.offers[i];
-            match best {
-                Some((b, _)) if score > b => {}
-                Some((b, _)) if score == b => {
-                    ties += 1;
-                    if self.rng.random_range(0..ties) == 0 {
-                        best = Some((score, piece));
-                    }
-                }
-                _ => {
-                    best = Some((score, piece));
-                    ties = 1;
-                }
+    /// A peer's interest in us changed; free upload slots go to
+    /// interested peers at once.
+    pub fn set_interested(&mut self, key: PeerKey, interested: bool) {
+        if let Some(p) = self.peers.get_mut(&key) {
+            p.interested = interested;
+        }
+        if interested {
+            self.fill_slots();
+        }
+    }
+
+    /// Hands free upload slots to interested peers.
+    pub fn fill_slots(&mut self) {
+        let candidates = candidates(self);
+        for key in self.choker.fill(&candidates) {
+            if let Some(p) = self.peers.get(&key) {
+                let _ = p.tx.send(Cmd::Unchoke);
             }
         }
-        let (_, piece) = best?;
-        self.offers[piece as usize] += 1;
-        Some(piece)
+    }
+
+    /// A torrent's state at its start: `have` verified, only `wanted`
+    /// pieces (all when `None`) to fetch.
+    pub fn new(
+        info: Arc<Info>,
+        have: Bitfield,
+        wanted: Option<&Bitfield>,
+        upload_slots: usize,
+        initial_seeding: bool,
+    ) -> State {
+        // The picker counts unwanted pieces as had: it never asks for them.
+        let mut picker_have = have.clone();
+        let mut left = 0;
+        for i in 0..info.piece_count() {
+            if !wanted.is_none_or_get(i) {
+                picker_have.set(i);
+            } else if !have.get(i) {
+                left += info.piece_size(i);
+            }
+        }
+        State {
+            picker: Picker::new(info.piece_length(), info.total_length(), picker_have),
+            have,
+            left,
+            peers: HashMap::new(),
+            next_key: 0,
+            choker: Choker::new(upload_slots),
+            rng: SmallRng::from_rng(&mut rand::rng()),
+            smart: SmartBan::default(),
+            initial_seeding,
+            banned_ids: HashSet::new(),
+            banned_addrs: HashSet::new(),
+            candidates: HashMap::new(),
+            resume_dirty: false,
+            hash_fails: 0,
+            offers: vec![0; info.piece_count()],
+            gone: HashMap::new(),
+            info,
+        }
     }
 }
 
-/// Initial seeding: which pieces may be offered.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Offer {
-    /// Never offered, and no peer has it: the normal case, so that the
-    /// seed sends each piece about once.
-    Fresh,
-    /// No connected peer has it (it may be on its way to someone): for a
-    /// peer that has waited long.
-    Unavailable,
-    /// Anything the peer lacks: for a peer alone with the seed.
-    Any,
-}
-
+/// One torrent's side of everything: its state, its disk handle, its
+/// tasks, and the engine it runs in.
 pub(crate) struct Shared {
+    pub engine: Arc<EngineShared>,
     pub info: Arc<Info>,
     pub info_hash: InfoHash,
-    pub peer_id: [u8; 20],
     pub disk: Disk,
     state: Mutex<State>,
     pub cancel: CancellationToken,
     pub tasks: TaskTracker,
-    pub up_limit: Limiter,
-    pub down_limit: Limiter,
-    /// Payload bytes received (including any later discarded).
-    pub downloaded: AtomicU64,
-    pub uploaded: AtomicU64,
+    /// Payload bytes received (`down`, including any later discarded) and
+    /// sent (`up`).
+    pub totals: Arc<PeerCounters>,
     pub complete: watch::Sender<bool>,
     wake: Notify,
     pub config: Config,
-    pub port: u16,
     /// Bytes of the pieces this session downloads (or has).
     pub wanted_bytes: u64,
     fatal: Mutex<Option<String>>,
@@ -334,16 +365,16 @@ impl Shared {
         peer_id: [u8; 20],
         outgoing: bool,
         tx: mpsc::UnboundedSender<Cmd>,
-    ) -> Result<Admitted, &'static str> {
+    ) -> Result<Admitted, Refused> {
         let mut st = self.lock();
-        if peer_id == self.peer_id {
+        if peer_id == self.engine.peer_id {
             if let Some(c) = st.candidates.get_mut(&addr) {
                 c.is_self = true;
             }
-            return Err("that is us");
+            return Err(Refused::Us);
         }
         if st.is_banned(&Ident { peer_id, addr }) {
-            return Err("banned");
+            return Err(Refused::Banned);
         }
         if let Some(p) = st.peers.values_mut().find(|p| p.peer_id == peer_id) {
             // Connected the other way already: this address reaches it, so
@@ -354,10 +385,10 @@ impl Shared {
                     c.connected = true;
                 }
             }
-            return Err(DUPLICATE);
+            return Err(Refused::Duplicate);
         }
         if st.peers.len() >= self.config.max_peers {
-            return Err("too many peers");
+            return Err(Refused::Full);
         }
         let key = st.next_key;
         st.next_key = st.next_key.wrapping_add(1);
@@ -371,6 +402,7 @@ impl Shared {
                 tx,
                 counters: counters.clone(),
                 poked: poked.clone(),
+                client: None,
                 connected_at: Instant::now(),
                 outgoing,
                 interested: false,
@@ -389,7 +421,6 @@ impl Shared {
             key,
             counters,
             poked,
-            have: st.have.clone(),
             initial_seeding: self.config.initial_seeding && st.is_complete(),
         })
     }
@@ -412,8 +443,8 @@ impl Shared {
             }
         }
         st.poke_all();
+        st.fill_slots();
         drop(st);
-        self.fill_slots();
         self.wake.notify_one();
     }
 
@@ -432,27 +463,6 @@ impl Shared {
         }
         drop(st);
         self.wake.notify_one();
-    }
-
-    /// A peer's interest in us changed.
-    pub fn set_interested(&self, key: PeerKey, interested: bool) {
-        if let Some(p) = self.lock().peers.get_mut(&key) {
-            p.interested = interested;
-        }
-        if interested {
-            self.fill_slots();
-        }
-    }
-
-    /// Hands free upload slots to interested peers.
-    fn fill_slots(&self) {
-        let mut st = self.lock();
-        let candidates = candidates(&st);
-        for key in st.choker.fill(&candidates) {
-            if let Some(p) = st.peers.get(&key) {
-                let _ = p.tx.send(Cmd::Unchoke);
-            }
-        }
     }
 
     fn connect_failed(&self, addr: SocketAddr) {
@@ -502,7 +512,9 @@ fn candidates(st: &State) -> Vec<Candidate> {
 /// A running torrent.
 pub struct Session {
     shared: Arc<Shared>,
-    listen: SocketAddr,
+    /// The engine this torrent made for itself ([`Session::start`]); shut
+    /// down with it.
+    own_engine: Option<Engine>,
     /// The driver hands back the disk's verdict channel when it stops, so
     /// verdicts that arrive during shutdown still count.
     driver: tokio::task::JoinHandle<mpsc::UnboundedReceiver<DiskEvent>>,
@@ -550,99 +562,83 @@ pub fn new_peer_id() -> [u8; 20] {
 }
 
 impl Session {
-    /// Starts a session over `storage`, whose verified pieces are `have`.
+    /// Starts a lone torrent over `storage`, whose verified pieces are
+    /// `have`, in an engine of its own listening on `config.listen`.
     pub async fn start(
         info: Arc<Info>,
         storage: Arc<Storage>,
         have: Bitfield,
         config: Config,
     ) -> Result<Session, SessionError> {
-        let listener =
-            TcpListener::bind(config.listen)
-                .await
-                .map_err(|source| SessionError::Listen {
-                    addr: config.listen,
-                    source,
-                })?;
-        let listen = listener
-            .local_addr()
-            .map_err(|source| SessionError::Listen {
-                addr: config.listen,
-                source,
-            })?;
+        let engine = Engine::start(config.engine()).await?;
+        let mut session = engine.add(info, storage, have, config).await?;
+        session.own_engine = Some(engine);
+        Ok(session)
+    }
+
+    /// A torrent in `engine` (see [`Engine::add`]).
+    pub(crate) fn attach(
+        engine: Arc<EngineShared>,
+        info: Arc<Info>,
+        storage: Arc<Storage>,
+        have: Bitfield,
+        config: Config,
+    ) -> Session {
         let (events_tx, events) = mpsc::unbounded_channel();
-        let disk = Disk::new(info.clone(), storage, config.disk_threads, events_tx);
-        // The picker counts unwanted pieces as had: it never asks for them.
-        let mut picker_have = have.clone();
-        let (mut left, mut wanted_bytes) = (0, 0);
-        for i in 0..info.piece_count() {
-            let wanted = config.wanted.as_ref().is_none_or_get(i);
-            if !wanted {
-                picker_have.set(i);
-                continue;
-            }
-            wanted_bytes += info.piece_size(i);
-            if !have.get(i) {
-                left += info.piece_size(i);
-            }
-        }
-        let picker = Picker::new(info.piece_length(), info.total_length(), picker_have);
-        let complete = picker.is_complete();
-        let state = State {
-            picker,
+        let disk = engine.disk.attach(info.clone(), storage, events_tx);
+        let state = State::new(
+            info.clone(),
             have,
-            left,
-            peers: HashMap::new(),
-            next_key: 0,
-            choker: Choker::new(config.upload_slots),
-            rng: SmallRng::from_rng(&mut rand::rng()),
-            block_from: HashMap::new(),
-            failed: HashMap::new(),
-            banned_ids: HashSet::new(),
-            banned_addrs: HashSet::new(),
-            candidates: HashMap::new(),
-            resume_dirty: false,
-            hash_fails: 0,
-            offers: vec![0; info.piece_count()],
-            gone: HashMap::new(),
-        };
+            config.wanted.as_ref(),
+            config.upload_slots,
+            config.initial_seeding,
+        );
+        let wanted_bytes = (0..info.piece_count())
+            .filter(|&i| config.wanted.as_ref().is_none_or_get(i))
+            .map(|i| info.piece_size(i))
+            .sum();
+        let complete = state.is_complete();
         let shared = Arc::new(Shared {
             info_hash: info.info_hash(),
             info,
-            peer_id: new_peer_id(),
             disk,
             state: Mutex::new(state),
-            cancel: CancellationToken::new(),
+            cancel: engine.cancel.child_token(),
             tasks: TaskTracker::new(),
-            up_limit: Limiter::new(config.upload_limit),
-            down_limit: Limiter::new(config.download_limit),
-            downloaded: AtomicU64::new(0),
-            uploaded: AtomicU64::new(0),
+            totals: Arc::new(PeerCounters::default()),
             complete: watch::Sender::new(complete),
             wake: Notify::new(),
-            port: listen.port(),
             wanted_bytes,
             config,
             fatal: Mutex::new(None),
             saving: AtomicBool::new(false),
+            engine,
         });
         shared.add_candidates(shared.config.peers.clone(), true);
-        shared.tasks.spawn(accept(shared.clone(), listener));
         shared.tasks.spawn(announce(shared.clone()));
         let driver = shared.tasks.spawn(drive(shared.clone(), events));
-        Ok(Session {
+        Session {
             shared,
-            listen,
+            own_engine: None,
             driver,
-        })
+        }
     }
 
+    pub(crate) fn shared(&self) -> &Arc<Shared> {
+        &self.shared
+    }
+
+    pub fn info_hash(&self) -> InfoHash {
+        self.shared.info_hash
+    }
+
+    /// Where the engine listens (shared by all its torrents).
     pub fn listen_addr(&self) -> SocketAddr {
-        self.listen
+        SocketAddr::new(self.shared.config.listen.ip(), self.shared.engine.port)
     }
 
     pub fn peer_id(&self) -> [u8; 20] {
-        self.shared.peer_id
+        self.shared.engine.peer_id
     }
 
     pub fn info(&self) -> &Arc<Info> {
@@ -685,8 +681,8 @@ impl Session {
             pieces_have: st.have.count(),
             wanted_bytes: self.shared.wanted_bytes,
             left: st.left,
-            downloaded: self.shared.downloaded.load(Ordering::Relaxed),
-            uploaded: self.shared.uploaded.load(Ordering::Relaxed),
+            downloaded: self.shared.totals.down.load(Ordering::Relaxed),
+            uploaded: self.shared.totals.up.load(Ordering::Relaxed),
             down_rate: st.peers.values().map(|p| p.down.rate()).sum(),
             up_rate: st.peers.values().map(|p| p.up.rate()).sum(),
             peers: st.peers.len(),
@@ -736,72 +732,65 @@ impl Session {
     /// Stops: a `stopped` announce (bounded wait), connections closed,
     /// every queued block written and synced, the resume file saved.
     pub async fn shutdown(self) -> Result<(), String> {
-        let shared = self.shared;
+        let Session {
+            shared,
+            own_engine,
+            driver,
+        } = self;
+        // No new connections for it, then none at all.
+        shared.engine.remove(&shared.info_hash);
         shared.cancel.cancel();
         shared.tasks.close();
         shared.tasks.wait().await;
-        let events = self.driver.await.ok();
-        let shared = match Arc::try_unwrap(shared) {
-            Ok(s) => s,
-            Err(shared) => {
-                // A task still holds it (cannot happen once all are done);
-                // save what we can.
-                save_resume_now(&shared);
-                return shared
-                    .fatal
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .clone()
-                    .map_or(Ok(()), Err);
-            }
-        };
-        let Shared {
-            mut disk,
-            state,
-            info,
-            info_hash,
-            config,
-            fatal,
-            ..
-        } = shared;
+        let events = driver.await.ok();
         // Writes still queued finish; their verdicts count.
-        let storage = disk.storage().clone();
-        disk.close();
-        drop(disk);
-        let mut st = state.into_inner().unwrap_or_else(|e| e.into_inner());
-        if let Some(mut events) = events {
-            while let Ok(ev) = events.try_recv() {
-                if let DiskEvent::Verified {
-                    piece, ok: true, ..
-                } = ev
-                {
-                    if !st.have.get(piece as usize) {
-                        st.have.set(piece as usize);
-                        st.picker.verified(piece, true);
-                        st.resume_dirty = true;
+        shared.disk.flush().await;
+        let have = {
+            let mut st = shared.lock();
+            if let Some(mut events) = events {
+                while let Ok(ev) = events.try_recv() {
+                    if let DiskEvent::Verified {
+                        piece, ok: true, ..
+                    } = ev
+                    {
+                        if !st.have.get(piece as usize) {
+                            st.have.set(piece as usize);
+                            st.picker.verified(piece, true);
+                            st.resume_dirty = true;
+                        }
                     }
                 }
             }
-        }
-        let fatal = fatal.into_inner().unwrap_or_else(|e| e.into_inner());
-        if let Some(path) = &config.resume {
-            let have = st.have.clone();
-            let path = path.clone();
-            let r = tokio::task::spawn_blocking(move || {
+            st.have.clone()
+        };
+        let fatal = shared
+            .fatal
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .clone();
+        let storage = shared.disk.storage().clone();
+        let result = if let Some(path) = shared.config.resume.clone() {
+            let info_hash = shared.info_hash;
+            tokio::task::spawn_blocking(move || {
                 storage.sync().map_err(|e| e.to_string())?;
                 crate::resume::save(&path, info_hash, &have, &storage.stamps())
                     .map_err(|e| format!("saving {}: {e}", path.display()))
             })
             .await
-            .map_err(|e| e.to_string())?;
-            if let Err(e) = r {
-                return Err(fatal.unwrap_or(e));
-            }
+            .map_err(|e| e.to_string())
+            .and_then(|r| r)
         } else {
             let _ = tokio::task::spawn_blocking(move || storage.sync()).await;
+            Ok(())
+        };
+        drop(shared);
+        if let Some(engine) = own_engine {
+            engine.shutdown().await;
         }
-        let _ = info;
-        fatal.map_or(Ok(()), Err)
+        match (fatal, result) {
+            (Some(f), _) => Err(f),
+            (None, r) => r,
+        }
     }
 }
 
@@ -812,36 +801,6 @@ trait WantedExt {
 impl WantedExt for Option<&Bitfield> {
     fn is_none_or_get(&self, i: usize) -> bool {
         self.map_or(true, |w| w.get(i))
-    }
-}
-
-async fn accept(shared: Arc<Shared>, listener: TcpListener) {
-    let handshakes = Arc::new(tokio::sync::Semaphore::new(shared.config.max_peers.max(8)));
-    loop {
-        let (stream, addr) = tokio::select! {
-            () = shared.cancel.cancelled() => return,
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // Out of file descriptors and the like: wait a moment.
-                    tracing::warn!("accepting a connection: {e}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-        };
-        if shared.lock().peers.len() >= shared.config.max_peers {
-            continue;
-        }
-        // Connections still handshaking are capped too, so a flood of
-        // silent ones cannot take every file descriptor.
-        let Ok(permit) = handshakes.clone().try_acquire_owned() else {
-            continue;
-        };
-        let s = shared.clone();
-        shared.tasks.spawn(async move {
-            crate::peer::run(s, stream, addr, false, Some(permit)).await;
-        });
     }
 }
 
@@ -966,8 +925,11 @@ fn choke_round(shared: &Shared) {
 /// A piece's hash is known.
 fn verdict(shared: &Shared, piece: u32, ok: bool, digests: Option<Vec<[u8; 20]>>) {
     let mut st = shared.lock();
-    let from = st.block_from.remove(&piece).unwrap_or_default();
     st.picker.verified(piece, ok);
+    let v = st.smart.verdict(piece, ok, digests);
+    for (who, guilt) in v.ban {
+        ban(&mut st, who, guilt.describe());
+    }
     if ok {
         if st.have.get(piece as usize) {
             return;
@@ -977,19 +939,6 @@ fn verdict(shared: &Shared, piece: u32, ok: bool, digests: Option<Vec<[u8; 20]>>
             .left
             .saturating_sub(shared.info.piece_size(piece as usize));
         st.resume_dirty = true;
-        // A piece that failed before: whoever sent a block that differs
-        // from the good copy sent bad data.
-        if let (Some(before), Some(good)) = (st.failed.remove(&piece), digests) {
-            let liars: Vec<Ident> = before
-                .iter()
-                .zip(&good)
-                .filter(|((_, old), new)| old != *new)
-                .filter_map(|((who, _), _)| *who)
-                .collect();
-            for who in liars {
-                ban(&mut st, who, "sent data that failed the hash check");
-            }
-        }
         for p in st.peers.values() {
             let _ = p.tx.send(Cmd::Have(piece));
         }
@@ -999,23 +948,11 @@ fn verdict(shared: &Shared, piece: u32, ok: bool, digests: Option<Vec<[u8; 20]>>
         }
     } else {
         st.hash_fails += 1;
-        let senders: HashSet<Ident> = from.iter().flatten().copied().collect();
         tracing::warn!(
             "piece {piece} failed its hash check (from {} peer{}); fetching it again",
-            senders.len(),
-            if senders.len() == 1 { "" } else { "s" }
+            v.senders,
+            if v.senders == 1 { "" } else { "s" }
         );
-        if senders.len() == 1 {
-            let who = *senders.iter().next().expect("one");
-            ban(&mut st, who, "sent a piece that failed the hash check");
-        } else if let Some(d) = digests {
-            let record = from
-                .into_iter()
-                .chain(std::iter::repeat(None))
-                .zip(d)
-                .collect();
-            st.failed.insert(piece, record);
-        }
         st.poke_all();
     }
 }
@@ -1052,11 +989,6 @@ fn save_resume(shared: &Arc<Shared>) {
     });
 }
 
-fn save_resume_now(shared: &Shared) {
-    let have = shared.lock().have.clone();
-    write_resume(shared, &have);
-}
-
 fn write_resume(shared: &Shared, have: &Bitfield) {
     let Some(path) = &shared.config.resume else {
         return;
@@ -1078,7 +1010,7 @@ async fn announce(shared: Arc<Shared>) {
         return;
     }
     let config = tracker::TrackerConfig {
-        local_address: shared.config.bind,
+        local_address: shared.engine.bind,
         ..tracker::TrackerConfig::default()
     };
     let client = match tracker::TrackerClient::new(config) {
@@ -1095,10 +1027,10 @@ async fn announce(shared: Arc<Shared>) {
         let st = shared.lock();
         tracker::AnnounceParams {
             info_hash: shared.info_hash,
-            peer_id: shared.peer_id,
-            port: shared.port,
-            uploaded: shared.uploaded.load(Ordering::Relaxed),
-            downloaded: shared.downloaded.load(Ordering::Relaxed),
+            peer_id: shared.engine.peer_id,
+            port: shared.engine.port,
+            uploaded: shared.totals.up.load(Ordering::Relaxed),
+            downloaded: shared.totals.down.load(Ordering::Relaxed),
             left: st.left,
             event,
             numwant: 50,
@@ -1169,4 +1101,51 @@ async fn announce(shared: Arc<Shared>) {
         list.announce(&params(tracker::Event::Stopped)),
     )
     .await;
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A torrent of `pieces` pieces of 32 KiB (two blocks each; the last
+    /// one shorter), all verified when `complete`, nothing otherwise.
+    pub(crate) fn test_state(pieces: usize, complete: bool) -> State {
+        let len = pieces * 32 * 1024 - 1000;
+        let (info, _) = crate::storage::tests::torrent(&[("", len)], 32 * 1024);
+        let mut have = Bitfield::new(info.piece_count());
+        if complete {
+            (0..pieces).for_each(|i| {
+                have.set(i);
+            });
+        }
+        State::new(info, have, None, 4, false)
+    }
+
+    /// Registers a peer in `st` as `Shared::register` would; returns its
+    /// key and the receiving end of its command channel.
+    pub(crate) fn add_peer(st: &mut State, n: u8) -> (PeerKey, mpsc::UnboundedReceiver<Cmd>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let key = st.next_key;
+        st.next_key += 1;
+        st.peers.insert(
+            key,
+            PeerEntry {
+                addr: ([10, 0, 0, n], 6881).into(),
+                peer_id: [n; 20],
+                tx,
+                counters: Arc::default(),
+                poked: Arc::default(),
+                client: None,
+                connected_at: Instant::now(),
+                outgoing: false,
+                interested: false,
+                seed: false,
+                pieces: 0,
+                dialed: None,
+                down: RateMeter::default(),
+                up: RateMeter::default(),
+            },
+        );
+        (key, rx)
+    }
 }

@@ -1,0 +1,852 @@
+//! One peer connection's protocol state machine, without I/O (the shape of
+//! quinn-proto's `Connection`): decoded messages, commands from the
+//! torrent and the time go in; encoded messages to send, blocks to write
+//! and changes to the torrent's [`State`] come out. [`crate::peer`] is the
+//! transport that moves the bytes.
+//!
+//! It speaks BEP 3, the fast extension (BEP 6) and the extension protocol
+//! (BEP 10) when both sides set their reserved bits:
+//! - first message: `have_all` / `have_none` / `bitfield` (fast), or a
+//!   bitfield when there is anything in it; then our extended handshake
+//!   (`v`, `p`, `reqq`, `yourip`, `metadata_size`) and our allowed-fast set;
+//! - every request is answered: a block, or with the fast extension a
+//!   `reject_request` (choked and not allowed fast, over our queue limit,
+//!   a piece we do not have). Without the fast extension a request while
+//!   choked is dropped (BEP 3: a choke discards requests, and the peer
+//!   knows), and one over the limit or for a piece we do not have ends
+//!   the connection with a logged reason: a peer is never left waiting for
+//!   a block we decided not to send;
+//! - on the downloading side, with the fast extension a choke keeps our
+//!   requests (each is answered by a piece or a reject; a reject releases
+//!   the block at once), and the peer's allowed-fast pieces are requested
+//!   while it chokes us.
+
+use std::collections::{HashSet, VecDeque};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::Notify;
+use torrent_format::{Info, InfoHash};
+
+use crate::extension::{self, ExtHandshake};
+use crate::fast;
+use crate::initial::{self, Initial};
+use crate::picker::{PeerKey, Received};
+use crate::session::{Cmd, Ident, PeerCounters, State};
+use crate::wire::{Bitfield, BitfieldError, BlockRef, Features, Message, WireError, MAX_BLOCK};
+
+/// Close a connection that sent nothing (not even a keep-alive) this long.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(150);
+/// Most requests from a peer queued for upload, advertised as `reqq`
+/// (libtorrent's `max_allowed_in_request_queue` is 2000 too). A queued
+/// request is 12 bytes; the blocks are read from disk a few at a time.
+pub const MAX_UPLOAD_QUEUE: usize = 2000;
+/// Blocks cancelled or given up on, whose late arrival is forgiven.
+const MAX_FORGIVEN: usize = 2048;
+
+/// Why a connection ends.
+#[derive(Debug, thiserror::Error)]
+pub enum Close {
+    #[error("protocol error: {0}")]
+    Wire(#[from] WireError),
+    #[error("{0}")]
+    Violation(#[from] Violation),
+    #[error("both sides are seeds")]
+    BothSeeds,
+    #[error("idle too long")]
+    Idle,
+    #[error("banned: {0}")]
+    Banned(&'static str),
+    #[error("{0}")]
+    Torrent(&'static str),
+}
+
+/// A rule of the protocol the peer broke.
+#[derive(Debug, thiserror::Error)]
+pub enum Violation {
+    #[error("bad bitfield: {0}")]
+    Bitfield(#[from] BitfieldError),
+    #[error("'have' for piece {0}, which does not exist")]
+    HaveOutOfRange(u32),
+    #[error("'have all'/'have none' after other piece messages")]
+    LateHaveAll,
+    #[error("asked for {} bytes at {} of piece {}, which is out of range", .0.length, .0.offset, .0.index)]
+    RequestOutOfRange(BlockRef),
+    #[error("asked for piece {0}, which we do not have (and no fast extension to reject it)")]
+    RequestUnavailable(u32),
+    #[error("more than {MAX_UPLOAD_QUEUE} requests queued (and no fast extension to reject them)")]
+    TooManyRequests,
+    #[error("sent {} bytes at {} of piece {}, which we did not ask for", .0.length, .0.offset, .0.index)]
+    Unrequested(BlockRef),
+    #[error("rejected a request for {} bytes at {} of piece {}, which we never made", .0.length, .0.offset, .0.index)]
+    UnrequestedReject(BlockRef),
+    #[error("{0}")]
+    ExtHandshake(#[from] extension::ExtError),
+}
+
+/// A received block to hand to the disk.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Write {
+    pub piece: u32,
+    pub offset: u32,
+    pub data: Vec<u8>,
+    /// The piece's last block: verify it after writing.
+    pub last: bool,
+    /// Report per-block digests with the verdict (smart ban).
+    pub digests: bool,
+}
+
+/// Blocks a peer asked for, waiting to be read and sent (shared with the
+/// transport's writer, which takes them in batches).
+#[derive(Default)]
+pub struct UploadQueue {
+    queue: Mutex<VecDeque<BlockRef>>,
+    pub ready: Notify,
+}
+
+impl UploadQueue {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, VecDeque<BlockRef>> {
+        self.queue.lock().unwrap_or_else(|e| e.into_inner())
+    }
+    pub fn is_empty(&self) -> bool {
+        self.lock().is_empty()
+    }
+    /// Takes up to `n` blocks from the front.
+    pub fn take(&self, n: usize) -> Vec<BlockRef> {
+        let mut q = self.lock();
+        let n = n.min(q.len());
+        q.drain(..n).collect()
+    }
+}
+
+/// What a connection is told at its start.
+pub struct Setup {
+    pub key: PeerKey,
+    pub ident: Ident,
+    pub info: Arc<Info>,
+    pub info_hash: InfoHash,
+    /// Both sides set the bit.
+    pub features: Features,
+    /// Our listening port, for the extended handshake.
+    pub port: u16,
+    pub counters: Arc<PeerCounters>,
+    /// The torrent's totals.
+    pub totals: Arc<PeerCounters>,
+    pub poked: Arc<std::sync::atomic::AtomicBool>,
+    pub snub_after: Duration,
+    pub initial_seeding: bool,
+}
+
+/// One connection's protocol state.
+pub struct Connection {
+    key: PeerKey,
+    ident: Ident,
+    info: Arc<Info>,
+    info_hash: InfoHash,
+    fast: bool,
+    extended: bool,
+    port: u16,
+    /// What the peer has.
+    bitfield: Bitfield,
+    got_bitfield: bool,
+    peer_choking: bool,
+    am_interested: bool,
+    am_choking: bool,
+    /// Requests sent and not yet answered.
+    inflight: Vec<BlockRef>,
+    /// Blocks cancelled or given up on: forgiven if they still arrive (or
+    /// are rejected).
+    forgiven: HashSet<BlockRef>,
+    last_block: Instant,
+    last_recv: Instant,
+    snubbed: bool,
+    snub_after: Duration,
+    /// Encoded messages not yet handed to the transport.
+    out: Vec<u8>,
+    uploads: Arc<UploadQueue>,
+    counters: Arc<PeerCounters>,
+    totals: Arc<PeerCounters>,
+    poked: Arc<std::sync::atomic::AtomicBool>,
+    /// How many of its pieces we lack (we are interested while > 0).
+    lacking: usize,
+    initial: Option<Initial>,
+    /// Pieces it may get from us while we choke it (fast extension).
+    allowed_out: Vec<u32>,
+    /// Pieces we may get from it while it chokes us.
+    allowed_in: Vec<u32>,
+    /// Most requests it queues (its `reqq`).
+    peer_reqq: usize,
+    /// Its extended handshake, once received.
+    ext: Option<ExtHandshake>,
+}
+
+impl Connection {
+    pub fn new(s: Setup, now: Instant) -> Connection {
+        let pieces = s.info.piece_count();
+        Connection {
+            key: s.key,
+            ident: s.ident,
+            info_hash: s.info_hash,
+            fast: s.features.fast,
+            extended: s.features.extended,
+            port: s.port,
+            bitfield: Bitfield::new(pieces),
+            got_bitfield: false,
+            peer_choking: true,
+            am_interested: false,
+            am_choking: true,
+            inflight: Vec::new(),
+            forgiven: HashSet::new(),
+            last_block: now,
+            last_recv: now,
+            snubbed: false,
+            snub_after: s.snub_after,
+            out: Vec::new(),
+            uploads: Arc::new(UploadQueue::default()),
+            counters: s.counters,
+            totals: s.totals,
+            poked: s.poked,
+            lacking: 0,
+            initial: s.initial_seeding.then(|| Initial::new(s.features.fast)),
+            allowed_out: Vec::new(),
+            allowed_in: Vec::new(),
+            peer_reqq: extension::DEFAULT_REQQ,
+            ext: None,
+            info: s.info,
+        }
+    }
+
+    pub fn key(&self) -> PeerKey {
+        self.key
+    }
+    pub fn bitfield(&self) -> &Bitfield {
+        &self.bitfield
+    }
+    pub fn uploads(&self) -> &Arc<UploadQueue> {
+        &self.uploads
+    }
+    /// The peer's extended handshake, once it sent one.
+    #[cfg(test)]
+    pub fn ext(&self) -> Option<&ExtHandshake> {
+        self.ext.as_ref()
+    }
+    #[cfg(test)]
+    pub fn inflight(&self) -> &[BlockRef] {
+        &self.inflight
+    }
+
+    /// Encoded messages to send, taken.
+    pub fn take_output(&mut self) -> Vec<u8> {
+        std::mem::take(&mut self.out)
+    }
+
+    fn send(&mut self, m: &Message) {
+        m.encode(&mut self.out);
+    }
+
+    /// What goes out right after the handshake.
+    pub fn start(&mut self, st: &mut State, now: Instant) {
+        if let Some(init) = &mut self.initial {
+            if self.fast {
+                Message::HaveNone.encode(&mut self.out);
+            }
+            init.start(&mut initial::Ctx {
+                st,
+                has: &self.bitfield,
+                out: &mut self.out,
+                now,
+            });
+        } else if self.fast && st.have.is_complete() {
+            self.send(&Message::HaveAll);
+        } else if self.fast && st.have.count() == 0 {
+            self.send(&Message::HaveNone);
+        } else if st.have.count() > 0 {
+            self.send(&Message::Bitfield(st.have.as_bytes().to_vec()));
+        }
+        if self.extended {
+            let h = ExtHandshake {
+                client: Some(extension::our_client_name()),
+                port: Some(self.port).filter(|&p| p != 0),
+                reqq: Some(MAX_UPLOAD_QUEUE),
+                your_ip: Some(self.ident.addr.ip()),
+                metadata_size: Some(self.info.raw_bytes().len() as u64),
+                ..ExtHandshake::default()
+            };
+            self.send(&Message::Extended(extension::HANDSHAKE_ID, h.encode()));
+        }
+        if self.fast && self.initial.is_none() {
+            self.allowed_out = fast::allowed_fast_set(
+                self.ident.addr.ip(),
+                &self.info_hash,
+                self.info.piece_count() as u32,
+                fast::ALLOWED_FAST,
+            );
+            for p in self.allowed_out.clone() {
+                if st.have.get(p as usize) {
+                    self.send(&Message::AllowedFast(p));
+                }
+            }
+        }
+    }
+
+    /// Bytes arrived (any: the idle clock restarts).
+    pub fn received_bytes(&mut self, now: Instant) {
+        self.last_recv = now;
+    }
+
+    /// A decoded message from the peer. A `piece` returns the block to
+    /// write; the caller holds room for it in the disk's queue.
+    pub fn handle(
+        &mut self,
+        m: Message,
+        now: Instant,
+        st: &mut State,
+    ) -> Result<Option<Write>, Close> {
+        match m {
+            Message::KeepAlive => {}
+            Message::Choke if self.peer_choking => {}
+            Message::Choke => {
+                self.peer_choking = true;
+                // Without the fast extension a choke drops our requests;
+                // with it, each is still answered (a piece or a reject).
+                if !self.fast {
+                    self.release_all(st);
+                }
+            }
+            Message::Unchoke => {
+                self.peer_choking = false;
+                self.request_more(st, now);
+            }
+            Message::Interested => st.set_interested(self.key, true),
+            Message::NotInterested => st.set_interested(self.key, false),
+            Message::Have(piece) => self.have(piece, now, st)?,
+            Message::Bitfield(bytes) => {
+                let bits =
+                    Bitfield::from_bytes(&bytes, self.bitfield.len()).map_err(Violation::from)?;
+                if self.got_bitfield || self.bitfield.count() > 0 {
+                    // BEP 3 allows it only first, but aria2 sends a whole
+                    // bitfield later instead of several 'have's: take the
+                    // new bits as 'have's.
+                    let new: Vec<u32> = (0..bits.len())
+                        .filter(|&i| bits.get(i) && !self.bitfield.get(i))
+                        .map(|i| i as u32)
+                        .collect();
+                    for piece in new {
+                        self.have(piece, now, st)?;
+                    }
+                } else {
+                    self.set_bitfield(bits, now, st)?;
+                }
+            }
+            Message::HaveAll | Message::HaveNone
+                if self.got_bitfield || self.bitfield.count() > 0 =>
+            {
+                return Err(Violation::LateHaveAll.into());
+            }
+            Message::HaveAll => {
+                let mut all = Bitfield::new(self.bitfield.len());
+                (0..all.len()).for_each(|i| {
+                    all.set(i);
+                });
+                self.set_bitfield(all, now, st)?;
+            }
+            Message::HaveNone => self.got_bitfield = true,
+            Message::Request(b) => self.requested(b, st)?,
+            Message::Cancel(b) => {
+                let mut q = self.uploads.lock();
+                if let Some(i) = q.iter().position(|x| *x == b) {
+                    q.remove(i);
+                    drop(q);
+                    // Fast extension: even a cancelled request is answered.
+                    if self.fast {
+                        self.send(&Message::RejectRequest(b));
+                    }
+                }
+            }
+            Message::Piece {
+                index,
+                offset,
+                data,
+            } => return self.piece(index, offset, data, now, st),
+            Message::RejectRequest(b) => self.rejected(b, now, st)?,
+            Message::AllowedFast(piece) => {
+                // Out of range, a duplicate, or past our bound: ignored.
+                if (piece as usize) < self.bitfield.len()
+                    && !self.allowed_in.contains(&piece)
+                    && self.allowed_in.len() < fast::MAX_ALLOWED_FAST_IN
+                {
+                    self.allowed_in.push(piece);
+                    if self.peer_choking {
+                        self.request_more(st, now);
+                    }
+                }
+            }
+            // Advice only; the picker's order stands.
+            Message::SuggestPiece(_) => {}
+            Message::Extended(extension::HANDSHAKE_ID, payload) => {
+                let h = ExtHandshake::decode(&payload).map_err(Violation::from)?;
+                self.peer_reqq = h.reqq.unwrap_or(extension::DEFAULT_REQQ);
+                tracing::debug!(
+                    "{}: extended handshake: {} (reqq {}, extensions {:?})",
+                    self.ident.addr,
+                    h.client.as_deref().unwrap_or("no name"),
+                    self.peer_reqq,
+                    h.extensions.keys().collect::<Vec<_>>()
+                );
+                if let Some(name) = &h.client {
+                    if let Some(p) = st.peers.get_mut(&self.key) {
+                        p.client = Some(name.clone());
+                    }
+                }
+                self.ext = Some(h);
+            }
+            // Extensions we did not offer (none yet besides the handshake),
+            // the DHT port and unknown ids: ignored.
+            Message::Extended(..) | Message::Port(_) | Message::Unknown(_) => {}
+        }
+        Ok(None)
+    }
+
+    /// A command from the torrent.
+    pub fn command(&mut self, cmd: Cmd, now: Instant, st: &mut State) -> Result<(), Close> {
+        match cmd {
+            Cmd::Have(piece) => {
+                // Even to a peer that has it: an initial seeder learns from
+                // these who holds what (libtorrent and Transmission send
+                // them too).
+                self.send(&Message::Have(piece));
+                if self.fast && self.allowed_out.contains(&piece) {
+                    self.send(&Message::AllowedFast(piece));
+                }
+                if st.is_complete() && self.bitfield.is_complete() {
+                    return Err(Close::BothSeeds);
+                }
+                if self.bitfield.get(piece as usize) {
+                    self.lacking = self.lacking.saturating_sub(1);
+                    if self.lacking == 0 {
+                        // The count can drift when its 'have' and our
+                        // verdict cross; a full count settles it.
+                        self.lacking = self.count_lacking(st);
+                    }
+                    self.update_interest();
+                }
+            }
+            Cmd::Choke => {
+                if !self.am_choking {
+                    self.am_choking = true;
+                    self.send(&Message::Choke);
+                    let dropped: Vec<BlockRef> = {
+                        let allowed = &self.allowed_out;
+                        let fast = self.fast;
+                        let mut q = self.uploads.lock();
+                        let (keep, drop): (VecDeque<BlockRef>, VecDeque<BlockRef>) = q
+                            .drain(..)
+                            .partition(|b| fast && allowed.contains(&b.index));
+                        *q = keep;
+                        drop.into()
+                    };
+                    if self.fast {
+                        for b in dropped {
+                            self.send(&Message::RejectRequest(b));
+                        }
+                    }
+                }
+            }
+            Cmd::Unchoke => {
+                if self.am_choking {
+                    self.am_choking = false;
+                    self.send(&Message::Unchoke);
+                }
+            }
+            Cmd::Cancel(b) => {
+                if let Some(i) = self.inflight.iter().position(|x| *x == b) {
+                    self.inflight.swap_remove(i);
+                    self.forgive([b]);
+                    self.send(&Message::Cancel(b));
+                }
+            }
+            Cmd::Poke => {
+                self.poked.store(false, Ordering::Relaxed);
+                self.update_interest();
+                self.request_more(st, now);
+            }
+            Cmd::Close(why) => return Err(Close::Banned(why)),
+            Cmd::Spread(piece) => {
+                if let Some(init) = &mut self.initial {
+                    init.spread(
+                        &mut initial::Ctx {
+                            st,
+                            has: &self.bitfield,
+                            out: &mut self.out,
+                            now,
+                        },
+                        piece,
+                    );
+                }
+            }
+            Cmd::SpreadAll(bits) => {
+                if let Some(init) = &mut self.initial {
+                    init.spread_all(
+                        &mut initial::Ctx {
+                            st,
+                            has: &self.bitfield,
+                            out: &mut self.out,
+                            now,
+                        },
+                        &bits,
+                    );
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Time passed (called about once a second).
+    pub fn tick(&mut self, now: Instant, st: &mut State) -> Result<(), Close> {
+        if now.duration_since(self.last_recv) > IDLE_TIMEOUT {
+            return Err(Close::Idle);
+        }
+        if !self.inflight.is_empty()
+            && !self.snubbed
+            && now.duration_since(self.last_block) > self.snub_after
+        {
+            // Snubbed: its requests go back to the pool for others.
+            tracing::debug!(
+                "{}: snubbed, releasing {} requests",
+                self.ident.addr,
+                self.inflight.len()
+            );
+            self.snubbed = true;
+            self.release_all(st);
+        }
+        if let Some(init) = &mut self.initial {
+            let sent_all = self.uploads.is_empty();
+            init.tick(
+                &mut initial::Ctx {
+                    st,
+                    has: &self.bitfield,
+                    out: &mut self.out,
+                    now,
+                },
+                sent_all,
+            );
+        }
+        Ok(())
+    }
+
+    /// The connection ended: its requests and offers go back to the
+    /// torrent. (The torrent's own bookkeeping is `Shared::unregister`.)
+    pub fn closed(&mut self, st: &mut State) {
+        if let Some(init) = &mut self.initial {
+            init.withdraw(st);
+        }
+        for b in std::mem::take(&mut self.inflight) {
+            st.picker.release(self.key, b);
+        }
+    }
+
+    fn count_lacking(&self, st: &State) -> usize {
+        let ours = st.picker.have();
+        (0..self.bitfield.len())
+            .filter(|&i| self.bitfield.get(i) && !ours.get(i))
+            .count()
+    }
+
+    fn forgive(&mut self, blocks: impl IntoIterator<Item = BlockRef>) {
+        for b in blocks {
+            if self.forgiven.len() >= MAX_FORGIVEN {
+                self.forgiven.clear();
+            }
+            self.forgiven.insert(b);
+        }
+    }
+
+    fn release_all(&mut self, st: &mut State) {
+        let blocks = std::mem::take(&mut self.inflight);
+        if blocks.is_empty() {
+            return;
+        }
+        for b in &blocks {
+            st.picker.release(self.key, *b);
+        }
+        st.poke_all();
+        self.forgive(blocks);
+    }
+
+    /// Says `interested` / `not interested` when that changed.
+    fn update_interest(&mut self) {
+        let want = self.lacking > 0;
+        if want != self.am_interested {
+            self.am_interested = want;
+            self.send(if want {
+                &Message::Interested
+            } else {
+                &Message::NotInterested
+            });
+        }
+    }
+
+    /// Tops up the request pipeline: anything it has while it unchokes
+    /// us, only its allowed-fast pieces while it chokes us.
+    fn request_more(&mut self, st: &mut State, now: Instant) {
+        if !self.am_interested {
+            return;
+        }
+        let only_fast = self.peer_choking;
+        if only_fast && (!self.fast || self.allowed_in.is_empty()) {
+            return;
+        }
+        let depth = if self.snubbed {
+            1
+        } else {
+            st.queue_depth(self.key)
+        }
+        .min(self.peer_reqq);
+        let room = depth.saturating_sub(self.inflight.len());
+        // Ask in batches, not one block per block received.
+        if room == 0 || (room < depth / 4 && !self.inflight.is_empty()) {
+            return;
+        }
+        let restricted;
+        let from = if only_fast {
+            let mut b = Bitfield::new(self.bitfield.len());
+            for &p in &self.allowed_in {
+                if self.bitfield.get(p as usize) {
+                    b.set(p as usize);
+                }
+            }
+            restricted = b;
+            &restricted
+        } else {
+            &self.bitfield
+        };
+        let st = &mut *st;
+        let blocks = st.picker.pick(self.key, from, room, &mut st.rng);
+        if self.inflight.is_empty() && !blocks.is_empty() {
+            // The snub clock starts with the first request, not with the
+            // last block (which may be long ago if it kept us choked).
+            self.last_block = now;
+        }
+        for b in blocks {
+            self.inflight.push(b);
+            self.send(&Message::Request(b));
+        }
+    }
+
+    fn peer_got(&mut self, st: &mut State) {
+        let pieces = self.bitfield.count();
+        let seed = pieces == self.bitfield.len();
+        if let Some(p) = st.peers.get_mut(&self.key) {
+            p.pieces = pieces;
+            p.seed = seed;
+        }
+    }
+
+    /// Initial seeding: tell the other connections that `piece` spread.
+    fn announce_spread(&self, st: &State, piece: u32) {
+        if !(st.initial_seeding && st.is_complete()) {
+            return;
+        }
+        for (&k, p) in &st.peers {
+            if k != self.key {
+                let _ = p.tx.send(Cmd::Spread(piece));
+            }
+        }
+    }
+
+    /// The peer announced a piece.
+    fn have(&mut self, piece: u32, now: Instant, st: &mut State) -> Result<(), Close> {
+        if piece as usize >= self.bitfield.len() {
+            return Err(Violation::HaveOutOfRange(piece).into());
+        }
+        if self.bitfield.get(piece as usize) {
+            // Already known (e.g. after 'have all'): nothing changes.
+            return Ok(());
+        }
+        self.bitfield.set(piece as usize);
+        st.picker.peer_has(piece);
+        if !st.picker.have().get(piece as usize) {
+            self.lacking += 1;
+        }
+        self.peer_got(st);
+        if let Some(init) = &mut self.initial {
+            init.peer_has(
+                &mut initial::Ctx {
+                    st,
+                    has: &self.bitfield,
+                    out: &mut self.out,
+                    now,
+                },
+                piece,
+            );
+        }
+        if st.is_complete() && self.bitfield.is_complete() {
+            return Err(Close::BothSeeds);
+        }
+        self.announce_spread(st, piece);
+        self.update_interest();
+        self.request_more(st, now);
+        Ok(())
+    }
+
+    fn set_bitfield(&mut self, bits: Bitfield, now: Instant, st: &mut State) -> Result<(), Close> {
+        self.got_bitfield = true;
+        st.picker.add_peer(&bits);
+        self.bitfield = bits;
+        self.lacking = self.count_lacking(st);
+        self.peer_got(st);
+        if st.is_complete() && self.bitfield.is_complete() {
+            return Err(Close::BothSeeds);
+        }
+        self.update_interest();
+        if st.initial_seeding && st.is_complete() {
+            // One message per connection, whatever the piece count.
+            let bits = Arc::new(self.bitfield.clone());
+            for (&k, p) in &st.peers {
+                if k != self.key {
+                    let _ = p.tx.send(Cmd::SpreadAll(bits.clone()));
+                }
+            }
+            // Offered pieces it turns out to have are replaced.
+            if let Some(init) = &mut self.initial {
+                init.spread_all(
+                    &mut initial::Ctx {
+                        st,
+                        has: &self.bitfield,
+                        out: &mut self.out,
+                        now,
+                    },
+                    &bits,
+                );
+            }
+        }
+        // Allowed-fast pieces may be requested before any unchoke.
+        if self.peer_choking {
+            self.request_more(st, now);
+        }
+        Ok(())
+    }
+
+    /// A request we will not serve: rejected with the fast extension;
+    /// without it, `otherwise` ends the connection (None: dropped, which
+    /// BEP 3 allows only while we choke the peer).
+    fn refuse(&mut self, b: BlockRef, otherwise: Option<Violation>) -> Result<(), Close> {
+        if self.fast {
+            self.send(&Message::RejectRequest(b));
+            return Ok(());
+        }
+        match otherwise {
+            Some(v) => Err(v.into()),
+            None => Ok(()),
+        }
+    }
+
+    fn requested(&mut self, b: BlockRef, st: &mut State) -> Result<(), Close> {
+        let info = &self.info;
+        if b.index as usize >= info.piece_count()
+            || b.length == 0
+            || b.length > MAX_BLOCK
+            || u64::from(b.offset) + u64::from(b.length) > info.piece_size(b.index as usize)
+        {
+            return Err(Violation::RequestOutOfRange(b).into());
+        }
+        let offered = match &self.initial {
+            // Only what we offered; anything else it cannot know we have.
+            Some(init) => init.allows(b.index),
+            None => st.have.get(b.index as usize),
+        };
+        if !offered {
+            return self.refuse(b, Some(Violation::RequestUnavailable(b.index)));
+        }
+        if self.am_choking && !(self.fast && self.allowed_out.contains(&b.index)) {
+            // Without the fast extension a request while choked is simply
+            // dropped (it may have crossed our choke on the wire).
+            return self.refuse(b, None);
+        }
+        let mut q = self.uploads.lock();
+        if q.len() >= MAX_UPLOAD_QUEUE {
+            drop(q);
+            return self.refuse(b, Some(Violation::TooManyRequests));
+        }
+        q.push_back(b);
+        drop(q);
+        self.uploads.ready.notify_one();
+        if let Some(init) = &mut self.initial {
+            init.requested(b.index, u64::from(b.length));
+        }
+        Ok(())
+    }
+
+    fn rejected(&mut self, b: BlockRef, now: Instant, st: &mut State) -> Result<(), Close> {
+        if let Some(i) = self.inflight.iter().position(|x| *x == b) {
+            self.inflight.swap_remove(i);
+            st.picker.release(self.key, b);
+            // Others may take it; this peer is asked again only later.
+            st.poke_all();
+            self.forgive([b]);
+            if !self.peer_choking {
+                self.request_more(st, now);
+            }
+            Ok(())
+        } else if self.forgiven.remove(&b) {
+            Ok(())
+        } else {
+            Err(Violation::UnrequestedReject(b).into())
+        }
+    }
+
+    fn piece(
+        &mut self,
+        index: u32,
+        offset: u32,
+        data: Vec<u8>,
+        now: Instant,
+        st: &mut State,
+    ) -> Result<Option<Write>, Close> {
+        let b = BlockRef {
+            index,
+            offset,
+            length: data.len() as u32,
+        };
+        if let Some(i) = self.inflight.iter().position(|x| *x == b) {
+            self.inflight.swap_remove(i);
+        } else if self.forgiven.remove(&b) {
+            return Ok(None);
+        } else {
+            return Err(Violation::Unrequested(b).into());
+        }
+        let len = u64::from(b.length);
+        self.last_block = now;
+        self.snubbed = false;
+        self.counters.down.fetch_add(len, Ordering::Relaxed);
+        self.totals.down.fetch_add(len, Ordering::Relaxed);
+        let (cancel, last) = match st.picker.received(self.key, b) {
+            Received::Unexpected => {
+                self.request_more(st, now);
+                return Ok(None);
+            }
+            Received::Block { cancel } => (cancel, false),
+            Received::PieceDone { cancel } => (cancel, true),
+        };
+        for k in cancel {
+            if let Some(p) = st.peers.get(&k) {
+                let _ = p.tx.send(Cmd::Cancel(b));
+            }
+        }
+        let size = self.info.piece_size(index as usize);
+        st.smart.record(index, offset, size, self.ident);
+        let digests = last && st.smart.wants_digests(index);
+        self.request_more(st, now);
+        Ok(Some(Write {
+            piece: index,
+            offset,
+            data,
+            last,
+            digests,
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests;

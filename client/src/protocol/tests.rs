@@ -1,0 +1,646 @@
+//! The protocol state machine alone: no sockets, time passed in by hand.
+
+use super::*;
+use crate::session::tests::{add_peer, test_state};
+use crate::wire::BLOCK;
+
+/// Pieces of the test torrent (32 KiB each: two blocks).
+const PIECES: usize = 40;
+
+struct T {
+    st: State,
+    conn: Connection,
+    now: Instant,
+    /// The connection's own command channel (commands the torrent sent
+    /// it, e.g. an unchoke from the choker).
+    rx: tokio::sync::mpsc::UnboundedReceiver<Cmd>,
+}
+
+fn features(fast: bool, extended: bool) -> Features {
+    Features {
+        dht: false,
+        fast,
+        extended,
+    }
+}
+
+impl T {
+    /// A connection to peer 10.0.0.9 on a torrent we have completely or
+    /// not at all.
+    fn new(complete: bool, f: Features) -> T {
+        T::with(test_state(PIECES, complete), f, false)
+    }
+
+    fn with(mut st: State, f: Features, initial_seeding: bool) -> T {
+        let (key, rx) = add_peer(&mut st, 9);
+        let now = Instant::now();
+        let info = st.info.clone();
+        let mut conn = Connection::new(
+            Setup {
+                key,
+                ident: Ident {
+                    peer_id: [9; 20],
+                    addr: ([10, 0, 0, 9], 6881).into(),
+                },
+                info_hash: info.info_hash(),
+                info,
+                features: f,
+                port: 6881,
+                counters: Arc::default(),
+                totals: Arc::default(),
+                poked: Arc::default(),
+                snub_after: Duration::from_secs(60),
+                initial_seeding,
+            },
+            now,
+        );
+        conn.start(&mut st, now);
+        T { st, conn, now, rx }
+    }
+
+    fn out(&mut self) -> Vec<Message> {
+        let bytes = self.conn.take_output();
+        let mut b = bytes.as_slice();
+        let mut v = Vec::new();
+        while let Some((m, n)) = Message::decode(b).unwrap() {
+            v.push(m);
+            b = &b[n..];
+        }
+        assert!(b.is_empty());
+        v
+    }
+
+    fn recv(&mut self, m: Message) -> Result<Option<Write>, Close> {
+        self.conn.handle(m, self.now, &mut self.st)
+    }
+
+    fn cmd(&mut self, c: Cmd) -> Result<(), Close> {
+        self.conn.command(c, self.now, &mut self.st)
+    }
+
+    fn pass(&mut self, d: Duration) -> Result<(), Close> {
+        self.now += d;
+        self.conn.tick(self.now, &mut self.st)
+    }
+
+    fn queued(&self) -> Vec<BlockRef> {
+        self.conn.uploads().lock().iter().copied().collect()
+    }
+
+    /// The peer has every piece and unchokes us; returns our requests.
+    fn seeded_and_unchoked(&mut self) -> Vec<BlockRef> {
+        self.recv(Message::HaveAll).unwrap();
+        self.recv(Message::Unchoke).unwrap();
+        requests(&self.out())
+    }
+}
+
+fn block(index: u32, n: u32) -> BlockRef {
+    BlockRef {
+        index,
+        offset: n * BLOCK,
+        length: BLOCK,
+    }
+}
+
+fn requests(msgs: &[Message]) -> Vec<BlockRef> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            Message::Request(b) => Some(*b),
+            _ => None,
+        })
+        .collect()
+}
+
+fn rejects(msgs: &[Message]) -> Vec<BlockRef> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            Message::RejectRequest(b) => Some(*b),
+            _ => None,
+        })
+        .collect()
+}
+
+fn piece(b: BlockRef) -> Message {
+    Message::Piece {
+        index: b.index,
+        offset: b.offset,
+        data: vec![7; b.length as usize],
+    }
+}
+
+fn ext_handshake(msgs: &[Message]) -> ExtHandshake {
+    let Some(Message::Extended(0, payload)) =
+        msgs.iter().find(|m| matches!(m, Message::Extended(0, _)))
+    else {
+        panic!("no extended handshake in {msgs:?}");
+    };
+    ExtHandshake::decode(payload).unwrap()
+}
+
+// ---- What goes out first ----------------------------------------------
+
+#[test]
+fn a_fast_seed_sends_have_all_its_extended_handshake_and_allowed_fast() {
+    let mut t = T::new(true, features(true, true));
+    let msgs = t.out();
+    assert_eq!(msgs[0], Message::HaveAll);
+    let h = ext_handshake(&msgs);
+    assert!(h.client.unwrap().starts_with("shoal/"));
+    assert_eq!(h.reqq, Some(MAX_UPLOAD_QUEUE));
+    assert_eq!(h.port, Some(6881));
+    assert_eq!(h.your_ip, Some("10.0.0.9".parse().unwrap()));
+    assert_eq!(h.metadata_size, Some(t.st.info.raw_bytes().len() as u64));
+    let allowed: Vec<u32> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            Message::AllowedFast(p) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    let expected = fast::allowed_fast_set(
+        "10.0.0.9".parse().unwrap(),
+        &t.st.info.info_hash(),
+        PIECES as u32,
+        fast::ALLOWED_FAST,
+    );
+    assert_eq!(allowed, expected);
+}
+
+#[test]
+fn first_messages_follow_what_we_have_and_what_was_negotiated() {
+    // Fast, nothing yet: have_none, and no allowed-fast for pieces we lack.
+    let mut t = T::new(false, features(true, false));
+    assert_eq!(t.out(), [Message::HaveNone]);
+    // No fast: a bitfield only when something is in it.
+    let mut t = T::new(false, features(false, false));
+    assert!(t.out().is_empty());
+    let mut st = test_state(PIECES, false);
+    st.have.set(3);
+    let mut t = T::with(st, features(false, true), false);
+    let msgs = t.out();
+    assert!(matches!(msgs[0], Message::Bitfield(_)));
+    assert_eq!(msgs.len(), 2, "bitfield and extended handshake: {msgs:?}");
+    // Fast with some pieces: a bitfield, then allowed-fast only for those.
+    let mut st = test_state(PIECES, false);
+    let set = fast::allowed_fast_set(
+        "10.0.0.9".parse().unwrap(),
+        &st.info.info_hash(),
+        PIECES as u32,
+        fast::ALLOWED_FAST,
+    );
+    st.have.set(set[0] as usize);
+    let mut t = T::with(st, features(true, false), false);
+    let msgs = t.out();
+    assert!(matches!(msgs[0], Message::Bitfield(_)));
+    assert_eq!(msgs[1..], [Message::AllowedFast(set[0])]);
+    // A piece of the set we verify later is allowed then.
+    t.cmd(Cmd::Have(set[1])).unwrap();
+    assert_eq!(
+        t.out(),
+        [Message::Have(set[1]), Message::AllowedFast(set[1])]
+    );
+}
+
+#[test]
+fn an_initial_seed_sends_have_none_then_offers_with_suggestions() {
+    let mut st = test_state(PIECES, true);
+    st.initial_seeding = true;
+    let mut t = T::with(st, features(true, true), true);
+    let msgs = t.out();
+    assert_eq!(msgs[0], Message::HaveNone);
+    let haves = msgs
+        .iter()
+        .filter(|m| matches!(m, Message::Have(_)))
+        .count();
+    let suggests = msgs
+        .iter()
+        .filter(|m| matches!(m, Message::SuggestPiece(_)))
+        .count();
+    assert_eq!((haves, suggests), (2, 2), "{msgs:?}");
+    assert!(
+        !msgs.iter().any(|m| matches!(m, Message::AllowedFast(_))),
+        "allowed-fast would reveal pieces"
+    );
+    // A piece it was not offered is rejected, an offered one queued.
+    let offered = msgs
+        .iter()
+        .find_map(|m| match m {
+            Message::Have(p) => Some(*p),
+            _ => None,
+        })
+        .unwrap();
+    t.cmd(Cmd::Unchoke).unwrap();
+    t.out();
+    let other = (0..PIECES as u32).find(|&p| !t.conn.initial.as_ref().unwrap().allows(p));
+    let other = other.unwrap();
+    t.recv(Message::Request(block(other, 0))).unwrap();
+    assert_eq!(rejects(&t.out()), [block(other, 0)]);
+    t.recv(Message::Request(block(offered, 0))).unwrap();
+    assert_eq!(t.queued(), [block(offered, 0)]);
+}
+
+// ---- Serving requests ---------------------------------------------------
+
+#[test]
+fn requests_while_choked_are_rejected_with_fast_and_dropped_without() {
+    let mut t = T::new(true, features(true, false));
+    t.out();
+    let set = t.conn.allowed_out.clone();
+    let not_fast = (0..PIECES as u32).find(|p| !set.contains(p)).unwrap();
+    t.recv(Message::Request(block(not_fast, 0))).unwrap();
+    assert_eq!(rejects(&t.out()), [block(not_fast, 0)]);
+    assert!(t.queued().is_empty());
+    // An allowed-fast piece is served while choked.
+    t.recv(Message::Request(block(set[0], 1))).unwrap();
+    assert!(t.out().is_empty());
+    assert_eq!(t.queued(), [block(set[0], 1)]);
+
+    let mut t = T::new(true, features(false, false));
+    t.out();
+    t.recv(Message::Request(block(not_fast, 0))).unwrap();
+    assert!(
+        t.out().is_empty(),
+        "BEP 3: dropped, the peer knows it is choked"
+    );
+    assert!(t.queued().is_empty());
+}
+
+#[test]
+fn requests_are_queued_up_to_the_limit_then_rejected_or_the_peer_dropped() {
+    for fast in [true, false] {
+        let mut t = T::new(true, features(fast, true));
+        t.cmd(Cmd::Unchoke).unwrap();
+        t.out();
+        let all: Vec<BlockRef> = (0..PIECES as u32)
+            .flat_map(|p| [block(p, 0), block(p, 1)])
+            .filter(|b| u64::from(b.offset + b.length) <= t.st.info.piece_size(b.index as usize))
+            .collect();
+        // Duplicates count too: a peer may ask again.
+        let mut sent = 0;
+        while sent < MAX_UPLOAD_QUEUE {
+            let b = all[sent % all.len()];
+            t.recv(Message::Request(b)).unwrap();
+            sent += 1;
+        }
+        assert_eq!(t.queued().len(), MAX_UPLOAD_QUEUE);
+        assert!(t.out().is_empty());
+        let over = t.recv(Message::Request(all[0]));
+        if fast {
+            over.unwrap();
+            assert_eq!(rejects(&t.out()), [all[0]]);
+        } else {
+            assert!(
+                matches!(over, Err(Close::Violation(Violation::TooManyRequests))),
+                "{over:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn requests_for_missing_or_impossible_blocks() {
+    let mut st = test_state(PIECES, false);
+    st.have.set(0);
+    let mut t = T::with(st, features(true, false), false);
+    t.cmd(Cmd::Unchoke).unwrap();
+    t.out();
+    t.recv(Message::Request(block(5, 0))).unwrap();
+    assert_eq!(rejects(&t.out()), [block(5, 0)]);
+    for bad in [
+        block(PIECES as u32, 0),
+        block(0, 2),
+        BlockRef {
+            index: 0,
+            offset: 0,
+            length: 0,
+        },
+        BlockRef {
+            index: 0,
+            offset: u32::MAX,
+            length: BLOCK,
+        },
+    ] {
+        let r = t.recv(Message::Request(bad));
+        assert!(
+            matches!(r, Err(Close::Violation(Violation::RequestOutOfRange(_)))),
+            "{bad:?}: {r:?}"
+        );
+    }
+    let mut st = test_state(PIECES, false);
+    st.have.set(0);
+    let mut t = T::with(st, features(false, false), false);
+    t.cmd(Cmd::Unchoke).unwrap();
+    let r = t.recv(Message::Request(block(5, 0)));
+    assert!(matches!(
+        r,
+        Err(Close::Violation(Violation::RequestUnavailable(5)))
+    ));
+}
+
+#[test]
+fn choking_rejects_queued_requests_with_fast_and_drops_them_without() {
+    let mut t = T::new(true, features(true, false));
+    t.out();
+    let set = t.conn.allowed_out.clone();
+    let other = (0..PIECES as u32).find(|p| !set.contains(p)).unwrap();
+    t.cmd(Cmd::Unchoke).unwrap();
+    t.recv(Message::Request(block(other, 0))).unwrap();
+    t.recv(Message::Request(block(set[0], 0))).unwrap();
+    t.out();
+    t.cmd(Cmd::Choke).unwrap();
+    let msgs = t.out();
+    assert_eq!(msgs[0], Message::Choke);
+    assert_eq!(rejects(&msgs), [block(other, 0)]);
+    assert_eq!(
+        t.queued(),
+        [block(set[0], 0)],
+        "allowed-fast survives a choke"
+    );
+
+    let mut t = T::new(true, features(false, false));
+    t.cmd(Cmd::Unchoke).unwrap();
+    t.recv(Message::Request(block(other, 0))).unwrap();
+    t.out();
+    t.cmd(Cmd::Choke).unwrap();
+    assert_eq!(t.out(), [Message::Choke]);
+    assert!(t.queued().is_empty());
+    // Choke and unchoke are said once each, however often asked.
+    t.cmd(Cmd::Choke).unwrap();
+    assert!(t.out().is_empty());
+}
+
+#[test]
+fn a_cancelled_request_is_rejected_with_fast() {
+    for fast in [true, false] {
+        let mut t = T::new(true, features(fast, false));
+        t.cmd(Cmd::Unchoke).unwrap();
+        t.recv(Message::Request(block(1, 0))).unwrap();
+        t.recv(Message::Request(block(2, 0))).unwrap();
+        t.out();
+        t.recv(Message::Cancel(block(1, 0))).unwrap();
+        assert_eq!(t.queued(), [block(2, 0)]);
+        let expect = if fast { vec![block(1, 0)] } else { vec![] };
+        assert_eq!(rejects(&t.out()), expect);
+        // A cancel for something not queued (already sent): nothing.
+        t.recv(Message::Cancel(block(9, 0))).unwrap();
+        assert!(t.out().is_empty());
+    }
+}
+
+// ---- Downloading ------------------------------------------------------
+
+#[test]
+fn interest_then_requests_after_unchoke() {
+    let mut t = T::new(false, features(false, false));
+    t.out();
+    let mut bits = Bitfield::new(PIECES);
+    bits.set(4);
+    t.recv(Message::Bitfield(bits.as_bytes().to_vec())).unwrap();
+    assert_eq!(t.out(), [Message::Interested]);
+    t.recv(Message::Unchoke).unwrap();
+    let mut reqs = requests(&t.out());
+    reqs.sort_by_key(|b| (b.index, b.offset));
+    assert_eq!(reqs, [block(4, 0), block(4, 1)]);
+    // The blocks arrive: the last one says so, and is the end of the piece.
+    let w = t.recv(piece(block(4, 1))).unwrap().unwrap();
+    assert!(!w.last);
+    let w = t.recv(piece(block(4, 0))).unwrap().unwrap();
+    assert!(w.last && !w.digests);
+    assert_eq!((w.piece, w.offset, w.data.len()), (4, 0, BLOCK as usize));
+    // Once we have it all, no longer interested.
+    t.st.picker.verified(4, true);
+    t.st.have.set(4);
+    t.cmd(Cmd::Have(4)).unwrap();
+    assert_eq!(t.out(), [Message::Have(4), Message::NotInterested]);
+}
+
+#[test]
+fn a_block_we_never_asked_for_ends_the_connection() {
+    let mut t = T::new(false, features(true, false));
+    t.out();
+    t.recv(Message::HaveAll).unwrap();
+    let r = t.recv(piece(block(3, 0)));
+    assert!(matches!(
+        r,
+        Err(Close::Violation(Violation::Unrequested(_)))
+    ));
+}
+
+#[test]
+fn with_fast_a_choke_keeps_requests_and_a_reject_frees_the_block() {
+    let mut t = T::new(false, features(true, false));
+    t.out();
+    let reqs = t.seeded_and_unchoked();
+    assert!(!reqs.is_empty());
+    t.recv(Message::Choke).unwrap();
+    assert_eq!(
+        t.conn.inflight().len(),
+        reqs.len(),
+        "kept: each gets an answer"
+    );
+    // A piece still arrives after the choke and is taken.
+    assert!(t.recv(piece(reqs[0])).unwrap().is_some());
+    // A reject frees the block for anyone (this peer included) at once.
+    t.recv(Message::RejectRequest(reqs[1])).unwrap();
+    assert!(!t.conn.inflight().contains(&reqs[1]));
+    let mut again = t.st.picker.pick(99, &all_pieces(), 1000, &mut rand::rng());
+    again.retain(|b| *b == reqs[1]);
+    assert_eq!(again, [reqs[1]], "the rejected block is free again");
+    // A second reject for it (it crossed our cancel) is forgiven once...
+    t.recv(Message::RejectRequest(reqs[1])).unwrap();
+    // ... a reject for a block never asked for is a violation.
+    let r = t.recv(Message::RejectRequest(block(39, 0)));
+    assert!(matches!(
+        r,
+        Err(Close::Violation(Violation::UnrequestedReject(_)))
+    ));
+}
+
+fn all_pieces() -> Bitfield {
+    let mut b = Bitfield::new(PIECES);
+    (0..PIECES).for_each(|i| {
+        b.set(i);
+    });
+    b
+}
+
+#[test]
+fn without_fast_a_choke_releases_our_requests() {
+    let mut t = T::new(false, features(false, false));
+    t.out();
+    let reqs = t.seeded_and_unchoked();
+    t.recv(Message::Choke).unwrap();
+    assert!(t.conn.inflight().is_empty());
+    // The released blocks are forgiven if they still come.
+    assert!(t.recv(piece(reqs[0])).unwrap().is_none());
+}
+
+#[test]
+fn allowed_fast_pieces_are_requested_while_choked() {
+    let mut t = T::new(false, features(true, false));
+    t.out();
+    t.recv(Message::HaveAll).unwrap();
+    assert_eq!(t.out(), [Message::Interested]);
+    // Out of range: ignored.
+    t.recv(Message::AllowedFast(PIECES as u32)).unwrap();
+    t.recv(Message::AllowedFast(u32::MAX)).unwrap();
+    assert!(t.out().is_empty());
+    t.recv(Message::AllowedFast(7)).unwrap();
+    let mut reqs = requests(&t.out());
+    reqs.sort_by_key(|b| b.offset);
+    assert_eq!(reqs, [block(7, 0), block(7, 1)]);
+    // Repeating it changes nothing; bounded in count.
+    t.recv(Message::AllowedFast(7)).unwrap();
+    for p in 0..200 {
+        t.recv(Message::AllowedFast(p % PIECES as u32)).unwrap();
+    }
+    assert!(t.conn.allowed_in.len() <= PIECES);
+    // Without fast, allowed-fast is not used while choked.
+    let mut t = T::new(false, features(false, false));
+    t.recv(Message::HaveAll).unwrap();
+    t.recv(Message::AllowedFast(7)).unwrap();
+    assert!(requests(&t.out()).is_empty());
+}
+
+#[test]
+fn suggestions_out_of_range_are_ignored() {
+    let mut t = T::new(false, features(true, false));
+    t.recv(Message::SuggestPiece(u32::MAX)).unwrap();
+    t.recv(Message::SuggestPiece(3)).unwrap();
+}
+
+#[test]
+fn have_all_rules() {
+    // 'have' after 'have all' is nothing new.
+    let mut t = T::new(false, features(true, false));
+    t.recv(Message::HaveAll).unwrap();
+    t.out();
+    t.recv(Message::Have(3)).unwrap();
+    assert!(t.out().is_empty());
+    assert_eq!(t.st.picker.availability(3), 1);
+    // 'have all' / 'have none' after a bitfield or a have: a violation.
+    for first in [Message::Have(1), Message::HaveAll] {
+        for late in [Message::HaveAll, Message::HaveNone] {
+            let mut t = T::new(false, features(true, false));
+            t.recv(first.clone()).unwrap();
+            let r = t.recv(late.clone());
+            assert!(
+                matches!(r, Err(Close::Violation(Violation::LateHaveAll))),
+                "{first:?} then {late:?}: {r:?}"
+            );
+        }
+    }
+    // A 'have' out of range ends the connection.
+    let mut t = T::new(false, features(true, false));
+    let r = t.recv(Message::Have(PIECES as u32));
+    assert!(matches!(
+        r,
+        Err(Close::Violation(Violation::HaveOutOfRange(_)))
+    ));
+    // Two seeds have nothing to say to each other.
+    let mut t = T::new(true, features(true, false));
+    assert!(matches!(t.recv(Message::HaveAll), Err(Close::BothSeeds)));
+}
+
+#[test]
+fn a_bad_bitfield_ends_the_connection_and_a_late_one_counts_as_haves() {
+    let mut t = T::new(false, features(false, false));
+    let r = t.recv(Message::Bitfield(vec![0xff]));
+    assert!(matches!(r, Err(Close::Violation(Violation::Bitfield(_)))));
+    let mut t = T::new(false, features(false, false));
+    let mut bits = Bitfield::new(PIECES);
+    bits.set(1);
+    t.recv(Message::Bitfield(bits.as_bytes().to_vec())).unwrap();
+    bits.set(2);
+    t.recv(Message::Bitfield(bits.as_bytes().to_vec())).unwrap();
+    assert_eq!(t.st.picker.availability(1), 1);
+    assert_eq!(t.st.picker.availability(2), 1);
+}
+
+// ---- Extension protocol -------------------------------------------------
+
+#[test]
+fn the_peers_reqq_bounds_our_pipeline_and_its_name_is_kept() {
+    let mut t = T::new(false, features(true, true));
+    t.out();
+    let h = ExtHandshake {
+        client: Some("libtorrent/2.0.8".into()),
+        reqq: Some(3),
+        ..ExtHandshake::default()
+    };
+    t.recv(Message::Extended(0, h.encode())).unwrap();
+    assert_eq!(
+        t.st.peers[&t.conn.key()].client.as_deref(),
+        Some("libtorrent/2.0.8")
+    );
+    assert_eq!(t.conn.ext().unwrap().reqq, Some(3));
+    let reqs = t.seeded_and_unchoked();
+    assert_eq!(reqs.len(), 3);
+    // Unknown extended messages are ignored.
+    t.recv(Message::Extended(42, b"whatever".to_vec())).unwrap();
+}
+
+#[test]
+fn a_malformed_extended_handshake_ends_the_connection() {
+    for bad in [&b"garbage"[..], b"le", b"d1:m3:abce", b""] {
+        let mut t = T::new(false, features(true, true));
+        let r = t.recv(Message::Extended(0, bad.to_vec()));
+        assert!(
+            matches!(r, Err(Close::Violation(Violation::ExtHandshake(_)))),
+            "{bad:?}: {r:?}"
+        );
+    }
+}
+
+// ---- Time -----------------------------------------------------------------
+
+#[test]
+fn a_silent_peer_is_snubbed_then_dropped() {
+    let mut t = T::new(false, features(false, false));
+    t.out();
+    let reqs = t.seeded_and_unchoked();
+    assert!(!reqs.is_empty());
+    t.pass(Duration::from_secs(30)).unwrap();
+    assert_eq!(t.conn.inflight().len(), reqs.len());
+    t.pass(Duration::from_secs(31)).unwrap();
+    assert!(t.conn.inflight().is_empty(), "snubbed: requests released");
+    // Snubbed, it gets one request at a time.
+    t.cmd(Cmd::Poke).unwrap();
+    assert_eq!(requests(&t.out()).len(), 1);
+    // Bytes keep the idle clock from running out; silence does not.
+    t.conn.received_bytes(t.now);
+    t.pass(Duration::from_secs(100)).unwrap();
+    assert!(matches!(t.pass(Duration::from_secs(51)), Err(Close::Idle)));
+}
+
+#[test]
+fn endgame_cancels_go_to_the_other_requesters() {
+    let mut st = test_state(1, false);
+    let (other, mut other_rx) = add_peer(&mut st, 20);
+    let mut t = T::with(st, features(false, false), false);
+    t.out();
+    let reqs = t.seeded_and_unchoked();
+    assert_eq!(reqs.len(), 2);
+    // The other peer asks for the same blocks (endgame).
+    let again =
+        t.st.picker
+            .pick(other, &all_blocks_one(), 10, &mut rand::rng());
+    assert!(!again.is_empty());
+    t.recv(piece(again[0])).unwrap();
+    let mut cancelled = Vec::new();
+    while let Ok(c) = other_rx.try_recv() {
+        if let Cmd::Cancel(b) = c {
+            cancelled.push(b);
+        }
+    }
+    assert_eq!(cancelled, [again[0]]);
+    // The interest command our own choker sent (if any) is harmless.
+    while t.rx.try_recv().is_ok() {}
+}
+
+fn all_blocks_one() -> Bitfield {
+    let mut b = Bitfield::new(1);
+    b.set(0);
+    b
+}
