@@ -30,6 +30,7 @@ use crate::disk::DiskPool;
 use crate::rate::Limiter;
 use crate::session::{Config, Session, SessionError, Shared};
 use crate::storage::Storage;
+use crate::tracker::{TrackerClient, TrackerConfig};
 use crate::wire::{Bitfield, Handshake, HANDSHAKE_LEN};
 
 /// A connection must complete its handshake within this long.
@@ -85,6 +86,9 @@ pub(crate) struct EngineShared {
     /// One permit per connection, over all torrents.
     pub connections: Arc<Semaphore>,
     pub disk: Arc<DiskPool>,
+    /// The tracker client all torrents share (its HTTP client and UDP
+    /// connection ids), made on first use.
+    tracker: std::sync::OnceLock<Result<TrackerClient, String>>,
     torrents: Mutex<HashMap<InfoHash, Weak<Shared>>>,
     handshaking: Mutex<HashMap<IpAddr, usize>>,
     pub cancel: CancellationToken,
@@ -105,6 +109,20 @@ impl EngineShared {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .remove(hash);
+    }
+
+    /// The shared tracker client; an error when the TLS backend could not
+    /// be set up.
+    pub(crate) fn tracker(&self) -> Result<TrackerClient, String> {
+        self.tracker
+            .get_or_init(|| {
+                TrackerClient::new(TrackerConfig {
+                    local_address: self.bind,
+                    ..TrackerConfig::default()
+                })
+                .map_err(|e| e.to_string())
+            })
+            .clone()
     }
 
     /// A permit for one more connection, if the global cap allows.
@@ -181,6 +199,7 @@ impl Engine {
             down_limit: Limiter::new(config.download_limit),
             connections: Arc::new(Semaphore::new(config.max_connections.max(1))),
             disk: DiskPool::new(config.disk_threads),
+            tracker: std::sync::OnceLock::new(),
             torrents: Mutex::new(HashMap::new()),
             handshaking: Mutex::new(HashMap::new()),
             cancel: CancellationToken::new(),

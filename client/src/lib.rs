@@ -12,6 +12,7 @@
 //!
 //! See ARCHITECTURE.md for how they fit.
 
+pub mod check;
 pub mod choker;
 pub mod disk;
 pub mod engine;

@@ -1009,11 +1009,7 @@ async fn announce(shared: Arc<Shared>) {
     if shared.config.trackers.is_empty() {
         return;
     }
-    let config = tracker::TrackerConfig {
-        local_address: shared.engine.bind,
-        ..tracker::TrackerConfig::default()
-    };
-    let client = match tracker::TrackerClient::new(config) {
+    let client = match shared.engine.tracker() {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!("trackers not used: {e}");

@@ -7,12 +7,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{bail, Context};
-use client::resume;
+use client::check;
 use client::storage::Storage;
 use client::wire::Bitfield;
-use torrent_format::pieces::{self, HashOptions, Layout};
 
-use super::swarm::{self, NetArgs, Until};
+use super::swarm::{self, NetArgs, Torrent, Until};
 use crate::ui;
 
 const EXAMPLES: &str = "\
@@ -22,6 +21,7 @@ Examples:
   shoal download album.torrent --seed-ratio 2              seed until uploaded = 2 × size
   shoal download big.torrent --only 0,3 --download-limit 5M
   shoal download t.torrent --no-trackers --peer 192.0.2.7:6881
+  shoal download a.torrent b.torrent -o ~/Downloads        several at once, one port
 
 Interrupted downloads resume: run the same command again and only the
 missing pieces are fetched (progress is kept in DIR/.shoal/).
@@ -29,12 +29,13 @@ missing pieces are fetched (progress is kept in DIR/.shoal/).
 Exit status: 0 when the download completed (or seeding ended), 1 on an error,
 2 on bad usage, 130 when interrupted before completing.";
 
-/// Download a torrent from its swarm, then keep seeding it
+/// Download torrents from their swarms, then keep seeding them
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
 pub struct Args {
-    /// The .torrent file
-    torrent: PathBuf,
+    /// The .torrent files (several download at once, on one port)
+    #[arg(required = true, value_name = "TORRENT")]
+    torrents: Vec<PathBuf>,
     /// Directory to download into (the content goes to DIR/NAME)
     #[arg(short, long, value_name = "DIR", default_value = ".")]
     output: PathBuf,
@@ -49,10 +50,12 @@ pub struct Args {
     /// After completing, seed for this long (e.g. 30m, 2h)
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
     seed_time: Option<Duration>,
-    /// Download at most this many bytes per second (suffixes K, M, G)
+    /// Download at most this many bytes per second, over all torrents
+    /// (suffixes K, M, G)
     #[arg(long, value_name = "RATE", value_parser = swarm::parse_rate)]
     download_limit: Option<u64>,
-    /// Download only these files (indices as 'shoal show' lists them, from 0)
+    /// Download only these files (indices as 'shoal show' lists them, from
+    /// 0; one torrent only)
     #[arg(long, value_name = "INDEX", value_delimiter = ',', num_args = 1..)]
     only: Vec<usize>,
     /// Give up when no peer is found for this long
@@ -68,7 +71,55 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let meta = super::load_torrent(&args.torrent)?;
+    let mut metas = Vec::new();
+    let mut seen = HashSet::new();
+    for t in &args.torrents {
+        let meta = super::load_torrent(t)?;
+        if seen.insert(meta.info.info_hash()) {
+            metas.push(meta);
+        }
+    }
+    if !args.only.is_empty() && metas.len() > 1 {
+        bail!("--only names files of one torrent: give a single torrent with it");
+    }
+    std::fs::create_dir_all(&args.output)
+        .with_context(|| format!("cannot create {}", args.output.display()))?;
+    let mut ready = Vec::new();
+    for meta in metas {
+        ready.push(prepare(&args, meta)?);
+    }
+    let until = Until {
+        exit_on_complete: args.exit_on_complete,
+        seed_ratio: args.seed_ratio,
+        seed_time: args.seed_time,
+        no_peers: Some(args.no_peers_timeout),
+    };
+    let rt = swarm::runtime()?;
+    rt.block_on(async {
+        let engine = args.net.engine(ready.len(), args.download_limit).await?;
+        let mut torrents = Vec::new();
+        for (info, storage, have, config) in ready {
+            let session = engine.add(info, Arc::new(storage), have, config).await?;
+            torrents.push(Torrent::new(session));
+        }
+        let what = match torrents.as_slice() {
+            [one] => one.name.clone(),
+            many => format!("{} torrents", many.len()),
+        };
+        tracing::info!(
+            "downloading {what} into {}, listening on {};",
+            args.output.display(),
+            engine.listen_addr()
+        );
+        swarm::run(engine, torrents, &args.net, until).await
+    })
+}
+
+type Ready = (Arc<torrent_format::Info>, Storage, Bitfield, client::Config);
+
+/// Opens a torrent's files, checks what is there already, and makes its
+/// configuration.
+fn prepare(args: &Args, meta: torrent_format::Metainfo) -> anyhow::Result<Ready> {
     let info = Arc::new(meta.info.clone());
     let files = info.files().len();
     if let Some(bad) = args.only.iter().find(|&&i| i >= files) {
@@ -77,9 +128,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             files - 1
         );
     }
-    std::fs::create_dir_all(&args.output)
-        .with_context(|| format!("cannot create {}", args.output.display()))?;
-    let root = args.output.join(info.name());
     let wanted_files = (!args.only.is_empty()).then(|| {
         let only: HashSet<usize> = args.only.iter().copied().collect();
         (0..files).map(|i| only.contains(&i)).collect::<Vec<bool>>()
@@ -93,75 +141,42 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         }
         b
     });
-    // Stamps before `create` extends new files: pieces in files that were
-    // missing or short cannot be complete, so they are not checked.
-    let before = client::storage::stamps_at(&info, &root);
-    let storage = Storage::create(info.clone(), root.clone(), wanted_files)
+    let root = args.output.join(info.name());
+    let (storage, existing) = check::open_download(&info, &args.output, wanted_files)
         .with_context(|| format!("cannot set up {}", root.display()))?;
-
-    // What is here already: the resume file, re-checking what it cannot vouch for.
-    let resume_path = resume::resume_path(&args.output, &info);
-    let state = resume::load(&resume_path, &info, &before);
-    let mut have = state.trusted.clone();
-    if !state.to_check.is_empty() {
-        if let Some(why) = &state.reason {
+    if let Some(why) = &existing.reason {
+        if !existing.to_check.is_empty() {
             tracing::debug!("resume file not used ({why}); checking the data on disk");
         }
-        let check: HashSet<usize> = state.to_check.iter().map(|&p| p as usize).collect();
-        let bytes: u64 = check.iter().map(|&p| info.piece_size(p)).sum();
-        let bar = if args.net.quiet {
-            indicatif::ProgressBar::hidden()
-        } else {
-            ui::bytes_bar(bytes, "checking")
-        };
-        let layout = Layout::for_torrent(&info, &root);
-        let opts = HashOptions {
-            threads: ui::default_threads(),
-            // Read, not mapped: mapped pages would count in our memory use.
-            mmap: false,
-        };
-        let hashes = pieces::hash_pieces(&layout, opts, false, &|p| check.contains(&p), &|n| {
-            bar.inc(n)
-        });
-        bar.finish_and_clear();
-        for (p, h) in hashes.iter().enumerate() {
-            if let Some(Ok(h)) = h {
-                if *h == info.piece_hashes()[p] {
-                    have.set(p);
-                }
-            }
-        }
     }
+    let bar = if args.net.quiet || existing.to_check.is_empty() {
+        indicatif::ProgressBar::hidden()
+    } else {
+        ui::bytes_bar(existing.bytes_to_check(&info), "checking")
+    };
+    let resume_path = existing.resume_path.clone();
+    let have = existing.check(&info, ui::default_threads(), &|n| bar.inc(n));
+    bar.finish_and_clear();
     if have.count() > 0 && !args.net.quiet {
         eprintln!(
-            "shoal: {} of {} pieces already here",
+            "shoal: {}{} of {} pieces already here",
+            if args.torrents.len() > 1 {
+                format!("{}: ", info.name())
+            } else {
+                String::new()
+            },
             have.count(),
             info.piece_count()
         );
     }
-
     let mut config = args.net.config(&meta)?;
     config.wanted = wanted_pieces;
     config.resume = Some(resume_path);
-    config.download_limit = args.download_limit;
-    let until = Until {
-        exit_on_complete: args.exit_on_complete,
-        seed_ratio: args.seed_ratio,
-        seed_time: args.seed_time,
-        no_peers: Some(args.no_peers_timeout),
-    };
     if config.trackers.is_empty() && config.peers.is_empty() {
-        bail!("no way to find peers: the torrent names no tracker; give one with --peer HOST:PORT");
-    }
-    let rt = swarm::runtime()?;
-    rt.block_on(async {
-        let session = args.net.start(info.clone(), storage, have, config).await?;
-        tracing::info!(
-            "downloading {} into {}, listening on {};",
-            info.name(),
-            args.output.display(),
-            session.listen_addr()
+        bail!(
+            "no way to find peers for {}: the torrent names no tracker; give one with --peer HOST:PORT",
+            info.name()
         );
-        swarm::run(session, &args.net, until).await
-    })
+    }
+    Ok((info, storage, have, config))
 }

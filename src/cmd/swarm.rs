@@ -1,19 +1,18 @@
 //! What `download` and `seed` share: network flags, starting a session,
 //! the progress display, signals, and the summary at the end.
 
+use std::future::Future;
 use std::io::IsTerminal;
 use std::net::{IpAddr, SocketAddr, ToSocketAddrs};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use client::session::{Config, Session, Stats};
-use client::storage::Storage;
-use client::wire::Bitfield;
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use client::{Engine, EngineConfig};
+use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use tokio::signal::unix::{signal, SignalKind};
-use torrent_format::{Info, Metainfo};
+use torrent_format::Metainfo;
 
 use crate::ui;
 
@@ -35,13 +34,17 @@ pub struct NetArgs {
     /// Do not announce to the torrent's trackers (use --peer)
     #[arg(long)]
     pub no_trackers: bool,
-    /// Most connections at once
+    /// Most connections at once, per torrent
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_peers: u32,
+    /// Most connections at once over all torrents of this process
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
+    pub max_connections: u32,
     /// Peers unchoked (uploaded to) at once, besides one optimistic slot
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub upload_slots: u32,
-    /// Upload at most this many bytes per second (suffixes K, M, G: powers of 1024)
+    /// Upload at most this many bytes per second, over all torrents
+    /// (suffixes K, M, G: powers of 1024)
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub upload_limit: Option<u64>,
     /// Initial seeding (BEP 16, "super-seeding"): offer pieces one by one,
@@ -84,7 +87,7 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
 }
 
 impl NetArgs {
-    /// A session configuration from these flags.
+    /// A torrent's configuration from these flags.
     pub fn config(&self, meta: &Metainfo) -> anyhow::Result<Config> {
         let mut c = Config::new(SocketAddr::new(
             self.bind,
@@ -114,30 +117,43 @@ impl NetArgs {
         Ok(c)
     }
 
-    /// Starts the session; with no --port given, falls back to any free
-    /// port when 6881 is taken.
-    pub async fn start(
+    /// Starts the engine the torrents run in (one port for all); with no
+    /// --port given, falls back to any free port when 6881 is taken.
+    pub async fn engine(
         &self,
-        info: Arc<Info>,
-        storage: Storage,
-        have: Bitfield,
-        mut config: Config,
-    ) -> anyhow::Result<Session> {
-        let storage = Arc::new(storage);
-        match Session::start(info.clone(), storage.clone(), have.clone(), config.clone()).await {
-            Ok(s) => Ok(s),
+        torrents: usize,
+        download_limit: Option<u64>,
+    ) -> anyhow::Result<Engine> {
+        let mut c = EngineConfig::new(SocketAddr::new(
+            self.bind,
+            self.port.unwrap_or(DEFAULT_PORT),
+        ));
+        if !self.bind.is_unspecified() {
+            c.bind = Some(self.bind);
+        }
+        // Each torrent's peers and as many again still handshaking, within
+        // --max-connections.
+        c.max_connections = (self.max_peers as usize)
+            .saturating_mul(2)
+            .saturating_mul(torrents.max(1))
+            .clamp(16, self.max_connections as usize);
+        c.upload_limit = self.upload_limit;
+        c.download_limit = download_limit;
+        c.disk_threads = ui::default_threads().clamp(1, 4);
+        match Engine::start(c.clone()).await {
+            Ok(e) => Ok(e),
             Err(client::session::SessionError::Listen { source, .. })
                 if self.port.is_none() && source.kind() == std::io::ErrorKind::AddrInUse =>
             {
-                config.listen.set_port(0);
-                Ok(Session::start(info, storage, have, config).await?)
+                c.listen.set_port(0);
+                Ok(Engine::start(c).await?)
             }
             Err(e) => Err(e.into()),
         }
     }
 }
 
-/// When a session stops.
+/// When a run stops.
 pub struct Until {
     pub exit_on_complete: bool,
     pub seed_ratio: Option<f64>,
@@ -146,56 +162,95 @@ pub struct Until {
     pub no_peers: Option<Duration>,
 }
 
-/// Runs the session with a progress display until it is done, Ctrl-C or
-/// SIGTERM, then shuts it down and prints the summary.
-pub async fn run(session: Session, net: &NetArgs, until: Until) -> anyhow::Result<ExitCode> {
+/// One torrent of a run, with what the display and summary need.
+pub struct Torrent {
+    pub session: Session,
+    pub name: String,
+    /// It was complete when the run started (seeding only).
+    pub was_complete: bool,
+    /// When it completed in this run.
+    pub completed: Option<Duration>,
+}
+
+impl Torrent {
+    pub fn new(session: Session) -> Torrent {
+        let was_complete = session.is_complete();
+        Torrent {
+            name: session.info().name().to_string(),
+            session,
+            was_complete,
+            completed: None,
+        }
+    }
+}
+
+/// Runs the torrents with a progress display until they are done, Ctrl-C
+/// or SIGTERM, then shuts them and the engine down and prints the
+/// summary.
+pub async fn run(
+    engine: Engine,
+    mut torrents: Vec<Torrent>,
+    net: &NetArgs,
+    until: Until,
+) -> anyhow::Result<ExitCode> {
     let started = Instant::now();
     let mut sigint = signal(SignalKind::interrupt()).context("installing a signal handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing a signal handler")?;
-    let mut view = View::new(net.quiet, session.stats());
+    let mut view = View::new(net.quiet, &torrents);
     let mut tick = tokio::time::interval(Duration::from_millis(500));
-    let was_complete = session.is_complete();
-    let mut complete_at = was_complete.then(Instant::now);
+    let mut all_complete_at = torrents.iter().all(|t| t.was_complete).then(Instant::now);
     let mut last_peer = Instant::now();
     let mut interrupted = false;
     let mut lonely = None;
+    let mut failure = None;
     loop {
         tokio::select! {
             _ = sigint.recv() => { interrupted = true; break }
             _ = sigterm.recv() => { interrupted = true; break }
-            why = session.failed() => {
-                view.clear();
-                bail!("{why}");
-            }
-            () = session.completed(), if complete_at.is_none() => {
-                complete_at = Some(Instant::now());
-                let s = session.stats();
-                view.println(&format!(
-                    "download complete: {} in {}",
-                    ui::short_size(s.wanted_bytes),
-                    secs(started.elapsed())
-                ));
-                if until.exit_on_complete {
-                    break;
-                }
+            why = first_failure(&torrents) => {
+                failure = Some(why);
+                break;
             }
             _ = tick.tick() => {
-                let s = session.stats();
-                view.update(&s);
-                if s.peers > 0 {
+                let stats: Vec<Stats> = torrents.iter().map(|t| t.session.stats()).collect();
+                for (t, s) in torrents.iter_mut().zip(&stats) {
+                    if s.complete && t.completed.is_none() && !t.was_complete {
+                        t.completed = Some(started.elapsed());
+                        let line = format!(
+                            "download complete: {} in {}",
+                            ui::short_size(s.wanted_bytes),
+                            secs(started.elapsed())
+                        );
+                        view.println(&if stats.len() > 1 {
+                            format!("{}: {line}", t.name)
+                        } else {
+                            line
+                        });
+                    }
+                }
+                view.update(&torrents, &stats);
+                let incomplete: Vec<&Stats> = stats.iter().filter(|s| !s.complete).collect();
+                if incomplete.is_empty() {
+                    all_complete_at.get_or_insert_with(Instant::now);
+                    if until.exit_on_complete {
+                        break;
+                    }
+                } else if incomplete.iter().any(|s| s.peers > 0) {
                     last_peer = Instant::now();
                 }
                 if let Some(limit) = until.no_peers {
-                    if complete_at.is_none() && last_peer.elapsed() >= limit {
+                    if !incomplete.is_empty() && last_peer.elapsed() >= limit {
                         lonely = Some(limit);
                         break;
                     }
                 }
-                if let Some(done) = complete_at {
-                    let ratio = s.uploaded as f64 / s.wanted_bytes.max(1) as f64;
-                    if until.seed_ratio.is_some_and(|r| ratio >= r)
-                        || until.seed_time.is_some_and(|t| done.elapsed() >= t)
-                    {
+                if let Some(done) = all_complete_at {
+                    let ratio_met = until.seed_ratio.is_some_and(|r| {
+                        stats
+                            .iter()
+                            .all(|s| s.uploaded as f64 / s.wanted_bytes.max(1) as f64 >= r)
+                    });
+                    if ratio_met || until.seed_time.is_some_and(|t| done.elapsed() >= t) {
                         break;
                     }
                 }
@@ -203,8 +258,12 @@ pub async fn run(session: Session, net: &NetArgs, until: Until) -> anyhow::Resul
         }
     }
     view.clear();
+    if let Some(why) = failure {
+        shutdown(engine, torrents).await;
+        bail!("{why}");
+    }
     if let Some(limit) = lonely {
-        let _ = session.shutdown().await;
+        shutdown(engine, torrents).await;
         bail!(
             "no peers found for {}; is the tracker up? (or name one with --peer HOST:PORT)",
             humantime::format_duration(limit)
@@ -222,32 +281,85 @@ pub async fn run(session: Session, net: &NetArgs, until: Until) -> anyhow::Resul
         eprintln!("shoal: interrupted again, quitting now");
         std::process::exit(130);
     });
-    let stats = session.stats();
-    let result = session.shutdown().await;
     let elapsed = started.elapsed();
-    if !net.quiet {
-        eprintln!("shoal: {}", summary(&stats, elapsed, was_complete));
+    let several = torrents.len() > 1;
+    let mut results = Vec::new();
+    for t in torrents {
+        let stats = t.session.stats();
+        let info_hash = t.session.info_hash();
+        let result = t.session.shutdown().await;
+        results.push((t.name, t.was_complete, info_hash, stats, result));
     }
-    if net.json {
-        let j = serde_json::json!({
-            "complete": stats.complete,
-            "downloaded": stats.downloaded,
-            "uploaded": stats.uploaded,
-            "size": stats.wanted_bytes,
-            "seconds": elapsed.as_secs_f64(),
-            "hash_fails": stats.hash_fails,
-            "banned": stats.banned,
-        });
-        ui::print_out(&format!("{j}\n"))?;
+    engine.shutdown().await;
+    let mut errors = Vec::new();
+    let mut incomplete = false;
+    for (name, was_complete, info_hash, stats, result) in &results {
+        if !net.quiet {
+            let line = summary(stats, elapsed, *was_complete);
+            if several {
+                eprintln!("shoal: {name}: {line}");
+            } else {
+                eprintln!("shoal: {line}");
+            }
+        }
+        if net.json {
+            let j = serde_json::json!({
+                "name": name,
+                "info_hash": info_hash.to_hex(),
+                "complete": stats.complete,
+                "downloaded": stats.downloaded,
+                "uploaded": stats.uploaded,
+                "size": stats.wanted_bytes,
+                "seconds": elapsed.as_secs_f64(),
+                "hash_fails": stats.hash_fails,
+                "banned": stats.banned,
+            });
+            ui::print_out(&format!("{j}\n"))?;
+        }
+        incomplete |= !stats.complete;
+        if let Err(e) = result {
+            errors.push(if several {
+                format!("{name}: {e}")
+            } else {
+                e.clone()
+            });
+        }
     }
-    if let Err(e) = result {
-        bail!("{e}");
+    if !errors.is_empty() {
+        bail!("{}", errors.join("; "));
     }
-    Ok(if interrupted && !stats.complete {
+    Ok(if interrupted && incomplete {
         ExitCode::from(130)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Resolves with the first torrent's failure (a disk error).
+async fn first_failure(torrents: &[Torrent]) -> String {
+    let mut failed: Vec<_> = torrents
+        .iter()
+        .map(|t| Box::pin(t.session.failed()))
+        .collect();
+    if failed.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(move |cx| {
+        for f in &mut failed {
+            if let std::task::Poll::Ready(why) = f.as_mut().poll(cx) {
+                return std::task::Poll::Ready(why);
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
+}
+
+async fn shutdown(engine: Engine, torrents: Vec<Torrent>) {
+    for t in torrents {
+        let _ = t.session.shutdown().await;
+    }
+    engine.shutdown().await;
 }
 
 fn secs(d: Duration) -> String {
@@ -281,99 +393,188 @@ fn summary(s: &Stats, elapsed: Duration, was_complete: bool) -> String {
     line
 }
 
-/// The progress display: a bar on a terminal, a line every 10 s otherwise,
+/// The progress display: on a terminal a bar per torrent (and a total
+/// line when there are several), otherwise a line per torrent every 10 s,
 /// nothing with -q.
 struct View {
-    bar: Option<ProgressBar>,
+    multi: Option<MultiProgress>,
+    bars: Vec<ProgressBar>,
+    total: Option<ProgressBar>,
     plain: bool,
     last_line: Instant,
-    seeding: bool,
+    seeding: Vec<bool>,
+}
+
+fn bar_style(several: bool) -> ProgressStyle {
+    let name = if several { "{prefix:20!} " } else { "" };
+    ProgressStyle::with_template(&format!(
+        "{name}{{percent:>3}}% [{{bar:30.cyan/blue}}] {{binary_bytes:>10}}/{{binary_total_bytes}}  {{msg}}  ETA {{eta}}"
+    ))
+    .expect("valid template")
+    .progress_chars("=> ")
 }
 
 impl View {
-    fn new(quiet: bool, s: Stats) -> View {
+    fn new(quiet: bool, torrents: &[Torrent]) -> View {
         let tty = std::io::stderr().is_terminal();
-        let bar = (!quiet && tty).then(|| {
-            let bar = ProgressBar::with_draw_target(Some(s.wanted_bytes), ProgressDrawTarget::stderr());
-            bar.set_style(
-                ProgressStyle::with_template(
-                    "{percent:>3}% [{bar:30.cyan/blue}] {binary_bytes:>10}/{binary_total_bytes}  {msg}  ETA {eta}",
-                )
-                .expect("valid template")
-                .progress_chars("=> "),
-            );
-            bar
-        });
-        View {
-            bar,
+        let several = torrents.len() > 1;
+        let mut view = View {
+            multi: None,
+            bars: Vec::new(),
+            total: None,
             plain: !quiet && !tty,
             last_line: Instant::now(),
-            seeding: false,
+            seeding: vec![false; torrents.len()],
+        };
+        if quiet || !tty {
+            return view;
         }
+        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        for t in torrents {
+            let s = t.session.stats();
+            let bar = multi.add(ProgressBar::new(s.wanted_bytes));
+            bar.set_style(bar_style(several));
+            bar.set_prefix(t.name.clone());
+            view.bars.push(bar);
+        }
+        if several {
+            let total: u64 = torrents
+                .iter()
+                .map(|t| t.session.stats().wanted_bytes)
+                .sum();
+            let bar = multi.add(ProgressBar::new(total));
+            bar.set_style(bar_style(true));
+            bar.set_prefix(format!("total ({} torrents)", torrents.len()));
+            view.total = Some(bar);
+        }
+        view.multi = Some(multi);
+        view
     }
 
-    fn update(&mut self, s: &Stats) {
-        let done = s.wanted_bytes - s.left.min(s.wanted_bytes);
-        let peers = format!("{} peers ({} seeds)", s.peers, s.seeds);
-        if let Some(bar) = &self.bar {
-            if s.complete && !self.seeding {
-                self.seeding = true;
-                bar.set_style(
-                    ProgressStyle::with_template("seeding  {msg}").expect("valid template"),
-                );
+    fn update(&mut self, torrents: &[Torrent], stats: &[Stats]) {
+        let several = stats.len() > 1;
+        if self.multi.is_some() {
+            for (i, s) in stats.iter().enumerate() {
+                let bar = &self.bars[i];
+                if s.complete && !self.seeding[i] {
+                    self.seeding[i] = true;
+                    let name = if several { "{prefix:20!} " } else { "" };
+                    bar.set_style(
+                        ProgressStyle::with_template(&format!("{name}seeding  {{msg}}"))
+                            .expect("valid template"),
+                    );
+                }
+                bar.set_position(done(s));
+                bar.set_message(message(s, self.seeding[i]));
             }
-            bar.set_position(done);
-            if self.seeding {
-                bar.set_message(format!(
-                    "up {}  uploaded {}  {peers}",
-                    rate(s.up_rate),
-                    ui::short_size(s.uploaded)
-                ));
+            if let Some(total) = &self.total {
+                let t = totals(stats);
+                total.set_position(done(&t));
+                total.set_message(message(&t, false));
+            }
+            return;
+        }
+        if !self.plain || self.last_line.elapsed() < Duration::from_secs(10) {
+            return;
+        }
+        self.last_line = Instant::now();
+        for (t, s) in torrents.iter().zip(stats) {
+            let line = plain_line(s);
+            if several {
+                eprintln!("shoal: {}: {line}", t.name);
             } else {
-                bar.set_message(format!(
-                    "down {}  up {}  {peers}",
-                    rate(s.down_rate),
-                    rate(s.up_rate)
-                ));
+                eprintln!("shoal: {line}");
             }
-        } else if self.plain && self.last_line.elapsed() >= Duration::from_secs(10) {
-            self.last_line = Instant::now();
-            let pct = done as f64 * 100.0 / s.wanted_bytes.max(1) as f64;
-            if s.complete {
-                eprintln!(
-                    "shoal: seeding, up {}, uploaded {}, {peers}",
-                    rate(s.up_rate),
-                    ui::short_size(s.uploaded)
-                );
-            } else {
-                let eta = s
-                    .left
-                    .checked_div(s.down_rate)
-                    .map_or(String::new(), |t| format!(", ETA {t} s"));
-                eprintln!(
-                    "shoal: {pct:.1}% ({} of {}), down {}, up {}, {peers}{eta}",
-                    ui::short_size(done),
-                    ui::short_size(s.wanted_bytes),
-                    rate(s.down_rate),
-                    rate(s.up_rate)
-                );
-            }
+        }
+        if several {
+            eprintln!("shoal: total: {}", plain_line(&totals(stats)));
         }
     }
 
     fn println(&self, line: &str) {
-        match &self.bar {
-            Some(bar) => bar.println(format!("shoal: {line}")),
+        match &self.multi {
+            Some(m) => {
+                let _ = m.println(format!("shoal: {line}"));
+            }
             None if self.plain => eprintln!("shoal: {line}"),
             None => {}
         }
     }
 
     fn clear(&mut self) {
-        if let Some(bar) = self.bar.take() {
-            bar.finish_and_clear();
+        if let Some(m) = self.multi.take() {
+            for b in self.bars.drain(..).chain(self.total.take()) {
+                b.finish_and_clear();
+            }
+            let _ = m.clear();
         }
     }
+}
+
+fn done(s: &Stats) -> u64 {
+    s.wanted_bytes - s.left.min(s.wanted_bytes)
+}
+
+fn message(s: &Stats, seeding: bool) -> String {
+    let peers = format!("{} peers ({} seeds)", s.peers, s.seeds);
+    if seeding {
+        format!(
+            "up {}  uploaded {}  {peers}",
+            rate(s.up_rate),
+            ui::short_size(s.uploaded)
+        )
+    } else {
+        format!(
+            "down {}  up {}  {peers}",
+            rate(s.down_rate),
+            rate(s.up_rate)
+        )
+    }
+}
+
+fn plain_line(s: &Stats) -> String {
+    let peers = format!("{} peers ({} seeds)", s.peers, s.seeds);
+    if s.complete {
+        return format!(
+            "seeding, up {}, uploaded {}, {peers}",
+            rate(s.up_rate),
+            ui::short_size(s.uploaded)
+        );
+    }
+    let pct = done(s) as f64 * 100.0 / s.wanted_bytes.max(1) as f64;
+    let eta = s
+        .left
+        .checked_div(s.down_rate)
+        .map_or(String::new(), |t| format!(", ETA {t} s"));
+    format!(
+        "{pct:.1}% ({} of {}), down {}, up {}, {peers}{eta}",
+        ui::short_size(done(s)),
+        ui::short_size(s.wanted_bytes),
+        rate(s.down_rate),
+        rate(s.up_rate)
+    )
+}
+
+/// The sum over all torrents, for the total line.
+fn totals(stats: &[Stats]) -> Stats {
+    let mut t = Stats {
+        complete: true,
+        ..Stats::default()
+    };
+    for s in stats {
+        t.pieces += s.pieces;
+        t.pieces_have += s.pieces_have;
+        t.wanted_bytes += s.wanted_bytes;
+        t.left += s.left;
+        t.downloaded += s.downloaded;
+        t.uploaded += s.uploaded;
+        t.down_rate += s.down_rate;
+        t.up_rate += s.up_rate;
+        t.peers += s.peers;
+        t.seeds += s.seeds;
+        t.complete &= s.complete;
+    }
+    t
 }
 
 /// A multi-threaded runtime for a session.

@@ -450,7 +450,13 @@ fn with_fast_a_choke_keeps_requests_and_a_reject_frees_the_block() {
     // A second reject for it (it crossed our cancel) is forgiven once...
     t.recv(Message::RejectRequest(reqs[1])).unwrap();
     // ... a reject for a block never asked for is a violation.
-    let r = t.recv(Message::RejectRequest(block(39, 0)));
+    let never = BlockRef {
+        index: 0,
+        offset: 100,
+        length: 5,
+    };
+    assert!(!reqs.contains(&never));
+    let r = t.recv(Message::RejectRequest(never));
     assert!(matches!(
         r,
         Err(Close::Violation(Violation::UnrequestedReject(_)))
