@@ -551,6 +551,9 @@ pub struct PeerStats {
     pub up_rate: u64,
     pub pieces: usize,
     pub seed: bool,
+    /// Its client: the name in its extended handshake (`v`), else what its
+    /// peer id says.
+    pub client: String,
 }
 
 /// Our peer id: `-SH0001-` and 12 random bytes.
@@ -708,6 +711,10 @@ impl Session {
                 up_rate: p.up.rate(),
                 pieces: p.pieces,
                 seed: p.seed,
+                client: p
+                    .client
+                    .clone()
+                    .unwrap_or_else(|| crate::peer::client_name(&p.peer_id)),
             })
             .collect();
         v.sort_by_key(|p| p.addr);

@@ -211,49 +211,51 @@ pub async fn run(
                 failure = Some(why);
                 break;
             }
-            _ = tick.tick() => {
-                let stats: Vec<Stats> = torrents.iter().map(|t| t.session.stats()).collect();
-                for (t, s) in torrents.iter_mut().zip(&stats) {
-                    if s.complete && t.completed.is_none() && !t.was_complete {
-                        t.completed = Some(started.elapsed());
-                        let line = format!(
-                            "download complete: {} in {}",
-                            ui::short_size(s.wanted_bytes),
-                            secs(started.elapsed())
-                        );
-                        view.println(&if stats.len() > 1 {
-                            format!("{}: {line}", t.name)
-                        } else {
-                            line
-                        });
-                    }
-                }
-                view.update(&torrents, &stats);
-                let incomplete: Vec<&Stats> = stats.iter().filter(|s| !s.complete).collect();
-                if incomplete.is_empty() {
-                    all_complete_at.get_or_insert_with(Instant::now);
-                    if until.exit_on_complete {
-                        break;
-                    }
-                } else if incomplete.iter().any(|s| s.peers > 0) {
-                    last_peer = Instant::now();
-                }
-                if let Some(limit) = until.no_peers {
-                    if !incomplete.is_empty() && last_peer.elapsed() >= limit {
-                        lonely = Some(limit);
-                        break;
-                    }
-                }
-                if let Some(done) = all_complete_at {
-                    let ratio_met = until.seed_ratio.is_some_and(|r| {
-                        stats
-                            .iter()
-                            .all(|s| s.uploaded as f64 / s.wanted_bytes.max(1) as f64 >= r)
-                    });
-                    if ratio_met || until.seed_time.is_some_and(|t| done.elapsed() >= t) {
-                        break;
-                    }
-                }
+            // A completion is shown (and -x acts on it) at once, not at
+            // the next tick.
+            () = first_completion(&torrents) => {}
+            _ = tick.tick() => {}
+        }
+        let stats: Vec<Stats> = torrents.iter().map(|t| t.session.stats()).collect();
+        for (t, s) in torrents.iter_mut().zip(&stats) {
+            if s.complete && t.completed.is_none() && !t.was_complete {
+                t.completed = Some(started.elapsed());
+                let line = format!(
+                    "download complete: {} in {}",
+                    ui::short_size(s.wanted_bytes),
+                    secs(started.elapsed())
+                );
+                view.println(&if stats.len() > 1 {
+                    format!("{}: {line}", t.name)
+                } else {
+                    line
+                });
+            }
+        }
+        view.update(&torrents, &stats);
+        let incomplete: Vec<&Stats> = stats.iter().filter(|s| !s.complete).collect();
+        if incomplete.is_empty() {
+            all_complete_at.get_or_insert_with(Instant::now);
+            if until.exit_on_complete {
+                break;
+            }
+        } else if incomplete.iter().any(|s| s.peers > 0) {
+            last_peer = Instant::now();
+        }
+        if let Some(limit) = until.no_peers {
+            if !incomplete.is_empty() && last_peer.elapsed() >= limit {
+                lonely = Some(limit);
+                break;
+            }
+        }
+        if let Some(done) = all_complete_at {
+            let ratio_met = until.seed_ratio.is_some_and(|r| {
+                stats
+                    .iter()
+                    .all(|s| s.uploaded as f64 / s.wanted_bytes.max(1) as f64 >= r)
+            });
+            if ratio_met || until.seed_time.is_some_and(|t| done.elapsed() >= t) {
+                break;
             }
         }
     }
@@ -333,6 +335,27 @@ pub async fn run(
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Resolves when a torrent not yet seen complete completes.
+async fn first_completion(torrents: &[Torrent]) {
+    let mut waiting: Vec<_> = torrents
+        .iter()
+        .filter(|t| !t.was_complete && t.completed.is_none())
+        .map(|t| Box::pin(t.session.completed()))
+        .collect();
+    if waiting.is_empty() {
+        return std::future::pending().await;
+    }
+    std::future::poll_fn(move |cx| {
+        for f in &mut waiting {
+            if f.as_mut().poll(cx).is_ready() {
+                return std::task::Poll::Ready(());
+            }
+        }
+        std::task::Poll::Pending
+    })
+    .await
 }
 
 /// Resolves with the first torrent's failure (a disk error).
