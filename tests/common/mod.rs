@@ -293,6 +293,25 @@ pub fn same_tree(a: &Path, b: &Path) {
     }
 }
 
+/// Every non-empty file under `a` is under `b` with the same bytes; any
+/// file under `b` is under `a` too.
+pub fn compare_nonempty(a: &Path, b: &Path) {
+    let lb = listing(b);
+    for f in listing(a) {
+        let (pa, pb) = (a.join(&f), b.join(&f));
+        if pa.is_file() && std::fs::metadata(&pa).unwrap().len() > 0 {
+            assert!(pb.is_file(), "{f} is missing");
+            assert!(
+                std::fs::read(&pa).unwrap() == std::fs::read(&pb).unwrap(),
+                "{f} differs"
+            );
+        }
+    }
+    for f in lb {
+        assert!(a.join(&f).exists(), "{f} should not be there");
+    }
+}
+
 /// `b` holds the same bytes as `a` (a missing `b` differs).
 pub fn same_file(a: &Path, b: &Path) {
     let da = std::fs::read(a).unwrap();
@@ -424,9 +443,8 @@ impl Shoal {
         }
     }
 
-    /// Waits for the exit (bounded); returns the status and the JSON summary
-    /// (`Null` when there is none).
-    pub fn finish(&mut self, secs: u64) -> (ExitStatus, serde_json::Value) {
+    /// Waits for the exit (bounded); returns the status and stdout.
+    fn wait_stdout(&mut self, secs: u64) -> (ExitStatus, String) {
         let status = wait_child(&mut self.proc.0, secs, &self.label);
         let mut out = String::new();
         if let Some(mut stdout) = self.proc.0.stdout.take() {
@@ -439,6 +457,13 @@ impl Shoal {
             "{} panicked",
             self.label
         );
+        (status, out)
+    }
+
+    /// Waits for the exit (bounded); returns the status and the JSON summary
+    /// (`Null` when there is none).
+    pub fn finish(&mut self, secs: u64) -> (ExitStatus, serde_json::Value) {
+        let (status, out) = self.wait_stdout(secs);
         let json =
             out.lines()
                 .rev()
@@ -451,12 +476,40 @@ impl Shoal {
         (status, json)
     }
 
-    /// SIGINT (a clean stop), then [`Shoal::finish`].
-    pub fn interrupt(&mut self, secs: u64) -> (ExitStatus, serde_json::Value) {
+    /// Waits for the exit (bounded); returns the status and every non-empty
+    /// line of stdout as JSON (a multi-torrent run prints one summary per
+    /// torrent).
+    pub fn finish_all(&mut self, secs: u64) -> (ExitStatus, Vec<serde_json::Value>) {
+        let (status, out) = self.wait_stdout(secs);
+        let json: Vec<serde_json::Value> = out
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| {
+                serde_json::from_str(l)
+                    .unwrap_or_else(|e| panic!("{}: bad JSON {l:?}: {e}", self.label))
+            })
+            .collect();
+        eprintln!("{}: exit {status}, summaries {json:?}", self.label);
+        (status, json)
+    }
+
+    /// Sends SIGINT (a clean stop).
+    fn sigint(&mut self) {
         // SAFETY: kill(2) on our own child's pid.
         let r = unsafe { libc::kill(self.proc.0.id() as libc::pid_t, libc::SIGINT) };
         assert_eq!(r, 0, "kill -INT {}", self.label);
+    }
+
+    /// SIGINT (a clean stop), then [`Shoal::finish`].
+    pub fn interrupt(&mut self, secs: u64) -> (ExitStatus, serde_json::Value) {
+        self.sigint();
         self.finish(secs)
+    }
+
+    /// SIGINT (a clean stop), then [`Shoal::finish_all`].
+    pub fn interrupt_all(&mut self, secs: u64) -> (ExitStatus, Vec<serde_json::Value>) {
+        self.sigint();
+        self.finish_all(secs)
     }
 
     /// SIGKILL: no clean-up at all.
