@@ -177,21 +177,27 @@ fn aria2_args(port: &str) -> Vec<String> {
     .collect()
 }
 
-#[test]
-fn shoal_downloads_from_libtorrent() {
+/// `shoal download` takes the test content with a big file of `big` bytes
+/// (pieces of 2^`log2_piece`) from a libtorrent seed it dials, and its log
+/// shows what was negotiated: the fast extension and the extension
+/// protocol both on, and libtorrent's extended handshake with its name.
+fn shoal_downloads_from_libtorrent_with(big: usize, log2_piece: &str) {
     if !have_libtorrent() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    make_content(&d.join("seed/tree"), BIG);
-    shoal_ok(d, &["create", "seed/tree", "-l", "16", "-o", "t.torrent"]);
+    make_content(&d.join("seed/tree"), big);
+    shoal_ok(
+        d,
+        &["create", "seed/tree", "-l", log2_piece, "-o", "t.torrent"],
+    );
     let (_seed, port) = start_libtorrent_seed(d);
     let peer = format!("127.0.0.1:{port}");
     let started = Instant::now();
-    let run = shoal_download(
-        d,
-        &[
+    let child = Command::new(SHOAL)
+        .args([
+            "download",
             "t.torrent",
             "-o",
             "out",
@@ -205,12 +211,44 @@ fn shoal_downloads_from_libtorrent() {
             "-q",
             "--no-peers-timeout",
             "30s",
-        ],
-        50,
-    );
-    assert_complete(&run, content_size(BIG));
+        ])
+        .env("RUST_LOG", "warn,client=debug")
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start shoal download");
+    let run = finish(child, 50, "shoal download");
+    assert_complete(&run, content_size(big));
     eprintln!("downloaded in {:?}", started.elapsed());
+    let connected = run
+        .stderr
+        .lines()
+        .find(|l| l.contains(&format!("{peer}: connected")))
+        .unwrap_or_else(|| panic!("no connection to {peer} logged:\n{}", run.stderr));
+    assert!(
+        connected.contains("fast extension on, extension protocol on"),
+        "{connected}"
+    );
+    assert!(
+        run.stderr
+            .lines()
+            .any(|l| l.contains(&format!("{peer}: extended handshake: libtorrent/"))),
+        "libtorrent's extended handshake not logged:\n{}",
+        run.stderr
+    );
     same_tree(&d.join("seed/tree"), &d.join("out/tree"));
+}
+
+#[test]
+fn shoal_downloads_from_libtorrent() {
+    shoal_downloads_from_libtorrent_with(BIG, "16");
+}
+
+/// 3200+ blocks from libtorrent.
+#[test]
+fn shoal_downloads_many_blocks_from_libtorrent() {
+    shoal_downloads_from_libtorrent_with(HUGE, "15");
 }
 
 /// Python for a libtorrent leecher: `leech.py TORRENT SAVE_DIR PEER_PORT
@@ -665,15 +703,17 @@ fn run_in_netns(dir: &Path, script: &str, env: &[(&str, &str)], secs: u64) -> St
     run.stdout
 }
 
-#[test]
-fn shoal_downloads_from_transmission_through_the_tracker() {
+/// `shoal download` takes the test content with a big file of `big` bytes
+/// (pieces of 2^`log2_piece`) from a Transmission seed found through the
+/// tracker.
+fn shoal_downloads_from_transmission(big: usize, log2_piece: &str) {
     if !can_make_netns() {
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    make_content(&d.join("seed/tree"), BIG);
-    let stdout = run_in_netns(d, TRANSMISSION_SEED, &[], 55);
+    make_content(&d.join("seed/tree"), big);
+    let stdout = run_in_netns(d, TRANSMISSION_SEED, &[("LOG2_PIECE", log2_piece)], 80);
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix("DOWNLOAD "))
@@ -684,13 +724,24 @@ fn shoal_downloads_from_transmission_through_the_tracker() {
     assert_eq!(rc, "0", "shoal download failed: {line}\n{log}");
     let j: serde_json::Value = serde_json::from_str(parts.nth(1).unwrap()).unwrap();
     assert_eq!(j["complete"], true, "{j}\n{log}");
-    assert_eq!(j["size"], content_size(BIG), "{j}");
+    assert_eq!(j["size"], content_size(big), "{j}");
     assert!(
-        j["downloaded"].as_u64().unwrap() >= content_size(BIG),
+        j["downloaded"].as_u64().unwrap() >= content_size(big),
         "{j}"
     );
     assert_eq!(j["hash_fails"], 0, "{j}");
     same_tree(&d.join("seed/tree"), &d.join("out/tree"));
+}
+
+#[test]
+fn shoal_downloads_from_transmission_through_the_tracker() {
+    shoal_downloads_from_transmission(BIG, "16");
+}
+
+/// 3200+ blocks from Transmission.
+#[test]
+fn shoal_downloads_many_blocks_from_transmission_through_the_tracker() {
+    shoal_downloads_from_transmission(HUGE, "15");
 }
 
 /// Transmission downloads from `shoal seed` in `mode` (see
