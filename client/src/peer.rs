@@ -395,7 +395,12 @@ async fn read_loop(
                 Ok(0) => return Err(Ended::PeerClosed),
                 Ok(n) => {
                     conn.received_bytes(Instant::now());
-                    shared.engine.down_limit.acquire(n as u64).await;
+                    // Paying off the limiter's debt must not hold up a
+                    // shutdown.
+                    tokio::select! {
+                        () = shared.engine.down_limit.acquire(n as u64) => {}
+                        () = cancel.cancelled() => return Ok(()),
+                    }
                 }
                 Err(e) => return Err(Ended::Recv(e)),
             },

@@ -175,6 +175,9 @@ pub struct Connection {
     allowed_out: Vec<u32>,
     /// Pieces we may get from it while it chokes us.
     allowed_in: Vec<u32>,
+    /// Pieces it rejected a request for since it last unchoked us: not
+    /// asked of it again until then.
+    rejected: HashSet<u32>,
     /// Most requests it queues (its `reqq`).
     peer_reqq: usize,
     /// Its extended handshake, once received.
@@ -211,6 +214,7 @@ impl Connection {
             initial: s.initial_seeding.then(|| Initial::new(s.features.fast)),
             allowed_out: Vec::new(),
             allowed_in: Vec::new(),
+            rejected: HashSet::new(),
             peer_reqq: extension::DEFAULT_REQQ,
             ext: None,
             info: s.info,
@@ -316,6 +320,7 @@ impl Connection {
             }
             Message::Unchoke => {
                 self.peer_choking = false;
+                self.rejected.clear();
                 self.request_more(st, now);
             }
             Message::Interested => st.set_interested(self.key, true),
@@ -507,16 +512,17 @@ impl Connection {
         if now.duration_since(self.last_recv) > IDLE_TIMEOUT {
             return Err(Close::Idle);
         }
-        if !self.inflight.is_empty()
-            && !self.snubbed
-            && now.duration_since(self.last_block) > self.snub_after
-        {
-            // Snubbed: its requests go back to the pool for others.
-            tracing::debug!(
-                "{}: snubbed, releasing {} requests",
-                self.ident.addr,
-                self.inflight.len()
-            );
+        if !self.inflight.is_empty() && now.duration_since(self.last_block) > self.snub_after {
+            // Snubbed: its requests go back to the pool for others (again
+            // and again while it stays silent: one block at a time is all
+            // it is asked for, and it cannot hold even that one forever).
+            if !self.snubbed {
+                tracing::debug!(
+                    "{}: snubbed, releasing {} requests",
+                    self.ident.addr,
+                    self.inflight.len()
+                );
+            }
             self.snubbed = true;
             self.release_all(st);
         }
@@ -609,10 +615,15 @@ impl Connection {
             return;
         }
         let restricted;
-        let from = if only_fast {
+        let from = if only_fast || !self.rejected.is_empty() {
             let mut b = Bitfield::new(self.bitfield.len());
-            for &p in &self.allowed_in {
-                if self.bitfield.get(p as usize) {
+            let candidates: Box<dyn Iterator<Item = u32>> = if only_fast {
+                Box::new(self.allowed_in.iter().copied())
+            } else {
+                Box::new(0..self.bitfield.len() as u32)
+            };
+            for p in candidates {
+                if self.bitfield.get(p as usize) && !self.rejected.contains(&p) {
                     b.set(p as usize);
                 }
             }
@@ -782,7 +793,10 @@ impl Connection {
         if let Some(i) = self.inflight.iter().position(|x| *x == b) {
             self.inflight.swap_remove(i);
             st.picker.release(self.key, b);
-            // Others may take it; this peer is asked again only later.
+            // Others may take it; this peer is not asked for that piece
+            // again until it unchokes us anew (else a peer that rejects
+            // everything gets the same requests back at network speed).
+            self.rejected.insert(b.index);
             st.poke_all();
             self.forgive([b]);
             if !self.peer_choking {

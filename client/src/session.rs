@@ -209,6 +209,8 @@ pub enum Refused {
 
 /// Most peer addresses remembered.
 const MAX_CANDIDATES: usize = 4000;
+/// Most departed peer ids whose byte counts are kept.
+const MAX_GONE: usize = 4096;
 /// Most connection attempts at once.
 const MAX_CONNECTING: usize = 16;
 
@@ -431,9 +433,13 @@ impl Shared {
         st.picker.remove_peer(key, has);
         st.choker.remove(key);
         if let Some(p) = st.peers.remove(&key) {
-            let e = st.gone.entry(p.peer_id).or_default();
-            e.0 += p.counters.down.load(Ordering::Relaxed);
-            e.1 += p.counters.up.load(Ordering::Relaxed);
+            // Bounded: a peer reconnecting under ever new ids must not grow
+            // it without end (the totals of ids past the bound are lost).
+            if st.gone.len() < MAX_GONE || st.gone.contains_key(&p.peer_id) {
+                let e = st.gone.entry(p.peer_id).or_default();
+                e.0 += p.counters.down.load(Ordering::Relaxed);
+                e.1 += p.counters.up.load(Ordering::Relaxed);
+            }
             for addr in std::iter::once(p.addr).chain(p.dialed) {
                 if let Some(c) = st.candidates.get_mut(&addr) {
                     c.connected = false;

@@ -2,6 +2,8 @@
 
 use super::*;
 use crate::session::tests::{add_peer, test_state};
+use std::collections::HashSet;
+
 use crate::wire::BLOCK;
 
 /// Pieces of the test torrent (32 KiB each: two blocks).
@@ -649,4 +651,39 @@ fn all_blocks_one() -> Bitfield {
     let mut b = Bitfield::new(1);
     b.set(0);
     b
+}
+
+#[test]
+fn a_rejected_piece_is_not_asked_of_that_peer_again_until_it_unchokes() {
+    let mut t = T::new(false, features(true, false));
+    t.out();
+    let reqs = t.seeded_and_unchoked();
+    for b in &reqs {
+        t.recv(Message::RejectRequest(*b)).unwrap();
+    }
+    let again = requests(&t.out());
+    let rejected: HashSet<u32> = reqs.iter().map(|b| b.index).collect();
+    assert!(
+        again.iter().all(|b| !rejected.contains(&b.index)),
+        "rejected pieces asked again: {again:?}"
+    );
+    // A new unchoke: everything may be asked again.
+    t.recv(Message::Choke).unwrap();
+    t.recv(Message::Unchoke).unwrap();
+    assert!(t.conn.rejected.is_empty());
+}
+
+#[test]
+fn a_snubbed_peer_cannot_hold_its_one_block_forever() {
+    let mut t = T::new(false, features(false, false));
+    t.out();
+    t.seeded_and_unchoked();
+    t.pass(Duration::from_secs(61)).unwrap();
+    t.cmd(Cmd::Poke).unwrap();
+    let one = requests(&t.out());
+    assert_eq!(one.len(), 1);
+    // It keeps the connection alive but never sends that block.
+    t.conn.received_bytes(t.now);
+    t.pass(Duration::from_secs(61)).unwrap();
+    assert!(t.conn.inflight().is_empty(), "released again");
 }
