@@ -79,6 +79,17 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             metas.push(meta);
         }
     }
+    let mut names = HashSet::new();
+    if let Some(m) = metas
+        .iter()
+        .find(|m| !names.insert(m.info.name().to_string()))
+    {
+        bail!(
+            "two of the torrents are named '{}': they would write the same files in {}; download them into different directories",
+            m.info.name(),
+            args.output.display()
+        );
+    }
     if !args.only.is_empty() && metas.len() > 1 {
         bail!("--only names files of one torrent: give a single torrent with it");
     }
