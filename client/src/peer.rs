@@ -12,8 +12,9 @@
 //!   round.
 //!
 //! Memory per connection is bounded: the read buffer (at most one message
-//! of [`MAX_MESSAGE`] plus a read), the outbox ([`MAX_OUTBOX`]; a peer
-//! that lets it fill is dropped), the upload queue (request records, see
+//! of [`max_message`] of the torrent plus a read), the outbox
+//! ([`MAX_OUTBOX`], or twice our bitfield for torrents of millions of
+//! pieces; a peer that lets it fill is dropped), the upload queue (request records, see
 //! [`crate::protocol::MAX_UPLOAD_QUEUE`]) and one batch of blocks.
 
 use std::net::SocketAddr;
@@ -29,7 +30,7 @@ use tokio::sync::{mpsc, Notify, OwnedSemaphorePermit};
 use crate::engine::HANDSHAKE_TIMEOUT;
 use crate::protocol::{Close, Connection, Setup, UploadQueue};
 use crate::session::{Cmd, Ident, PeerCounters, Refused, Shared};
-use crate::wire::{Features, Handshake, Message, HANDSHAKE_LEN, MAX_MESSAGE};
+use crate::wire::{max_message, Features, Handshake, Message, HANDSHAKE_LEN};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 /// Close a connection whose peer has not taken our data for this long.
@@ -53,24 +54,34 @@ pub const OUR_FEATURES: Features = Features {
 };
 
 /// Encoded messages from the reader to the writer, bounded in bytes.
-#[derive(Default)]
 struct Outbox {
     buf: Mutex<Vec<u8>>,
     ready: Notify,
+    max: usize,
 }
 
 impl Outbox {
+    /// An outbox for a torrent whose largest message (its bitfield) is
+    /// `max_message` bytes.
+    fn new(max_message: usize) -> Outbox {
+        Outbox {
+            buf: Mutex::new(Vec::new()),
+            ready: Notify::new(),
+            max: MAX_OUTBOX.max(2 * max_message),
+        }
+    }
+
     fn lock(&self) -> std::sync::MutexGuard<'_, Vec<u8>> {
         self.buf.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Appends `bytes`; false when that would pass [`MAX_OUTBOX`].
+    /// Appends `bytes`; false when that would pass its bound.
     fn push(&self, bytes: &[u8]) -> bool {
         if bytes.is_empty() {
             return true;
         }
         let mut b = self.lock();
-        if b.len() + bytes.len() > MAX_OUTBOX {
+        if b.len() + bytes.len() > self.max {
             return false;
         }
         b.extend_from_slice(bytes);
@@ -251,7 +262,8 @@ async fn run(
         now,
     );
     conn.start(&mut shared.lock(), now);
-    let outbox = Arc::new(Outbox::default());
+    let max_msg = max_message(shared.info.piece_count());
+    let outbox = Arc::new(Outbox::new(max_msg));
     let (rd, wr) = stream.into_split();
     let cancel = shared.cancel.child_token();
     let writer = {
@@ -278,9 +290,16 @@ async fn run(
     let why = reader(&shared, &mut conn, rd, buf, cmds, &outbox, &cancel).await;
     tracing::debug!("{addr}: disconnected: {why}");
     cancel.cancel();
-    {
+    let client = {
         let mut st = shared.lock();
         conn.closed(&mut st);
+        st.peers.get(&conn.key()).and_then(|p| p.client.clone())
+    };
+    if why.is_peers_fault() {
+        shared.engine.drops.report(addr.ip(), || {
+            let client = client.unwrap_or_else(|| client_name(&peer_id));
+            format!("dropped peer {addr} ({client}): {why}")
+        });
     }
     shared.unregister(conn.key(), conn.bitfield());
     let _ = writer.await;
@@ -308,6 +327,17 @@ enum Ended {
     NotReading,
     #[error("closed")]
     Cancelled,
+}
+
+impl Ended {
+    /// It broke the protocol or would not take what it asked for (a ban
+    /// is told where it is decided).
+    fn is_peers_fault(&self) -> bool {
+        matches!(
+            self,
+            Ended::Protocol(Close::Wire(_) | Close::Violation(_)) | Ended::NotReading
+        )
+    }
 }
 
 /// Hands what the state machine encoded to the writer.
@@ -343,13 +373,14 @@ async fn read_loop(
     outbox: &Outbox,
     cancel: &tokio_util::sync::CancellationToken,
 ) -> Result<(), Ended> {
+    let max_msg = max_message(shared.info.piece_count());
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush(conn, outbox)?;
     loop {
         // Everything complete in the buffer first.
         let mut at = 0;
-        while let Some((m, used)) = Message::decode(&buf[at..]).map_err(Close::from)? {
+        while let Some((m, used)) = Message::decode_max(&buf[at..], max_msg).map_err(Close::from)? {
             at += used;
             // Room in the write queue first, so blocks reach the disk
             // threads in the order the picker counted them (the last block
@@ -372,7 +403,7 @@ async fn read_loop(
         if buf.capacity() - buf.len() < want {
             buf.reserve(
                 (want * 4)
-                    .min(MAX_MESSAGE + 4 - buf.len().min(MAX_MESSAGE))
+                    .min(max_msg + 4 - buf.len().min(max_msg))
                     .max(want),
             );
         }

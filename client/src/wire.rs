@@ -2,8 +2,9 @@
 //! "need more bytes"), and messages into bytes. No sockets, no async, so
 //! it is tested exhaustively without a network.
 //!
-//! Every length prefix is checked against [`MAX_MESSAGE`] before anything
-//! is allocated; a peer that sends a bigger one, a message of the wrong
+//! Every length prefix is checked against a bound before anything is
+//! allocated ([`MAX_MESSAGE`], or [`max_message`] of the torrent: a
+//! bitfield of a torrent with many pieces is longer); a peer that sends a bigger one, a message of the wrong
 //! size for its id, or a bad handshake gets a [`WireError`] naming the
 //! problem, and the connection layer drops it.
 //!
@@ -17,10 +18,19 @@ use torrent_format::InfoHash;
 pub const PROTOCOL: &[u8; 19] = b"BitTorrent protocol";
 /// A handshake is 1 + 19 + 8 + 20 + 20 bytes.
 pub const HANDSHAKE_LEN: usize = 68;
-/// Largest message accepted: a 16 KiB block plus its header, with room for
-/// peers that send 32 KiB blocks and for bitfields of torrents with up to
-/// a million pieces (128 KiB).
+/// Largest message accepted whatever the torrent: a 16 KiB block plus its
+/// header, with room for peers that send 32 KiB blocks, for extension
+/// messages, and for bitfields of torrents with up to a million pieces
+/// (128 KiB). [`max_message`] raises it for torrents with more pieces.
 pub const MAX_MESSAGE: usize = 1 << 17 | 64;
+
+/// Largest message a peer of a torrent of `pieces` pieces may send: its
+/// bitfield (one bit a piece, plus the id byte) may be longer than
+/// [`MAX_MESSAGE`]. A torrent's piece count is bounded by its own size,
+/// so this is too.
+pub fn max_message(pieces: usize) -> usize {
+    MAX_MESSAGE.max(pieces.div_ceil(8) + 1)
+}
 /// The block size requested and the largest request we serve.
 pub const BLOCK: u32 = 16 * 1024;
 /// Largest block we accept in a `piece` message.
@@ -30,8 +40,8 @@ pub const MAX_BLOCK: u32 = 32 * 1024;
 pub enum WireError {
     #[error("handshake does not start with the BitTorrent protocol string")]
     NotBitTorrent,
-    #[error("message length {0} is over the {MAX_MESSAGE}-byte limit")]
-    TooLong(usize),
+    #[error("message length {len} is over the {max}-byte limit")]
+    TooLong { len: usize, max: usize },
     #[error("message id {id} must be {expected} bytes long, not {got}")]
     BadLength { id: u8, expected: usize, got: usize },
     #[error("'piece' carries {0} bytes, over the {MAX_BLOCK}-byte block limit")]
@@ -167,13 +177,20 @@ fn u32_at(b: &[u8], at: usize) -> u32 {
 impl Message {
     /// Decodes one message from the front of `buf`: `Ok(None)` when more
     /// bytes are needed, otherwise the message and how many bytes it used.
+    /// Messages over [`MAX_MESSAGE`] are refused.
     pub fn decode(buf: &[u8]) -> Result<Option<(Message, usize)>, WireError> {
+        Message::decode_max(buf, MAX_MESSAGE)
+    }
+
+    /// [`Message::decode`] with messages of up to `max` bytes (see
+    /// [`max_message`]).
+    pub fn decode_max(buf: &[u8], max: usize) -> Result<Option<(Message, usize)>, WireError> {
         let Some(prefix) = buf.get(..4) else {
             return Ok(None);
         };
         let len = u32_at(prefix, 0) as usize;
-        if len > MAX_MESSAGE {
-            return Err(WireError::TooLong(len));
+        if len > max {
+            return Err(WireError::TooLong { len, max });
         }
         let Some(body) = buf.get(4..4 + len) else {
             return Ok(None);
@@ -443,11 +460,41 @@ mod tests {
     }
 
     #[test]
+    fn the_bound_follows_the_torrent() {
+        // 1 114 112 pieces (17 GiB of 16 KiB pieces): a 139 265-byte
+        // bitfield message, over the fixed bound.
+        let pieces = 1_114_112;
+        let mut all = Bitfield::new(pieces);
+        for i in 0..pieces {
+            all.set(i);
+        }
+        let mut out = Vec::new();
+        Message::Bitfield(all.as_bytes().to_vec()).encode(&mut out);
+        assert!(out.len() - 4 > MAX_MESSAGE);
+        assert!(matches!(
+            Message::decode(&out),
+            Err(WireError::TooLong { .. })
+        ));
+        let max = max_message(pieces);
+        assert_eq!(max, out.len() - 4);
+        let (m, used) = Message::decode_max(&out, max).unwrap().unwrap();
+        assert_eq!(used, out.len());
+        assert_eq!(m, Message::Bitfield(all.as_bytes().to_vec()));
+        // One byte more is refused; small torrents keep the fixed bound.
+        out[3] += 1;
+        assert!(Message::decode_max(&out, max).is_err());
+        assert_eq!(max_message(10), MAX_MESSAGE);
+    }
+
+    #[test]
     fn refuses_bad_messages_before_allocating() {
         // A 4 GiB length prefix is refused from the prefix alone.
         assert_eq!(
             Message::decode(&[0xff, 0xff, 0xff, 0xff]),
-            Err(WireError::TooLong(0xffff_ffff))
+            Err(WireError::TooLong {
+                len: 0xffff_ffff,
+                max: MAX_MESSAGE
+            })
         );
         assert!(matches!(
             Message::decode(&[0, 0, 0, 2, 0, 0]),
