@@ -434,7 +434,7 @@ impl Connection {
                         // verdict cross; a full count settles it.
                         self.lacking = self.count_lacking(st);
                     }
-                    self.update_interest();
+                    self.update_interest(st);
                 }
             }
             Cmd::Choke => {
@@ -473,10 +473,11 @@ impl Connection {
             }
             Cmd::Poke => {
                 self.poked.store(false, Ordering::Relaxed);
-                self.update_interest();
+                self.update_interest(st);
                 self.request_more(st, now);
             }
             Cmd::Close(why) => return Err(Close::Banned(why)),
+            Cmd::Drop(why) => return Err(Close::Torrent(why)),
             Cmd::Spread(piece) => {
                 if let Some(init) = &mut self.initial {
                     init.spread(
@@ -581,10 +582,11 @@ impl Connection {
     }
 
     /// Says `interested` / `not interested` when that changed.
-    fn update_interest(&mut self) {
+    fn update_interest(&mut self, st: &mut State) {
         let want = self.lacking > 0;
         if want != self.am_interested {
             self.am_interested = want;
+            st.set_wanted(self.key, want);
             self.send(if want {
                 &Message::Interested
             } else {
@@ -696,7 +698,7 @@ impl Connection {
             return Err(Close::BothSeeds);
         }
         self.announce_spread(st, piece);
-        self.update_interest();
+        self.update_interest(st);
         self.request_more(st, now);
         Ok(())
     }
@@ -710,7 +712,7 @@ impl Connection {
         if st.is_complete() && self.bitfield.is_complete() {
             return Err(Close::BothSeeds);
         }
-        self.update_interest();
+        self.update_interest(st);
         if st.initial_seeding && st.is_complete() {
             // One message per connection, whatever the piece count.
             let bits = Arc::new(self.bitfield.clone());

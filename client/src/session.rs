@@ -53,6 +53,10 @@ pub struct Config {
     /// Announce URLs by tier (BEP 12).
     pub trackers: Vec<Vec<String>>,
     pub max_peers: usize,
+    /// Most peers of this torrent from one host (one IPv4 address, one
+    /// IPv6 /64). Loopback peers are processes on this machine and are
+    /// not counted.
+    pub max_peers_per_host: usize,
     pub upload_slots: usize,
     /// Bytes per second; `None` for no limit.
     pub download_limit: Option<u64>,
@@ -78,6 +82,7 @@ impl Config {
             peers: Vec::new(),
             trackers: Vec::new(),
             max_peers: 50,
+            max_peers_per_host: 8,
             upload_slots: 4,
             download_limit: None,
             upload_limit: None,
@@ -129,7 +134,10 @@ pub(crate) enum Cmd {
     Cancel(BlockRef),
     /// Blocks were freed or pieces failed: look for work again.
     Poke,
+    /// Banned: close the connection.
     Close(&'static str),
+    /// Close the connection for this reason (not the peer's fault).
+    Drop(&'static str),
     /// Initial seeding: another peer announced this piece, so it spread.
     Spread(u32),
     /// Initial seeding: another peer has all these pieces (its bitfield).
@@ -165,6 +173,12 @@ pub(crate) struct PeerEntry {
     pub outgoing: bool,
     /// It wants to download from us.
     pub interested: bool,
+    /// We want pieces it has.
+    pub wanted: bool,
+    /// When it last sent us payload.
+    pub last_given: Option<Instant>,
+    /// Told to close to make room for a newcomer; no longer counted.
+    pub evicted: bool,
     /// It has every piece.
     pub seed: bool,
     pub pieces: usize,
@@ -173,6 +187,19 @@ pub(crate) struct PeerEntry {
     pub dialed: Option<SocketAddr>,
     pub down: RateMeter,
     pub up: RateMeter,
+}
+
+impl PeerEntry {
+    /// It wants nothing from us, and gives us nothing we want: its slot
+    /// may go to a newcomer.
+    fn is_idle(&self, now: Instant, complete: bool) -> bool {
+        if self.interested {
+            return false;
+        }
+        complete
+            || !self.wanted
+            || now.duration_since(self.last_given.unwrap_or(self.connected_at)) >= GIVE_GRACE
+    }
 }
 
 /// Who sent a block, remembered until its piece is verified.
@@ -203,8 +230,30 @@ pub enum Refused {
     Banned,
     #[error("already connected to this peer")]
     Duplicate,
-    #[error("too many peers")]
+    #[error("too many peers, none of them idle")]
     Full,
+    #[error("too many connections from that host")]
+    SameHost,
+}
+
+/// A peer we want something from keeps its slot this long after it last
+/// gave us a block (or after it connected) even if it wants nothing.
+const GIVE_GRACE: Duration = Duration::from_secs(30);
+
+/// The same host, for counting connections: the same IPv4 address, or the
+/// same IPv6 /64 (one subscriber's prefix); IPv4-mapped addresses count
+/// as their IPv4 address.
+fn same_host(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
+    use std::net::IpAddr;
+    let canon = |ip: IpAddr| match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(ip, IpAddr::V4),
+        v4 => v4,
+    };
+    match (canon(a), canon(b)) {
+        (IpAddr::V4(a), IpAddr::V4(b)) => a == b,
+        (IpAddr::V6(a), IpAddr::V6(b)) => a.segments()[..4] == b.segments()[..4],
+        _ => false,
+    }
 }
 
 /// Most peer addresses remembered.
@@ -258,6 +307,96 @@ impl State {
 
     pub fn is_complete(&self) -> bool {
         self.picker.is_complete()
+    }
+
+    /// Admits a handshaken peer unless it is banned, a duplicate, one too
+    /// many from its host, or one too many while no peer is idle. When
+    /// the torrent is full, the peer that has wanted and given nothing for
+    /// longest is told to go ([`Cmd::Drop`]) to make room: idle peers can
+    /// never lock a newcomer out.
+    #[allow(clippy::too_many_arguments)]
+    pub fn admit(
+        &mut self,
+        addr: SocketAddr,
+        peer_id: [u8; 20],
+        outgoing: bool,
+        tx: mpsc::UnboundedSender<Cmd>,
+        now: Instant,
+        max_peers: usize,
+        max_per_host: usize,
+    ) -> Result<PeerKey, Refused> {
+        if self.is_banned(&Ident { peer_id, addr }) {
+            return Err(Refused::Banned);
+        }
+        if let Some(p) = self.peers.values_mut().find(|p| p.peer_id == peer_id) {
+            // Connected the other way already: this address reaches it, so
+            // do not dial it again while that connection lasts.
+            if outgoing {
+                p.dialed = Some(addr);
+                if let Some(c) = self.candidates.get_mut(&addr) {
+                    c.connected = true;
+                }
+            }
+            return Err(Refused::Duplicate);
+        }
+        let live = || self.peers.values().filter(|p| !p.evicted);
+        if !addr.ip().is_loopback()
+            && live().filter(|p| same_host(p.addr.ip(), addr.ip())).count() >= max_per_host
+        {
+            return Err(Refused::SameHost);
+        }
+        if live().count() >= max_peers {
+            let complete = self.is_complete();
+            let victim = self
+                .peers
+                .iter()
+                .filter(|(_, p)| !p.evicted && p.is_idle(now, complete))
+                .min_by_key(|(&key, p)| (p.last_given.unwrap_or(p.connected_at), key))
+                .map(|(&key, _)| key);
+            let Some(victim) = victim else {
+                return Err(Refused::Full);
+            };
+            let v = self.peers.get_mut(&victim).expect("just found");
+            v.evicted = true;
+            let _ = v.tx.send(Cmd::Drop("making room for a new peer"));
+            tracing::debug!("{}: idle, making room for {addr}", v.addr);
+        }
+        let key = self.next_key;
+        self.next_key = self.next_key.wrapping_add(1);
+        self.peers.insert(
+            key,
+            PeerEntry {
+                addr,
+                peer_id,
+                tx,
+                counters: Arc::default(),
+                poked: Arc::default(),
+                client: None,
+                connected_at: now,
+                outgoing,
+                interested: false,
+                wanted: false,
+                last_given: None,
+                evicted: false,
+                seed: false,
+                pieces: 0,
+                dialed: None,
+                down: RateMeter::default(),
+                up: RateMeter::default(),
+            },
+        );
+        if let Some(c) = self.candidates.get_mut(&addr) {
+            c.connected = true;
+            c.fails = 0;
+        }
+        Ok(key)
+    }
+
+    /// We want pieces this peer has (or no longer do).
+    pub fn set_wanted(&mut self, key: PeerKey, wanted: bool) {
+        if let Some(p) = self.peers.get_mut(&key) {
+            p.wanted = wanted;
+        }
     }
 
     /// Asks every connection to look for work again; a connection with a
@@ -375,54 +514,20 @@ impl Shared {
             }
             return Err(Refused::Us);
         }
-        if st.is_banned(&Ident { peer_id, addr }) {
-            return Err(Refused::Banned);
-        }
-        if let Some(p) = st.peers.values_mut().find(|p| p.peer_id == peer_id) {
-            // Connected the other way already: this address reaches it, so
-            // do not dial it again while that connection lasts.
-            if outgoing {
-                p.dialed = Some(addr);
-                if let Some(c) = st.candidates.get_mut(&addr) {
-                    c.connected = true;
-                }
-            }
-            return Err(Refused::Duplicate);
-        }
-        if st.peers.len() >= self.config.max_peers {
-            return Err(Refused::Full);
-        }
-        let key = st.next_key;
-        st.next_key = st.next_key.wrapping_add(1);
-        let counters = Arc::new(PeerCounters::default());
-        let poked = Arc::new(AtomicBool::new(false));
-        st.peers.insert(
-            key,
-            PeerEntry {
-                addr,
-                peer_id,
-                tx,
-                counters: counters.clone(),
-                poked: poked.clone(),
-                client: None,
-                connected_at: Instant::now(),
-                outgoing,
-                interested: false,
-                seed: false,
-                pieces: 0,
-                dialed: None,
-                down: RateMeter::default(),
-                up: RateMeter::default(),
-            },
-        );
-        if let Some(c) = st.candidates.get_mut(&addr) {
-            c.connected = true;
-            c.fails = 0;
-        }
+        let key = st.admit(
+            addr,
+            peer_id,
+            outgoing,
+            tx,
+            Instant::now(),
+            self.config.max_peers,
+            self.config.max_peers_per_host,
+        )?;
+        let p = &st.peers[&key];
         Ok(Admitted {
             key,
-            counters,
-            poked,
+            counters: p.counters.clone(),
+            poked: p.poked.clone(),
             initial_seeding: self.config.initial_seeding && st.is_complete(),
         })
     }
@@ -914,6 +1019,9 @@ fn measure(shared: &Shared) {
     for p in st.peers.values_mut() {
         let down = p.counters.down.load(Ordering::Relaxed);
         let up = p.counters.up.load(Ordering::Relaxed);
+        if down > p.down.total() {
+            p.last_given = Some(now);
+        }
         p.down.add(down - p.down.total());
         p.up.add(up - p.up.total());
         p.down.tick(now);
@@ -941,7 +1049,7 @@ fn verdict(shared: &Shared, piece: u32, ok: bool, digests: Option<Vec<[u8; 20]>>
     st.picker.verified(piece, ok);
     let v = st.smart.verdict(piece, ok, digests);
     for (who, guilt) in v.ban {
-        ban(&mut st, who, guilt.describe());
+        ban(&mut st, &shared.engine.drops, who, guilt.describe());
     }
     if ok {
         if st.have.get(piece as usize) {
@@ -970,14 +1078,23 @@ fn verdict(shared: &Shared, piece: u32, ok: bool, digests: Option<Vec<[u8; 20]>>
     }
 }
 
-fn ban(st: &mut State, who: Ident, why: &'static str) {
+fn ban(st: &mut State, drops: &crate::droplog::DropLog, who: Ident, why: &'static str) {
     let new_id = st.banned_ids.insert(who.peer_id);
     let new_addr = st.banned_addrs.insert(who.addr);
     if !new_id && !new_addr {
         // Its other bad pieces are only now being checked.
         return;
     }
-    tracing::warn!("banning peer {} ({why})", who.addr);
+    let client = st
+        .peers
+        .values()
+        .find(|p| p.peer_id == who.peer_id)
+        .and_then(|p| p.client.clone())
+        .unwrap_or_else(|| crate::peer::client_name(&who.peer_id));
+    tracing::debug!("{}: banned ({why})", who.addr);
+    drops.report(who.addr.ip(), || {
+        format!("banning peer {} ({client}): {why}", who.addr)
+    });
     st.candidates.remove(&who.addr);
     for p in st.peers.values() {
         if p.peer_id == who.peer_id || p.addr == who.addr {
@@ -1134,27 +1251,120 @@ pub(crate) mod tests {
     /// key and the receiving end of its command channel.
     pub(crate) fn add_peer(st: &mut State, n: u8) -> (PeerKey, mpsc::UnboundedReceiver<Cmd>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        let key = st.next_key;
-        st.next_key += 1;
-        st.peers.insert(
-            key,
-            PeerEntry {
-                addr: ([10, 0, 0, n], 6881).into(),
-                peer_id: [n; 20],
-                tx,
-                counters: Arc::default(),
-                poked: Arc::default(),
-                client: None,
-                connected_at: Instant::now(),
-                outgoing: false,
-                interested: false,
-                seed: false,
-                pieces: 0,
-                dialed: None,
-                down: RateMeter::default(),
-                up: RateMeter::default(),
-            },
-        );
+        let addr = ([10, 0, 0, n], 6881).into();
+        let key = st
+            .admit(addr, [n; 20], false, tx, Instant::now(), 1000, 1000)
+            .unwrap();
         (key, rx)
+    }
+
+    fn join(
+        st: &mut State,
+        addr: &str,
+        id: u8,
+        now: Instant,
+        max: usize,
+    ) -> Result<(PeerKey, mpsc::UnboundedReceiver<Cmd>), Refused> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let key = st.admit(addr.parse().unwrap(), [id; 20], false, tx, now, max, 8)?;
+        Ok((key, rx))
+    }
+
+    #[test]
+    fn idle_peers_make_room_for_a_newcomer() {
+        let t0 = Instant::now();
+        let mut st = test_state(8, true);
+        let mut rxs = Vec::new();
+        for i in 0..4u8 {
+            let at = t0 + Duration::from_secs(u64::from(i));
+            rxs.push(join(&mut st, &format!("10.0.1.{i}:6881"), i, at, 4).unwrap());
+        }
+        // The two oldest want something from us: they keep their slots.
+        for (key, _) in &rxs[..2] {
+            st.set_interested(*key, true);
+        }
+        let now = t0 + Duration::from_secs(10);
+        let (new, _) = join(&mut st, "10.0.2.1:6881", 10, now, 4).unwrap();
+        // The oldest idle one (connected at t0 + 2 s) goes.
+        let (victim, rx) = &mut rxs[2];
+        assert!(st.peers[victim].evicted);
+        assert!(matches!(rx.try_recv(), Ok(Cmd::Drop(_))));
+        assert!(rxs[3].1.try_recv().is_err());
+        // Next, the other idle one; the newcomer is idle too, but newer.
+        join(&mut st, "10.0.2.2:6881", 11, now, 4).unwrap();
+        assert!(st.peers[&rxs[3].0].evicted);
+        join(&mut st, "10.0.2.3:6881", 12, now, 4).unwrap();
+        assert!(st.peers[&new].evicted);
+        // Everyone left wants something, or is the newest: once all the
+        // live ones are interested, a newcomer is refused.
+        let live: Vec<PeerKey> = st
+            .peers
+            .iter()
+            .filter(|(_, p)| !p.evicted)
+            .map(|(&k, _)| k)
+            .collect();
+        for k in live {
+            st.set_interested(k, true);
+        }
+        assert_eq!(
+            join(&mut st, "10.0.2.4:6881", 13, now, 4).unwrap_err(),
+            Refused::Full
+        );
+    }
+
+    #[test]
+    fn a_leecher_keeps_peers_that_give() {
+        let t0 = Instant::now();
+        let mut st = test_state(8, false);
+        let (a, _) = join(&mut st, "10.0.1.1:6881", 1, t0, 2).unwrap();
+        let (b, _) = join(&mut st, "10.0.1.2:6881", 2, t0, 2).unwrap();
+        st.set_wanted(a, true);
+        st.set_wanted(b, true);
+        // Both just connected and have what we want: no room.
+        let soon = t0 + Duration::from_secs(5);
+        assert_eq!(
+            join(&mut st, "10.0.1.3:6881", 3, soon, 2).unwrap_err(),
+            Refused::Full
+        );
+        // `a` gave a block at 20 s; at 40 s `b` has given nothing for 40 s.
+        st.peers.get_mut(&a).unwrap().last_given = Some(t0 + Duration::from_secs(20));
+        let later = t0 + Duration::from_secs(40);
+        join(&mut st, "10.0.1.3:6881", 3, later, 2).unwrap();
+        assert!(st.peers[&b].evicted && !st.peers[&a].evicted);
+    }
+
+    #[test]
+    fn one_host_has_a_bounded_share() {
+        let now = Instant::now();
+        let mut st = test_state(8, true);
+        for i in 0..8u8 {
+            let addr = format!("10.0.0.1:{}", 7000 + u16::from(i));
+            join(&mut st, &addr, i, now, 50).unwrap();
+        }
+        assert_eq!(
+            join(&mut st, "10.0.0.1:9000", 20, now, 50).unwrap_err(),
+            Refused::SameHost
+        );
+        // The same address mapped into IPv6 is the same host.
+        assert_eq!(
+            join(&mut st, "[::ffff:10.0.0.1]:9000", 21, now, 50).unwrap_err(),
+            Refused::SameHost
+        );
+        join(&mut st, "10.0.0.2:9000", 22, now, 50).unwrap();
+        // An IPv6 /64 is one host; another /64 is another.
+        for i in 0..8u8 {
+            let addr = format!("[2001:db8:0:1::{}]:6881", i + 1);
+            join(&mut st, &addr, 30 + i, now, 50).unwrap();
+        }
+        assert_eq!(
+            join(&mut st, "[2001:db8:0:1:ffff::1]:6881", 40, now, 50).unwrap_err(),
+            Refused::SameHost
+        );
+        join(&mut st, "[2001:db8:0:2::1]:6881", 41, now, 50).unwrap();
+        // Loopback peers are processes of this machine: not capped.
+        for i in 0..12u8 {
+            let addr = format!("127.0.0.1:{}", 7000 + u16::from(i));
+            join(&mut st, &addr, 50 + i, now, 50).unwrap();
+        }
     }
 }
