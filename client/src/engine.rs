@@ -91,6 +91,8 @@ pub(crate) struct EngineShared {
     tracker: std::sync::OnceLock<Result<TrackerClient, String>>,
     torrents: Mutex<HashMap<InfoHash, Weak<Shared>>>,
     handshaking: Mutex<HashMap<IpAddr, usize>>,
+    /// Why peers were dropped, rate-limited at the default level.
+    pub drops: crate::droplog::DropLog,
     pub cancel: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -202,6 +204,7 @@ impl Engine {
             tracker: std::sync::OnceLock::new(),
             torrents: Mutex::new(HashMap::new()),
             handshaking: Mutex::new(HashMap::new()),
+            drops: Default::default(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
