@@ -378,13 +378,29 @@ async fn read_loop(
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     flush(conn, outbox)?;
     loop {
-        // Everything complete in the buffer first.
+        // Everything complete in the buffer first, under one lock but for
+        // blocks, which wait for room in the write queue first (so they
+        // reach the disk threads in the order the picker counted them:
+        // the last block of a piece must come after the others).
         let mut at = 0;
-        while let Some((m, used)) = Message::decode_max(&buf[at..], max_msg).map_err(Close::from)? {
-            at += used;
-            // Room in the write queue first, so blocks reach the disk
-            // threads in the order the picker counted them (the last block
-            // of a piece must come after the others).
+        loop {
+            let block = {
+                let now = Instant::now();
+                let mut st = shared.lock();
+                loop {
+                    let Some((m, used)) =
+                        Message::decode_max(&buf[at..], max_msg).map_err(Close::from)?
+                    else {
+                        break None;
+                    };
+                    at += used;
+                    if matches!(m, Message::Piece { .. }) {
+                        break Some(m);
+                    }
+                    conn.handle(m, now, &mut st)?;
+                }
+            };
+            let Some(m) = block else { break };
             let permit = match &m {
                 Message::Piece { data, .. } => shared.disk.reserve(data.len()).await,
                 _ => None,

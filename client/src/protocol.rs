@@ -44,6 +44,46 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(150);
 pub const MAX_UPLOAD_QUEUE: usize = 2000;
 /// Blocks cancelled or given up on, whose late arrival is forgiven.
 const MAX_FORGIVEN: usize = 2048;
+/// Messages that carry neither data nor news of pieces (keep-alive,
+/// choke, unchoke, interested, not interested, a repeated bitfield) a peer
+/// may send in a burst, and then how many a second. Each costs work under
+/// the torrent's lock (a choke frees requests, an unchoke makes new ones,
+/// an interest change runs the choker); honest peers send a few a minute,
+/// and a peer that sends them without end would starve the others.
+pub const CHATTER_BURST: u64 = 500;
+pub const CHATTER_RATE: u64 = 20;
+/// What a repeated bitfield costs, in chatter: it is a scan of all pieces.
+const BITFIELD_CHATTER: u64 = 50;
+
+/// A token bucket for chatter, in thousandths of a message.
+struct Chatter {
+    milli: u64,
+    at: Instant,
+}
+
+impl Chatter {
+    fn new(now: Instant) -> Chatter {
+        Chatter {
+            milli: CHATTER_BURST * 1000,
+            at: now,
+        }
+    }
+
+    /// Takes `cost` messages' worth; false when the peer is over its
+    /// allowance.
+    fn take(&mut self, cost: u64, now: Instant) -> bool {
+        let ms = now.saturating_duration_since(self.at).as_millis() as u64;
+        self.at = self.at.max(now);
+        self.milli = (self.milli + ms * CHATTER_RATE).min(CHATTER_BURST * 1000);
+        match self.milli.checked_sub(cost * 1000) {
+            Some(left) => {
+                self.milli = left;
+                true
+            }
+            None => false,
+        }
+    }
+}
 
 /// Why a connection ends.
 #[derive(Debug, thiserror::Error)]
@@ -83,6 +123,8 @@ pub enum Violation {
     UnrequestedReject(BlockRef),
     #[error("{0}")]
     ExtHandshake(#[from] extension::ExtError),
+    #[error("a flood of keep-alive, choke or interest messages (over {CHATTER_BURST} at once, or {CHATTER_RATE} a second)")]
+    Chatter,
 }
 
 /// A received block to hand to the disk.
@@ -182,6 +224,7 @@ pub struct Connection {
     peer_reqq: usize,
     /// Its extended handshake, once received.
     ext: Option<ExtHandshake>,
+    chatter: Chatter,
 }
 
 impl Connection {
@@ -212,6 +255,7 @@ impl Connection {
             poked: s.poked,
             lacking: 0,
             initial: s.initial_seeding.then(|| Initial::new(s.features.fast)),
+            chatter: Chatter::new(now),
             allowed_out: Vec::new(),
             allowed_in: Vec::new(),
             rejected: HashSet::new(),
@@ -307,6 +351,18 @@ impl Connection {
         now: Instant,
         st: &mut State,
     ) -> Result<Option<Write>, Close> {
+        let chatter = match &m {
+            Message::KeepAlive
+            | Message::Choke
+            | Message::Unchoke
+            | Message::Interested
+            | Message::NotInterested => 1,
+            Message::Bitfield(_) if self.got_bitfield => BITFIELD_CHATTER,
+            _ => 0,
+        };
+        if chatter > 0 && !self.chatter.take(chatter, now) {
+            return Err(Violation::Chatter.into());
+        }
         match m {
             Message::KeepAlive => {}
             Message::Choke if self.peer_choking => {}

@@ -687,3 +687,49 @@ fn a_snubbed_peer_cannot_hold_its_one_block_forever() {
     t.pass(Duration::from_secs(61)).unwrap();
     assert!(t.conn.inflight().is_empty(), "released again");
 }
+
+#[test]
+fn a_flood_of_chatter_ends_the_connection() {
+    let mut t = T::new(false, features(true, true));
+    t.recv(Message::HaveAll).unwrap();
+    // A burst is fine, and so is a steady 20 a second, for as long as
+    // the peer likes (a minute here).
+    for i in 0..CHATTER_BURST {
+        let m = if i % 2 == 0 {
+            Message::Unchoke
+        } else {
+            Message::Choke
+        };
+        t.recv(m).unwrap();
+    }
+    for _ in 0..60 * CHATTER_RATE {
+        t.now += Duration::from_millis(1000 / CHATTER_RATE);
+        t.recv(Message::KeepAlive).unwrap();
+    }
+    // Then 500 more at once, with no time passing: over the allowance.
+    let flood = (0..=CHATTER_BURST)
+        .map(|i| {
+            t.recv(if i % 2 == 0 {
+                Message::Interested
+            } else {
+                Message::NotInterested
+            })
+        })
+        .find_map(Result::err);
+    assert!(
+        matches!(flood, Some(Close::Violation(Violation::Chatter))),
+        "{flood:?}"
+    );
+}
+
+#[test]
+fn a_repeated_bitfield_costs_more_than_a_keep_alive() {
+    let mut t = T::new(false, features(false, false));
+    let bits = Bitfield::new(PIECES);
+    let bytes = bits.as_bytes().to_vec();
+    t.recv(Message::Bitfield(bytes.clone())).unwrap();
+    let sent = (0..CHATTER_BURST)
+        .take_while(|_| t.recv(Message::Bitfield(bytes.clone())).is_ok())
+        .count() as u64;
+    assert_eq!(sent, CHATTER_BURST / BITFIELD_CHATTER);
+}
