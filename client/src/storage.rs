@@ -93,12 +93,15 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 /// Why a storage operation failed; each variant names what to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// An I/O call failed: `op` is e.g. "writing", `path` the file.
-    #[error("{op} {}: {source}", path.display())]
+    /// An I/O call failed: `op` is e.g. "writing", `path` the file. The
+    /// message ends with `error`'s, so `error` is not also given as the
+    /// [`source`](std::error::Error::source): printed with its chain, the
+    /// cause would appear twice.
+    #[error("{op} {}: {error}", path.display())]
     Io {
         path: PathBuf,
         op: &'static str,
-        source: io::Error,
+        error: io::Error,
     },
     #[error("{} is in the way: a regular file is needed there, it is a directory or special file", path.display())]
     NotAFile { path: PathBuf },
@@ -129,11 +132,11 @@ pub const MAX_OPEN_FILES: usize = 256;
 
 type Result<T, E = StorageError> = std::result::Result<T, E>;
 
-fn io_err(path: &Path, op: &'static str, source: io::Error) -> StorageError {
+fn io_err(path: &Path, op: &'static str, error: io::Error) -> StorageError {
     StorageError::Io {
         path: path.to_path_buf(),
         op,
-        source,
+        error,
     }
 }
 
