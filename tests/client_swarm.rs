@@ -298,6 +298,21 @@ fn resume_files(out: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Whether the resume file at `path` lists any piece as had (one is saved
+/// at the start, listing none for a fresh download).
+fn lists_pieces(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    match torrent_format::bencode::decode(&bytes) {
+        Ok(v) => matches!(
+            v.get("have"),
+            Some(torrent_format::bencode::Value::Bytes(b)) if b.iter().any(|&x| x != 0)
+        ),
+        Err(_) => false,
+    }
+}
+
 /// A download killed with SIGKILL (no clean-up) keeps what it had saved:
 /// the same command run again fetches only the rest.
 #[test]
@@ -322,8 +337,8 @@ fn a_download_killed_with_sigkill_resumes() {
         "--json",
     ];
     let mut first = Shoal::start(d, "first run", &args);
-    wait_for(30, "a resume file", || {
-        !resume_files(&d.join("out")).is_empty()
+    wait_for(30, "a resume file listing pieces", || {
+        resume_files(&d.join("out")).iter().any(|p| lists_pieces(p))
     });
     std::thread::sleep(Duration::from_millis(500));
     assert!(

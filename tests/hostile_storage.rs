@@ -12,6 +12,15 @@ use std::path::Path;
 
 use common::*;
 
+/// `shoal seed t.torrent DATA` for `create`d content at `dir/seed/NAME`.
+fn create_and_seed(d: &Path, name: &str, extra_create: &[&str]) -> Shoal {
+    let path = format!("seed/{name}");
+    let mut args = vec!["create", path.as_str(), "-o", "t.torrent"];
+    args.extend_from_slice(extra_create);
+    shoal_ok(d, &args);
+    Shoal::seed(d, &path, &[])
+}
+
 /// Runs `shoal ARGS` in `d` to its end (bounded).
 fn run(d: &Path, args: &[&str]) -> Run {
     let child = std::process::Command::new(SHOAL)
@@ -42,6 +51,86 @@ fn download(d: &Path, torrent: &str, out: &str, peer: &str) -> Run {
         "--json",
     ];
     run(d, &args)
+}
+
+/// The lines of `text` that contain `needle`.
+fn lines_with(text: &str, needle: &str) -> Vec<String> {
+    text.lines()
+        .filter(|l| l.contains(needle))
+        .map(str::to_string)
+        .collect()
+}
+
+/// #4: with `out/set` a link to a directory elsewhere, a multi-file download
+/// into `-o out` must not write there; with `out/.shoal` a link, neither
+/// must the resume file. The `-o` directory itself may be a link.
+#[test]
+fn links_at_the_top_of_the_output_are_not_followed() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("seed/set/a.bin"), &bytes(1, 300_000));
+    write(&d.join("seed/set/sub/b.bin"), &bytes(2, 100_000));
+    let seed = create_and_seed(d, "set", &["-l", "15"]);
+    let peer = seed.addr();
+    std::fs::create_dir_all(d.join("elsewhere")).unwrap();
+
+    // The top directory of the content is a link.
+    std::fs::create_dir_all(d.join("out1")).unwrap();
+    std::os::unix::fs::symlink("../elsewhere", d.join("out1/set")).unwrap();
+    let r = download(d, "t.torrent", "out1", &peer);
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    let errors = lines_with(&r.stderr, "shoal: error:");
+    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    assert!(
+        errors[0].contains("out1/set is a symbolic link"),
+        "{errors:?}"
+    );
+    assert!(
+        listing(&d.join("elsewhere")).is_empty(),
+        "written through out1/set"
+    );
+
+    // The state directory is a link.
+    std::fs::create_dir_all(d.join("out2")).unwrap();
+    std::os::unix::fs::symlink("../elsewhere", d.join("out2/.shoal")).unwrap();
+    let r = download(d, "t.torrent", "out2", &peer);
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    let errors = lines_with(&r.stderr, "shoal: error:");
+    assert_eq!(errors.len(), 1, "{}", r.stderr);
+    assert!(
+        errors[0].contains("out2/.shoal is a symbolic link"),
+        "{errors:?}"
+    );
+    assert!(
+        listing(&d.join("elsewhere")).is_empty(),
+        "written through out2/.shoal"
+    );
+
+    // A single-file torrent's file is a link (refused already; kept so).
+    write(&d.join("seed/one.bin"), &bytes(3, 50_000));
+    shoal_ok(d, &["create", "seed/one.bin", "-o", "one.torrent"]);
+    std::fs::create_dir_all(d.join("out3")).unwrap();
+    std::os::unix::fs::symlink("../elsewhere/x", d.join("out3/one.bin")).unwrap();
+    let r = download(d, "one.torrent", "out3", "127.0.0.1:9");
+    assert_eq!(r.status.code(), Some(1), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("out3/one.bin is a symbolic link"),
+        "{}",
+        r.stderr
+    );
+    assert!(
+        listing(&d.join("elsewhere")).is_empty(),
+        "written through out3/one.bin"
+    );
+
+    // `-o` itself may be a link the user chose.
+    std::fs::create_dir_all(d.join("real")).unwrap();
+    std::os::unix::fs::symlink("real", d.join("via-link")).unwrap();
+    let r = download(d, "t.torrent", "via-link", &peer);
+    assert_eq!(r.status.code(), Some(0), "{}", r.stderr);
+    assert_eq!(r.json()["complete"], true);
+    same_tree(&d.join("seed/set"), &d.join("real/set"));
+    assert_eq!(listing(&d.join("real/.shoal")).len(), 1);
 }
 
 /// #9: an I/O error is said once, with its cause once: here a name too long

@@ -37,11 +37,14 @@ pub fn open_download(
     wanted_files: Option<Vec<bool>>,
 ) -> Result<(Storage, Existing), StorageError> {
     let root = out_dir.join(info.name());
+    let resume_path = resume::resume_path(out_dir, info);
+    // The state directory first: a link or a file in its place stops the
+    // download before anything is written.
+    resume::state_dir(&resume_path, true)?;
     // Stamps before `create` extends new files: pieces in files that were
     // missing or short cannot be complete, so they are not checked.
     let before = storage::stamps_at(info, &root);
     let storage = Storage::create(info.clone(), root.clone(), wanted_files)?;
-    let resume_path = resume::resume_path(out_dir, info);
     let state = resume::load(&resume_path, info, &before);
     Ok((
         storage,

@@ -2,8 +2,10 @@
 //! last save, and how each file looked then, so a download stopped by
 //! Ctrl-C, a crash or `kill -9` resumes without re-reading what it can trust.
 //!
-//! It lives at `OUT_DIR/.shoal/<info hash hex>.resume` ([`resume_path`]) and
-//! is a bencoded dictionary:
+//! It lives at `OUT_DIR/.shoal/<info hash hex>.resume` ([`resume_path`]);
+//! `.shoal` and the file are opened without following a link
+//! ([`state_dir`]), so the resume file is never written outside `OUT_DIR`.
+//! It is a bencoded dictionary:
 //!
 //! ```text
 //! version    1
@@ -29,14 +31,17 @@
 //! and is never re-hashed. Unchanged files' pieces not listed as had are
 //! simply downloaded again.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{AtFlags, Mode, OFlags};
 use torrent_format::bencode::{self, Value};
 use torrent_format::{Info, InfoHash};
 
-use crate::storage::FileStamp;
+use crate::storage::{open_dir_at, FileStamp, StorageError};
 use crate::wire::Bitfield;
 
 /// The format version written and accepted.
@@ -92,10 +97,45 @@ pub fn encode(info_hash: InfoHash, have: &Bitfield, stamps: &[Option<FileStamp>]
     .encode()
 }
 
+/// Opens the directory that holds `path` (the state directory, `.shoal`),
+/// making it when missing and `create`: relative to the directory above it
+/// (the download's `-o` directory, used as given) and without following a
+/// link, like every directory of a download ([`Storage`](crate::storage)).
+/// A link, or a file, in its place is an error naming it.
+pub fn state_dir(path: &Path, create: bool) -> Result<OwnedFd, StorageError> {
+    let dir = parent_or_dot(path);
+    let holder = parent_or_dot(dir);
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let holder_fd =
+        rustix::fs::open(holder, flags, Mode::empty()).map_err(|e| StorageError::Io {
+            path: holder.to_path_buf(),
+            op: "opening",
+            error: e.into(),
+        })?;
+    match dir.file_name() {
+        Some(name) => open_dir_at(&holder_fd, dir, name, create),
+        // "." or "/": nothing inside the download to follow.
+        None => Ok(holder_fd),
+    }
+}
+
+fn parent_or_dot(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// Writes the resume file atomically: to `path.tmp`, fsynced, then renamed
-/// over `path` (creating the directory). A crash leaves the old file or the
-/// new one, never a mix. The directory is synced too, best effort: should
-/// that be lost, the older file still only lists pieces that were on disk.
+/// over `path`, in the state directory opened with [`state_dir`] (so no
+/// link is followed, and the file names are opened `O_NOFOLLOW`). A crash
+/// leaves the old file or the new one, never a mix. The directory is synced
+/// too, best effort: should that be lost, the older file still only lists
+/// pieces that were on disk.
+///
+/// On a full disk the new file may not fit beside the old one: the old one
+/// is then removed first and the new one written in its place. A crash in
+/// between leaves no resume file, which only costs a re-check.
 pub fn save(
     path: &Path,
     info_hash: InfoHash,
@@ -103,23 +143,51 @@ pub fn save(
     stamps: &[Option<FileStamp>],
 ) -> io::Result<()> {
     let bytes = encode(info_hash, have, stamps);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = path.as_os_str().to_owned();
+    let dir = state_dir(path, true).map_err(|e| match e {
+        StorageError::Io { error, .. } => error,
+        other => io::Error::other(other.to_string()),
+    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other(format!("{} is not a file name", path.display())))?;
+    let mut tmp = name.to_owned();
     tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
+    let written = match write_synced(&dir, &tmp, &bytes) {
+        Err(e) if is_full(&e) => {
+            let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+            match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
+                Ok(()) => write_synced(&dir, &tmp, &bytes),
+                Err(_) => Err(e),
+            }
+        }
+        r => r,
+    };
+    if let Err(e) = written {
+        let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+        return Err(e);
     }
+    rustix::fs::renameat(&dir, &tmp, &dir, name)?;
+    let _ = rustix::fs::fsync(&dir);
     Ok(())
+}
+
+/// Creates (or truncates) `name` in `dir` without following a link, writes
+/// `bytes` and syncs it.
+fn write_synced(dir: &OwnedFd, name: &OsStr, bytes: &[u8]) -> io::Result<()> {
+    let flags =
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut file = File::from(rustix::fs::openat(
+        dir,
+        name,
+        flags,
+        Mode::from_raw_mode(0o666),
+    )?);
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn is_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 /// Reads the resume file at `path` for `info` and decides what to trust and
@@ -147,7 +215,7 @@ struct Saved {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
-    let file = File::open(path).map_err(|e| match e.kind() {
+    let file = open_resume(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => "not found".to_string(),
         _ => format!("cannot open: {e}"),
     })?;
@@ -163,6 +231,22 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
         return Err(format!("larger than {MAX_SIZE} bytes"));
     }
     Ok(bytes)
+}
+
+/// Opens the resume file for reading, following no link in the state
+/// directory (see [`state_dir`]).
+fn open_resume(path: &Path) -> io::Result<File> {
+    let dir = state_dir(path, false).map_err(|e| match e {
+        StorageError::Io { error, .. } => error,
+        other => io::Error::other(other.to_string()),
+    })?;
+    let name = path.file_name().unwrap_or(path.as_os_str());
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = File::from(rustix::fs::openat(&dir, name, flags, Mode::empty())?);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
 }
 
 fn parse(bytes: &[u8], info: &Info) -> Result<Saved, String> {
@@ -359,6 +443,46 @@ mod tests {
             matches!(&files[1], Value::List(l) if l.len() == 2 && l[0] == Value::Int(0)),
             "{files:?}"
         );
+    }
+
+    #[test]
+    fn links_in_the_state_directory_are_not_followed() {
+        let fx = complete();
+        let elsewhere = fx.out.join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let have = Bitfield::new(fx.info.piece_count());
+        let stamps = stamps_at(&fx.info, &fx.root);
+
+        // The resume file itself a link: replaced, not written through.
+        let target = elsewhere.join("target");
+        std::fs::write(&target, b"keep").unwrap();
+        std::fs::remove_file(&fx.path).unwrap();
+        std::os::unix::fs::symlink(&target, &fx.path).unwrap();
+        assert!(fx.load().reason.unwrap().contains("cannot open"));
+        save(&fx.path, fx.info.info_hash(), &have, &stamps).unwrap();
+        assert!(!fx.path.is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+
+        // The state directory a link: refused, for reading and writing.
+        let state = fx.out.join(".shoal");
+        std::fs::remove_dir_all(&state).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &state).unwrap();
+        let e = save(&fx.path, fx.info.info_hash(), &have, &stamps).unwrap_err();
+        assert!(e.to_string().contains(".shoal is a symbolic link"), "{e}");
+        assert!(fx.load().reason.unwrap().contains("symbolic link"));
+        assert!(matches!(
+            state_dir(&fx.path, true),
+            Err(StorageError::Symlink { .. })
+        ));
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 1);
+
+        // A file in its place.
+        std::fs::remove_file(&state).unwrap();
+        std::fs::write(&state, b"x").unwrap();
+        assert!(matches!(
+            state_dir(&fx.path, true),
+            Err(StorageError::NotADirectory { .. })
+        ));
     }
 
     #[test]

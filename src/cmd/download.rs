@@ -168,6 +168,10 @@ fn prepare(args: &Args, meta: torrent_format::Metainfo) -> anyhow::Result<Ready>
     let resume_path = existing.resume_path.clone();
     let have = existing.check(&info, ui::default_threads(), &|n| bar.inc(n));
     bar.finish_and_clear();
+    // Saved now, while there is room: every later save can then take the
+    // place of this one, should the disk fill up.
+    client::resume::save(&resume_path, info.info_hash(), &have, &storage.stamps())
+        .with_context(|| format!("saving {}", resume_path.display()))?;
     if have.count() > 0 && !args.net.quiet {
         eprintln!(
             "shoal: {}{} of {} pieces already here",
