@@ -133,6 +133,51 @@ fn links_at_the_top_of_the_output_are_not_followed() {
     assert_eq!(listing(&d.join("real/.shoal")).len(), 1);
 }
 
+/// #5: a torrent named `.shoal` (one file, or a directory) would take the
+/// place of the resume directory. It downloads under another, stated name;
+/// the resume file is kept, and a second run resumes from it.
+#[test]
+fn a_torrent_named_like_the_state_directory_downloads_beside_it() {
+    for multi in [false, true] {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        if multi {
+            write(&d.join("seed/.shoal/a.bin"), &bytes(4, 200_000));
+            write(&d.join("seed/.shoal/x/7a.resume"), &bytes(5, 70_000));
+        } else {
+            write(&d.join("seed/.shoal"), &bytes(6, 300_000));
+        }
+        let seed = create_and_seed(d, ".shoal", &["-l", "15"]);
+        let hash = show_json(d, "t.torrent")["info_hash"]
+            .as_str()
+            .unwrap()
+            .to_string();
+
+        let r = download(d, "t.torrent", "out", &seed.addr());
+        assert_eq!(r.status.code(), Some(0), "multi {multi}: {}", r.stderr);
+        assert_eq!(r.json()["complete"], true);
+        let said = lines_with(&r.stderr, "named '.shoal'");
+        assert_eq!(said.len(), 1, "the new name is said once: {}", r.stderr);
+        assert!(said[0].contains("out/_.shoal"), "{said:?}");
+        if multi {
+            same_tree(&d.join("seed/.shoal"), &d.join("out/_.shoal"));
+        } else {
+            same_file(&d.join("seed/.shoal"), &d.join("out/_.shoal"));
+        }
+        // Only the resume file in the state directory: no data went there.
+        assert_eq!(listing(&d.join("out/.shoal")), [format!("{hash}.resume")]);
+
+        // Run again: everything is there already, nothing is fetched.
+        let r = download(d, "t.torrent", "out", &seed.addr());
+        assert_eq!(r.status.code(), Some(0), "{}", r.stderr);
+        assert_eq!(r.json()["downloaded"], 0);
+        assert!(r.stderr.contains("already here"), "{}", r.stderr);
+
+        // `verify` finds it under the name it was given.
+        shoal_ok(d, &["verify", "t.torrent", "out/_.shoal"]);
+    }
+}
+
 /// #9: an I/O error is said once, with its cause once: here a name too long
 /// for the file system (as root, permissions cannot be used to provoke one).
 #[test]

@@ -29,14 +29,28 @@ pub struct Existing {
     root: PathBuf,
 }
 
-/// Sets up a download of `info` into `out_dir/NAME` (only the files
+/// What a torrent is downloaded as in its output directory: its name, except
+/// that a torrent named like the state directory (`.shoal`, in any case, for
+/// file systems that ignore it) would take that directory's place and is
+/// downloaded as `_NAME` instead. Torrent names are single plain
+/// components, so no other name can reach the state directory.
+pub fn content_name(info: &Info) -> String {
+    let name = info.name();
+    if name.eq_ignore_ascii_case(resume::STATE_DIR) {
+        format!("_{name}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// Sets up a download of `info` into `out_dir/NAME` ([`content_name`]) (only the files
 /// `wanted_files` marks, when given) and reads its resume file.
 pub fn open_download(
     info: &Arc<Info>,
     out_dir: &Path,
     wanted_files: Option<Vec<bool>>,
 ) -> Result<(Storage, Existing), StorageError> {
-    let root = out_dir.join(info.name());
+    let root = out_dir.join(content_name(info));
     let resume_path = resume::resume_path(out_dir, info);
     // The state directory first: a link or a file in its place stops the
     // download before anything is written.
@@ -100,6 +114,29 @@ impl Existing {
 mod tests {
     use super::*;
     use crate::storage::tests::{torrent, write_all, FILES};
+    use torrent_format::bencode::{self, Value};
+
+    #[test]
+    fn no_torrent_name_reaches_the_state_directory() {
+        let (info, _) = torrent(FILES, 100);
+        assert_eq!(content_name(&info), "root");
+        let named = |name: &str| {
+            let Ok(Value::Dict(mut d)) = bencode::decode(info.raw_bytes()) else {
+                unreachable!()
+            };
+            d.insert(b"name".to_vec(), Value::Bytes(name.as_bytes().to_vec()));
+            Info::from_bytes(&Value::Dict(d).encode()).unwrap()
+        };
+        let cases = [
+            (".shoal", "_.shoal"),
+            (".SHOAL", "_.SHOAL"),
+            ("_.shoal", "_.shoal"),
+            (".shoal2", ".shoal2"),
+        ];
+        for (name, as_named) in cases {
+            assert_eq!(content_name(&named(name)), as_named);
+        }
+    }
 
     #[test]
     fn a_fresh_download_trusts_nothing_and_a_finished_one_is_found_by_rehashing() {

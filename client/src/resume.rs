@@ -64,10 +64,13 @@ pub struct ResumeState {
     pub reason: Option<String>,
 }
 
+/// The state directory's name, in a download's output directory.
+pub const STATE_DIR: &str = ".shoal";
+
 /// `out_dir/.shoal/<info hash hex>.resume`, next to the download.
 pub fn resume_path(out_dir: &Path, info: &Info) -> PathBuf {
     out_dir
-        .join(".shoal")
+        .join(STATE_DIR)
         .join(format!("{}.resume", info.info_hash()))
 }
 

@@ -82,11 +82,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut names = HashSet::new();
     if let Some(m) = metas
         .iter()
-        .find(|m| !names.insert(m.info.name().to_string()))
+        .find(|m| !names.insert(check::content_name(&m.info)))
     {
         bail!(
             "two of the torrents are named '{}': they would write the same files in {}; download them into different directories",
-            m.info.name(),
+            check::content_name(&m.info),
             args.output.display()
         );
     }
@@ -152,7 +152,14 @@ fn prepare(args: &Args, meta: torrent_format::Metainfo) -> anyhow::Result<Ready>
         }
         b
     });
-    let root = args.output.join(info.name());
+    let root = args.output.join(check::content_name(&info));
+    if check::content_name(&info) != info.name() && !args.net.quiet {
+        eprintln!(
+            "shoal: the torrent is named '{}', like the directory where shoal keeps its state: downloading it as {}",
+            info.name(),
+            root.display()
+        );
+    }
     let (storage, existing) = check::open_download(&info, &args.output, wanted_files)
         .with_context(|| format!("cannot set up {}", root.display()))?;
     if let Some(why) = &existing.reason {
