@@ -26,6 +26,10 @@ pub struct Existing {
     pub reason: Option<String>,
     /// Where the resume file is (and will be saved).
     pub resume_path: PathBuf,
+    /// Files that were there but shorter than the torrent says: path,
+    /// length found, length expected. Their pieces still wholly there are
+    /// in `to_check`.
+    pub short: Vec<(PathBuf, u64, u64)>,
     root: PathBuf,
 }
 
@@ -60,6 +64,15 @@ pub fn open_download(
     let before = storage::stamps_at(info, &root);
     let storage = Storage::create(info.clone(), root.clone(), wanted_files)?;
     let state = resume::load(&resume_path, info, &before);
+    let paths = Layout::for_torrent(info, &root).paths;
+    let short = state
+        .short
+        .iter()
+        .map(|&i| {
+            let found = before[i].map_or(0, |s| s.length);
+            (paths[i].clone(), found, info.files()[i].length)
+        })
+        .collect();
     Ok((
         storage,
         Existing {
@@ -67,6 +80,7 @@ pub fn open_download(
             to_check: state.to_check,
             reason: state.reason,
             resume_path,
+            short,
             root,
         },
     ))

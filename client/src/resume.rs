@@ -27,9 +27,11 @@
 //!   pieces completed after it may be there (as may outside edits);
 //! - with no usable resume file, every piece is to be re-hashed;
 //!
-//! except that a piece touching a missing or short file cannot be complete
-//! and is never re-hashed. Unchanged files' pieces not listed as had are
-//! simply downloaded again.
+//! except that a piece touching a missing file, or running past the end of
+//! a short one, cannot be complete and is never re-hashed (the pieces a
+//! short file still holds wholly are re-hashed like any other of a changed
+//! file, and the short file is named in [`ResumeState::short`]). Unchanged
+//! files' pieces not listed as had are simply downloaded again.
 
 use std::ffi::OsStr;
 use std::fs::File;
@@ -58,8 +60,11 @@ pub struct ResumeState {
     pub trusted: Bitfield,
     /// Pieces to re-hash, ascending: every piece not trusted that touches a
     /// changed file (with no usable resume file, every piece), leaving out
-    /// pieces touching a missing or short file.
+    /// pieces touching a missing file or running past a short one's end.
     pub to_check: Vec<u32>,
+    /// Files that are there but shorter than the torrent says (indexes, in
+    /// order): cut since, or never finished.
+    pub short: Vec<usize>,
     /// Why the resume file was not used, for a log line; `None` when it was.
     pub reason: Option<String>,
 }
@@ -320,14 +325,22 @@ fn decide(
     // Per piece: a file of it is missing or short / changed since the save.
     let mut unusable = vec![false; count];
     let mut changed = vec![false; count];
+    let mut short = Vec::new();
     for (i, f) in info.files().iter().enumerate() {
         let pieces = info.file_pieces(i);
         if pieces.is_empty() {
             continue;
         }
         let now = current.get(i).copied().flatten();
-        if !now.is_some_and(|s| s.length >= f.length) {
-            unusable[pieces.clone()].fill(true);
+        let left = now.map_or(0, |s| s.length);
+        if left < f.length {
+            // What is left of it may hold some pieces whole; the rest
+            // cannot be complete.
+            let within = info.file_pieces_within(i, left);
+            unusable[within.end..pieces.end].fill(true);
+            if now.is_some() {
+                short.push(i);
+            }
         }
         let same = now.is_some() && saved.is_some_and(|s| s.stamps.get(i) == Some(&now));
         if !same {
@@ -352,6 +365,7 @@ fn decide(
     ResumeState {
         trusted,
         to_check,
+        short,
         reason,
     }
 }
@@ -531,25 +545,34 @@ mod tests {
     }
 
     #[test]
-    fn missing_and_short_files_cannot_be_checked() {
+    fn missing_files_and_the_ends_of_short_ones_cannot_be_checked() {
         let fx = complete();
         std::fs::remove_file(fx.root.join("a.bin")).unwrap(); // piece 0
         let z = File::options()
             .write(true)
             .open(fx.root.join("z.bin"))
             .unwrap();
-        z.set_len(300).unwrap(); // pieces 10..=13
+        // z.bin: bytes 1038..1371, pieces 10..=13; cut to 1038..1338, it
+        // still holds its part of pieces 10, 11 and 12, not piece 13.
+        z.set_len(300).unwrap();
         let state = fx.load();
         assert_eq!(state.reason, None);
-        assert!(state.to_check.is_empty(), "{:?}", state.to_check);
+        assert_eq!(state.to_check, [10, 11, 12]);
+        assert_eq!(state.short, [5]);
         assert_eq!(state.trusted.count(), 9);
         assert!((1..10).all(|p| state.trusted.get(p)));
 
         std::fs::remove_file(&fx.path).unwrap();
         let state = fx.load();
         assert!(state.reason.unwrap().contains("not found"));
-        assert_eq!(state.to_check, (1..10).collect::<Vec<u32>>());
+        assert_eq!(state.to_check, (1..13).collect::<Vec<u32>>());
         assert_eq!(state.trusted.count(), 0);
+
+        // Cut inside its first piece: nothing of it left to check.
+        z.set_len(50).unwrap();
+        let state = fx.load();
+        assert_eq!(state.to_check, (1..10).collect::<Vec<u32>>());
+        assert_eq!(state.short, [5]);
     }
 
     #[test]

@@ -162,6 +162,16 @@ fn prepare(args: &Args, meta: torrent_format::Metainfo) -> anyhow::Result<Ready>
     }
     let (storage, existing) = check::open_download(&info, &args.output, wanted_files)
         .with_context(|| format!("cannot set up {}", root.display()))?;
+    if !args.net.quiet {
+        for (path, found, expected) in &existing.short {
+            eprintln!(
+                "shoal: {} is shorter than expected ({} of {} bytes): re-checking the pieces it still holds",
+                path.display(),
+                found,
+                expected
+            );
+        }
+    }
     if let Some(why) = &existing.reason {
         if !existing.to_check.is_empty() {
             tracing::debug!("resume file not used ({why}); checking the data on disk");
