@@ -79,10 +79,29 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("shoal: error: {e:#}");
+            eprintln!("shoal: error: {}", one_line(&e));
             ExitCode::FAILURE
         }
     }
+}
+
+/// The error and its causes, "outer: inner: …", each cause once: a cause
+/// whose text the message already holds (an error that ends its own message
+/// with its source's, as `#[error("…: {0}")]` with `#[from]` does) is not
+/// repeated.
+fn one_line(e: &anyhow::Error) -> String {
+    let mut text = String::new();
+    for cause in e.chain() {
+        let part = cause.to_string();
+        if text.contains(&part) {
+            continue;
+        }
+        if !text.is_empty() {
+            text.push_str(": ");
+        }
+        text.push_str(&part);
+    }
+    text
 }
 
 /// Hashing maps files into memory (no copy). If another program truncates a
@@ -117,5 +136,41 @@ fn raise_fd_limit() {
             lim.rlim_cur = lim.rlim_max;
             libc::setrlimit(libc::RLIMIT_NOFILE, &lim);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::one_line;
+    use anyhow::Context;
+    use client::session::SessionError;
+    use client::storage::StorageError;
+
+    #[test]
+    fn each_cause_is_said_once() {
+        let io = std::io::Error::from_raw_os_error(libc::EACCES);
+        let storage = StorageError::Io {
+            path: "out/a.bin".into(),
+            op: "opening",
+            error: io,
+        };
+        // A wrapper whose message is its source's ("{0}" with #[from]).
+        let e = Err::<(), _>(SessionError::Storage(storage))
+            .context("cannot set up out/a")
+            .unwrap_err();
+        let text = one_line(&e);
+        assert_eq!(
+            text,
+            "cannot set up out/a: opening out/a.bin: Permission denied (os error 13)"
+        );
+        // Causes that add something are all kept.
+        let e = Err::<(), _>(std::io::Error::from_raw_os_error(libc::ENOSPC))
+            .context("writing x")
+            .context("saving y")
+            .unwrap_err();
+        assert_eq!(
+            one_line(&e),
+            "saving y: writing x: No space left on device (os error 28)"
+        );
     }
 }

@@ -298,6 +298,21 @@ fn resume_files(out: &Path) -> Vec<PathBuf> {
         .unwrap_or_default()
 }
 
+/// Whether the resume file at `path` lists any piece as had (one is saved
+/// at the start, listing none for a fresh download).
+fn lists_pieces(path: &Path) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    match torrent_format::bencode::decode(&bytes) {
+        Ok(v) => matches!(
+            v.get("have"),
+            Some(torrent_format::bencode::Value::Bytes(b)) if b.iter().any(|&x| x != 0)
+        ),
+        Err(_) => false,
+    }
+}
+
 /// A download killed with SIGKILL (no clean-up) keeps what it had saved:
 /// the same command run again fetches only the rest.
 #[test]
@@ -322,8 +337,8 @@ fn a_download_killed_with_sigkill_resumes() {
         "--json",
     ];
     let mut first = Shoal::start(d, "first run", &args);
-    wait_for(30, "a resume file", || {
-        !resume_files(&d.join("out")).is_empty()
+    wait_for(30, "a resume file listing pieces", || {
+        resume_files(&d.join("out")).iter().any(|p| lists_pieces(p))
     });
     std::thread::sleep(Duration::from_millis(500));
     assert!(
@@ -580,8 +595,10 @@ fn only_the_chosen_files_are_downloaded() {
     }
 }
 
-/// A full disk stops the download with one clear line and exit status 1
-/// (a 256 KiB tmpfs in a private mount namespace; needs root).
+/// A full disk stops the download with one clear line and exit status 1,
+/// still prints the `--json` summary, and leaves a resume file listing what
+/// was synced, from which a run with room goes on (a 256 KiB tmpfs in a
+/// private mount namespace; needs root).
 #[test]
 fn a_full_disk_is_a_clear_error() {
     let root = unsafe { libc::geteuid() } == 0;
@@ -599,12 +616,15 @@ fn a_full_disk_is_a_clear_error() {
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    single_file(d, 2 << 20, 31, &[]);
+    let data = single_file(d, 2 << 20, 31, &[]);
     let seed = Shoal::seed(d, "seed/data.bin", &[]);
     std::fs::create_dir(d.join("small")).unwrap();
+    // The tmpfs is gone with the namespace: what the download left is
+    // copied out (times kept, so the resume file's stamps still match).
     let script = format!(
-        "mount -t tmpfs -o size=256k tmpfs small && exec {SHOAL} download t.torrent -o small/out \
-         --port 0 --no-trackers --peer {} -x -q",
+        "mount -t tmpfs -o size=256k tmpfs small && {SHOAL} download t.torrent -o small/out \
+         --port 0 --no-trackers --peer {} -x -q --json > summary.json; rc=$?; \
+         cp -a small/out after; exit $rc",
         seed.addr()
     );
     let out = Command::new("unshare")
@@ -614,9 +634,52 @@ fn a_full_disk_is_a_clear_error() {
         .unwrap();
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{err}");
-    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(err.matches("No space left on device").count(), 1, "{err}");
     assert_eq!(err.matches("shoal: error:").count(), 1, "one line: {err}");
     assert!(!err.contains("panicked"), "{err}");
+
+    let summary = std::fs::read_to_string(d.join("summary.json")).unwrap();
+    let json: serde_json::Value = serde_json::from_str(summary.trim())
+        .unwrap_or_else(|e| panic!("no JSON summary ({e}): {summary:?}; stderr: {err}"));
+    assert_eq!(json["complete"], false, "{json}");
+    assert!(json["downloaded"].as_u64().unwrap() > 0, "{json}");
+
+    // The resume file lists pieces, all of them good on disk.
+    let meta =
+        torrent_format::Metainfo::from_bytes(&std::fs::read(d.join("t.torrent")).unwrap()).unwrap();
+    let info = std::sync::Arc::new(meta.info);
+    let content = d.join("after/data.bin");
+    let resume = client::resume::resume_path(&d.join("after"), &info);
+    let state = client::resume::load(&resume, &info, &client::storage::stamps_at(&info, &content));
+    assert_eq!(state.reason, None, "the resume file was not saved");
+    let kept = state.trusted.count();
+    assert!(kept > 0, "the resume file lists no piece");
+    let storage = client::storage::Storage::open_read_only(info.clone(), content).unwrap();
+    for p in (0..info.piece_count()).filter(|&p| state.trusted.get(p)) {
+        assert!(
+            storage.verify_piece(p as u32).unwrap(),
+            "piece {p} listed, not on disk"
+        );
+    }
+
+    // With room, the same command goes on from there.
+    let mut again = Shoal::download(
+        d,
+        "again",
+        "after",
+        &["--no-trackers", "--peer", &seed.addr(), "-x"],
+    );
+    let (status, json) = again.finish(45);
+    assert!(status.success(), "{status}");
+    assert_eq!(json["complete"], true, "{json}");
+    assert!(
+        again.said(&format!(
+            "{kept} of {} pieces already here",
+            info.piece_count()
+        )),
+        "the {kept} pieces listed were not kept"
+    );
+    same_file(&data, &d.join("after/data.bin"));
 }
 
 /// Python for hostile peers: `hostile.py MODE PORT INFOHASH`.

@@ -26,23 +26,53 @@ pub struct Existing {
     pub reason: Option<String>,
     /// Where the resume file is (and will be saved).
     pub resume_path: PathBuf,
+    /// Files that were there but shorter than the torrent says: path,
+    /// length found, length expected. Their pieces still wholly there are
+    /// in `to_check`.
+    pub short: Vec<(PathBuf, u64, u64)>,
     root: PathBuf,
 }
 
-/// Sets up a download of `info` into `out_dir/NAME` (only the files
+/// What a torrent is downloaded as in its output directory: its name, except
+/// that a torrent named like the state directory (`.shoal`, in any case, for
+/// file systems that ignore it) would take that directory's place and is
+/// downloaded as `_NAME` instead. Torrent names are single plain
+/// components, so no other name can reach the state directory.
+pub fn content_name(info: &Info) -> String {
+    let name = info.name();
+    if name.eq_ignore_ascii_case(resume::STATE_DIR) {
+        format!("_{name}")
+    } else {
+        name.to_string()
+    }
+}
+
+/// Sets up a download of `info` into `out_dir/NAME` ([`content_name`]) (only the files
 /// `wanted_files` marks, when given) and reads its resume file.
 pub fn open_download(
     info: &Arc<Info>,
     out_dir: &Path,
     wanted_files: Option<Vec<bool>>,
 ) -> Result<(Storage, Existing), StorageError> {
-    let root = out_dir.join(info.name());
+    let root = out_dir.join(content_name(info));
+    let resume_path = resume::resume_path(out_dir, info);
+    // The state directory first: a link or a file in its place stops the
+    // download before anything is written.
+    resume::state_dir(&resume_path, true)?;
     // Stamps before `create` extends new files: pieces in files that were
     // missing or short cannot be complete, so they are not checked.
     let before = storage::stamps_at(info, &root);
     let storage = Storage::create(info.clone(), root.clone(), wanted_files)?;
-    let resume_path = resume::resume_path(out_dir, info);
     let state = resume::load(&resume_path, info, &before);
+    let paths = Layout::for_torrent(info, &root).paths;
+    let short = state
+        .short
+        .iter()
+        .map(|&i| {
+            let found = before[i].map_or(0, |s| s.length);
+            (paths[i].clone(), found, info.files()[i].length)
+        })
+        .collect();
     Ok((
         storage,
         Existing {
@@ -50,6 +80,7 @@ pub fn open_download(
             to_check: state.to_check,
             reason: state.reason,
             resume_path,
+            short,
             root,
         },
     ))
@@ -97,6 +128,29 @@ impl Existing {
 mod tests {
     use super::*;
     use crate::storage::tests::{torrent, write_all, FILES};
+    use torrent_format::bencode::{self, Value};
+
+    #[test]
+    fn no_torrent_name_reaches_the_state_directory() {
+        let (info, _) = torrent(FILES, 100);
+        assert_eq!(content_name(&info), "root");
+        let named = |name: &str| {
+            let Ok(Value::Dict(mut d)) = bencode::decode(info.raw_bytes()) else {
+                unreachable!()
+            };
+            d.insert(b"name".to_vec(), Value::Bytes(name.as_bytes().to_vec()));
+            Info::from_bytes(&Value::Dict(d).encode()).unwrap()
+        };
+        let cases = [
+            (".shoal", "_.shoal"),
+            (".SHOAL", "_.SHOAL"),
+            ("_.shoal", "_.shoal"),
+            (".shoal2", ".shoal2"),
+        ];
+        for (name, as_named) in cases {
+            assert_eq!(content_name(&named(name)), as_named);
+        }
+    }
 
     #[test]
     fn a_fresh_download_trusts_nothing_and_a_finished_one_is_found_by_rehashing() {

@@ -47,12 +47,20 @@ pub struct ExtHandshake {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum ExtError {
+    // The message ends with the cause's, so the cause is not also the
+    // `source()` (printed with its chain, it would appear twice).
     #[error("extended handshake is not bencode: {0}")]
-    Bencode(#[from] bencode::DecodeError),
+    Bencode(bencode::DecodeError),
     #[error("extended handshake is not a dictionary")]
     NotADict,
     #[error("extended handshake: 'm' is not a dictionary")]
     BadM,
+}
+
+impl From<bencode::DecodeError> for ExtError {
+    fn from(e: bencode::DecodeError) -> Self {
+        ExtError::Bencode(e)
+    }
 }
 
 impl ExtHandshake {

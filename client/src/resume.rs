@@ -2,8 +2,10 @@
 //! last save, and how each file looked then, so a download stopped by
 //! Ctrl-C, a crash or `kill -9` resumes without re-reading what it can trust.
 //!
-//! It lives at `OUT_DIR/.shoal/<info hash hex>.resume` ([`resume_path`]) and
-//! is a bencoded dictionary:
+//! It lives at `OUT_DIR/.shoal/<info hash hex>.resume` ([`resume_path`]);
+//! `.shoal` and the file are opened without following a link
+//! ([`state_dir`]), so the resume file is never written outside `OUT_DIR`.
+//! It is a bencoded dictionary:
 //!
 //! ```text
 //! version    1
@@ -25,18 +27,23 @@
 //!   pieces completed after it may be there (as may outside edits);
 //! - with no usable resume file, every piece is to be re-hashed;
 //!
-//! except that a piece touching a missing or short file cannot be complete
-//! and is never re-hashed. Unchanged files' pieces not listed as had are
-//! simply downloaded again.
+//! except that a piece touching a missing file, or running past the end of
+//! a short one, cannot be complete and is never re-hashed (the pieces a
+//! short file still holds wholly are re-hashed like any other of a changed
+//! file, and the short file is named in [`ResumeState::short`]). Unchanged
+//! files' pieces not listed as had are simply downloaded again.
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, Read, Write};
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 
+use rustix::fs::{AtFlags, Mode, OFlags};
 use torrent_format::bencode::{self, Value};
 use torrent_format::{Info, InfoHash};
 
-use crate::storage::FileStamp;
+use crate::storage::{open_dir_at, FileStamp, StorageError};
 use crate::wire::Bitfield;
 
 /// The format version written and accepted.
@@ -53,16 +60,22 @@ pub struct ResumeState {
     pub trusted: Bitfield,
     /// Pieces to re-hash, ascending: every piece not trusted that touches a
     /// changed file (with no usable resume file, every piece), leaving out
-    /// pieces touching a missing or short file.
+    /// pieces touching a missing file or running past a short one's end.
     pub to_check: Vec<u32>,
+    /// Files that are there but shorter than the torrent says (indexes, in
+    /// order): cut since, or never finished.
+    pub short: Vec<usize>,
     /// Why the resume file was not used, for a log line; `None` when it was.
     pub reason: Option<String>,
 }
 
+/// The state directory's name, in a download's output directory.
+pub const STATE_DIR: &str = ".shoal";
+
 /// `out_dir/.shoal/<info hash hex>.resume`, next to the download.
 pub fn resume_path(out_dir: &Path, info: &Info) -> PathBuf {
     out_dir
-        .join(".shoal")
+        .join(STATE_DIR)
         .join(format!("{}.resume", info.info_hash()))
 }
 
@@ -92,10 +105,45 @@ pub fn encode(info_hash: InfoHash, have: &Bitfield, stamps: &[Option<FileStamp>]
     .encode()
 }
 
+/// Opens the directory that holds `path` (the state directory, `.shoal`),
+/// making it when missing and `create`: relative to the directory above it
+/// (the download's `-o` directory, used as given) and without following a
+/// link, like every directory of a download ([`Storage`](crate::storage)).
+/// A link, or a file, in its place is an error naming it.
+pub fn state_dir(path: &Path, create: bool) -> Result<OwnedFd, StorageError> {
+    let dir = parent_or_dot(path);
+    let holder = parent_or_dot(dir);
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
+    let holder_fd =
+        rustix::fs::open(holder, flags, Mode::empty()).map_err(|e| StorageError::Io {
+            path: holder.to_path_buf(),
+            op: "opening",
+            error: e.into(),
+        })?;
+    match dir.file_name() {
+        Some(name) => open_dir_at(&holder_fd, dir, name, create),
+        // "." or "/": nothing inside the download to follow.
+        None => Ok(holder_fd),
+    }
+}
+
+fn parent_or_dot(path: &Path) -> &Path {
+    match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => Path::new("."),
+    }
+}
+
 /// Writes the resume file atomically: to `path.tmp`, fsynced, then renamed
-/// over `path` (creating the directory). A crash leaves the old file or the
-/// new one, never a mix. The directory is synced too, best effort: should
-/// that be lost, the older file still only lists pieces that were on disk.
+/// over `path`, in the state directory opened with [`state_dir`] (so no
+/// link is followed, and the file names are opened `O_NOFOLLOW`). A crash
+/// leaves the old file or the new one, never a mix. The directory is synced
+/// too, best effort: should that be lost, the older file still only lists
+/// pieces that were on disk.
+///
+/// On a full disk the new file may not fit beside the old one: the old one
+/// is then removed first and the new one written in its place. A crash in
+/// between leaves no resume file, which only costs a re-check.
 pub fn save(
     path: &Path,
     info_hash: InfoHash,
@@ -103,23 +151,51 @@ pub fn save(
     stamps: &[Option<FileStamp>],
 ) -> io::Result<()> {
     let bytes = encode(info_hash, have, stamps);
-    let dir = match path.parent() {
-        Some(d) if !d.as_os_str().is_empty() => d,
-        _ => Path::new("."),
-    };
-    std::fs::create_dir_all(dir)?;
-    let mut tmp = path.as_os_str().to_owned();
+    let dir = state_dir(path, true).map_err(|e| match e {
+        StorageError::Io { error, .. } => error,
+        other => io::Error::other(other.to_string()),
+    })?;
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::other(format!("{} is not a file name", path.display())))?;
+    let mut tmp = name.to_owned();
     tmp.push(".tmp");
-    let tmp = PathBuf::from(tmp);
-    let mut file = File::create(&tmp)?;
-    file.write_all(&bytes)?;
-    file.sync_all()?;
-    drop(file);
-    std::fs::rename(&tmp, path)?;
-    if let Ok(d) = File::open(dir) {
-        let _ = d.sync_all();
+    let written = match write_synced(&dir, &tmp, &bytes) {
+        Err(e) if is_full(&e) => {
+            let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+            match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
+                Ok(()) => write_synced(&dir, &tmp, &bytes),
+                Err(_) => Err(e),
+            }
+        }
+        r => r,
+    };
+    if let Err(e) = written {
+        let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
+        return Err(e);
     }
+    rustix::fs::renameat(&dir, &tmp, &dir, name)?;
+    let _ = rustix::fs::fsync(&dir);
     Ok(())
+}
+
+/// Creates (or truncates) `name` in `dir` without following a link, writes
+/// `bytes` and syncs it.
+fn write_synced(dir: &OwnedFd, name: &OsStr, bytes: &[u8]) -> io::Result<()> {
+    let flags =
+        OFlags::WRONLY | OFlags::CREATE | OFlags::TRUNC | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let mut file = File::from(rustix::fs::openat(
+        dir,
+        name,
+        flags,
+        Mode::from_raw_mode(0o666),
+    )?);
+    file.write_all(bytes)?;
+    file.sync_all()
+}
+
+fn is_full(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT))
 }
 
 /// Reads the resume file at `path` for `info` and decides what to trust and
@@ -147,7 +223,7 @@ struct Saved {
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
-    let file = File::open(path).map_err(|e| match e.kind() {
+    let file = open_resume(path).map_err(|e| match e.kind() {
         io::ErrorKind::NotFound => "not found".to_string(),
         _ => format!("cannot open: {e}"),
     })?;
@@ -163,6 +239,22 @@ fn read(path: &Path) -> Result<Vec<u8>, String> {
         return Err(format!("larger than {MAX_SIZE} bytes"));
     }
     Ok(bytes)
+}
+
+/// Opens the resume file for reading, following no link in the state
+/// directory (see [`state_dir`]).
+fn open_resume(path: &Path) -> io::Result<File> {
+    let dir = state_dir(path, false).map_err(|e| match e {
+        StorageError::Io { error, .. } => error,
+        other => io::Error::other(other.to_string()),
+    })?;
+    let name = path.file_name().unwrap_or(path.as_os_str());
+    let flags = OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC;
+    let file = File::from(rustix::fs::openat(&dir, name, flags, Mode::empty())?);
+    if !file.metadata()?.is_file() {
+        return Err(io::Error::other("not a regular file"));
+    }
+    Ok(file)
 }
 
 fn parse(bytes: &[u8], info: &Info) -> Result<Saved, String> {
@@ -233,14 +325,22 @@ fn decide(
     // Per piece: a file of it is missing or short / changed since the save.
     let mut unusable = vec![false; count];
     let mut changed = vec![false; count];
+    let mut short = Vec::new();
     for (i, f) in info.files().iter().enumerate() {
         let pieces = info.file_pieces(i);
         if pieces.is_empty() {
             continue;
         }
         let now = current.get(i).copied().flatten();
-        if !now.is_some_and(|s| s.length >= f.length) {
-            unusable[pieces.clone()].fill(true);
+        let left = now.map_or(0, |s| s.length);
+        if left < f.length {
+            // What is left of it may hold some pieces whole; the rest
+            // cannot be complete.
+            let within = info.file_pieces_within(i, left);
+            unusable[within.end..pieces.end].fill(true);
+            if now.is_some() {
+                short.push(i);
+            }
         }
         let same = now.is_some() && saved.is_some_and(|s| s.stamps.get(i) == Some(&now));
         if !same {
@@ -265,6 +365,7 @@ fn decide(
     ResumeState {
         trusted,
         to_check,
+        short,
         reason,
     }
 }
@@ -362,6 +463,46 @@ mod tests {
     }
 
     #[test]
+    fn links_in_the_state_directory_are_not_followed() {
+        let fx = complete();
+        let elsewhere = fx.out.join("elsewhere");
+        std::fs::create_dir(&elsewhere).unwrap();
+        let have = Bitfield::new(fx.info.piece_count());
+        let stamps = stamps_at(&fx.info, &fx.root);
+
+        // The resume file itself a link: replaced, not written through.
+        let target = elsewhere.join("target");
+        std::fs::write(&target, b"keep").unwrap();
+        std::fs::remove_file(&fx.path).unwrap();
+        std::os::unix::fs::symlink(&target, &fx.path).unwrap();
+        assert!(fx.load().reason.unwrap().contains("cannot open"));
+        save(&fx.path, fx.info.info_hash(), &have, &stamps).unwrap();
+        assert!(!fx.path.is_symlink());
+        assert_eq!(std::fs::read(&target).unwrap(), b"keep");
+
+        // The state directory a link: refused, for reading and writing.
+        let state = fx.out.join(".shoal");
+        std::fs::remove_dir_all(&state).unwrap();
+        std::os::unix::fs::symlink(&elsewhere, &state).unwrap();
+        let e = save(&fx.path, fx.info.info_hash(), &have, &stamps).unwrap_err();
+        assert!(e.to_string().contains(".shoal is a symbolic link"), "{e}");
+        assert!(fx.load().reason.unwrap().contains("symbolic link"));
+        assert!(matches!(
+            state_dir(&fx.path, true),
+            Err(StorageError::Symlink { .. })
+        ));
+        assert_eq!(std::fs::read_dir(&elsewhere).unwrap().count(), 1);
+
+        // A file in its place.
+        std::fs::remove_file(&state).unwrap();
+        std::fs::write(&state, b"x").unwrap();
+        assert!(matches!(
+            state_dir(&fx.path, true),
+            Err(StorageError::NotADirectory { .. })
+        ));
+    }
+
+    #[test]
     fn a_round_trip_trusts_everything() {
         let fx = complete();
         let state = fx.load();
@@ -404,25 +545,34 @@ mod tests {
     }
 
     #[test]
-    fn missing_and_short_files_cannot_be_checked() {
+    fn missing_files_and_the_ends_of_short_ones_cannot_be_checked() {
         let fx = complete();
         std::fs::remove_file(fx.root.join("a.bin")).unwrap(); // piece 0
         let z = File::options()
             .write(true)
             .open(fx.root.join("z.bin"))
             .unwrap();
-        z.set_len(300).unwrap(); // pieces 10..=13
+        // z.bin: bytes 1038..1371, pieces 10..=13; cut to 1038..1338, it
+        // still holds its part of pieces 10, 11 and 12, not piece 13.
+        z.set_len(300).unwrap();
         let state = fx.load();
         assert_eq!(state.reason, None);
-        assert!(state.to_check.is_empty(), "{:?}", state.to_check);
+        assert_eq!(state.to_check, [10, 11, 12]);
+        assert_eq!(state.short, [5]);
         assert_eq!(state.trusted.count(), 9);
         assert!((1..10).all(|p| state.trusted.get(p)));
 
         std::fs::remove_file(&fx.path).unwrap();
         let state = fx.load();
         assert!(state.reason.unwrap().contains("not found"));
-        assert_eq!(state.to_check, (1..10).collect::<Vec<u32>>());
+        assert_eq!(state.to_check, (1..13).collect::<Vec<u32>>());
         assert_eq!(state.trusted.count(), 0);
+
+        // Cut inside its first piece: nothing of it left to check.
+        z.set_len(50).unwrap();
+        let state = fx.load();
+        assert_eq!(state.to_check, (1..10).collect::<Vec<u32>>());
+        assert_eq!(state.short, [5]);
     }
 
     #[test]

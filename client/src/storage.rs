@@ -15,15 +15,16 @@
 //!
 //! The content root is the file itself for a single-file torrent and the top
 //! directory for a multi-file one, as [`Layout::for_torrent`] and `shoal
-//! verify` use it. The root and the directories above it are the caller's
-//! choice and are used as given (symbolic links there are followed).
+//! verify` use it. The directory that holds the root (a download's `-o`
+//! directory) and those above it are the caller's choice and are used as
+//! given (symbolic links there are followed).
 //!
 //! A writable storage ([`Storage::create`]) never follows a symbolic link
-//! *below* the root: every directory under it is opened with
-//! `openat(O_DIRECTORY | O_NOFOLLOW)` relative to the one above, starting
-//! from a descriptor of the root (a single-file torrent's root is opened with
-//! `O_NOFOLLOW` relative to its parent), and the file itself with
-//! `O_NOFOLLOW`, then checked to be a regular file. The path components come
+//! *inside* that directory, the root included: the root is opened with
+//! `openat(O_NOFOLLOW)` relative to a descriptor of its parent (`O_DIRECTORY`
+//! for a multi-file torrent's top directory), every directory under it
+//! relative to the one above, and the file itself with `O_NOFOLLOW`, then
+//! checked to be a regular file. The path components come
 //! from a validated [`Info`] (plain names, no `..`), so — race-free, since
 //! nothing is looked up by path twice — writes land inside the root or
 //! nowhere: a symbolic link, a file where a directory is needed or a
@@ -93,12 +94,15 @@ fn stamp(path: &Path) -> Option<FileStamp> {
 /// Why a storage operation failed; each variant names what to look at.
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
-    /// An I/O call failed: `op` is e.g. "writing", `path` the file.
-    #[error("{op} {}: {source}", path.display())]
+    /// An I/O call failed: `op` is e.g. "writing", `path` the file. The
+    /// message ends with `error`'s, so `error` is not also given as the
+    /// [`source`](std::error::Error::source): printed with its chain, the
+    /// cause would appear twice.
+    #[error("{op} {}: {error}", path.display())]
     Io {
         path: PathBuf,
         op: &'static str,
-        source: io::Error,
+        error: io::Error,
     },
     #[error("{} is in the way: a regular file is needed there, it is a directory or special file", path.display())]
     NotAFile { path: PathBuf },
@@ -129,11 +133,11 @@ pub const MAX_OPEN_FILES: usize = 256;
 
 type Result<T, E = StorageError> = std::result::Result<T, E>;
 
-fn io_err(path: &Path, op: &'static str, source: io::Error) -> StorageError {
+fn io_err(path: &Path, op: &'static str, error: io::Error) -> StorageError {
     StorageError::Io {
         path: path.to_path_buf(),
         op,
-        source,
+        error,
     }
 }
 
@@ -212,30 +216,37 @@ impl Storage {
                 });
             }
         }
-        let base_path = if info.is_multi_file() {
-            root.clone()
-        } else {
-            match root.parent() {
-                Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-                _ => PathBuf::from("."),
-            }
+        // The directory that holds the root is the caller's, used as given.
+        let parent = match root.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
         };
-        if let Err(e) = std::fs::create_dir_all(&base_path) {
-            return Err(match std::fs::metadata(&base_path) {
-                Ok(m) if !m.is_dir() => StorageError::NotADirectory { path: base_path },
-                _ => io_err(&base_path, "creating directory", e),
+        if let Err(e) = std::fs::create_dir_all(&parent) {
+            return Err(match std::fs::metadata(&parent) {
+                Ok(m) if !m.is_dir() => StorageError::NotADirectory { path: parent },
+                _ => io_err(&parent, "creating directory", e),
             });
         }
         let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC;
-        let base = rustix::fs::open(&base_path, flags, Mode::empty()).map_err(|e| {
+        let parent_fd = rustix::fs::open(&parent, flags, Mode::empty()).map_err(|e| {
             if e == Errno::NOTDIR {
                 StorageError::NotADirectory {
-                    path: base_path.clone(),
+                    path: parent.clone(),
                 }
             } else {
-                io_err(&base_path, "opening", e.into())
+                io_err(&parent, "opening", e.into())
             }
         })?;
+        // A multi-file torrent's top directory is inside it: opened (made
+        // if missing) without following a link, like every directory below.
+        let (base, base_path) = if info.is_multi_file() {
+            let name = root
+                .file_name()
+                .ok_or_else(|| StorageError::NotADirectory { path: root.clone() })?;
+            (open_dir_at(&parent_fd, &root, name, true)?, root.clone())
+        } else {
+            (parent_fd, parent)
+        };
         let mut storage = Storage::new(info, root, Access::Write { base, base_path });
         storage.max_open = max_open.max(1);
         for i in 0..count {
@@ -581,22 +592,10 @@ fn open_below(
     };
     let mut path = base_path.to_path_buf();
     let mut dir: Option<OwnedFd> = None;
-    let dir_flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
     for c in dirs {
         path.push(c);
         let at = dir.as_ref().unwrap_or(base);
-        let opened = match rustix::fs::openat(at, *c, dir_flags, Mode::empty()) {
-            Err(e) if e == Errno::NOENT && create => {
-                match rustix::fs::mkdirat(at, *c, Mode::from_raw_mode(0o777)) {
-                    Ok(()) => {}
-                    Err(e) if e == Errno::EXIST => {}
-                    Err(e) => return Err(io_err(&path, "creating directory", e.into())),
-                }
-                rustix::fs::openat(at, *c, dir_flags, Mode::empty())
-            }
-            r => r,
-        };
-        dir = Some(opened.map_err(|e| in_the_way(&path, true, "opening", e))?);
+        dir = Some(open_dir_at(at, &path, c, create)?);
     }
     path.push(name);
     let at = dir.as_ref().unwrap_or(base);
@@ -617,6 +616,30 @@ fn open_below(
             .map_err(|e| io_err(&path, "extending", e))?;
     }
     Ok(file)
+}
+
+/// Opens directory `name` in `at` (which is at `path`'s parent; `path` names
+/// it in errors) with `O_DIRECTORY | O_NOFOLLOW`, making it first when it is
+/// missing and `create`. A link there is an error, never followed.
+pub(crate) fn open_dir_at(
+    at: &OwnedFd,
+    path: &Path,
+    name: &OsStr,
+    create: bool,
+) -> Result<OwnedFd> {
+    let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+    let opened = match rustix::fs::openat(at, name, flags, Mode::empty()) {
+        Err(e) if e == Errno::NOENT && create => {
+            match rustix::fs::mkdirat(at, name, Mode::from_raw_mode(0o777)) {
+                Ok(()) => {}
+                Err(e) if e == Errno::EXIST => {}
+                Err(e) => return Err(io_err(path, "creating directory", e.into())),
+            }
+            rustix::fs::openat(at, name, flags, Mode::empty())
+        }
+        r => r,
+    };
+    opened.map_err(|e| in_the_way(path, true, "opening", e))
 }
 
 /// Explains a failed open of `path`: something of the wrong kind in the way
@@ -922,12 +945,28 @@ pub(crate) mod tests {
 
         std::fs::remove_file(root.join("d")).unwrap();
         std::os::unix::fs::symlink(outside.join("target"), root.join("z.bin")).unwrap();
-        let e = Storage::create(info, root, None).unwrap_err();
+        let e = Storage::create(info.clone(), root.clone(), None).unwrap_err();
         assert!(
             matches!(&e, StorageError::Symlink { path } if path.ends_with("z.bin")),
             "{e}"
         );
         assert!(!outside.join("target").exists());
+
+        // Nor is the root itself (a multi-file torrent's top directory)…
+        std::fs::remove_file(root.join("z.bin")).unwrap();
+        let linked = dir.path().join("linked");
+        std::os::unix::fs::symlink(&outside, &linked).unwrap();
+        let e = Storage::create(info.clone(), linked.clone(), None).unwrap_err();
+        assert!(
+            matches!(&e, StorageError::Symlink { path } if *path == linked),
+            "{e}"
+        );
+        assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0);
+        // …while the directory that holds it may be a link.
+        let holder = dir.path().join("holder");
+        std::os::unix::fs::symlink(&outside, &holder).unwrap();
+        Storage::create(info, holder.join("root"), None).unwrap();
+        assert!(outside.join("root/d/b.bin").is_file());
 
         // A single-file torrent's root is opened without following too.
         let (info, _) = torrent(&[("", 10)], 64);

@@ -82,11 +82,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut names = HashSet::new();
     if let Some(m) = metas
         .iter()
-        .find(|m| !names.insert(m.info.name().to_string()))
+        .find(|m| !names.insert(check::content_name(&m.info)))
     {
         bail!(
             "two of the torrents are named '{}': they would write the same files in {}; download them into different directories",
-            m.info.name(),
+            check::content_name(&m.info),
             args.output.display()
         );
     }
@@ -152,9 +152,26 @@ fn prepare(args: &Args, meta: torrent_format::Metainfo) -> anyhow::Result<Ready>
         }
         b
     });
-    let root = args.output.join(info.name());
+    let root = args.output.join(check::content_name(&info));
+    if check::content_name(&info) != info.name() && !args.net.quiet {
+        eprintln!(
+            "shoal: the torrent is named '{}', like the directory where shoal keeps its state: downloading it as {}",
+            info.name(),
+            root.display()
+        );
+    }
     let (storage, existing) = check::open_download(&info, &args.output, wanted_files)
         .with_context(|| format!("cannot set up {}", root.display()))?;
+    if !args.net.quiet {
+        for (path, found, expected) in &existing.short {
+            eprintln!(
+                "shoal: {} is shorter than expected ({} of {} bytes): re-checking the pieces it still holds",
+                path.display(),
+                found,
+                expected
+            );
+        }
+    }
     if let Some(why) = &existing.reason {
         if !existing.to_check.is_empty() {
             tracing::debug!("resume file not used ({why}); checking the data on disk");
@@ -168,6 +185,10 @@ fn prepare(args: &Args, meta: torrent_format::Metainfo) -> anyhow::Result<Ready>
     let resume_path = existing.resume_path.clone();
     let have = existing.check(&info, ui::default_threads(), &|n| bar.inc(n));
     bar.finish_and_clear();
+    // Saved now, while there is room: every later save can then take the
+    // place of this one, should the disk fill up.
+    client::resume::save(&resume_path, info.info_hash(), &have, &storage.stamps())
+        .with_context(|| format!("saving {}", resume_path.display()))?;
     if have.count() > 0 && !args.net.quiet {
         eprintln!(
             "shoal: {}{} of {} pieces already here",

@@ -260,10 +260,6 @@ pub async fn run(
         }
     }
     view.clear();
-    if let Some(why) = failure {
-        shutdown(engine, torrents).await;
-        bail!("{why}");
-    }
     if let Some(limit) = lonely {
         shutdown(engine, torrents).await;
         bail!(
@@ -326,6 +322,13 @@ pub async fn run(
                 e.clone()
             });
         }
+    }
+    // A disk failure stopped the run: it is the error, after the summaries
+    // (scripts still get --json) and the shutdown that saved what was
+    // synced. A shutdown error that only repeats it is not said again.
+    if let Some(why) = failure {
+        errors.retain(|e| !e.contains(&why) && !why.contains(e.as_str()));
+        errors.insert(0, why);
     }
     if !errors.is_empty() {
         bail!("{}", errors.join("; "));

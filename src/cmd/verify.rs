@@ -34,12 +34,14 @@ pub struct Args {
 }
 
 /// Where the content is: PATH itself, or PATH/NAME when PATH is a directory
-/// that holds the content under the torrent's name.
+/// that holds the content under the name `download` gives it (the
+/// torrent's, but for one named like shoal's state directory, `.shoal`).
 pub fn content_path(info: &Info, path: Option<PathBuf>) -> PathBuf {
+    let name = client::check::content_name(info);
     let Some(path) = path else {
-        return PathBuf::from(info.name());
+        return PathBuf::from(name);
     };
-    let nested = path.join(info.name());
+    let nested = path.join(name);
     let first_file = |root: &Path| root.join(info.file_path(0).iter().skip(1).collect::<PathBuf>());
     if info.is_multi_file() {
         if nested.is_dir() && !first_file(&path).exists() && first_file(&nested).exists() {

@@ -46,8 +46,16 @@ pub enum CreateError {
     Loop(PathBuf),
     #[error(transparent)]
     Read(#[from] ReadError),
+    // The message ends with the cause's, so the cause is not also the
+    // `source()` (printed with its chain, it would appear twice).
     #[error("the created torrent does not validate: {0}")]
-    Invalid(#[from] metainfo::MetainfoError),
+    Invalid(metainfo::MetainfoError),
+}
+
+impl From<metainfo::MetainfoError> for CreateError {
+    fn from(e: metainfo::MetainfoError) -> Self {
+        CreateError::Invalid(e)
+    }
 }
 
 /// What goes into the torrent besides the content.

@@ -19,10 +19,18 @@ pub enum MagnetError {
     NotMagnet,
     #[error("the magnet link has no 'xt=urn:btih:' info hash")]
     NoInfoHash,
+    // The message ends with the cause's, so the cause is not also the
+    // `source()` (printed with its chain, it would appear twice).
     #[error("bad info hash in magnet link: {0}")]
-    BadInfoHash(#[from] crate::ParseInfoHashError),
+    BadInfoHash(crate::ParseInfoHashError),
     #[error("bad percent-encoding in magnet link parameter {0:?}")]
     BadEncoding(String),
+}
+
+impl From<crate::ParseInfoHashError> for MagnetError {
+    fn from(e: crate::ParseInfoHashError) -> Self {
+        MagnetError::BadInfoHash(e)
+    }
 }
 
 impl Magnet {

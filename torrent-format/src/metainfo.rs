@@ -381,6 +381,23 @@ impl Info {
         let last = (f.offset + f.length - 1) / self.piece_length;
         first as usize..last as usize + 1
     }
+
+    /// Of the pieces of file `index` ([`file_pieces`](Info::file_pieces)),
+    /// those whose bytes in it all lie within its first `len` bytes: what a
+    /// file cut to `len` bytes may still hold intact (a prefix of the
+    /// range; all of it when `len` is the full length or more). A piece that
+    /// also spans other files needs them checked as well.
+    pub fn file_pieces_within(&self, index: usize, len: u64) -> std::ops::Range<usize> {
+        let all = self.file_pieces(index);
+        let f = &self.files[index];
+        if len >= f.length {
+            return all;
+        }
+        // The file ends after `f.offset + len`, so a piece's bytes in it end
+        // there or before exactly when the piece does.
+        let end = ((f.offset + len) / self.piece_length) as usize;
+        all.start..end.clamp(all.start, all.end)
+    }
 }
 
 /// A validated .torrent file.
@@ -584,6 +601,39 @@ mod tests {
             ),
         ])
         .encode()
+    }
+
+    /// `file_pieces_within` against its definition: every byte the piece
+    /// has in the file lies within the file's first `len` bytes.
+    #[test]
+    fn the_pieces_a_short_file_still_holds() {
+        let lengths = [10u64, 0, 7, 33, 1, 16];
+        let files: Vec<Value> = lengths
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| file(l as i64, &[&format!("f{i}")]))
+            .collect();
+        for pl in [1u64, 3, 8, 16, 100] {
+            let total: u64 = lengths.iter().sum();
+            let pieces = total.div_ceil(pl) as usize;
+            let m = Metainfo::from_bytes(&multi(files.clone(), pl as i64, pieces)).unwrap();
+            let info = &m.info;
+            for (i, &length) in lengths.iter().enumerate() {
+                for len in 0..=length + 2 {
+                    let want: Vec<usize> = info
+                        .file_pieces(i)
+                        .filter(|&p| {
+                            info.piece_segments(p)
+                                .iter()
+                                .filter(|s| s.file == i)
+                                .all(|s| s.file_offset + s.len <= len)
+                        })
+                        .collect();
+                    let got: Vec<usize> = info.file_pieces_within(i, len).collect();
+                    assert_eq!(got, want, "piece length {pl}, file {i}, {len} bytes");
+                }
+            }
+        }
     }
 
     #[test]

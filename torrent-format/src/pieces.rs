@@ -498,8 +498,9 @@ impl VerifyReport {
 }
 
 /// Checks every piece of `info`'s content at `content` (see
-/// [`Layout::for_torrent`]). Pieces touching a missing or wrongly sized file
-/// count as bad without being read.
+/// [`Layout::for_torrent`]). Pieces touching a missing file, or running past
+/// the end of a short one, count as bad without being read; the pieces a
+/// short file still holds wholly are read like any other.
 pub fn verify(
     info: &Info,
     content: &Path,
@@ -522,9 +523,16 @@ pub fn verify(
         .collect();
     let mut readable = vec![true; layout.piece_count()];
     for (i, state) in files.iter().enumerate() {
-        // A too-long file still holds the expected bytes at the front.
-        if !matches!(state, FileState::Ok | FileState::TooLong { .. }) {
-            for p in info.file_pieces(i) {
+        // A too-long file still holds the expected bytes at the front, and
+        // a short one those pieces that lie within what is left of it.
+        let left = match state {
+            FileState::Ok | FileState::TooLong { .. } => continue,
+            FileState::Short { actual } => *actual,
+            _ => 0,
+        };
+        let within = info.file_pieces_within(i, left);
+        for p in info.file_pieces(i) {
+            if !within.contains(&p) {
                 readable[p] = false;
             }
         }
