@@ -187,9 +187,9 @@ pub struct Engine {
 impl Engine {
     /// Binds the listening socket and starts accepting.
     pub async fn start(config: EngineConfig) -> Result<Engine, SessionError> {
-        let err = |source| SessionError::Listen {
+        let err = |error| SessionError::Listen {
             addr: config.listen,
-            source,
+            error,
         };
         let listener = TcpListener::bind(config.listen).await.map_err(err)?;
         let listen = listener.local_addr().map_err(err)?;

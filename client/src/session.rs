@@ -112,14 +112,13 @@ impl Config {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
-    #[error("cannot listen on {addr}: {source}")]
-    Listen {
-        addr: SocketAddr,
-        source: std::io::Error,
-    },
-    #[error("{0}")]
+    // The cause is in the message, so it is not also a `source` (an error
+    // chain would say it twice).
+    #[error("cannot listen on {addr}: {error}")]
+    Listen { addr: SocketAddr, error: std::io::Error },
+    #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
-    #[error("{0}")]
+    #[error(transparent)]
     Add(#[from] AddError),
 }
 

@@ -142,8 +142,8 @@ impl NetArgs {
         c.disk_threads = ui::default_threads().clamp(1, 4);
         match Engine::start(c.clone()).await {
             Ok(e) => Ok(e),
-            Err(client::session::SessionError::Listen { source, .. })
-                if self.port.is_none() && source.kind() == std::io::ErrorKind::AddrInUse =>
+            Err(client::session::SessionError::Listen { error, .. })
+                if self.port.is_none() && error.kind() == std::io::ErrorKind::AddrInUse =>
             {
                 c.listen.set_port(0);
                 Ok(Engine::start(c).await?)
