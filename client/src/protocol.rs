@@ -45,15 +45,15 @@ pub const MAX_UPLOAD_QUEUE: usize = 2000;
 /// Blocks cancelled or given up on, whose late arrival is forgiven.
 const MAX_FORGIVEN: usize = 2048;
 /// Messages that carry neither data nor news of pieces (keep-alive,
-/// choke, unchoke, interested, not interested, a repeated bitfield) a peer
-/// may send in a burst, and then how many a second. Each costs work under
-/// the torrent's lock (a choke frees requests, an unchoke makes new ones,
-/// an interest change runs the choker); honest peers send a few a minute,
-/// and a peer that sends them without end would starve the others.
+/// choke, unchoke, interested, not interested) a peer may send in a burst,
+/// and then how many a second. Each costs work under the torrent's lock
+/// out of all proportion to its five bytes (a choke frees requests, an
+/// unchoke makes new ones, an interest change runs the choker); honest
+/// peers send a few a minute, and a peer that sends them without end
+/// would starve the others. (A repeated bitfield is not chatter: aria2
+/// sends one instead of 'have's, and its cost grows with its length.)
 pub const CHATTER_BURST: u64 = 500;
 pub const CHATTER_RATE: u64 = 20;
-/// What a repeated bitfield costs, in chatter: it is a scan of all pieces.
-const BITFIELD_CHATTER: u64 = 50;
 
 /// A token bucket for chatter, in thousandths of a message.
 struct Chatter {
@@ -357,7 +357,6 @@ impl Connection {
             | Message::Unchoke
             | Message::Interested
             | Message::NotInterested => 1,
-            Message::Bitfield(_) if self.got_bitfield => BITFIELD_CHATTER,
             _ => 0,
         };
         if chatter > 0 && !self.chatter.take(chatter, now) {

@@ -115,7 +115,10 @@ pub enum SessionError {
     // The cause is in the message, so it is not also a `source` (an error
     // chain would say it twice).
     #[error("cannot listen on {addr}: {error}")]
-    Listen { addr: SocketAddr, error: std::io::Error },
+    Listen {
+        addr: SocketAddr,
+        error: std::io::Error,
+    },
     #[error(transparent)]
     Storage(#[from] crate::storage::StorageError),
     #[error(transparent)]
