@@ -332,12 +332,12 @@ async fn accept(
 }
 
 /// A connection's state when the accept loop hands it to a task: bytes
-/// read but not yet served, a reply not yet (fully) written, and whether
-/// to close once it is.
+/// read but not yet served, a reply not yet (fully) written, and what to
+/// do once it is.
 struct Pending {
     input: Vec<u8>,
     output: Vec<u8>,
-    close: bool,
+    then: Then,
 }
 
 /// `recv` into `buf`'s spare capacity (which must not be empty), never
@@ -429,30 +429,45 @@ async fn accept_loop(listener: AsyncFd<std::net::TcpListener>, shared: Arc<Share
     }
 }
 
+/// What a connection does once the requests at the start of its input
+/// are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Read on (keep-alive; what is left is at most part of a head).
+    Read,
+    /// Close once the replies are out.
+    Close,
+    /// Close once the replies are out, but read (and drop) what the client
+    /// still sends first: see [`linger`].
+    Linger,
+    /// Hand the rest of the input to hyper.
+    Hyper,
+}
+
 /// Answers every complete fast-path request at the start of `input`
 /// (pipelined ones in order) into `output`. Returns how many bytes were
-/// consumed, whether the connection is to be closed after the replies, and
-/// whether what follows is for hyper.
+/// consumed and what the connection does next.
 fn serve_all(
     tracker: &Tracker,
     input: &[u8],
     remote: SocketAddr,
     output: &mut Vec<u8>,
-) -> (usize, bool, bool) {
+) -> (usize, Then) {
     let mut pos = 0;
     while pos < input.len() {
         match h1::serve_one(tracker, &input[pos..], remote, output) {
             h1::Head::Answered { len, keep_alive } => {
                 pos += len;
                 if !keep_alive {
-                    return (pos, true, false);
+                    return (pos, Then::Close);
                 }
             }
             h1::Head::Partial => break,
-            h1::Head::Other => return (pos, false, true),
+            h1::Head::Other => return (pos, Then::Hyper),
+            h1::Head::Rejected => return (input.len(), Then::Linger),
         }
     }
-    (pos, false, false)
+    (pos, Then::Read)
 }
 
 /// The accept loop's attempt to answer a new connection at once: reads
@@ -475,7 +490,8 @@ fn serve_inline(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
         Err(_) => return None,
     };
-    let (pos, close, _) = serve_all(tracker, input, remote, output);
+    let (pos, then) = serve_all(tracker, input, remote, output);
+    let close = then == Then::Close;
     let mut written = 0;
     if !output.is_empty() {
         // A reply followed by a close is held back (`MSG_MORE`) so that
@@ -498,13 +514,12 @@ fn serve_inline(
         }
     }
     Some(Pending {
-        input: if close {
-            Vec::new()
-        } else {
-            input[pos..].to_vec()
+        input: match then {
+            Then::Close | Then::Linger => Vec::new(),
+            Then::Read | Then::Hyper => input[pos..].to_vec(),
         },
         output: output[written..].to_vec(),
-        close,
+        then,
     })
 }
 
@@ -524,7 +539,7 @@ async fn connection(
     let Pending {
         mut input,
         mut output,
-        mut close,
+        mut then,
     } = pending;
     // A connection must complete a request head in every idle period: the
     // timer is not re-armed per request (no clock read, no timer-wheel
@@ -544,14 +559,22 @@ async fn connection(
             }
             output.clear();
         }
-        if close {
-            return;
+        match then {
+            Then::Close => return,
+            Then::Linger => return linger(&stream, input, &shared.shutdown).await,
+            Then::Read | Then::Hyper => {}
         }
-        let (pos, closing, other) = serve_all(&shared.tracker, &input, remote, &mut output);
+        let (pos, next) = serve_all(&shared.tracker, &input, remote, &mut output);
+        then = next;
         // Shutting down: answer what has come, then close.
-        close = closing || (pos > 0 && shared.stopping.load(std::sync::atomic::Ordering::Relaxed));
+        if then == Then::Read
+            && pos > 0
+            && shared.stopping.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            then = Then::Close;
+        }
         input.drain(..pos);
-        if other {
+        if then == Then::Hyper {
             // Replies to earlier pipelined requests go out first.
             if !output.is_empty() && write_all(&stream, &output, idle).await.is_err() {
                 return;
@@ -589,8 +612,8 @@ async fn connection(
                 }
             }
         };
-        // Room for more (a head that outgrows MAX_HEAD goes to hyper,
-        // which refuses it, so the buffer stays under twice that).
+        // Room for more (a head that outgrows MAX_HEAD is refused, so the
+        // buffer stays under twice that).
         let want = (input.len() + 4096).min(MAX_HEAD);
         input.reserve(want.saturating_sub(input.len()).max(1));
         let space = input.capacity() - input.len();
@@ -603,6 +626,54 @@ async fn connection(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
             Err(_) => return,
         }
+    }
+}
+
+/// How long, and for how many bytes at most, a connection closed on a
+/// refused request keeps reading: see [`linger`].
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 << 20;
+
+/// After a reply that ends the connection while the client may still be
+/// sending (a head refused as too long or malformed; a client that writes
+/// its whole request before it reads): the FIN goes out after the reply,
+/// then what arrives is read and thrown away — into `buf`, not kept —
+/// until the client closes its side, for at most [`LINGER`] and
+/// [`LINGER_BYTES`]. Closing with unread input would reset the connection,
+/// and a reset can destroy the reply before the client has read it.
+async fn linger(
+    stream: &AsyncFd<std::net::TcpStream>,
+    mut buf: Vec<u8>,
+    shutdown: &CancellationToken,
+) {
+    if stream
+        .get_ref()
+        .shutdown(std::net::Shutdown::Write)
+        .is_err()
+    {
+        return;
+    }
+    buf.clear();
+    buf.reserve(16 * 1024);
+    let fd = stream.get_ref().as_fd();
+    let drain = async {
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            let Ok(mut ready) = stream.readable().await else {
+                return;
+            };
+            buf.clear();
+            match recv_into(fd, &mut buf) {
+                Ok(0) => return,
+                Ok(n) => total += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(LINGER, drain) => {}
+        _ = shutdown.cancelled() => {}
     }
 }
 
