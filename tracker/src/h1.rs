@@ -206,6 +206,14 @@ fn reject(tracker: &Tracker, buf: &[u8], problem: Problem, out: &mut Vec<u8>) ->
     Head::Rejected
 }
 
+/// A request not served because its connection is over a cap: a failure
+/// reason, and `Connection: close`.
+#[cold]
+pub(crate) fn refusal(tracker: &Tracker, reason: &str, out: &mut Vec<u8>) {
+    tracker.count_failure();
+    write_reply(out, OK, &crate::response::failure(reason), false, false);
+}
+
 /// `status` with the headers the router's reply has (no `date`:
 /// trackers' clients do not use it, and opentracker sends none either).
 fn write_reply(out: &mut Vec<u8>, status: &[u8], body: &[u8], keep_alive: bool, http10: bool) {

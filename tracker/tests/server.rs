@@ -49,17 +49,27 @@ async fn serves_caps_connections_per_ip_and_shuts_down() {
         let mut held = Vec::new();
         for _ in 0..2 {
             let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             write!(s, "GET /stats.json HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            let mut buf = [0u8; 12];
-            s.read_exact(&mut buf).unwrap();
-            assert_eq!(&buf, b"HTTP/1.1 200");
+            assert!(read_reply(&mut s).starts_with("HTTP/1.1 200"));
             held.push(s);
         }
-        // ... so a third is closed without an answer.
-        let third = get(addr, "/stats.json");
+        // ... so a third takes the place of the oldest idle one, which
+        // is closed.
+        let third = get(addr, "/stats.json").unwrap();
+        assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+        let mut rest = Vec::new();
+        held[0]
+            .read_to_end(&mut rest)
+            .expect("the first is closed by the server");
+        assert!(rest.is_empty(), "{rest:?}");
+        let mut second = [0u8; 1];
+        held[1]
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         assert!(
-            matches!(&third, Ok(s) if s.is_empty()) || third.is_err(),
-            "{third:?}"
+            matches!(held[1].read(&mut second), Err(e) if e.kind() == ErrorKind::WouldBlock),
+            "the second is still open"
         );
         drop(held);
     });
@@ -476,4 +486,88 @@ fn a_scrape_of_as_many_hashes_as_allowed_is_served() {
         .unwrap();
     let reply = read_reply(&mut s);
     assert!(reply.contains("14:failure reason"), "{reply}");
+}
+
+const STATS_HEAD: &str = "GET /stats.json HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[test]
+fn a_full_address_evicts_its_oldest_idle_connection() {
+    let server = Server::start(Duration::from_secs(30));
+    let per_ip = ServeOptions::default().max_connections_per_ip;
+    // As many kept-alive connections as one address may have, each after
+    // one request: the oldest served by hyper, the others by the fast path.
+    let mut held = Vec::new();
+    for i in 0..per_ip {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = match i {
+            0 => STATS_HEAD.to_string(),
+            _ => announce_head((i % 200) as u8 + 1),
+        };
+        s.write_all(head.as_bytes()).unwrap();
+        assert!(read_reply(&mut s).starts_with("HTTP/1.1 200 OK\r\n"));
+        held.push(s);
+    }
+    // A new connection from that address is served and stays usable: it
+    // takes the place of the oldest idle one, which is closed.
+    for (oldest, head) in [STATS_HEAD.to_string(), announce_head(201)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for request in 1..=2 {
+            s.write_all(head.as_bytes()).unwrap();
+            let reply = try_read_reply(&mut s);
+            assert!(
+                matches!(&reply, Ok(r) if r.starts_with("HTTP/1.1 200 OK\r\n")),
+                "new connection {oldest}, request {request}: {reply:?}"
+            );
+        }
+        assert!(
+            closed_by_server(&mut held[oldest]),
+            "connection {oldest} is closed"
+        );
+        held.push(s);
+    }
+    // The others are untouched.
+    let mut next = &held[2];
+    next.write_all(announce_head(3).as_bytes()).unwrap();
+    assert!(read_reply(&mut held[2]).starts_with("HTTP/1.1 200 OK\r\n"));
+}
+
+#[test]
+fn a_full_address_of_busy_connections_is_told_so() {
+    let server = Server::with(ServeOptions {
+        max_connections_per_ip: 2,
+        ..ServeOptions::default()
+    });
+    // Two connections in the middle of a request: not to be evicted.
+    let head = announce_head(1);
+    let (start, rest) = head.split_at(30);
+    let mut busy: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(start.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    let mut probe = TcpStream::connect(server.addr).unwrap();
+    probe.write_all(STATS_HEAD.as_bytes()).unwrap();
+    let (head, body) = reply_until_close(&mut probe);
+    let reason = failure_reply("a third connection", &head, &body);
+    assert!(reason.contains("too many connections"), "{reason}");
+    // An announce on a new connection is answered all the same (before
+    // the cap applies), then the connection is closed.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(announce_head(2).as_bytes()).unwrap();
+    let (head, body) = reply_until_close(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(failure_of(&body).is_none(), "{body:?}");
+    // The busy ones were left alone.
+    for s in &mut busy {
+        s.write_all(rest.as_bytes()).unwrap();
+        assert!(read_reply(s).starts_with("HTTP/1.1 200 OK\r\n"));
+    }
 }
