@@ -15,12 +15,20 @@
 //! axum router with the bytes already read, so those behave exactly as
 //! before.
 //!
-//! Bounds, as hyper had them: a head is at most [`MAX_HEAD`] bytes (a
-//! longer one goes to hyper, which refuses it), a connection that sends no
-//! complete head within the idle timeout is closed, pipelined requests are
-//! answered in order, `Connection: close` (and HTTP/1.0 without
-//! `keep-alive`) closes after the reply. The parser is httparse on a fixed
-//! header array: nothing is allocated per request but the reply body.
+//! Bounds, as hyper had them: a head is at most [`MAX_HEAD`] bytes, a
+//! connection that sends no complete head within the idle timeout is
+//! closed, pipelined requests are answered in order, `Connection: close`
+//! (and HTTP/1.0 without `keep-alive`) closes after the reply. The parser
+//! is httparse on a fixed header array: nothing is allocated per request
+//! but the reply body.
+//!
+//! A head that hyper would refuse with an empty 400 or 431 — too long,
+//! bytes that are not allowed (raw control bytes or bytes that are not
+//! UTF-8 in the URL), a broken header line — is refused here instead, with
+//! a bencoded `failure reason` (HTTP 200 when a request line can be made
+//! out at all, so clients show the reason) and `Connection: close`:
+//! where such a head ends cannot be trusted, so nothing after it is
+//! served.
 
 use std::io;
 use std::net::SocketAddr;
@@ -46,6 +54,10 @@ pub(crate) enum Head {
     /// A complete fast-path request of `len` bytes, answered into the
     /// output buffer; `keep_alive` says whether the connection stays open.
     Answered { len: usize, keep_alive: bool },
+    /// A head that is not served (malformed, or too long): a failure
+    /// reply was appended to the output buffer. The connection is to be
+    /// closed after it, and what else the client sends thrown away.
+    Rejected,
 }
 
 /// Parses one request head from `buf` and, if it is ours, appends the
@@ -59,21 +71,24 @@ pub(crate) fn serve_one(
     let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
     let mut req = httparse::Request::new(&mut headers);
     let len = match req.parse(buf) {
-        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => n,
         Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => return Head::Partial,
-        // Too long, too many headers, malformed: hyper answers those.
-        _ => return Head::Other,
+        Ok(_) => return reject(tracker, buf, Problem::TooLong, out),
+        Err(httparse::Error::TooManyHeaders) => return many_headers(tracker, buf, out),
+        Err(e) => return reject(tracker, buf, Problem::Malformed(e), out),
     };
-    if len > MAX_HEAD || req.method != Some("GET") {
-        return Head::Other;
-    }
     let (Some(target), Some(version)) = (req.path, req.version) else {
         return Head::Other;
     };
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
     let is_announce = match path {
-        "/announce" => true,
-        "/scrape" => false,
+        "/announce" if req.method == Some("GET") => true,
+        "/scrape" if req.method == Some("GET") => false,
+        // hyper's, unless it would refuse the URL (httparse takes any
+        // UTF-8, `http::Uri` only ASCII).
+        _ if axum::http::Uri::try_from(target).is_err() => {
+            return reject(tracker, buf, Problem::Url, out)
+        }
         _ => return Head::Other,
     };
     let real_ip = tracker.config().real_ip_header.as_ref();
@@ -113,14 +128,97 @@ pub(crate) fn serve_one(
     } else {
         crate::http::reply_body(tracker, tracker.scrape(None, query))
     };
-    write_reply(out, &body, keep_alive, version == 0);
+    write_reply(out, OK, &body, keep_alive, version == 0);
     Head::Answered { len, keep_alive }
 }
 
-/// `HTTP/1.1 200 OK` with the headers the router's reply has (no `date`:
+/// Why a head is refused.
+enum Problem {
+    TooLong,
+    TooManyHeaders,
+    Malformed(httparse::Error),
+    /// httparse took the URL, `http::Uri` (hence hyper) would not.
+    Url,
+}
+
+const OK: &[u8] = b"HTTP/1.1 200 OK";
+
+/// More headers than the fast path's array holds: hyper takes up to 100,
+/// so only beyond that is the head refused.
+#[cold]
+fn many_headers(tracker: &Tracker, buf: &[u8], out: &mut Vec<u8>) -> Head {
+    let mut headers = [httparse::EMPTY_HEADER; 100];
+    match httparse::Request::new(&mut headers).parse(buf) {
+        Ok(httparse::Status::Complete(n)) if n <= MAX_HEAD => Head::Other,
+        Ok(httparse::Status::Partial) if buf.len() < MAX_HEAD => Head::Partial,
+        Ok(_) => reject(tracker, buf, Problem::TooLong, out),
+        Err(httparse::Error::TooManyHeaders) => reject(tracker, buf, Problem::TooManyHeaders, out),
+        Err(e) => reject(tracker, buf, Problem::Malformed(e), out),
+    }
+}
+
+/// Appends the reply to a head that is not served: a bencoded failure
+/// reason, with `200 OK` if the start of a request line (a method and a
+/// target) can be read — so a client shows the reason, whatever it sent
+/// in the query — and `400 Bad Request` for input that is not HTTP at all.
+/// Only the first line of `buf` is looked at, so a head cut off at
+/// [`MAX_HEAD`] still shows its route.
+#[cold]
+fn reject(tracker: &Tracker, buf: &[u8], problem: Problem, out: &mut Vec<u8>) -> Head {
+    let line = buf.split(|&c| c == b'\n').next().unwrap_or(buf);
+    let (method, rest) = line.split_at(memchr::memchr(b' ', line).unwrap_or(line.len()));
+    let target = rest.get(1..).unwrap_or_default();
+    let readable = !method.is_empty()
+        && method.iter().all(u8::is_ascii_graphic)
+        && (target.starts_with(b"/")
+            || target.starts_with(b"http://")
+            || target.starts_with(b"https://"));
+    let path = target.split(|&c| c == b'?' || c == b' ').next();
+    let scrape = path.is_some_and(|p| p.ends_with(b"/scrape"));
+    let reason = match problem {
+        Problem::TooLong if scrape => format!(
+            "request too long (more than {MAX_HEAD} bytes; a scrape takes at most {} info_hash)",
+            crate::request::MAX_SCRAPE
+        ),
+        Problem::TooLong => format!("request too long (more than {MAX_HEAD} bytes)"),
+        Problem::TooManyHeaders => "too many request headers".to_string(),
+        Problem::Malformed(httparse::Error::Version) => {
+            "malformed request: not HTTP/1.0 or HTTP/1.1".to_string()
+        }
+        Problem::Malformed(httparse::Error::Token) | Problem::Url => {
+            "malformed request: the URL has bytes that must be percent-encoded (control bytes, spaces, bytes that are not UTF-8)".to_string()
+        }
+        Problem::Malformed(e) => format!("malformed request: {e}"),
+    };
+    tracker.count_failure();
+    let status: &[u8] = if readable {
+        OK
+    } else {
+        b"HTTP/1.1 400 Bad Request"
+    };
+    write_reply(
+        out,
+        status,
+        &crate::response::failure(&reason),
+        false,
+        false,
+    );
+    Head::Rejected
+}
+
+/// A request not served because its connection is over a cap: a failure
+/// reason, and `Connection: close`.
+#[cold]
+pub(crate) fn refusal(tracker: &Tracker, reason: &str, out: &mut Vec<u8>) {
+    tracker.count_failure();
+    write_reply(out, OK, &crate::response::failure(reason), false, false);
+}
+
+/// `status` with the headers the router's reply has (no `date`:
 /// trackers' clients do not use it, and opentracker sends none either).
-fn write_reply(out: &mut Vec<u8>, body: &[u8], keep_alive: bool, http10: bool) {
-    out.extend_from_slice(b"HTTP/1.1 200 OK\r\ncontent-type: text/plain\r\ncontent-length: ");
+fn write_reply(out: &mut Vec<u8>, status: &[u8], body: &[u8], keep_alive: bool, http10: bool) {
+    out.extend_from_slice(status);
+    out.extend_from_slice(b"\r\ncontent-type: text/plain\r\ncontent-length: ");
     crate::response::push_decimal(out, body.len() as u64);
     out.extend_from_slice(match (keep_alive, http10) {
         (false, _) => b"\r\nconnection: close\r\n\r\n".as_slice(),
@@ -294,16 +392,65 @@ mod tests {
             b"GET /key/announce?x HTTP/1.1\r\n\r\n",
             b"GET /announce?x HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello",
             b"GET /announce?x HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
-            b"GET /announce?x HTTP/1.1\r\nBad Header\r\n\r\n",
-            b"\x00\x01\x02 garbage\r\n\r\n",
+            // Well-formed, up to 100 headers: hyper's.
+            &format!("GET /announce?x HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(99)).into_bytes(),
         ] {
             assert!(matches!(serve(&t, other).0, Head::Other), "{other:?}");
         }
-        // A partial head that has reached the limit goes to hyper (which
-        // refuses it).
-        let mut long = b"GET /announce?".to_vec();
+    }
+
+    #[test]
+    fn heads_hyper_would_refuse_get_failure_reasons() {
+        let t = tracker();
+        let mut long = b"GET /scrape?".to_vec();
         long.resize(MAX_HEAD, b'a');
-        assert!(matches!(serve(&t, &long).0, Head::Other));
+        let cases: [(&[u8], &str, &str); 8] = [
+            (
+                b"GET /announce?\xff HTTP/1.1\r\n\r\n",
+                "200 OK",
+                "percent-encoded",
+            ),
+            (
+                b"GET /stats\x01 HTTP/1.1\r\n\r\n",
+                "200 OK",
+                "percent-encoded",
+            ),
+            // A byte httparse takes but `http::Uri` does not.
+            (
+                b"GET /key/announce?a<b HTTP/1.1\r\n\r\n",
+                "200 OK",
+                "percent-encoded",
+            ),
+            (
+                b"GET /announce?x HTTP/1.1\r\nBad Header\r\n\r\n",
+                "200 OK",
+                "header",
+            ),
+            (b"GET /announce?x HTTP/2.0\r\n\r\n", "200 OK", "HTTP/1.1"),
+            // Cut off at the limit: the route is still read.
+            (&long, "200 OK", "at most 100 info_hash"),
+            (
+                &format!("GET /announce?x HTTP/1.1\r\n{}\r\n", "A: b\r\n".repeat(101)).into_bytes(),
+                "200 OK",
+                "too many request headers",
+            ),
+            // Not even a request line.
+            (
+                b"\x00\x01\x02 garbage\r\n\r\n",
+                "400 Bad Request",
+                "percent-encoded",
+            ),
+        ];
+        for (request, status, reason) in cases {
+            let (head, out) = serve(&t, request);
+            assert!(matches!(head, Head::Rejected), "{request:?}");
+            assert!(out.starts_with(&format!("HTTP/1.1 {status}\r\n")), "{out}");
+            assert!(out.contains("connection: close\r\n"), "{out}");
+            let body = out.split("\r\n\r\n").nth(1).unwrap();
+            assert!(out.contains(&format!("content-length: {}\r\n", body.len())));
+            assert!(body.starts_with("d14:failure reason"), "{body}");
+            assert!(body.contains(reason), "{request:?}: {body}");
+        }
     }
 
     #[test]

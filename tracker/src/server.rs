@@ -46,7 +46,9 @@ pub struct ServeOptions {
     /// first, since that holds nothing open).
     pub max_connections: usize,
     /// Open connections from one IP address at most, so one host cannot
-    /// take every slot.
+    /// take every slot. At the cap a new connection takes the place of the
+    /// address's oldest idle one; it is refused (with a failure reason)
+    /// only when all of them are in the middle of a request.
     pub max_connections_per_ip: usize,
     /// How long shutdown waits for in-flight requests.
     pub drain_timeout: Duration,
@@ -202,36 +204,106 @@ impl Bound {
     }
 }
 
-/// Open connections per client address.
+/// Open connections per client address. When an address is at its cap, a
+/// new connection takes the place of that address's oldest *idle* one (kept
+/// alive and waiting for its next request), which is told to close: a host
+/// whose client keeps many connections open is not shut out (nor is
+/// `/stats.json` from it). Only when every one of them is in the middle of
+/// a request is the new one refused.
+///
+/// Bounded: an address has at most `max` connections that are not being
+/// evicted, and at most `max` more on their way out (each closes as soon
+/// as its task runs, idle as it is), so never more than `2 * max`.
 struct PerIp {
     max: usize,
-    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, usize>>,
+    open: std::sync::Mutex<std::collections::HashMap<std::net::IpAddr, IpConns>>,
+}
+
+/// One address's connections, oldest first.
+#[derive(Default)]
+struct IpConns {
+    conns: Vec<Arc<Conn>>,
+    /// How many of them are [`EVICTED`].
+    evicted: usize,
+}
+
+/// What [`PerIp`] knows of a connection, shared with its task.
+struct Conn {
+    /// [`BUSY`], [`IDLE`] or [`EVICTED`]: only the table moves it from
+    /// idle to evicted, only the connection between busy and idle.
+    state: std::sync::atomic::AtomicU8,
+    /// Wakes the connection when it is evicted.
+    evict: tokio::sync::Notify,
+}
+
+/// In the middle of a request (or its reply, or a lingering close).
+const BUSY: u8 = 0;
+/// Waiting for the next request on a kept-alive connection.
+const IDLE: u8 = 1;
+/// Told to close to make room.
+const EVICTED: u8 = 2;
+
+impl Conn {
+    /// Marks a request under way; false if the connection has been
+    /// evicted (it is to close, not to read).
+    fn busy(&self) -> bool {
+        use std::sync::atomic::Ordering::Relaxed;
+        match self.state.compare_exchange(IDLE, BUSY, Relaxed, Relaxed) {
+            Ok(_) => true,
+            Err(state) => state == BUSY,
+        }
+    }
+
+    /// Marks the connection idle (evictable), unless it is evicted already.
+    fn idle(&self) {
+        use std::sync::atomic::Ordering::Relaxed;
+        let _ = self.state.compare_exchange(BUSY, IDLE, Relaxed, Relaxed);
+    }
 }
 
 /// One connection's place in [`PerIp`]; released on drop.
 struct IpSlot {
     table: Arc<PerIp>,
     ip: std::net::IpAddr,
+    conn: Arc<Conn>,
 }
 
 impl PerIp {
     fn new(max: usize) -> PerIp {
         PerIp {
-            max,
+            max: max.max(1),
             open: Default::default(),
         }
     }
 
+    /// A place for a new connection from `ip` (busy to begin with), making
+    /// room by evicting the address's oldest idle connection if need be;
+    /// `None` if there is none to evict.
     fn acquire(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<IpSlot> {
+        use std::sync::atomic::Ordering::Relaxed;
         let mut open = self.open.lock().unwrap_or_else(|p| p.into_inner());
-        let n = open.entry(ip).or_insert(0);
-        if *n >= self.max {
-            return None;
+        let entry = open.entry(ip).or_default();
+        if entry.conns.len() - entry.evicted >= self.max {
+            if entry.evicted >= self.max {
+                return None;
+            }
+            let victim = entry.conns.iter().find(|c| {
+                c.state
+                    .compare_exchange(IDLE, EVICTED, Relaxed, Relaxed)
+                    .is_ok()
+            })?;
+            victim.evict.notify_one();
+            entry.evicted += 1;
         }
-        *n += 1;
+        let conn = Arc::new(Conn {
+            state: BUSY.into(),
+            evict: tokio::sync::Notify::new(),
+        });
+        entry.conns.push(conn.clone());
         Some(IpSlot {
             table: self.clone(),
             ip,
+            conn,
         })
     }
 }
@@ -239,9 +311,14 @@ impl PerIp {
 impl Drop for IpSlot {
     fn drop(&mut self) {
         let mut open = self.table.open.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(n) = open.get_mut(&self.ip) {
-            *n -= 1;
-            if *n == 0 {
+        if let Some(entry) = open.get_mut(&self.ip) {
+            if let Some(i) = entry.conns.iter().position(|c| Arc::ptr_eq(c, &self.conn)) {
+                entry.conns.remove(i);
+                if self.conn.state.load(std::sync::atomic::Ordering::Relaxed) == EVICTED {
+                    entry.evicted -= 1;
+                }
+            }
+            if entry.conns.is_empty() {
                 open.remove(&self.ip);
             }
         }
@@ -332,12 +409,12 @@ async fn accept(
 }
 
 /// A connection's state when the accept loop hands it to a task: bytes
-/// read but not yet served, a reply not yet (fully) written, and whether
-/// to close once it is.
+/// read but not yet served, a reply not yet (fully) written, and what to
+/// do once it is.
 struct Pending {
     input: Vec<u8>,
     output: Vec<u8>,
-    close: bool,
+    then: Then,
 }
 
 /// `recv` into `buf`'s spare capacity (which must not be empty), never
@@ -408,12 +485,14 @@ async fn accept_loop(listener: AsyncFd<std::net::TcpListener>, shared: Arc<Share
             // Answered with `Connection: close` (or gone): dropping closes.
             continue;
         };
-        // The connection stays open: now the caps apply. Over one, dropping
-        // the stream closes it.
+        // The connection stays open: now the caps apply. Over one, the
+        // request waiting (if any) is told why, and the connection closed.
         let Ok(permit) = shared.permits.clone().try_acquire_owned() else {
+            refuse(&shared.tracker, &stream, &pending, &mut output);
             continue;
         };
         let Some(slot) = shared.per_ip.acquire(remote.ip()) else {
+            refuse(&shared.tracker, &stream, &pending, &mut output);
             continue;
         };
         // SAFETY: the `AsyncFd` owns the stream, which owns its descriptor
@@ -423,36 +502,72 @@ async fn accept_loop(listener: AsyncFd<std::net::TcpListener>, shared: Arc<Share
         };
         let shared2 = shared.clone();
         shared.tasks.spawn(async move {
-            connection(stream, remote, pending, &shared2).await;
+            connection(stream, remote, pending, &slot.conn, &shared2).await;
             drop((permit, slot));
         });
     }
 }
 
+/// A connection over a cap: a request that has come and is not answered
+/// yet gets a failure reason with `Connection: close` (best effort, without
+/// waiting), rather than a close without a word. One answered already
+/// (inline, before the caps apply) is simply closed.
+#[cold]
+fn refuse(tracker: &Tracker, stream: &std::net::TcpStream, pending: &Pending, out: &mut Vec<u8>) {
+    let unanswered = matches!(pending.then, Then::Read | Then::Hyper) && !pending.input.is_empty();
+    if !pending.output.is_empty() || !unanswered {
+        return;
+    }
+    out.clear();
+    h1::refusal(
+        tracker,
+        "too many connections from your address; try again later",
+        out,
+    );
+    if send_now(stream.as_fd(), out).is_ok() {
+        let _ = stream.shutdown(std::net::Shutdown::Write);
+    }
+}
+
+/// What a connection does once the requests at the start of its input
+/// are answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Then {
+    /// Read on (keep-alive; what is left is at most part of a head).
+    Read,
+    /// Close once the replies are out.
+    Close,
+    /// Close once the replies are out, but read (and drop) what the client
+    /// still sends first: see [`linger`].
+    Linger,
+    /// Hand the rest of the input to hyper.
+    Hyper,
+}
+
 /// Answers every complete fast-path request at the start of `input`
 /// (pipelined ones in order) into `output`. Returns how many bytes were
-/// consumed, whether the connection is to be closed after the replies, and
-/// whether what follows is for hyper.
+/// consumed and what the connection does next.
 fn serve_all(
     tracker: &Tracker,
     input: &[u8],
     remote: SocketAddr,
     output: &mut Vec<u8>,
-) -> (usize, bool, bool) {
+) -> (usize, Then) {
     let mut pos = 0;
     while pos < input.len() {
         match h1::serve_one(tracker, &input[pos..], remote, output) {
             h1::Head::Answered { len, keep_alive } => {
                 pos += len;
                 if !keep_alive {
-                    return (pos, true, false);
+                    return (pos, Then::Close);
                 }
             }
             h1::Head::Partial => break,
-            h1::Head::Other => return (pos, false, true),
+            h1::Head::Other => return (pos, Then::Hyper),
+            h1::Head::Rejected => return (input.len(), Then::Linger),
         }
     }
-    (pos, false, false)
+    (pos, Then::Read)
 }
 
 /// The accept loop's attempt to answer a new connection at once: reads
@@ -475,7 +590,8 @@ fn serve_inline(
         Err(e) if e.kind() == io::ErrorKind::WouldBlock => true,
         Err(_) => return None,
     };
-    let (pos, close, _) = serve_all(tracker, input, remote, output);
+    let (pos, then) = serve_all(tracker, input, remote, output);
+    let close = then == Then::Close;
     let mut written = 0;
     if !output.is_empty() {
         // A reply followed by a close is held back (`MSG_MORE`) so that
@@ -498,13 +614,12 @@ fn serve_inline(
         }
     }
     Some(Pending {
-        input: if close {
-            Vec::new()
-        } else {
-            input[pos..].to_vec()
+        input: match then {
+            Then::Close | Then::Linger => Vec::new(),
+            Then::Read | Then::Hyper => input[pos..].to_vec(),
         },
         output: output[written..].to_vec(),
-        close,
+        then,
     })
 }
 
@@ -519,12 +634,13 @@ async fn connection(
     stream: AsyncFd<std::net::TcpStream>,
     remote: SocketAddr,
     pending: Pending,
+    conn: &Arc<Conn>,
     shared: &Shared,
 ) {
     let Pending {
         mut input,
         mut output,
-        mut close,
+        mut then,
     } = pending;
     // A connection must complete a request head in every idle period: the
     // timer is not re-armed per request (no clock read, no timer-wheel
@@ -537,6 +653,8 @@ async fn connection(
     tokio::pin!(timer);
     let cancelled = shared.shutdown.cancelled();
     tokio::pin!(cancelled);
+    let evicted = conn.evict.notified();
+    tokio::pin!(evicted);
     loop {
         if !output.is_empty() {
             if write_all(&stream, &output, idle).await.is_err() {
@@ -544,14 +662,22 @@ async fn connection(
             }
             output.clear();
         }
-        if close {
-            return;
+        match then {
+            Then::Close => return,
+            Then::Linger => return linger(&stream, input, &shared.shutdown).await,
+            Then::Read | Then::Hyper => {}
         }
-        let (pos, closing, other) = serve_all(&shared.tracker, &input, remote, &mut output);
+        let (pos, next) = serve_all(&shared.tracker, &input, remote, &mut output);
+        then = next;
         // Shutting down: answer what has come, then close.
-        close = closing || (pos > 0 && shared.stopping.load(std::sync::atomic::Ordering::Relaxed));
+        if then == Then::Read
+            && pos > 0
+            && shared.stopping.load(std::sync::atomic::Ordering::Relaxed)
+        {
+            then = Then::Close;
+        }
         input.drain(..pos);
-        if other {
+        if then == Then::Hyper {
             // Replies to earlier pipelined requests go out first.
             if !output.is_empty() && write_all(&stream, &output, idle).await.is_err() {
                 return;
@@ -563,15 +689,19 @@ async fn connection(
             let Ok(stream) = tokio::net::TcpStream::from_std(stream) else {
                 return;
             };
-            return hyper_connection(h1::Rewind::new(input, stream), remote, shared).await;
+            return hyper_connection(h1::Rewind::new(input, stream), remote, conn, shared).await;
         }
         if pos > 0 {
             served = true;
             continue;
         }
         // Wait for more of a head: at most until the deadline, and not at
-        // all once shutting down if no request is under way.
+        // all once shutting down (or evicted to make room for another
+        // connection from the address) if no request is under way.
         let waiting_idle = input.is_empty();
+        if waiting_idle {
+            conn.idle();
+        }
         let mut ready = loop {
             tokio::select! {
                 biased;
@@ -580,6 +710,7 @@ async fn connection(
                     Err(_) => return,
                 },
                 _ = &mut cancelled, if waiting_idle => return,
+                _ = &mut evicted, if waiting_idle => return,
                 _ = &mut timer => {
                     if !served {
                         return;
@@ -589,8 +720,11 @@ async fn connection(
                 }
             }
         };
-        // Room for more (a head that outgrows MAX_HEAD goes to hyper,
-        // which refuses it, so the buffer stays under twice that).
+        if waiting_idle && !conn.busy() {
+            return;
+        }
+        // Room for more (a head that outgrows MAX_HEAD is refused, so the
+        // buffer stays under twice that).
         let want = (input.len() + 4096).min(MAX_HEAD);
         input.reserve(want.saturating_sub(input.len()).max(1));
         let space = input.capacity() - input.len();
@@ -603,6 +737,54 @@ async fn connection(
             Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
             Err(_) => return,
         }
+    }
+}
+
+/// How long, and for how many bytes at most, a connection closed on a
+/// refused request keeps reading: see [`linger`].
+const LINGER: Duration = Duration::from_secs(2);
+const LINGER_BYTES: usize = 4 << 20;
+
+/// After a reply that ends the connection while the client may still be
+/// sending (a head refused as too long or malformed; a client that writes
+/// its whole request before it reads): the FIN goes out after the reply,
+/// then what arrives is read and thrown away — into `buf`, not kept —
+/// until the client closes its side, for at most [`LINGER`] and
+/// [`LINGER_BYTES`]. Closing with unread input would reset the connection,
+/// and a reset can destroy the reply before the client has read it.
+async fn linger(
+    stream: &AsyncFd<std::net::TcpStream>,
+    mut buf: Vec<u8>,
+    shutdown: &CancellationToken,
+) {
+    if stream
+        .get_ref()
+        .shutdown(std::net::Shutdown::Write)
+        .is_err()
+    {
+        return;
+    }
+    buf.clear();
+    buf.reserve(16 * 1024);
+    let fd = stream.get_ref().as_fd();
+    let drain = async {
+        let mut total = 0;
+        while total < LINGER_BYTES {
+            let Ok(mut ready) = stream.readable().await else {
+                return;
+            };
+            buf.clear();
+            match recv_into(fd, &mut buf) {
+                Ok(0) => return,
+                Ok(n) => total += n,
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => ready.clear_ready(),
+                Err(_) => return,
+            }
+        }
+    };
+    tokio::select! {
+        _ = tokio::time::timeout(LINGER, drain) => {}
+        _ = shutdown.cancelled() => {}
     }
 }
 
@@ -641,14 +823,23 @@ async fn write_all(
 }
 
 /// Hyper and the axum router, for everything the fast path does not serve.
+///
+/// It counts as idle (evictable, see [`PerIp`]) but while the router
+/// handles a request; evicted, it closes as at shutdown.
 async fn hyper_connection(
     io: h1::Rewind<tokio::net::TcpStream>,
     remote: SocketAddr,
+    conn: &Arc<Conn>,
     shared: &Shared,
 ) {
     let router = shared.router.clone();
     let tracker = shared.tracker.clone();
+    conn.idle();
+    let evicted = conn.evict.notified();
+    let for_service = conn.clone();
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
+        for_service.busy();
+        let busy = Busy(for_service.clone());
         // `/announce` that the fast path left (a body, too many headers,
         // …) still skips the router: no extractor clones, no boxed future.
         let fast =
@@ -658,6 +849,7 @@ async fn hyper_connection(
             });
         let router = router.clone();
         async move {
+            let _busy = busy;
             match fast {
                 Some(reply) => Ok(reply),
                 None => {
@@ -669,9 +861,15 @@ async fn hyper_connection(
     });
     let conn = shared.http.serve_connection(TokioIo::new(io), service);
     tokio::pin!(conn);
+    let stop = async {
+        tokio::select! {
+            _ = shared.shutdown.cancelled() => {}
+            _ = evicted => {}
+        }
+    };
     let result = tokio::select! {
         r = conn.as_mut() => r,
-        _ = shared.shutdown.cancelled() => {
+        _ = stop => {
             // Finish the request under way (if any), then close.
             conn.as_mut().graceful_shutdown();
             conn.await
@@ -679,5 +877,64 @@ async fn hyper_connection(
     };
     if let Err(e) = result {
         tracing::trace!("connection from {remote}: {e}");
+    }
+}
+
+/// Marks a hyper connection idle again once its request is answered (or
+/// the handler dropped).
+struct Busy(Arc<Conn>);
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0.idle();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_address_evicts_its_oldest_idle_connection_first() {
+        let table = Arc::new(PerIp::new(3));
+        let ip: std::net::IpAddr = [10, 0, 0, 1].into();
+        let slots: Vec<IpSlot> = (0..3).map(|_| table.acquire(ip).unwrap()).collect();
+        // All busy: no room.
+        assert!(table.acquire(ip).is_none());
+        // Another address is not affected.
+        assert!(table.acquire([10, 0, 0, 2].into()).is_some());
+        slots[2].conn.idle();
+        slots[1].conn.idle();
+        let fourth = table.acquire(ip).unwrap();
+        // The older of the idle two goes, and is told so.
+        assert!(!slots[1].conn.busy());
+        assert!(slots[2].conn.busy());
+        assert!(slots[0].conn.busy());
+        assert!(table.acquire(ip).is_none());
+        // Once it is gone, its place does not come back twice.
+        let mut slots = slots;
+        drop(slots.remove(1));
+        assert!(table.acquire(ip).is_none());
+        drop(fourth);
+        let again = table.acquire(ip).unwrap();
+        drop((slots, again));
+        assert!(table.open.lock().unwrap().is_empty());
+    }
+
+    #[test]
+    fn evictions_on_their_way_out_are_bounded() {
+        let table = Arc::new(PerIp::new(2));
+        let ip: std::net::IpAddr = [10, 0, 0, 1].into();
+        let mut slots = Vec::new();
+        // Each new connection goes idle at once and evicts an older one,
+        // whose task never runs to close it.
+        for _ in 0..4 {
+            let slot = table.acquire(ip).unwrap();
+            slot.conn.idle();
+            slots.push(slot);
+        }
+        // 2 live + 2 evicted: the most there may be.
+        assert!(table.acquire(ip).is_none());
+        assert_eq!(table.open.lock().unwrap()[&ip].conns.len(), 4);
     }
 }

@@ -1,5 +1,6 @@
-//! The real server on 127.0.0.1:0: serves, caps connections per IP, and
-//! shuts down gracefully when told.
+//! The real server on 127.0.0.1:0: serves, caps connections per IP, answers
+//! malformed and oversized requests with a failure reason, and shuts down
+//! gracefully when told.
 
 use std::io::{ErrorKind, Read, Write};
 use std::net::{SocketAddr, TcpStream};
@@ -48,17 +49,27 @@ async fn serves_caps_connections_per_ip_and_shuts_down() {
         let mut held = Vec::new();
         for _ in 0..2 {
             let mut s = TcpStream::connect(addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
             write!(s, "GET /stats.json HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
-            let mut buf = [0u8; 12];
-            s.read_exact(&mut buf).unwrap();
-            assert_eq!(&buf, b"HTTP/1.1 200");
+            assert!(read_reply(&mut s).starts_with("HTTP/1.1 200"));
             held.push(s);
         }
-        // ... so a third is closed without an answer.
-        let third = get(addr, "/stats.json");
+        // ... so a third takes the place of the oldest idle one, which
+        // is closed.
+        let third = get(addr, "/stats.json").unwrap();
+        assert!(third.starts_with("HTTP/1.1 200"), "{third}");
+        let mut rest = Vec::new();
+        held[0]
+            .read_to_end(&mut rest)
+            .expect("the first is closed by the server");
+        assert!(rest.is_empty(), "{rest:?}");
+        let mut second = [0u8; 1];
+        held[1]
+            .set_read_timeout(Some(Duration::from_millis(100)))
+            .unwrap();
         assert!(
-            matches!(&third, Ok(s) if s.is_empty()) || third.is_err(),
-            "{third:?}"
+            matches!(held[1].read(&mut second), Err(e) if e.kind() == ErrorKind::WouldBlock),
+            "the second is still open"
         );
         drop(held);
     });
@@ -85,13 +96,21 @@ struct Server {
 
 impl Server {
     fn start(idle_timeout: Duration) -> Server {
+        Server::with(ServeOptions {
+            idle_timeout,
+            ..ServeOptions::default()
+        })
+    }
+
+    /// One thread (so connections are accepted in the order they are
+    /// made), on 127.0.0.1:0, with these options otherwise.
+    fn with(opts: ServeOptions) -> Server {
         let tracker =
             Arc::new(Tracker::new(Config::default(), Box::<MemoryStore>::default()).unwrap());
         let bound = server::bind(ServeOptions {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             threads: 1,
-            idle_timeout,
-            ..ServeOptions::default()
+            ..opts
         })
         .unwrap();
         let addr = bound.local_addrs()[0];
@@ -302,4 +321,253 @@ fn shutdown_closes_a_busy_connection_after_its_replies() {
     assert!(reading.join().unwrap() >= 100);
     stop_writing.store(true, std::sync::atomic::Ordering::Relaxed);
     writing.join().unwrap();
+}
+
+/// What the server sends until it closes the connection (a read error
+/// ends it too: what came before is kept), as (head, body).
+fn reply_until_close(s: &mut TcpStream) -> (String, Vec<u8>) {
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut all = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) | Err(_) => break,
+            Ok(n) => all.extend_from_slice(&buf[..n]),
+        }
+    }
+    let split = all
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(all.len(), |p| p + 4);
+    let body = all.split_off(split);
+    (String::from_utf8_lossy(&all).into_owned(), body)
+}
+
+/// The `failure reason` of a whole reply, checking on the way that it is
+/// a 200 whose `content-length` is the body's and that it closes the
+/// connection.
+fn failure_reply(what: &str, head: &str, body: &[u8]) -> String {
+    assert!(
+        head.starts_with("HTTP/1.1 200 OK\r\n"),
+        "{what}: {head:?} {body:?}"
+    );
+    assert!(
+        head.contains(&format!("content-length: {}\r\n", body.len())),
+        "{what}: {head:?} {body:?}"
+    );
+    assert!(head.contains("connection: close\r\n"), "{what}: {head:?}");
+    failure_of(body).unwrap_or_else(|| panic!("{what}: no failure reason in {body:?}"))
+}
+
+fn failure_of(body: &[u8]) -> Option<String> {
+    use torrent_format::bencode::{decode, Value};
+    match decode(body).ok()?.get("failure reason")? {
+        Value::Bytes(b) => Some(String::from_utf8_lossy(b).into_owned()),
+        _ => None,
+    }
+}
+
+#[test]
+fn malformed_heads_get_a_bencoded_failure_reason() {
+    let server = Server::start(Duration::from_secs(15));
+    let cases: [(&str, &[u8]); 7] = [
+        (
+            "raw bytes that are not UTF-8 (an info hash not percent-encoded)",
+            b"GET /announce?info_hash=\xff\xfe\x80abcdefghijklmnopq&peer_id=-XX0001-aaaaaaaaaaaa&port=1&left=0 HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+        (
+            "control bytes in the query",
+            b"GET /announce?info_hash=\x01\x02\x7f&port=1 HTTP/1.1\r\nHost: x\r\n\r\n",
+        ),
+        (
+            "a scrape with a raw byte",
+            b"GET /scrape?info_hash=\x80 HTTP/1.1\r\n\r\n",
+        ),
+        (
+            "a header line without a colon",
+            b"GET /announce?x HTTP/1.1\r\nBad Header\r\n\r\n",
+        ),
+        ("not HTTP/1.x", b"GET /announce?x HTTP/9.9\r\n\r\n"),
+        ("an unknown route", b"GET /nope?\x00 HTTP/1.1\r\n\r\n"),
+        (
+            "a passkey route",
+            b"GET /key/announce?\xc3 HTTP/1.1\r\n\r\n",
+        ),
+    ];
+    for (what, request) in cases {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.write_all(request).unwrap();
+        let (head, body) = reply_until_close(&mut s);
+        let reason = failure_reply(what, &head, &body);
+        assert!(reason.contains("malformed"), "{what}: {reason}");
+    }
+    // Not even a request line: 400, but still a failure reason.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(b"\x00\x01\x02 garbage\r\n\r\n").unwrap();
+    let (head, body) = reply_until_close(&mut s);
+    assert!(head.starts_with("HTTP/1.1 400 Bad Request\r\n"), "{head:?}");
+    assert!(failure_of(&body).is_some(), "{body:?}");
+    // A malformed request after a good one on the same connection: the
+    // good one is answered as usual, then the failure.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(announce_head(1).as_bytes()).unwrap();
+    assert!(read_reply(&mut s).contains("8:intervali"));
+    s.write_all(b"GET /announce?\x01 HTTP/1.1\r\n\r\n").unwrap();
+    let (head, body) = reply_until_close(&mut s);
+    assert!(failure_reply("second request", &head, &body).contains("malformed"));
+}
+
+/// A scrape of `n` hashes, every byte percent-encoded (the longest form).
+fn scrape_head(n: usize) -> String {
+    let hashes: Vec<String> = (0..n)
+        .map(|i| {
+            format!(
+                "info_hash={}%{:02x}%{:02x}",
+                "%ab".repeat(18),
+                i / 256,
+                i % 256
+            )
+        })
+        .collect();
+    format!(
+        "GET /scrape?{} HTTP/1.1\r\nHost: x\r\n\r\n",
+        hashes.join("&")
+    )
+}
+
+#[test]
+fn oversized_heads_get_a_bencoded_failure_reason() {
+    let server = Server::start(Duration::from_secs(15));
+    let query = announce_head(1);
+    let query = query.split(' ').nth(1).unwrap();
+    let cases = [
+        (
+            "a 1 MB query",
+            format!(
+                "GET {query}&pad={} HTTP/1.1\r\nHost: x\r\n\r\n",
+                "x".repeat(1_000_000)
+            ),
+        ),
+        ("a scrape of 300 hashes", scrape_head(300)),
+        (
+            "a long header",
+            format!(
+                "GET {query} HTTP/1.1\r\nHost: x\r\nX-Pad: {}\r\n\r\n",
+                "y".repeat(20_000)
+            ),
+        ),
+    ];
+    for (what, request) in cases {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        // The client writes its whole request before it reads (as curl
+        // does); the server must read what it will not serve rather than
+        // reset the connection, which would throw the reply away.
+        let mut w = s.try_clone().unwrap();
+        let writer = std::thread::spawn(move || w.write_all(request.as_bytes()));
+        let (head, body) = reply_until_close(&mut s);
+        let reason = failure_reply(what, &head, &body);
+        assert!(reason.contains("too long"), "{what}: {reason}");
+        writer.join().unwrap().expect("the whole request was read");
+    }
+}
+
+#[test]
+fn a_scrape_of_as_many_hashes_as_allowed_is_served() {
+    let server = Server::start(Duration::from_secs(15));
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(scrape_head(tracker::request::MAX_SCRAPE).as_bytes())
+        .unwrap();
+    let reply = read_reply(&mut s);
+    assert!(reply.starts_with("HTTP/1.1 200 OK\r\n"), "{reply}");
+    assert!(reply.contains("5:filesd20:"), "{reply}");
+    // One more is refused with a reason.
+    s.write_all(scrape_head(tracker::request::MAX_SCRAPE + 1).as_bytes())
+        .unwrap();
+    let reply = read_reply(&mut s);
+    assert!(reply.contains("14:failure reason"), "{reply}");
+}
+
+const STATS_HEAD: &str = "GET /stats.json HTTP/1.1\r\nHost: x\r\n\r\n";
+
+#[test]
+fn a_full_address_evicts_its_oldest_idle_connection() {
+    let server = Server::start(Duration::from_secs(30));
+    let per_ip = ServeOptions::default().max_connections_per_ip;
+    // As many kept-alive connections as one address may have, each after
+    // one request: the oldest served by hyper, the others by the fast path.
+    let mut held = Vec::new();
+    for i in 0..per_ip {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let head = match i {
+            0 => STATS_HEAD.to_string(),
+            _ => announce_head((i % 200) as u8 + 1),
+        };
+        s.write_all(head.as_bytes()).unwrap();
+        assert!(read_reply(&mut s).starts_with("HTTP/1.1 200 OK\r\n"));
+        held.push(s);
+    }
+    // A new connection from that address is served and stays usable: it
+    // takes the place of the oldest idle one, which is closed.
+    for (oldest, head) in [STATS_HEAD.to_string(), announce_head(201)]
+        .into_iter()
+        .enumerate()
+    {
+        let mut s = TcpStream::connect(server.addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        for request in 1..=2 {
+            s.write_all(head.as_bytes()).unwrap();
+            let reply = try_read_reply(&mut s);
+            assert!(
+                matches!(&reply, Ok(r) if r.starts_with("HTTP/1.1 200 OK\r\n")),
+                "new connection {oldest}, request {request}: {reply:?}"
+            );
+        }
+        assert!(
+            closed_by_server(&mut held[oldest]),
+            "connection {oldest} is closed"
+        );
+        held.push(s);
+    }
+    // The others are untouched.
+    let mut next = &held[2];
+    next.write_all(announce_head(3).as_bytes()).unwrap();
+    assert!(read_reply(&mut held[2]).starts_with("HTTP/1.1 200 OK\r\n"));
+}
+
+#[test]
+fn a_full_address_of_busy_connections_is_told_so() {
+    let server = Server::with(ServeOptions {
+        max_connections_per_ip: 2,
+        ..ServeOptions::default()
+    });
+    // Two connections in the middle of a request: not to be evicted.
+    let head = announce_head(1);
+    let (start, rest) = head.split_at(30);
+    let mut busy: Vec<TcpStream> = (0..2)
+        .map(|_| {
+            let mut s = TcpStream::connect(server.addr).unwrap();
+            s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            s.write_all(start.as_bytes()).unwrap();
+            s
+        })
+        .collect();
+    let mut probe = TcpStream::connect(server.addr).unwrap();
+    probe.write_all(STATS_HEAD.as_bytes()).unwrap();
+    let (head, body) = reply_until_close(&mut probe);
+    let reason = failure_reply("a third connection", &head, &body);
+    assert!(reason.contains("too many connections"), "{reason}");
+    // An announce on a new connection is answered all the same (before
+    // the cap applies), then the connection is closed.
+    let mut s = TcpStream::connect(server.addr).unwrap();
+    s.write_all(announce_head(2).as_bytes()).unwrap();
+    let (head, body) = reply_until_close(&mut s);
+    assert!(head.starts_with("HTTP/1.1 200 OK\r\n"), "{head}");
+    assert!(failure_of(&body).is_none(), "{body:?}");
+    // The busy ones were left alone.
+    for s in &mut busy {
+        s.write_all(rest.as_bytes()).unwrap();
+        assert!(read_reply(s).starts_with("HTTP/1.1 200 OK\r\n"));
+    }
 }
