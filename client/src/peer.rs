@@ -228,9 +228,10 @@ async fn run(
         Ok(x) => x,
         Err(why) => {
             tracing::debug!("{addr}: not admitted: {why}");
-            // A duplicate is marked connected by `register`; any other
-            // refusal (banned, full) backs off like a failed dial.
-            return why == Refused::Duplicate;
+            // A duplicate is marked connected by `register`; a full
+            // torrent or host is no fault of the peer's address. A ban
+            // (or ourselves) backs off like a failed dial.
+            return matches!(why, Refused::Duplicate | Refused::Full | Refused::SameHost);
         }
     };
     let features = Features {

@@ -387,14 +387,15 @@ impl Connection {
                 if self.got_bitfield || self.bitfield.count() > 0 {
                     // BEP 3 allows it only first, but aria2 sends a whole
                     // bitfield later instead of several 'have's: take the
-                    // new bits as 'have's.
-                    let new: Vec<u32> = (0..bits.len())
-                        .filter(|&i| bits.get(i) && !self.bitfield.get(i))
-                        .map(|i| i as u32)
-                        .collect();
-                    for piece in new {
-                        self.have(piece, now, st)?;
+                    // new bits as 'have's, and what follows from them once
+                    // (a pass per bit would be quadratic in the pieces).
+                    let mut wanted = false;
+                    for i in 0..bits.len() {
+                        if bits.get(i) && !self.bitfield.get(i) {
+                            wanted |= self.add_piece(i as u32, now, st)?;
+                        }
                     }
+                    self.after_news(wanted, now, st)?;
                 } else {
                     self.set_bitfield(bits, now, st)?;
                 }
@@ -725,19 +726,25 @@ impl Connection {
 
     /// The peer announced a piece.
     fn have(&mut self, piece: u32, now: Instant, st: &mut State) -> Result<(), Close> {
-        if piece as usize >= self.bitfield.len() {
-            return Err(Violation::HaveOutOfRange(piece).into());
-        }
         if self.bitfield.get(piece as usize) {
             // Already known (e.g. after 'have all'): nothing changes.
             return Ok(());
         }
+        let wanted = self.add_piece(piece, now, st)?;
+        self.after_news(wanted, now, st)
+    }
+
+    /// Takes note that the peer has `piece` (new to us); true if we lack it.
+    fn add_piece(&mut self, piece: u32, now: Instant, st: &mut State) -> Result<bool, Close> {
+        if piece as usize >= self.bitfield.len() {
+            return Err(Violation::HaveOutOfRange(piece).into());
+        }
         self.bitfield.set(piece as usize);
         st.picker.peer_has(piece);
-        if !st.picker.have().get(piece as usize) {
+        let wanted = !st.picker.have().get(piece as usize);
+        if wanted {
             self.lacking += 1;
         }
-        self.peer_got(st);
         if let Some(init) = &mut self.initial {
             init.peer_has(
                 &mut initial::Ctx {
@@ -749,12 +756,22 @@ impl Connection {
                 piece,
             );
         }
+        self.announce_spread(st, piece);
+        Ok(wanted)
+    }
+
+    /// What follows from new pieces of the peer's, once for a batch of
+    /// them: only pieces we lack can change our interest or our requests
+    /// (a 'have' of a piece we have must not cost a picker pass).
+    fn after_news(&mut self, wanted: bool, now: Instant, st: &mut State) -> Result<(), Close> {
+        self.peer_got(st);
         if st.is_complete() && self.bitfield.is_complete() {
             return Err(Close::BothSeeds);
         }
-        self.announce_spread(st, piece);
-        self.update_interest(st);
-        self.request_more(st, now);
+        if wanted {
+            self.update_interest(st);
+            self.request_more(st, now);
+        }
         Ok(())
     }
 

@@ -53,8 +53,7 @@ pub struct Config {
     /// Announce URLs by tier (BEP 12).
     pub trackers: Vec<Vec<String>>,
     pub max_peers: usize,
-    /// Most peers of this torrent from one host (one IPv4 address, one
-    /// IPv6 /64). Loopback peers are processes on this machine and are
+    /// Most peers of this torrent from one IP address. Loopback peers are processes on this machine and are
     /// not counted.
     pub max_peers_per_host: usize,
     pub upload_slots: usize,
@@ -179,6 +178,8 @@ pub(crate) struct PeerEntry {
     pub wanted: bool,
     /// When it last sent us payload.
     pub last_given: Option<Instant>,
+    /// When we last sent it payload.
+    pub last_taken: Option<Instant>,
     /// Told to close to make room for a newcomer; no longer counted.
     pub evicted: bool,
     /// It has every piece.
@@ -192,15 +193,25 @@ pub(crate) struct PeerEntry {
 }
 
 impl PeerEntry {
-    /// It wants nothing from us, and gives us nothing we want: its slot
-    /// may go to a newcomer.
-    fn is_idle(&self, now: Instant, complete: bool) -> bool {
-        if self.interested {
-            return false;
+    /// How readily its slot goes to a newcomer, lowest first: `None` while
+    /// data moved either way within [`GRACE`]; otherwise peers that want
+    /// nothing from us and have nothing we want first, then those with one
+    /// of the two, then both, and within each the longest inactive. Saying
+    /// "interested" alone buys no protection (a peer that never asks for
+    /// anything would hold its slot for good).
+    fn eviction_rank(&self, now: Instant, complete: bool) -> Option<(u8, Instant)> {
+        let wanted = self.wanted && !complete;
+        let moved = self.last_given.max(self.last_taken);
+        let active = if wanted {
+            moved.max(Some(self.connected_at))
+        } else {
+            moved
+        };
+        if active.is_some_and(|t| now.saturating_duration_since(t) < GRACE) {
+            return None;
         }
-        complete
-            || !self.wanted
-            || now.duration_since(self.last_given.unwrap_or(self.connected_at)) >= GIVE_GRACE
+        let class = u8::from(self.interested) + u8::from(wanted);
+        Some((class, moved.unwrap_or(self.connected_at)))
     }
 }
 
@@ -238,13 +249,14 @@ pub enum Refused {
     SameHost,
 }
 
-/// A peer we want something from keeps its slot this long after it last
-/// gave us a block (or after it connected) even if it wants nothing.
-const GIVE_GRACE: Duration = Duration::from_secs(30);
+/// A peer keeps its slot this long after it last gave us a block or took
+/// one from us (or, if it has pieces we want, after it connected: a seed
+/// may keep us choked for a while).
+const GRACE: Duration = Duration::from_secs(60);
 
-/// The same host, for counting connections: the same IPv4 address, or the
-/// same IPv6 /64 (one subscriber's prefix); IPv4-mapped addresses count
-/// as their IPv4 address.
+/// The same host, for counting connections: the same address, with
+/// IPv4-mapped addresses counted as their IPv4 address. (Not a whole IPv6
+/// /64: that is often a whole home network or a hosting provider's.)
 fn same_host(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
     use std::net::IpAddr;
     let canon = |ip: IpAddr| match ip {
@@ -253,8 +265,7 @@ fn same_host(a: std::net::IpAddr, b: std::net::IpAddr) -> bool {
     };
     match (canon(a), canon(b)) {
         (IpAddr::V4(a), IpAddr::V4(b)) => a == b,
-        (IpAddr::V6(a), IpAddr::V6(b)) => a.segments()[..4] == b.segments()[..4],
-        _ => false,
+        (a, b) => a == b,
     }
 }
 
@@ -313,9 +324,9 @@ impl State {
 
     /// Admits a handshaken peer unless it is banned, a duplicate, one too
     /// many from its host, or one too many while no peer is idle. When
-    /// the torrent is full, the peer that has wanted and given nothing for
-    /// longest is told to go ([`Cmd::Drop`]) to make room: idle peers can
-    /// never lock a newcomer out.
+    /// the torrent is full, the least useful peer that has moved no data
+    /// lately ([`PeerEntry::eviction_rank`]) is told to go ([`Cmd::Drop`])
+    /// to make room: idle peers can never lock a newcomer out.
     #[allow(clippy::too_many_arguments)]
     pub fn admit(
         &mut self,
@@ -352,9 +363,10 @@ impl State {
             let victim = self
                 .peers
                 .iter()
-                .filter(|(_, p)| !p.evicted && p.is_idle(now, complete))
-                .min_by_key(|(&key, p)| (p.last_given.unwrap_or(p.connected_at), key))
-                .map(|(&key, _)| key);
+                .filter(|(_, p)| !p.evicted)
+                .filter_map(|(&key, p)| Some((p.eviction_rank(now, complete)?, key)))
+                .min()
+                .map(|(_, key)| key);
             let Some(victim) = victim else {
                 return Err(Refused::Full);
             };
@@ -379,6 +391,7 @@ impl State {
                 interested: false,
                 wanted: false,
                 last_given: None,
+                last_taken: None,
                 evicted: false,
                 seed: false,
                 pieces: 0,
@@ -1024,6 +1037,9 @@ fn measure(shared: &Shared) {
         if down > p.down.total() {
             p.last_given = Some(now);
         }
+        if up > p.up.total() {
+            p.last_taken = Some(now);
+        }
         p.down.add(down - p.down.total());
         p.up.add(up - p.up.total());
         p.down.tick(now);
@@ -1281,7 +1297,7 @@ pub(crate) mod tests {
             let at = t0 + Duration::from_secs(u64::from(i));
             rxs.push(join(&mut st, &format!("10.0.1.{i}:6881"), i, at, 4).unwrap());
         }
-        // The two oldest want something from us: they keep their slots.
+        // The two oldest want something from us: they go last.
         for (key, _) in &rxs[..2] {
             st.set_interested(*key, true);
         }
@@ -1297,21 +1313,30 @@ pub(crate) mod tests {
         assert!(st.peers[&rxs[3].0].evicted);
         join(&mut st, "10.0.2.3:6881", 12, now, 4).unwrap();
         assert!(st.peers[&new].evicted);
-        // Everyone left wants something, or is the newest: once all the
-        // live ones are interested, a newcomer is refused.
+        // Once every live peer is interested, saying so is no shield:
+        // the one inactive longest goes (the oldest of the two first).
         let live: Vec<PeerKey> = st
             .peers
             .iter()
             .filter(|(_, p)| !p.evicted)
             .map(|(&k, _)| k)
             .collect();
-        for k in live {
+        for &k in &live {
             st.set_interested(k, true);
         }
+        join(&mut st, "10.0.2.4:6881", 13, now, 4).unwrap();
+        assert!(st.peers[&rxs[0].0].evicted && !st.peers[&rxs[1].0].evicted);
+        // Peers we uploaded to within the grace keep their slots: when all
+        // live ones did, a newcomer is refused.
+        for p in st.peers.values_mut() {
+            p.last_taken = Some(now);
+        }
         assert_eq!(
-            join(&mut st, "10.0.2.4:6881", 13, now, 4).unwrap_err(),
+            join(&mut st, "10.0.2.5:6881", 14, now, 4).unwrap_err(),
             Refused::Full
         );
+        let later = now + GRACE;
+        join(&mut st, "10.0.2.5:6881", 14, later, 4).unwrap();
     }
 
     #[test]
@@ -1328,9 +1353,9 @@ pub(crate) mod tests {
             join(&mut st, "10.0.1.3:6881", 3, soon, 2).unwrap_err(),
             Refused::Full
         );
-        // `a` gave a block at 20 s; at 40 s `b` has given nothing for 40 s.
+        // `a` gave a block at 20 s; at 70 s `b` has given nothing for 70 s.
         st.peers.get_mut(&a).unwrap().last_given = Some(t0 + Duration::from_secs(20));
-        let later = t0 + Duration::from_secs(40);
+        let later = t0 + Duration::from_secs(70);
         join(&mut st, "10.0.1.3:6881", 3, later, 2).unwrap();
         assert!(st.peers[&b].evicted && !st.peers[&a].evicted);
     }
@@ -1353,16 +1378,16 @@ pub(crate) mod tests {
             Refused::SameHost
         );
         join(&mut st, "10.0.0.2:9000", 22, now, 50).unwrap();
-        // An IPv6 /64 is one host; another /64 is another.
+        // An IPv6 address is one host; its /64 neighbours are others.
         for i in 0..8u8 {
-            let addr = format!("[2001:db8:0:1::{}]:6881", i + 1);
+            let addr = format!("[2001:db8:0:1::1]:{}", 7000 + u16::from(i));
             join(&mut st, &addr, 30 + i, now, 50).unwrap();
         }
         assert_eq!(
-            join(&mut st, "[2001:db8:0:1:ffff::1]:6881", 40, now, 50).unwrap_err(),
+            join(&mut st, "[2001:db8:0:1::1]:9000", 40, now, 50).unwrap_err(),
             Refused::SameHost
         );
-        join(&mut st, "[2001:db8:0:2::1]:6881", 41, now, 50).unwrap();
+        join(&mut st, "[2001:db8:0:1::2]:6881", 41, now, 50).unwrap();
         // Loopback peers are processes of this machine: not capped.
         for i in 0..12u8 {
             let addr = format!("127.0.0.1:{}", 7000 + u16::from(i));

@@ -319,6 +319,9 @@ impl Message {
 pub struct Bitfield {
     bits: Vec<u8>,
     len: usize,
+    /// Pieces set, kept so `count` is O(1): a peer's 'have's and repeated
+    /// bitfields must not cost a scan of every piece each.
+    ones: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -338,6 +341,7 @@ impl Bitfield {
         Bitfield {
             bits: vec![0; pieces.div_ceil(8)],
             len: pieces,
+            ones: 0,
         }
     }
 
@@ -359,6 +363,7 @@ impl Bitfield {
         Ok(Bitfield {
             bits: bytes.to_vec(),
             len: pieces,
+            ones: bytes.iter().map(|b| b.count_ones() as usize).sum(),
         })
     }
 
@@ -382,16 +387,20 @@ impl Bitfield {
         if i >= self.len {
             return false;
         }
-        self.bits[i / 8] |= 0x80 >> (i % 8);
+        let bit = 0x80 >> (i % 8);
+        if self.bits[i / 8] & bit == 0 {
+            self.bits[i / 8] |= bit;
+            self.ones += 1;
+        }
         true
     }
 
     pub fn count(&self) -> usize {
-        self.bits.iter().map(|b| b.count_ones() as usize).sum()
+        self.ones
     }
 
     pub fn is_complete(&self) -> bool {
-        self.count() == self.len
+        self.ones == self.len
     }
 }
 

@@ -733,3 +733,37 @@ fn repeated_bitfields_are_not_chatter() {
         t.recv(Message::Bitfield(bits.as_bytes().to_vec())).unwrap();
     }
 }
+
+#[test]
+fn a_repeated_bitfield_counts_as_its_new_pieces_at_once() {
+    let mut t = T::new(false, features(false, false));
+    t.recv(Message::Bitfield(Bitfield::new(PIECES).as_bytes().to_vec()))
+        .unwrap();
+    t.recv(Message::Unchoke).unwrap();
+    assert!(requests(&t.out()).is_empty(), "it has nothing yet");
+    let mut all = Bitfield::new(PIECES);
+    for i in 0..PIECES {
+        all.set(i);
+    }
+    t.recv(Message::Bitfield(all.as_bytes().to_vec())).unwrap();
+    let out = t.out();
+    assert!(out.contains(&Message::Interested), "{out:?}");
+    // One batch of requests for the whole news, not one pass per piece.
+    let asked = requests(&out);
+    assert!(!asked.is_empty() && asked.len() <= 32, "{}", asked.len());
+    assert_eq!(t.st.peers[&t.conn.key()].pieces, PIECES);
+}
+
+#[test]
+fn a_have_of_a_piece_we_have_asks_nothing_of_the_picker() {
+    let mut t = T::new(true, features(false, false));
+    t.recv(Message::Bitfield(Bitfield::new(PIECES).as_bytes().to_vec()))
+        .unwrap();
+    t.recv(Message::Unchoke).unwrap();
+    t.out();
+    for i in 0..PIECES as u32 - 1 {
+        t.recv(Message::Have(i)).unwrap();
+    }
+    assert!(t.out().is_empty());
+    assert_eq!(t.st.peers[&t.conn.key()].pieces, PIECES - 1);
+}
