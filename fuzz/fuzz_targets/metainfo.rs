@@ -51,7 +51,7 @@ fn check_info(info: &Info) {
         }
         assert_eq!(f.offset, offset, "file {i} does not follow the one before");
         offset = offset.checked_add(f.length).expect("total overflows");
-        assert!(seen.insert(f.path.clone()), "path {:?} twice", f.path);
+        assert!(seen.insert(f.path.as_slice()), "path {:?} twice", f.path);
         // The path as the storage layer builds it: relative, only plain
         // names, exactly one per component (nothing merged or dropped).
         let p = info.file_path(i);
@@ -69,7 +69,7 @@ fn check_info(info: &Info) {
     for f in files {
         for n in 1..f.path.len() {
             assert!(
-                !seen.contains(&f.path[..n].to_vec()),
+                !seen.contains(&f.path[..n]),
                 "{:?} is a file and a dir",
                 &f.path[..n]
             );
