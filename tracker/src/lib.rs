@@ -22,6 +22,35 @@ mod h1;
 mod http;
 mod stats;
 
+/// Entry points for the fuzz targets in `fuzz/` to crate-private parsers;
+/// not an API (no stability promised, hidden from the docs).
+#[doc(hidden)]
+pub mod fuzz {
+    use std::net::SocketAddr;
+
+    use crate::Tracker;
+
+    /// What [`serve_one`] made of the start of a connection's input.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum Head {
+        /// No complete head yet.
+        Partial,
+        /// Not for the fast path (hyper would get the connection).
+        Other,
+        /// A fast-path request of `len` bytes, answered into `out`.
+        Answered { len: usize, keep_alive: bool },
+    }
+
+    /// The announce/scrape fast path's HTTP/1 head parser (`h1`).
+    pub fn serve_one(tracker: &Tracker, buf: &[u8], remote: SocketAddr, out: &mut Vec<u8>) -> Head {
+        match crate::h1::serve_one(tracker, buf, remote, out) {
+            crate::h1::Head::Partial => Head::Partial,
+            crate::h1::Head::Other => Head::Other,
+            crate::h1::Head::Answered { len, keep_alive } => Head::Answered { len, keep_alive },
+        }
+    }
+}
+
 use std::collections::HashSet;
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
