@@ -4,7 +4,8 @@
 //! used at most the buffer (and at most `MAX_HEAD`), did not depend on the
 //! bytes after it and not one byte less would do; its reply is one
 //! `200 OK` whose `content-length` is the length of a bencoded dictionary
-//! body; nothing is written for input handed to hyper. The first input
+//! body (a rejected head: a bencoded failure, 200 or 400, and close);
+//! nothing is written for input handed to hyper. The first input
 //! byte picks the tracker's policy (behind a proxy or not) and the
 //! client's address family.
 #![no_main]
@@ -68,6 +69,11 @@ fuzz_target!(|data: &[u8]| {
                 assert_eq!(out.len(), before, "wrote a reply for hyper's input");
                 return;
             }
+            Head::Rejected => {
+                // Malformed or too long: a bencoded failure, then close.
+                check_reply(&out[before..], false);
+                return;
+            }
             Head::Answered { len, keep_alive } => {
                 assert!(len > 0 && len <= rest.len() && len <= MAX_HEAD);
                 check_reply(&out[before..], keep_alive);
@@ -100,7 +106,11 @@ fn check_reply(reply: &[u8], keep_alive: bool) {
     let (head, body) = (&reply[..split], &reply[split + 4..]);
     let head = std::str::from_utf8(head).expect("the head is text");
     let mut lines = head.split("\r\n");
-    assert_eq!(lines.next(), Some("HTTP/1.1 200 OK"));
+    let status = lines.next();
+    assert!(
+        matches!(status, Some("HTTP/1.1 200 OK" | "HTTP/1.1 400 Bad Request")),
+        "{status:?}"
+    );
     let mut length = None;
     let mut close = false;
     for line in lines {

@@ -39,6 +39,9 @@ pub mod fuzz {
         Other,
         /// A fast-path request of `len` bytes, answered into `out`.
         Answered { len: usize, keep_alive: bool },
+        /// Malformed or too long: a failure reply is in `out`, and the
+        /// connection closes after it.
+        Rejected,
     }
 
     /// The announce/scrape fast path's HTTP/1 head parser (`h1`).
@@ -47,6 +50,7 @@ pub mod fuzz {
             crate::h1::Head::Partial => Head::Partial,
             crate::h1::Head::Other => Head::Other,
             crate::h1::Head::Answered { len, keep_alive } => Head::Answered { len, keep_alive },
+            crate::h1::Head::Rejected => Head::Rejected,
         }
     }
 }
