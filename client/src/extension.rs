@@ -9,8 +9,8 @@
 //! to [`MAX_CLIENT_NAME`] printable characters, extension names to 64
 //! bytes and at most [`MAX_EXTENSIONS`] of them.
 //!
-//! ut_metadata (BEP 9) and ut_pex (BEP 11) will be added to `m` here; the
-//! message ids we assign are the constants below.
+//! ut_metadata (BEP 9, [`crate::metadata`]) and ut_pex (BEP 11,
+//! [`crate::pex`]) go in `m` with the ids below.
 
 use std::collections::BTreeMap;
 use std::net::IpAddr;
@@ -19,6 +19,10 @@ use torrent_format::bencode::{self, Value};
 
 /// Extended message id of the handshake itself.
 pub const HANDSHAKE_ID: u8 = 0;
+/// The id peers send us ut_pex messages with (our `m`; libtorrent's too).
+pub const UT_PEX_ID: u8 = 1;
+/// The id peers send us ut_metadata messages with.
+pub const UT_METADATA_ID: u8 = 2;
 /// Longest client name (`v`) kept from a peer.
 pub const MAX_CLIENT_NAME: usize = 64;
 /// Most extensions kept from a peer's `m`.

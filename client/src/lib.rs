@@ -20,6 +20,7 @@ pub mod engine;
 pub mod extension;
 pub mod fast;
 pub(crate) mod initial;
+pub mod metadata;
 pub mod peer;
 pub mod picker;
 pub(crate) mod protocol;

@@ -32,6 +32,7 @@ use torrent_format::{Info, InfoHash};
 use crate::extension::{self, ExtHandshake};
 use crate::fast;
 use crate::initial::{self, Initial};
+use crate::metadata;
 use crate::picker::{PeerKey, Received};
 use crate::session::{Cmd, Ident, PeerCounters, State};
 use crate::wire::{Bitfield, BitfieldError, BlockRef, Features, Message, WireError, MAX_BLOCK};
@@ -42,6 +43,9 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(150);
 /// (libtorrent's `max_allowed_in_request_queue` is 2000 too). A queued
 /// request is 12 bytes; the blocks are read from disk a few at a time.
 pub const MAX_UPLOAD_QUEUE: usize = 2000;
+/// How many times over a peer may fetch the whole info dictionary from
+/// one connection; further requests are rejected.
+pub const METADATA_SERVES: usize = 4;
 /// Blocks cancelled or given up on, whose late arrival is forgiven.
 const MAX_FORGIVEN: usize = 2048;
 /// Messages that carry neither data nor news of pieces (keep-alive,
@@ -123,6 +127,8 @@ pub enum Violation {
     UnrequestedReject(BlockRef),
     #[error("{0}")]
     ExtHandshake(#[from] extension::ExtError),
+    #[error("{0}")]
+    Metadata(metadata::MetaError),
     #[error("a flood of keep-alive, choke or interest messages (over {CHATTER_BURST} at once, or {CHATTER_RATE} a second)")]
     Chatter,
 }
@@ -225,6 +231,8 @@ pub struct Connection {
     /// Its extended handshake, once received.
     ext: Option<ExtHandshake>,
     chatter: Chatter,
+    /// ut_metadata pieces sent to it.
+    metadata_served: usize,
 }
 
 impl Connection {
@@ -261,6 +269,7 @@ impl Connection {
             rejected: HashSet::new(),
             peer_reqq: extension::DEFAULT_REQQ,
             ext: None,
+            metadata_served: 0,
             info: s.info,
         }
     }
@@ -313,14 +322,21 @@ impl Connection {
             self.send(&Message::Bitfield(st.have.as_bytes().to_vec()));
         }
         if self.extended {
-            let h = ExtHandshake {
+            // A private torrent's metadata goes only to those who have its
+            // .torrent (BEP 27): no ut_metadata, no size.
+            let public = !self.info.is_private();
+            let mut h = ExtHandshake {
                 client: Some(extension::our_client_name()),
                 port: Some(self.port).filter(|&p| p != 0),
                 reqq: Some(MAX_UPLOAD_QUEUE),
                 your_ip: Some(self.ident.addr.ip()),
-                metadata_size: Some(self.info.raw_bytes().len() as u64),
+                metadata_size: public.then(|| self.info.raw_bytes().len() as u64),
                 ..ExtHandshake::default()
             };
+            if public {
+                h.extensions
+                    .insert(metadata::NAME.into(), extension::UT_METADATA_ID);
+            }
             self.send(&Message::Extended(extension::HANDSHAKE_ID, h.encode()));
         }
         if self.fast && self.initial.is_none() {
@@ -462,11 +478,45 @@ impl Connection {
                 }
                 self.ext = Some(h);
             }
-            // Extensions we did not offer (none yet besides the handshake),
-            // the DHT port and unknown ids: ignored.
+            Message::Extended(extension::UT_METADATA_ID, payload) if !self.info.is_private() => {
+                self.metadata(&payload)?;
+            }
+            // Extensions we did not offer, the DHT port and unknown ids:
+            // ignored.
             Message::Extended(..) | Message::Port(_) | Message::Unknown(_) => {}
         }
         Ok(None)
+    }
+
+    /// A ut_metadata message: a request is answered with the piece (or a
+    /// reject past the end, or once the peer has asked for the whole
+    /// [`METADATA_SERVES`] times over); we ask for nothing, so anything
+    /// else is ignored.
+    fn metadata(&mut self, payload: &[u8]) -> Result<(), Close> {
+        let msg = metadata::MetaMsg::decode(payload).map_err(Violation::Metadata)?;
+        let metadata::MetaMsg::Request(piece) = msg else {
+            return Ok(());
+        };
+        let Some(id) = self
+            .ext
+            .as_ref()
+            .and_then(|h| h.extensions.get(metadata::NAME))
+            .copied()
+            .filter(|&id| id != 0)
+        else {
+            // It never said how to send it ut_metadata messages.
+            return Ok(());
+        };
+        let raw = self.info.raw_bytes();
+        let limit = METADATA_SERVES * metadata::piece_count(raw.len()) + 16;
+        let reply = if self.metadata_served < limit {
+            self.metadata_served += 1;
+            metadata::serve(raw, piece)
+        } else {
+            metadata::MetaMsg::Reject(piece)
+        };
+        self.send(&Message::Extended(id, reply.encode()));
+        Ok(())
     }
 
     /// A command from the torrent.

@@ -87,6 +87,15 @@ pub fn decode(input: &[u8]) -> Result<Value, DecodeError> {
     Ok(v)
 }
 
+/// Decodes one value at the start of `input`, which may go on after it
+/// (the dictionary that heads a ut_metadata message, say); returns it and
+/// how many bytes it took.
+pub fn decode_prefix(input: &[u8]) -> Result<(Value, usize), DecodeError> {
+    let mut p = Parser { input, pos: 0 };
+    let v = p.value(0)?;
+    Ok((v, p.pos))
+}
+
 /// For input that is one dictionary, returns each top-level key with the byte
 /// range its value occupies in `input` (in input order). This is how the info
 /// hash is taken over the `info` value exactly as it appears in the file.
@@ -321,6 +330,15 @@ mod tests {
 
     fn err(input: &[u8]) -> DecodeError {
         decode(input).expect_err("input should be refused")
+    }
+
+    #[test]
+    fn a_prefix_says_where_it_ends() {
+        let (v, n) = decode_prefix(b"d8:msg_typei1e5:piecei0eeRAW").unwrap();
+        assert_eq!(n, 24);
+        assert_eq!(v.get("piece"), Some(&Value::Int(0)));
+        assert!(decode_prefix(b"d8:msg_type").is_err());
+        assert!(decode_prefix(b"").is_err());
     }
 
     #[test]

@@ -767,3 +767,94 @@ fn a_have_of_a_piece_we_have_asks_nothing_of_the_picker() {
     assert!(t.out().is_empty());
     assert_eq!(t.st.peers[&t.conn.key()].pieces, PIECES - 1);
 }
+
+/// A peer's extended handshake offering ut_metadata as id 7.
+fn asks_metadata(t: &mut T) {
+    let mut h = ExtHandshake::default();
+    h.extensions.insert(metadata::NAME.into(), 7);
+    t.recv(Message::Extended(0, h.encode())).unwrap();
+}
+
+fn metadata_replies(msgs: &[Message]) -> Vec<Vec<u8>> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            Message::Extended(7, p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[test]
+fn metadata_is_served_with_its_size_and_rejected_past_the_end() {
+    let mut t = T::new(true, features(true, true));
+    let h = ext_handshake(&t.out());
+    let raw = t.st.info.raw_bytes().to_vec();
+    assert_eq!(h.metadata_size, Some(raw.len() as u64));
+    assert_eq!(
+        h.extensions.get(metadata::NAME),
+        Some(&extension::UT_METADATA_ID)
+    );
+    // Before its extended handshake it cannot be answered: ignored.
+    let req = metadata::MetaMsg::Request(0).encode();
+    t.recv(Message::Extended(extension::UT_METADATA_ID, req.clone()))
+        .unwrap();
+    assert!(t.out().is_empty());
+    asks_metadata(&mut t);
+    t.recv(Message::Extended(extension::UT_METADATA_ID, req.clone()))
+        .unwrap();
+    let r = metadata_replies(&t.out());
+    assert_eq!(
+        metadata::MetaMsg::decode(&r[0]).unwrap(),
+        metadata::MetaMsg::Data {
+            piece: 0,
+            total_size: Some(raw.len() as u64),
+            data: &raw
+        }
+    );
+    let past = metadata::MetaMsg::Request(1).encode();
+    t.recv(Message::Extended(extension::UT_METADATA_ID, past))
+        .unwrap();
+    let r = metadata_replies(&t.out());
+    assert_eq!(
+        metadata::MetaMsg::decode(&r[0]).unwrap(),
+        metadata::MetaMsg::Reject(1)
+    );
+    // Asking again and again: rejected after a bound.
+    for _ in 0..100 {
+        t.recv(Message::Extended(extension::UT_METADATA_ID, req.clone()))
+            .unwrap();
+    }
+    let r = metadata_replies(&t.out());
+    assert_eq!(r.len(), 100);
+    assert_eq!(
+        metadata::MetaMsg::decode(r.last().unwrap()).unwrap(),
+        metadata::MetaMsg::Reject(0)
+    );
+    // A malformed one ends the connection.
+    let r = t.recv(Message::Extended(
+        extension::UT_METADATA_ID,
+        b"i1e".to_vec(),
+    ));
+    assert!(matches!(r, Err(Close::Violation(Violation::Metadata(_)))));
+}
+
+#[test]
+fn a_private_torrents_metadata_is_never_offered_or_served() {
+    let info = Info::from_bytes(
+        b"d6:lengthi10e4:name1:a12:piece lengthi16384e6:pieces20:xxxxxxxxxxxxxxxxxxxx7:privatei1ee",
+    )
+    .unwrap();
+    assert!(info.is_private());
+    let mut have = Bitfield::new(1);
+    have.set(0);
+    let st = State::new(Arc::new(info), have, None, 4, false);
+    let mut t = T::with(st, features(true, true), false);
+    let h = ext_handshake(&t.out());
+    assert_eq!(h.metadata_size, None);
+    assert!(h.extensions.is_empty(), "{:?}", h.extensions);
+    asks_metadata(&mut t);
+    let req = metadata::MetaMsg::Request(0).encode();
+    t.recv(Message::Extended(extension::UT_METADATA_ID, req))
+        .unwrap();
+    assert!(t.out().is_empty());
+}
