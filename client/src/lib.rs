@@ -6,7 +6,8 @@
 //! - [`protocol`]: one connection's protocol state machine (BEP 3, 6, 10),
 //!   no I/O; [`peer`] is its transport.
 //! - [`wire`] (codec), [`extension`] (BEP 10 handshake), [`fast`] (BEP 6
-//!   allowed-fast set), [`picker`], [`choker`], [`initial`] (BEP 16),
+//!   allowed-fast set), [`pex`] (BEP 11 peer exchange, not yet wired in),
+//!   [`picker`], [`choker`], [`initial`] (BEP 16),
 //!   [`smartban`], [`rate`], [`disk`], [`storage`], [`resume`],
 //!   [`tracker`] (the tracker client).
 //!
@@ -22,6 +23,7 @@ pub mod fast;
 pub(crate) mod initial;
 pub mod metadata;
 pub mod peer;
+pub mod pex;
 pub mod picker;
 pub(crate) mod protocol;
 pub mod rate;
