@@ -335,7 +335,7 @@ mod tests {
     #[test]
     fn a_prefix_says_where_it_ends() {
         let (v, n) = decode_prefix(b"d8:msg_typei1e5:piecei0eeRAW").unwrap();
-        assert_eq!(n, 24);
+        assert_eq!(n, 25);
         assert_eq!(v.get("piece"), Some(&Value::Int(0)));
         assert!(decode_prefix(b"d8:msg_type").is_err());
         assert!(decode_prefix(b"").is_err());
