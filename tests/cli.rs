@@ -81,6 +81,120 @@ fn create_show_verify_round_trip() {
     shoal_ok(d, &["verify", "tree.torrent"]);
 }
 
+/// `show` of a magnet link says what the link says; the torrent's own
+/// magnet (from `show` of the .torrent) reads back the same way.
+#[test]
+fn show_reads_magnet_links() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // c12fe1c06bba254a9dc9f519b335aa7c1367a88a in base32.
+    let link = "magnet:?xt=urn:btih:YEX6DQDLXISUVHOJ6UM3GNNKPQJWPKEK&dn=my%20album\
+                &tr=udp%3A%2F%2Ft1.example%3A6969&tr=http://t2.example/announce\
+                &x.pe=10.0.0.1:6881&x.pe=%5B2001%3Adb8%3A%3A1%5D%3A51413\
+                &ws=http%3A%2F%2Fseed.example%2F";
+    let text = shoal_ok(d, &["show", link]);
+    for needle in [
+        "Name:         my album\n",
+        "Info hash:    c12fe1c06bba254a9dc9f519b335aa7c1367a88a\n",
+        "Trackers:\n  udp://t1.example:6969\n  http://t2.example/announce\n",
+        "Peers:\n  10.0.0.1:6881\n  [2001:db8::1]:51413\n",
+        "Web seeds:\n  http://seed.example/\n",
+    ] {
+        assert!(text.contains(needle), "missing {needle:?} in:\n{text}");
+    }
+
+    let json = show_json(d, link);
+    assert_eq!(
+        json["info_hash"],
+        "c12fe1c06bba254a9dc9f519b335aa7c1367a88a"
+    );
+    assert_eq!(json["name"], "my album");
+    assert_eq!(
+        json["trackers"],
+        serde_json::json!(["udp://t1.example:6969", "http://t2.example/announce"])
+    );
+    assert_eq!(
+        json["peers"],
+        serde_json::json!(["10.0.0.1:6881", "[2001:db8::1]:51413"])
+    );
+    assert_eq!(
+        json["web_seeds"],
+        serde_json::json!(["http://seed.example/"])
+    );
+    // The link as shoal writes it (hex hash) says the same again.
+    let again = show_json(d, json["magnet"].as_str().unwrap());
+    assert_eq!(again, json);
+
+    // No name, no trackers: said so.
+    let text = shoal_ok(
+        d,
+        &[
+            "show",
+            "magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a88a",
+        ],
+    );
+    assert!(text.contains("Name:         (none)\n"), "{text}");
+    assert!(text.contains("Trackers:\n  (none)\n"), "{text}");
+    assert_eq!(
+        show_json(
+            d,
+            "magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a88a"
+        )["name"],
+        serde_json::Value::Null
+    );
+
+    // A torrent's magnet reads back to the torrent's hash, name and trackers.
+    write(&d.join("f.bin"), &bytes(3, 1000));
+    shoal_ok(d, &["create", "f.bin", "-a", "http://t/announce"]);
+    let torrent = show_json(d, "f.bin.torrent");
+    let from_magnet = show_json(d, torrent["magnet"].as_str().unwrap());
+    assert_eq!(from_magnet["info_hash"], torrent["info_hash"]);
+    assert_eq!(from_magnet["name"], "f.bin");
+    assert_eq!(
+        from_magnet["trackers"],
+        serde_json::json!(["http://t/announce"])
+    );
+}
+
+#[test]
+fn show_refuses_bad_magnets_with_one_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let long = format!(
+        "magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a88a&dn={}",
+        "a".repeat(70_000)
+    );
+    let cases: &[(&str, &str)] = &[
+        ("magnet:?dn=x", "no 'xt=urn:btih:' info hash"),
+        ("magnet:?xt=urn:btih:123", "bad info hash in magnet link"),
+        (
+            "magnet:?xt=urn:btih:c12fe1c06bba254a9dc9f519b335aa7c1367a88a&dn=%E2%9",
+            "bad percent-encoding",
+        ),
+        ("magnet:xt=urn:btih:c12f", "must start with 'magnet:?'"),
+        (&long, "over the 64 KiB limit"),
+    ];
+    for (link, needle) in cases {
+        for json in [false, true] {
+            let args: &[&str] = if json {
+                &["show", "--json", link]
+            } else {
+                &["show", link]
+            };
+            let out = shoal(d, args);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert_eq!(out.status.code(), Some(1), "{link:.60}: {err}");
+            assert!(out.stdout.is_empty(), "{link:.60}");
+            assert!(err.starts_with("shoal: error: "), "{err}");
+            assert!(
+                err.contains(needle),
+                "{link:.60}: expected {needle:?} in {err:?}"
+            );
+            assert_eq!(err.trim_end().lines().count(), 1, "{err:?}");
+        }
+    }
+}
+
 #[test]
 fn verify_names_missing_short_and_corrupt_files() {
     let dir = tempfile::tempdir().unwrap();

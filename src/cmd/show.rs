@@ -1,4 +1,4 @@
-//! `shoal show`: what a torrent holds.
+//! `shoal show`: what a torrent holds, or what a magnet link says.
 
 use std::fmt::Write;
 use std::path::PathBuf;
@@ -12,13 +12,17 @@ use crate::ui;
 const EXAMPLES: &str = "\
 Examples:
   shoal show my-album.torrent
-  shoal show --json my-album.torrent | jq -r .info_hash";
+  shoal show --json my-album.torrent | jq -r .info_hash
+  shoal show \"magnet:?xt=urn:btih:$HASH&dn=my-album&x.pe=10.0.0.1:6881\"";
 
-/// Show what a torrent holds: name, info hash, magnet link, trackers, files
+/// Show what a torrent holds (name, info hash, magnet link, trackers, files),
+/// or what a magnet link says (info hash, name, trackers, peers, web seeds)
 #[derive(clap::Args)]
 #[command(after_help = EXAMPLES)]
 pub struct Args {
-    /// The .torrent file
+    /// The .torrent file, or a magnet link 'magnet:?xt=urn:btih:…' (quote it
+    /// in the shell: it holds '&')
+    #[arg(value_name = "TORRENT|MAGNET")]
     torrent: PathBuf,
     /// Print one JSON object instead of text
     #[arg(long)]
@@ -79,7 +83,41 @@ fn shown(m: &Metainfo) -> Shown<'_> {
     }
 }
 
+/// What a magnet link says; `magnet` is the link as shoal writes it.
+#[derive(Serialize)]
+struct ShownMagnet<'a> {
+    info_hash: String,
+    name: Option<&'a str>,
+    trackers: &'a [String],
+    peers: &'a [String],
+    web_seeds: &'a [String],
+    magnet: String,
+}
+
+fn shown_magnet(m: &Magnet) -> ShownMagnet<'_> {
+    ShownMagnet {
+        info_hash: m.info_hash.to_hex(),
+        name: m.name.as_deref(),
+        trackers: &m.trackers,
+        peers: &m.peers,
+        web_seeds: &m.web_seeds,
+        magnet: m.to_string(),
+    }
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    // A link without its '?' is still meant as one: parsing says what is wrong.
+    if let Some(link) = args.torrent.to_str().filter(|a| a.starts_with("magnet:")) {
+        let m = Magnet::parse(link)?;
+        let s = shown_magnet(&m);
+        let text = if args.json {
+            serde_json::to_string_pretty(&s)? + "\n"
+        } else {
+            magnet_text(&s)
+        };
+        ui::print_out(&text)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let m = super::load_torrent(&args.torrent)?;
     let s = shown(&m);
     let text = if args.json {
@@ -152,4 +190,43 @@ fn text(s: &Shown) -> String {
         let _ = writeln!(o, "  {i:>width$}  {:>10}  {path}", ui::short_size(f.size));
     }
     o
+}
+
+/// A magnet's text comes from whoever wrote the link: control characters
+/// (a newline, a terminal escape) are shown escaped, not written out.
+fn magnet_text(s: &ShownMagnet) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "Name:         {}",
+        s.name.map_or("(none)".into(), printable)
+    );
+    let _ = writeln!(o, "Info hash:    {}", s.info_hash);
+    let _ = writeln!(o, "Magnet:       {}", s.magnet);
+    for (title, list) in [
+        ("Trackers", s.trackers),
+        ("Peers", s.peers),
+        ("Web seeds", s.web_seeds),
+    ] {
+        let _ = writeln!(o, "\n{title}:");
+        if list.is_empty() {
+            let _ = writeln!(o, "  (none)");
+        }
+        for v in list {
+            let _ = writeln!(o, "  {}", printable(v));
+        }
+    }
+    o
+}
+
+fn printable(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() {
+                c.escape_default().to_string()
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
 }
