@@ -220,6 +220,10 @@ impl Engine {
         self.shared.peer_id
     }
 
+    pub(crate) fn shared(&self) -> &Arc<EngineShared> {
+        &self.shared
+    }
+
     /// Starts a torrent over `storage`, whose verified pieces are `have`.
     /// `config.listen`, `bind`, the rate limits and `disk_threads` are the
     /// engine's and are ignored here.

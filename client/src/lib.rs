@@ -20,6 +20,7 @@ pub(crate) mod droplog;
 pub mod engine;
 pub mod extension;
 pub mod fast;
+pub mod fetch;
 pub(crate) mod initial;
 pub mod metadata;
 pub mod peer;

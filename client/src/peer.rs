@@ -130,7 +130,10 @@ pub(crate) async fn connect(shared: Arc<Shared>, addr: SocketAddr) -> bool {
 }
 
 /// Connects from `bind` when given (so a peer sees the address we announce).
-async fn dial(addr: SocketAddr, bind: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+pub(crate) async fn dial(
+    addr: SocketAddr,
+    bind: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
     let Some(ip) = bind.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) else {
         return TcpStream::connect(addr).await;
     };

@@ -150,7 +150,35 @@ pub fn save(
     have: &Bitfield,
     stamps: &[Option<FileStamp>],
 ) -> io::Result<()> {
-    let bytes = encode(info_hash, have, stamps);
+    save_state(path, &encode(info_hash, have, stamps))
+}
+
+/// `out_dir/.shoal/<info hash hex>.torrent`: the metadata a magnet link's
+/// peers sent, so that a restarted download need not fetch it again.
+pub fn torrent_path(out_dir: &Path, info_hash: InfoHash) -> PathBuf {
+    out_dir.join(STATE_DIR).join(format!("{info_hash}.torrent"))
+}
+
+/// Reads a file in the state directory (`path` is `DIR/.shoal/NAME`) of
+/// at most `max` bytes, following no link; `None` when there is none.
+pub fn load_state(path: &Path, max: u64) -> io::Result<Option<Vec<u8>>> {
+    let file = match open_resume(path) {
+        Ok(f) => f,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    let mut bytes = Vec::new();
+    file.take(max + 1).read_to_end(&mut bytes)?;
+    if bytes.len() as u64 > max {
+        return Err(io::Error::other(format!("larger than {max} bytes")));
+    }
+    Ok(Some(bytes))
+}
+
+/// Writes `bytes` to a file in the state directory (`path` is
+/// `DIR/.shoal/NAME`) atomically, following no link; on a full disk the
+/// old copy is removed first to make room.
+pub fn save_state(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = state_dir(path, true).map_err(|e| match e {
         StorageError::Io { error, .. } => error,
         other => io::Error::other(other.to_string()),
@@ -160,11 +188,11 @@ pub fn save(
         .ok_or_else(|| io::Error::other(format!("{} is not a file name", path.display())))?;
     let mut tmp = name.to_owned();
     tmp.push(".tmp");
-    let written = match write_synced(&dir, &tmp, &bytes) {
+    let written = match write_synced(&dir, &tmp, bytes) {
         Err(e) if is_full(&e) => {
             let _ = rustix::fs::unlinkat(&dir, &tmp, AtFlags::empty());
             match rustix::fs::unlinkat(&dir, name, AtFlags::empty()) {
-                Ok(()) => write_synced(&dir, &tmp, &bytes),
+                Ok(()) => write_synced(&dir, &tmp, bytes),
                 Err(_) => Err(e),
             }
         }
