@@ -473,6 +473,7 @@ async fn exchange(
     if let Err(e) = write(stream, &out).await {
         return e;
     }
+    out.clear();
     // A bitfield of the largest torrent the cap allows still fits.
     let max = wire::max_message(ctx.max_size / 20);
     let mut their_id: Option<u8> = None;

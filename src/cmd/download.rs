@@ -1,6 +1,7 @@
 //! `shoal download`: fetch a torrent's data from its swarm, then seed it.
 
 use std::collections::HashSet;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
@@ -10,7 +11,10 @@ use anyhow::{bail, Context};
 use client::check;
 use client::storage::Storage;
 use client::wire::Bitfield;
+use torrent_format::metainfo::MAX_TORRENT_SIZE;
+use torrent_format::{Magnet, Metainfo};
 
+use super::magnet;
 use super::swarm::{self, NetArgs, Torrent, Until};
 use crate::ui;
 
@@ -22,6 +26,12 @@ Examples:
   shoal download big.torrent --only 0,3 --download-limit 5M
   shoal download t.torrent --no-trackers --peer 192.0.2.7:6881
   shoal download a.torrent b.torrent -o ~/Downloads        several at once, one port
+  shoal download 'magnet:?xt=urn:btih:…&tr=…' -o ~/Downloads
+  shoal download 'magnet:?xt=urn:btih:…' --peer 192.0.2.7:6881 --metadata-only --save-torrent t.torrent
+
+A magnet's metadata (the info dictionary) is fetched from its peers (x.pe=,
+--peer) and the peers its trackers (tr=) name, checked against its hash and
+kept in DIR/.shoal/, so a restarted magnet download does not fetch it again.
 
 Interrupted downloads resume: run the same command again and only the
 missing pieces are fetched (progress is kept in DIR/.shoal/).
@@ -33,9 +43,10 @@ Exit status: 0 when the download completed (or seeding ended), 1 on an error,
 #[derive(clap::Args, Debug)]
 #[command(after_help = EXAMPLES)]
 pub struct Args {
-    /// The .torrent files (several download at once, on one port)
-    #[arg(required = true, value_name = "TORRENT")]
-    torrents: Vec<PathBuf>,
+    /// The .torrent files or magnet links (several download at once, on one
+    /// port)
+    #[arg(required = true, value_name = "TORRENT|MAGNET")]
+    torrents: Vec<String>,
     /// Directory to download into (the content goes to DIR/NAME)
     #[arg(short, long, value_name = "DIR", default_value = ".")]
     output: PathBuf,
@@ -61,6 +72,42 @@ pub struct Args {
     /// Give up when no peer is found for this long
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     no_peers_timeout: Duration,
+    /// Also write the torrent of a magnet here, once its metadata is fetched
+    #[arg(long, value_name = "FILE")]
+    save_torrent: Option<PathBuf>,
+    /// Fetch a magnet's metadata, save it (DIR/.shoal/, --save-torrent) and
+    /// exit without downloading the data
+    #[arg(long)]
+    metadata_only: bool,
+    /// Refuse a magnet's metadata larger than this (suffixes K, M, G)
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
+    max_metadata_size: u64,
+}
+
+fn parse_size(s: &str) -> Result<u64, String> {
+    let n = swarm::parse_rate(s).map_err(|e| e.replace("rate like 500K or 2M", "size like 8M"))?;
+    if n > MAX_TORRENT_SIZE as u64 {
+        return Err(format!(
+            "'{s}' is above the {} MiB limit for a torrent",
+            MAX_TORRENT_SIZE >> 20
+        ));
+    }
+    Ok(n)
+}
+
+/// A command-line argument: a .torrent file or a magnet link.
+enum Source {
+    File(PathBuf),
+    Magnet(Box<Magnet>),
+}
+
+fn source(arg: &str) -> anyhow::Result<Source> {
+    if arg.len() >= 7 && arg[..7].eq_ignore_ascii_case("magnet:") {
+        let m = Magnet::parse(arg).map_err(|e| anyhow::anyhow!("not a usable magnet link: {e}"))?;
+        Ok(Source::Magnet(Box::new(m)))
+    } else {
+        Ok(Source::File(PathBuf::from(arg)))
+    }
 }
 
 fn parse_ratio(s: &str) -> Result<f64, String> {
@@ -71,18 +118,136 @@ fn parse_ratio(s: &str) -> Result<f64, String> {
 }
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
-    let mut metas = Vec::new();
-    let mut seen = HashSet::new();
-    for t in &args.torrents {
-        let meta = super::load_torrent(t)?;
-        if seen.insert(meta.info.info_hash()) {
-            metas.push(meta);
+    let sources = args
+        .torrents
+        .iter()
+        .map(|a| source(a))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let magnets = sources
+        .iter()
+        .filter(|s| matches!(s, Source::Magnet(_)))
+        .count();
+    if args.metadata_only && magnets != sources.len() {
+        bail!("--metadata-only fetches the metadata of magnets: give only magnet links with it");
+    }
+    if args.save_torrent.is_some() && (magnets != 1 || sources.len() != 1) {
+        bail!("--save-torrent writes one magnet's torrent: give a single magnet link with it");
+    }
+    // Files first: a typo in a path is an error before any network work.
+    let mut loaded = Vec::new();
+    for s in &sources {
+        loaded.push(match s {
+            Source::File(p) => Some(super::load_torrent(p)?),
+            Source::Magnet(_) => None,
+        });
+    }
+    if magnets > 0 {
+        std::fs::create_dir_all(&args.output)
+            .with_context(|| format!("cannot create {}", args.output.display()))?;
+    }
+    let until = Until {
+        exit_on_complete: args.exit_on_complete,
+        seed_ratio: args.seed_ratio,
+        seed_time: args.seed_time,
+        no_peers: Some(args.no_peers_timeout),
+    };
+    let rt = swarm::runtime()?;
+    rt.block_on(async {
+        let engine = args
+            .net
+            .engine(args.torrents.len(), args.download_limit)
+            .await?;
+        let opts = magnet::Options {
+            output: &args.output,
+            net: &args.net,
+            save_torrent: args.save_torrent.as_deref(),
+            max_size: args.max_metadata_size as usize,
+            no_peers: args.no_peers_timeout,
+        };
+        let mut metas = Vec::new();
+        for (s, meta) in sources.iter().zip(loaded) {
+            let (meta, peers) = match (s, meta) {
+                (_, Some(meta)) => (meta, Vec::new()),
+                (Source::Magnet(m), None) => match magnet::resolve(&engine, m, &opts).await {
+                    Ok(Some(r)) => (r.meta, r.peers),
+                    Ok(None) => {
+                        engine.shutdown().await;
+                        return Ok(ExitCode::from(130));
+                    }
+                    Err(e) => {
+                        engine.shutdown().await;
+                        return Err(e);
+                    }
+                },
+                (Source::File(_), None) => unreachable!("every file was loaded"),
+            };
+            metas.push((meta, peers));
+        }
+        if args.metadata_only {
+            report_metadata(&args, &metas);
+            engine.shutdown().await;
+            return Ok(ExitCode::SUCCESS);
+        }
+        let ready = match tokio::task::block_in_place(|| prepare_all(&args, metas)) {
+            Ok(r) => r,
+            Err(e) => {
+                engine.shutdown().await;
+                return Err(e);
+            }
+        };
+        let mut torrents = Vec::new();
+        for (info, storage, have, config) in ready {
+            let session = engine.add(info, Arc::new(storage), have, config).await?;
+            torrents.push(Torrent::new(session));
+        }
+        let what = match torrents.as_slice() {
+            [one] => one.name.clone(),
+            many => format!("{} torrents", many.len()),
+        };
+        tracing::info!(
+            "downloading {what} into {}, listening on {}",
+            args.output.display(),
+            engine.listen_addr()
+        );
+        swarm::run(engine, torrents, &args.net, until).await
+    })
+}
+
+/// What --metadata-only fetched, for people (stderr already has it) and
+/// for scripts (--json on stdout).
+fn report_metadata(args: &Args, metas: &[(Metainfo, Vec<SocketAddr>)]) {
+    for (meta, _) in metas {
+        let hash = meta.info_hash();
+        let saved = client::resume::torrent_path(&args.output, hash);
+        if args.net.json {
+            let j = serde_json::json!({
+                "info_hash": hash.to_string(),
+                "name": meta.info.name(),
+                "size": meta.info.total_length(),
+                "pieces": meta.info.piece_count(),
+                "metadata_size": meta.info.raw_bytes().len(),
+                "saved": saved.display().to_string(),
+                "torrent": args.save_torrent.as_ref().map(|p| p.display().to_string()),
+            });
+            println!("{j}");
+        } else if !args.net.quiet {
+            eprintln!("shoal: saved the torrent in {}", saved.display());
         }
     }
+}
+
+/// Drops repeated torrents, refuses ones that would write the same files,
+/// and prepares each.
+fn prepare_all(args: &Args, metas: Vec<(Metainfo, Vec<SocketAddr>)>) -> anyhow::Result<Vec<Ready>> {
+    let mut seen = HashSet::new();
+    let metas: Vec<_> = metas
+        .into_iter()
+        .filter(|(m, _)| seen.insert(m.info.info_hash()))
+        .collect();
     let mut names = HashSet::new();
-    if let Some(m) = metas
+    if let Some((m, _)) = metas
         .iter()
-        .find(|m| !names.insert(check::content_name(&m.info)))
+        .find(|(m, _)| !names.insert(check::content_name(&m.info)))
     {
         bail!(
             "two of the torrents are named '{}': they would write the same files in {}; download them into different directories",
@@ -96,41 +261,23 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     let mut ready = Vec::new();
-    for meta in metas {
-        ready.push(prepare(&args, meta)?);
-    }
-    let until = Until {
-        exit_on_complete: args.exit_on_complete,
-        seed_ratio: args.seed_ratio,
-        seed_time: args.seed_time,
-        no_peers: Some(args.no_peers_timeout),
-    };
-    let rt = swarm::runtime()?;
-    rt.block_on(async {
-        let engine = args.net.engine(ready.len(), args.download_limit).await?;
-        let mut torrents = Vec::new();
-        for (info, storage, have, config) in ready {
-            let session = engine.add(info, Arc::new(storage), have, config).await?;
-            torrents.push(Torrent::new(session));
+    for (meta, peers) in metas {
+        let mut r = prepare(args, meta, &peers)?;
+        for p in peers {
+            if !r.3.peers.contains(&p) {
+                r.3.peers.push(p);
+            }
         }
-        let what = match torrents.as_slice() {
-            [one] => one.name.clone(),
-            many => format!("{} torrents", many.len()),
-        };
-        tracing::info!(
-            "downloading {what} into {}, listening on {};",
-            args.output.display(),
-            engine.listen_addr()
-        );
-        swarm::run(engine, torrents, &args.net, until).await
-    })
+        ready.push(r);
+    }
+    Ok(ready)
 }
 
 type Ready = (Arc<torrent_format::Info>, Storage, Bitfield, client::Config);
 
 /// Opens a torrent's files, checks what is there already, and makes its
 /// configuration.
-fn prepare(args: &Args, meta: torrent_format::Metainfo) -> anyhow::Result<Ready> {
+fn prepare(args: &Args, meta: Metainfo, extra_peers: &[SocketAddr]) -> anyhow::Result<Ready> {
     let info = Arc::new(meta.info.clone());
     let files = info.files().len();
     if let Some(bad) = args.only.iter().find(|&&i| i >= files) {
@@ -204,7 +351,7 @@ fn prepare(args: &Args, meta: torrent_format::Metainfo) -> anyhow::Result<Ready>
     let mut config = args.net.config(&meta)?;
     config.wanted = wanted_pieces;
     config.resume = Some(resume_path);
-    if config.trackers.is_empty() && config.peers.is_empty() {
+    if config.trackers.is_empty() && config.peers.is_empty() && extra_peers.is_empty() {
         bail!(
             "no way to find peers for {}: the torrent names no tracker; give one with --peer HOST:PORT",
             info.name()

@@ -1,6 +1,7 @@
 pub mod create;
 pub mod demo;
 pub mod download;
+pub mod magnet;
 pub mod seed;
 pub mod show;
 pub mod swarm;
