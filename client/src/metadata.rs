@@ -36,6 +36,8 @@ pub const PIECE: usize = 16 * 1024;
 pub const DEFAULT_MAX_SIZE: usize = 16 << 20;
 /// Requests outstanding per peer.
 pub const DEPTH: usize = 16;
+/// Requests a new peer may have outstanding before it delivered any.
+pub const START_DEPTH: usize = 2;
 /// A piece not delivered this long after it was asked for is asked of
 /// another peer too.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -202,6 +204,10 @@ struct MetaPeer {
     rejects: u32,
     not_before: Option<Instant>,
     unfit: Option<Unfit>,
+    /// Pieces it delivered: its request depth grows with them (from
+    /// [`START_DEPTH`] to [`DEPTH`]), so a peer that answers first does not
+    /// take every piece before the others have said hello.
+    delivered: usize,
 }
 
 /// How far a fetch has come.
@@ -298,6 +304,7 @@ impl Fetch {
                 rejects: 0,
                 not_before: None,
                 unfit: None,
+                delivered: 0,
             },
         );
         if self.size.is_none() && !self.done {
@@ -348,7 +355,8 @@ impl Fetch {
         if p.unfit.is_some() || p.size != size || p.not_before.is_some_and(|t| now < t) {
             return Vec::new();
         }
-        let mut room = DEPTH.saturating_sub(p.outstanding.len());
+        let depth = (START_DEPTH + p.delivered).min(DEPTH);
+        let mut room = depth.saturating_sub(p.outstanding.len());
         let mut picked = Vec::new();
         // Pieces nobody was asked for, then (with room to spare) pieces
         // whose requests went unanswered too long, then, to finish
@@ -431,6 +439,7 @@ impl Fetch {
                     return Err(Unfit::Unrequested(piece));
                 };
                 p.outstanding.swap_remove(i);
+                p.delivered += 1;
                 if let Some(n) = total_size.filter(|&n| n != p.size as u64) {
                     return Err(Unfit::SizeChanged {
                         said: p.size as u64,

@@ -33,6 +33,51 @@ fn answer(
     None
 }
 
+/// Asks `key` for pieces and answers them from `src` until it is asked
+/// nothing more (its depth grows as it delivers); the last outcome.
+fn serve_all(f: &mut Fetch, key: PeerKey, src: &[u8], now: Instant) -> Option<Outcome> {
+    let mut last = None;
+    loop {
+        let a = f.requests(key, now);
+        if a.is_empty() {
+            return last;
+        }
+        for p in a {
+            let o = f.received(key, &serve(src, p), now).unwrap();
+            if !matches!(o, Outcome::More) {
+                return Some(o);
+            }
+            last = Some(o);
+        }
+    }
+}
+
+#[test]
+fn a_new_peer_starts_shallow_and_deepens_as_it_delivers() {
+    let now = Instant::now();
+    let (raw, h) = info_of(PIECE * 60);
+    let mut f = Fetch::new(h, DEFAULT_MAX_SIZE, now);
+    f.add_peer(1, &hs(raw.len() as u64), now).unwrap();
+    let a = f.requests(1, now);
+    assert_eq!(a.len(), START_DEPTH);
+    // A second peer that says hello a moment later still gets work.
+    f.add_peer(2, &hs(raw.len() as u64), now).unwrap();
+    let b = f.requests(2, now);
+    assert_eq!(b.len(), START_DEPTH);
+    assert!(b.iter().all(|p| !a.contains(p)));
+    assert_eq!(answer(&mut f, 1, &raw, &a, now), None);
+    let a = f.requests(1, now);
+    assert_eq!(a.len(), START_DEPTH + 2);
+    answer(&mut f, 1, &raw, &a, now);
+    let mut depth = 0;
+    for _ in 0..10 {
+        let a = f.requests(1, now);
+        depth = depth.max(a.len());
+        answer(&mut f, 1, &raw, &a, now);
+    }
+    assert_eq!(depth, DEPTH);
+}
+
 #[test]
 fn messages_round_trip_and_read_libtorrents() {
     for m in [
@@ -91,14 +136,12 @@ fn fetches_from_several_peers_at_once() {
         f.add_peer(k, &hs(raw.len() as u64), now).unwrap();
     }
     let asked: Vec<Vec<u32>> = (1..=3).map(|k| f.requests(k, now)).collect();
-    // Each is asked for different pieces, DEPTH each.
-    assert!(asked.iter().all(|a| a.len() == DEPTH));
+    // Each is asked for different pieces, START_DEPTH each at first.
+    assert!(asked.iter().all(|a| a.len() == START_DEPTH));
     let mut all: Vec<u32> = asked.concat();
     all.sort_unstable();
     all.dedup();
-    // 41 pieces: all of them asked, the rest of the third's requests
-    // duplicating pieces asked of one other peer.
-    assert_eq!(all.len(), 41);
+    assert_eq!(all.len(), 3 * START_DEPTH);
     assert!(asked[0].iter().all(|p| !asked[1].contains(p)));
     let mut done = None;
     for (k, a) in asked.iter().enumerate() {
@@ -167,16 +210,17 @@ fn a_peer_announcing_another_size_cannot_stop_the_fetch() {
     let mut f = Fetch::new(h, DEFAULT_MAX_SIZE, now);
     // The liar comes first, announces nearly the cap, and answers nothing.
     f.add_peer(9, &hs(DEFAULT_MAX_SIZE as u64), now).unwrap();
-    assert_eq!(f.requests(9, now).len(), DEPTH);
+    assert_eq!(f.requests(9, now).len(), START_DEPTH);
     f.add_peer(1, &hs(raw.len() as u64), now).unwrap();
     f.add_peer(2, &hs(raw.len() as u64), now).unwrap();
     assert!(f.requests(1, now).is_empty(), "set aside at first");
     // After STALL the size two peers announce is fetched instead.
     let t = now + STALL;
-    let a = f.requests(1, t);
-    assert_eq!(a, vec![0, 1, 2]);
+    assert_eq!(
+        serve_all(&mut f, 1, &raw, t),
+        Some(Outcome::Done(raw.clone()))
+    );
     assert_eq!(f.progress().size, Some(raw.len()));
-    assert_eq!(answer(&mut f, 1, &raw, &a, t), Some(raw));
 }
 
 #[test]
@@ -202,7 +246,7 @@ fn malformed_data_makes_the_peer_unfit_and_the_piece_goes_elsewhere() {
     for k in 1..=4 {
         f.add_peer(k, &hs(n), now).unwrap();
     }
-    assert_eq!(f.requests(1, now), vec![0, 1, 2]);
+    assert_eq!(f.requests(1, now), vec![0, 1]);
     // Unasked piece.
     let bad = MetaMsg::Data {
         piece: 0,
@@ -227,19 +271,17 @@ fn malformed_data_makes_the_peer_unfit_and_the_piece_goes_elsewhere() {
         })
     ));
     // A total size that changed.
-    assert_eq!(f.requests(3, now), vec![0, 1, 2]);
+    assert_eq!(f.requests(3, now), vec![0, 1]);
     let moved = MetaMsg::Data {
-        piece: 2,
+        piece: 1,
         total_size: Some(n + 1),
-        data: &raw[2 * PIECE..],
+        data: &raw[PIECE..2 * PIECE],
     };
     assert!(matches!(
         f.received(3, &moved, now),
         Err(Unfit::SizeChanged { .. })
     ));
-    let a = f.requests(4, now);
-    assert_eq!(a, vec![0, 1, 2]);
-    assert_eq!(answer(&mut f, 4, &raw, &a, now), Some(raw));
+    assert_eq!(serve_all(&mut f, 4, &raw, now), Some(Outcome::Done(raw)));
 }
 
 #[test]
@@ -252,16 +294,13 @@ fn a_whole_that_fails_the_hash_is_blamed_on_its_sender() {
     let mut f = Fetch::new(h, DEFAULT_MAX_SIZE, now);
     // One liar alone sends it all.
     f.add_peer(9, &hs(n), now).unwrap();
-    let a = f.requests(9, now);
-    let mut out = None;
-    for p in a {
-        out = Some(f.received(9, &serve(&forged, p), now).unwrap());
-    }
-    assert_eq!(out, Some(Outcome::HashFailed));
+    assert_eq!(
+        serve_all(&mut f, 9, &forged, now),
+        Some(Outcome::HashFailed)
+    );
     assert_eq!(f.unfit(9), Some(&Unfit::BadHash));
     f.add_peer(1, &hs(n), now).unwrap();
-    let a = f.requests(1, now);
-    assert_eq!(answer(&mut f, 1, &raw, &a, now), Some(raw));
+    assert_eq!(serve_all(&mut f, 1, &raw, now), Some(Outcome::Done(raw)));
 }
 
 #[test]
