@@ -604,7 +604,8 @@ impl Swarm {
 
     /// The announce logic: record (or remove) the announcer, count a
     /// completed download, and pick up to `numwant` other peers of its
-    /// address family — leechers only when it is a seeder.
+    /// address family — leechers only when it is a seeder (after its
+    /// `started`).
     pub fn announce<R: Rng>(
         &mut self,
         who: Announcer,
@@ -656,18 +657,23 @@ impl Swarm {
         // peers are the same either way), so that its runs' cache misses
         // and the index's are all under way before any is waited for.
         let hash = set.prefetch_find(addr, who.port);
-        let runs = set.sample_runs(numwant, who.seeder, rng);
+        // A seed needs only leechers — except on its `started` announce:
+        // aria2 announces a magnet whose metadata it still lacks with
+        // left=0, and would otherwise never hear of a seed (opentracker
+        // gives seeds to seeds too).
+        let leechers_only = who.seeder && who.event != Event::Started;
+        let runs = set.sample_runs(numwant, leechers_only, rng);
         let found = set.find_hashed(hash, addr, who.port);
         let me = (addr, who.port);
         let others = runs.peers().filter(|p| (p.addr, p.port) != me);
         if compact {
             // Exactly this many: the runs hold `numwant + 1` or everyone.
-            let pool = if who.seeder {
+            let pool = if leechers_only {
                 set.leechers()
             } else {
                 set.len()
             };
-            let me_in_pool = found.is_some_and(|slot| !who.seeder || slot & SEEDER_BIT == 0);
+            let me_in_pool = found.is_some_and(|slot| !leechers_only || slot & SEEDER_BIT == 0);
             let count = numwant.min(pool - usize::from(me_in_pool));
             let width = addr.octets().len() + 2;
             out.compact.resize(count * width, 0);
@@ -773,6 +779,48 @@ mod tests {
                 )
             })
             .collect()
+    }
+
+    #[test]
+    fn a_seed_that_starts_hears_of_seeds_too() {
+        // aria2 fetching a magnet's metadata announces left=0, started.
+        let mut rng = SmallRng::seed_from_u64(3);
+        let mut s = Swarm::default();
+        s.announce(
+            who("10.0.0.1", 1000, true, Event::Started),
+            0,
+            50,
+            true,
+            &mut rng,
+        );
+        let out = s.announce(
+            who("10.0.0.3", 3000, true, Event::Started),
+            0,
+            50,
+            true,
+            &mut rng,
+        );
+        assert_eq!(
+            compact_peers(&out.peers.compact),
+            vec![(Ipv4Addr::new(10, 0, 0, 1), 1000)]
+        );
+        let out = s.announce(
+            who("10.0.0.3", 3000, true, Event::None),
+            1,
+            50,
+            false,
+            &mut rng,
+        );
+        assert!(out.peers.dicts.is_empty(), "{:?}", out.peers.dicts);
+        // Its own started again: the other seed, not itself.
+        let out = s.announce(
+            who("10.0.0.3", 3000, true, Event::Started),
+            2,
+            50,
+            true,
+            &mut rng,
+        );
+        assert_eq!(compact_peers(&out.peers.compact).len(), 1);
     }
 
     #[test]
