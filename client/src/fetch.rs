@@ -127,6 +127,8 @@ struct Ctx {
     new_candidates: Notify,
     next_key: AtomicU64,
     connected: AtomicUsize,
+    /// Connections not yet past their handshake.
+    dialing: AtomicUsize,
     status: watch::Sender<FetchStatus>,
     max_size: usize,
 }
@@ -211,6 +213,7 @@ impl Engine {
             new_candidates: Notify::new(),
             next_key: AtomicU64::new(1),
             connected: AtomicUsize::new(0),
+            dialing: AtomicUsize::new(0),
             status,
             max_size: config.max_size,
         });
@@ -390,19 +393,13 @@ async fn peer(ctx: &Arc<Ctx>, addr: SocketAddr) -> End {
     let Some(_permit) = ctx.engine.connection_permit() else {
         return End::Failed("at the connection limit".into());
     };
-    let mut stream =
-        match tokio::time::timeout(CONNECT_TIMEOUT, crate::peer::dial(addr, ctx.engine.bind)).await
-        {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return failed(format!("connect: {e}")),
-            Err(_) => return failed("connect: timed out"),
-        };
-    let (theirs, buf) =
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(ctx, &mut stream)).await {
-            Ok(Ok(x)) => x,
-            Ok(Err(e)) => return e,
-            Err(_) => return failed("handshake: timed out"),
-        };
+    ctx.dialing.fetch_add(1, Ordering::Relaxed);
+    let hello = connect(ctx, addr).await;
+    ctx.dialing.fetch_sub(1, Ordering::Relaxed);
+    let (mut stream, theirs, buf) = match hello {
+        Ok(x) => x,
+        Err(e) => return e,
+    };
     let key = ctx.next_key.fetch_add(1, Ordering::Relaxed);
     ctx.connected.fetch_add(1, Ordering::Relaxed);
     ctx.report();
@@ -411,6 +408,22 @@ async fn peer(ctx: &Arc<Ctx>, addr: SocketAddr) -> End {
     ctx.lock_fetch().remove_peer(key, Instant::now());
     ctx.wake.notify_waiters();
     end
+}
+
+/// Dials `addr` and does the BitTorrent handshake.
+async fn connect(ctx: &Arc<Ctx>, addr: SocketAddr) -> Result<(TcpStream, Handshake, Vec<u8>), End> {
+    let mut stream =
+        match tokio::time::timeout(CONNECT_TIMEOUT, crate::peer::dial(addr, ctx.engine.bind)).await
+        {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => return Err(failed(format!("connect: {e}"))),
+            Err(_) => return Err(failed("connect: timed out")),
+        };
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake(ctx, &mut stream)).await {
+        Ok(Ok((theirs, buf))) => Ok((stream, theirs, buf)),
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(failed("handshake: timed out")),
+    }
 }
 
 async fn handshake(ctx: &Ctx, stream: &mut TcpStream) -> Result<(Handshake, Vec<u8>), End> {
@@ -479,7 +492,8 @@ async fn exchange(
     let mut their_id: Option<u8> = None;
     let mut pex_in = pex::PexIn::new();
     let mut last_heard = Instant::now();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    // Often enough to end a metadata::SPREAD_WAIT soon after it is over.
+    let mut tick = tokio::time::interval(Duration::from_millis(250));
     loop {
         // Everything whole in the buffer first.
         let mut used = 0;
@@ -578,7 +592,11 @@ async fn exchange(
             if let Some(why) = ctx.lock_fetch().unfit(key) {
                 return End::Useless(why.to_string());
             }
-            let pieces = ctx.lock_fetch().requests(key, Instant::now());
+            let pieces = {
+                let mut f = ctx.lock_fetch();
+                f.set_pending(ctx.dialing.load(Ordering::Relaxed));
+                f.requests(key, Instant::now())
+            };
             for p in pieces {
                 Message::Extended(id, MetaMsg::Request(p).encode()).encode(&mut out);
             }

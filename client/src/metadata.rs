@@ -38,6 +38,12 @@ pub const DEFAULT_MAX_SIZE: usize = 16 << 20;
 pub const DEPTH: usize = 16;
 /// Requests a new peer may have outstanding before it delivered any.
 pub const START_DEPTH: usize = 2;
+/// A piece asked of one peer this long ago may be asked of a second, to
+/// finish sooner (sooner than that, the second would only race the first).
+pub const DUPLICATE_AFTER: Duration = Duration::from_secs(1);
+/// How long, from the first peer's hello, the pieces are shared out among
+/// the peers still connecting (see [`Fetch::set_pending`]).
+pub const SPREAD_WAIT: Duration = Duration::from_millis(300);
 /// A piece not delivered this long after it was asked for is asked of
 /// another peer too.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -208,6 +214,8 @@ struct MetaPeer {
     /// [`START_DEPTH`] to [`DEPTH`]), so a peer that answers first does not
     /// take every piece before the others have said hello.
     delivered: usize,
+    /// Pieces it was asked for, in all.
+    asked: usize,
 }
 
 /// How far a fetch has come.
@@ -239,6 +247,12 @@ pub struct Fetch {
     done: bool,
     /// Who sent the pieces of the whole that matched.
     senders: HashMap<PeerKey, usize>,
+    /// Connections still on their way to a hello (the caller's count).
+    pending: usize,
+    /// Until then, while others are still connecting, a peer is asked for
+    /// no more than its share of the pieces: on a fast link the first to
+    /// answer would otherwise take them all before the others said hello.
+    spread_until: Option<Instant>,
 }
 
 impl Fetch {
@@ -256,7 +270,15 @@ impl Fetch {
             last_progress: now,
             done: false,
             senders: HashMap::new(),
+            pending: 0,
+            spread_until: None,
         }
+    }
+
+    /// How many connections are still on their way to their extension
+    /// handshake; see [`SPREAD_WAIT`].
+    pub fn set_pending(&mut self, n: usize) {
+        self.pending = n;
     }
 
     pub fn progress(&self) -> Progress {
@@ -305,8 +327,10 @@ impl Fetch {
                 not_before: None,
                 unfit: None,
                 delivered: 0,
+                asked: 0,
             },
         );
+        self.spread_until.get_or_insert(now + SPREAD_WAIT);
         if self.size.is_none() && !self.done {
             self.begin(size as usize, now);
         }
@@ -357,10 +381,19 @@ impl Fetch {
         }
         let depth = (START_DEPTH + p.delivered).min(DEPTH);
         let mut room = depth.saturating_sub(p.outstanding.len());
+        if self.pending > 0 && self.spread_until.is_some_and(|t| now < t) {
+            let fit = self
+                .peers
+                .values()
+                .filter(|q| q.unfit.is_none() && q.size == size)
+                .count();
+            let share = self.slots.len().div_ceil(fit + self.pending);
+            room = room.min(share.saturating_sub(p.asked));
+        }
         let mut picked = Vec::new();
         // Pieces nobody was asked for, then (with room to spare) pieces
         // whose requests went unanswered too long, then, to finish
-        // sooner, pieces asked of one other peer.
+        // sooner, pieces asked of one other peer a while ago.
         for pass in 0..3 {
             for (i, s) in self.slots.iter_mut().enumerate() {
                 if room == 0 {
@@ -377,7 +410,12 @@ impl Fetch {
                                 .iter()
                                 .all(|(_, t)| now.saturating_duration_since(*t) >= REQUEST_TIMEOUT)
                     }
-                    _ => s.asked.len() == 1,
+                    _ => {
+                        s.asked.len() == 1
+                            && s.asked
+                                .iter()
+                                .all(|(_, t)| now.saturating_duration_since(*t) >= DUPLICATE_AFTER)
+                    }
                 };
                 if take {
                     s.asked.push((key, now));
@@ -388,6 +426,7 @@ impl Fetch {
         }
         let p = self.peers.get_mut(&key).expect("checked above");
         p.outstanding.extend(picked.iter().map(|&i| (i, now)));
+        p.asked += picked.len();
         picked
     }
 

@@ -79,6 +79,33 @@ fn a_new_peer_starts_shallow_and_deepens_as_it_delivers() {
 }
 
 #[test]
+fn while_others_connect_the_first_peer_gets_only_its_share() {
+    let now = Instant::now();
+    let (raw, h) = info_of(PIECE * 9);
+    let mut f = Fetch::new(h, DEFAULT_MAX_SIZE, now);
+    f.set_pending(2);
+    f.add_peer(1, &hs(raw.len() as u64), now).unwrap();
+    let mut got = 0;
+    for _ in 0..10 {
+        let a = f.requests(1, now);
+        got += a.len();
+        answer(&mut f, 1, &raw, &a, now);
+    }
+    // Nine pieces, three peers: three for the first.
+    assert_eq!(got, 3);
+    f.set_pending(1);
+    f.add_peer(2, &hs(raw.len() as u64), now).unwrap();
+    let b = f.requests(2, now);
+    assert_eq!(b.len(), START_DEPTH);
+    // Once the wait is over there is no cap, others connecting or not.
+    let later = now + SPREAD_WAIT;
+    assert_eq!(answer(&mut f, 2, &raw, &b, later), None);
+    let done = serve_all(&mut f, 1, &raw, later);
+    assert!(done == Some(Outcome::Done(raw.clone())), "not done");
+    assert_eq!(f.senders().len(), 2);
+}
+
+#[test]
 fn messages_round_trip_and_read_libtorrents() {
     for m in [
         MetaMsg::Request(7),
@@ -166,16 +193,22 @@ fn a_rejected_or_unanswered_piece_goes_to_another_peer() {
     f.add_peer(1, &hs(raw.len() as u64), now).unwrap();
     assert_eq!(f.requests(1, now), vec![0, 1]);
     f.add_peer(2, &hs(raw.len() as u64), now).unwrap();
-    // Both asked of 1: 2 may duplicate them to finish sooner.
-    assert_eq!(f.requests(2, now), vec![0, 1]);
-    f.add_peer(3, &hs(raw.len() as u64), now).unwrap();
-    assert!(f.requests(3, now).is_empty());
-    // 1 rejects piece 0: it is not asked again at once.
-    f.received(1, &MetaMsg::Reject(0), now).unwrap();
-    assert_eq!(f.requests(3, now), vec![0]);
-    assert!(f.requests(1, now).is_empty());
+    // Both asked of 1 just now: 2 would only race it.
+    assert!(f.requests(2, now).is_empty());
+    // A while later 2 may duplicate them, to finish sooner.
+    let t1 = now + DUPLICATE_AFTER;
+    assert_eq!(f.requests(2, t1), vec![0, 1]);
+    f.add_peer(3, &hs(raw.len() as u64), t1).unwrap();
+    assert!(f.requests(3, t1).is_empty());
+    // 1 rejects piece 0: it is not asked of 1 again at once; 3 takes it
+    // once 2 has had it a while.
+    f.received(1, &MetaMsg::Reject(0), t1).unwrap();
+    assert!(f.requests(3, t1).is_empty());
+    let t2 = t1 + DUPLICATE_AFTER;
+    assert_eq!(f.requests(3, t2), vec![0]);
+    assert!(f.requests(1, t2).is_empty());
     // Nobody answers piece 1 for REQUEST_TIMEOUT: 3 is asked too.
-    let later = now + REQUEST_TIMEOUT;
+    let later = t1 + REQUEST_TIMEOUT;
     assert_eq!(f.requests(3, later), vec![1]);
     assert_eq!(answer(&mut f, 3, &raw, &[0, 1], later), Some(raw.clone()));
     // Late answers from the others change nothing.
