@@ -633,7 +633,8 @@ echo "DOWNLOAD $rc $SECONDS $(tail -1 download.json)"
 /// Transmission downloads from `shoal seed`. MODE "dial": shoal, bound to
 /// 10.77.0.3, connects to Transmission (`--peer`); "tracker": shoal listens
 /// on every address and Transmission finds it through the tracker;
-/// "tracker-bind": the same with shoal bound to 10.77.0.3. Transmission
+/// "tracker-bind": the same with shoal bound to 10.77.0.3; "magnet": as
+/// "tracker-bind", but Transmission gets the magnet link, not the torrent. Transmission
 /// gets WAIT_SECS (default 40) to finish; if it does not, the script says
 /// how far it got (its last progress line) and what went
 /// over the connection (`ss -ti`: shoal's bytes_received are mostly 17-byte
@@ -642,23 +643,26 @@ const TRANSMISSION_LEECH: &str = r#"
 printf '#!/bin/sh\ntouch "%s/done"\n' "$DIR" > done.sh
 chmod +x done.sh
 ARGS=()
+TARGET=t.torrent
 case "$MODE" in
   dial) ARGS=(--bind 10.77.0.3 --peer 10.77.0.2:51413) ;;
   tracker) ;;
   tracker-bind) ARGS=(--bind 10.77.0.3) ;;
+  magnet) ARGS=(--bind 10.77.0.3)
+    TARGET=$("$SHOAL" show t.torrent --json | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["magnet"])') ;;
 esac
 start_seed() {
   "$SHOAL" seed t.torrent seed/tree --port 0 --json "${ARGS[@]}" > seed.json 2> seed.log &
   SEED=$!
 }
 if [ "$MODE" = dial ]; then
-  transmission -w out -f "$DIR/done.sh" t.torrent
+  transmission -w out -f "$DIR/done.sh" "$TARGET"
   for _ in $(seq 100); do ss -ltn | grep -q '10.77.0.2:51413' && break; sleep 0.1; done
   start_seed
 else
   start_seed
   for _ in $(seq 100); do seeders 1 && break; sleep 0.1; done
-  transmission -w out -f "$DIR/done.sh" t.torrent
+  transmission -w out -f "$DIR/done.sh" "$TARGET"
 fi
 for _ in $(seq $((${WAIT_SECS:-40} * 10))); do [ -e done ] && break; sleep 0.1; done
 [ -e done ] || {
@@ -776,6 +780,14 @@ fn transmission_downloads_from_shoal(mode: &str, big: usize, log2_piece: &str, w
     assert_eq!(j["hash_fails"], 0, "{j}");
     // Transmission 3.00 creates no zero-length files.
     compare_nonempty(&d.join("seed/tree"), &d.join("out/tree"));
+}
+
+/// Transmission is given only the magnet link (its tracker in `tr=`): it
+/// fetches the metadata from `shoal seed` (ut_metadata), then the data —
+/// 50 MiB in 32 KiB pieces, an info dictionary of two metadata pieces.
+#[test]
+fn transmission_fetches_a_magnet_from_shoal() {
+    transmission_downloads_from_shoal("magnet", HUGE, "15", 60);
 }
 
 /// shoal, bound to its own address, connects to Transmission.
