@@ -102,7 +102,11 @@ enum Source {
 }
 
 fn source(arg: &str) -> anyhow::Result<Source> {
-    if arg.len() >= 7 && arg[..7].eq_ignore_ascii_case("magnet:") {
+    // `get`, not an index: byte 7 of a path need not be a char boundary.
+    if arg
+        .get(..7)
+        .is_some_and(|p| p.eq_ignore_ascii_case("magnet:"))
+    {
         let m = Magnet::parse(arg).map_err(|e| anyhow::anyhow!("not a usable magnet link: {e}"))?;
         Ok(Source::Magnet(Box::new(m)))
     } else {
@@ -358,4 +362,16 @@ fn prepare(args: &Args, meta: Metainfo, extra_peers: &[SocketAddr]) -> anyhow::R
         );
     }
     Ok((info, storage, have, config))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_path_with_multibyte_characters_is_a_file_not_a_panic() {
+        assert!(matches!(source("magnetré.torrent"), Ok(Source::File(_))));
+        assert!(matches!(source("magnetéé.torrent"), Ok(Source::File(_))));
+        assert!(source("MAGNET:?xt=urn:btih:0").is_err());
+    }
 }
