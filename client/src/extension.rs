@@ -47,6 +47,9 @@ pub struct ExtHandshake {
     pub your_ip: Option<IpAddr>,
     /// Size of the info dictionary (`metadata_size`, BEP 9).
     pub metadata_size: Option<u64>,
+    /// `e`: it supports (and prefers) MSE encryption, for ut_pex's flag.
+    /// We never send it: shoal speaks no MSE.
+    pub encryption: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -94,6 +97,9 @@ impl ExtHandshake {
         }
         if let Some(n) = self.metadata_size {
             d.insert(b"metadata_size".to_vec(), Value::Int(n as i64));
+        }
+        if self.encryption {
+            d.insert(b"e".to_vec(), Value::Int(1));
         }
         Value::Dict(d).encode()
     }
@@ -148,6 +154,7 @@ impl ExtHandshake {
             _ => None,
         };
         out.metadata_size = int("metadata_size").and_then(|n| u64::try_from(n).ok());
+        out.encryption = int("e").is_some_and(|e| e != 0);
         Ok(out)
     }
 }
@@ -179,6 +186,7 @@ mod tests {
             reqq: Some(2000),
             your_ip: Some("10.1.2.3".parse().unwrap()),
             metadata_size: Some(31337),
+            encryption: true,
             ..ExtHandshake::default()
         };
         h.extensions.insert("ut_metadata".into(), 3);

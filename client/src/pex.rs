@@ -300,10 +300,11 @@ impl PexOut {
     ///
     /// `current` is the peers to advertise with their `FLAG_*` bits — the
     /// ones we are connected to and know a listening port of (BEP 11 lists
-    /// peers one is connected to). `peer_addr` is this connection's peer:
-    /// no entry with its IP address is listed (its port as we see it is
-    /// often not its listening port, and it learns nothing from itself).
-    /// Entries no one can connect to are skipped.
+    /// peers one is connected to). `exclude` is this connection's peer (the
+    /// address we see and its listening address): it learns nothing from
+    /// itself. Only those exact addresses are left out — another peer on
+    /// the same host (behind the same NAT, or on loopback) is a peer of its
+    /// own. Entries no one can connect to are skipped.
     ///
     /// When due, the message is the difference against what this connection
     /// was told: at most [`MAX_PEX_DROPPED`] told peers no longer in
@@ -317,15 +318,15 @@ impl PexOut {
     pub fn next(
         &mut self,
         current: &[(SocketAddr, u8)],
-        peer_addr: SocketAddr,
+        exclude: &[SocketAddr],
         now: Instant,
     ) -> Option<PexMessage> {
         if !self.due(now) {
             return None;
         }
         self.last = Some(now);
-        let peer_ip = canonical(peer_addr).ip();
-        let advertised = |addr: SocketAddr| usable(addr) && addr.ip() != peer_ip;
+        let exclude: Vec<SocketAddr> = exclude.iter().map(|&a| canonical(a)).collect();
+        let advertised = |addr: SocketAddr| usable(addr) && !exclude.contains(&addr);
         let now_listed: HashSet<SocketAddr> = current
             .iter()
             .map(|&(addr, _)| canonical(addr))
@@ -690,23 +691,28 @@ mod tests {
         let mut out = PexOut::new(t0);
         assert!(out.due(t0));
         assert_eq!(out.next_due(), t0);
-        let first = out.next(&entries(&[v4(1, 1), v4(2, 2)]), peer, t0).unwrap();
+        let first = out
+            .next(&entries(&[v4(1, 1), v4(2, 2)]), &[peer], t0)
+            .unwrap();
         assert_eq!(first.added, entries(&[v4(1, 1), v4(2, 2)]));
         assert!(first.dropped.is_empty());
         assert_eq!(out.next_due(), t0 + PEX_INTERVAL);
         // A change soon after waits for the minute.
         let later = entries(&[v4(2, 2), v4(3, 3)]);
         assert!(!out.due(t0 + secs(59)));
-        assert_eq!(out.next(&later, peer, t0 + secs(59)), None);
-        let second = out.next(&later, peer, t0 + secs(60)).unwrap();
+        assert_eq!(out.next(&later, &[peer], t0 + secs(59)), None);
+        let second = out.next(&later, &[peer], t0 + secs(60)).unwrap();
         assert_eq!(second.added, entries(&[v4(3, 3)]));
         assert_eq!(second.dropped, vec![v4(1, 1)]);
         // Nothing changed: nothing sent, but the timer moves on.
-        assert_eq!(out.next(&later, peer, t0 + secs(120)), None);
+        assert_eq!(out.next(&later, &[peer], t0 + secs(120)), None);
         assert!(!out.due(t0 + secs(150)));
-        assert_eq!(out.next(&entries(&[v4(4, 4)]), peer, t0 + secs(150)), None);
+        assert_eq!(
+            out.next(&entries(&[v4(4, 4)]), &[peer], t0 + secs(150)),
+            None
+        );
         let third = out
-            .next(&entries(&[v4(4, 4)]), peer, t0 + secs(180))
+            .next(&entries(&[v4(4, 4)]), &[peer], t0 + secs(180))
             .unwrap();
         assert_eq!(third.added, entries(&[v4(4, 4)]));
         assert_eq!(third.dropped, vec![v4(2, 2), v4(3, 3)]);
@@ -715,10 +721,13 @@ mod tests {
     #[test]
     fn pex_out_never_lists_the_peer_itself_nor_the_unusable() {
         let t0 = Instant::now();
+        // The peer as we see it, and its listening address.
         let peer: SocketAddr = "10.0.0.7:51000".parse().unwrap();
+        let listen: SocketAddr = "10.0.0.7:6881".parse().unwrap();
         let current: Vec<(SocketAddr, u8)> = [
             "10.0.0.7:6881",          // the peer, at its listening port
-            "[::ffff:10.0.0.7]:6882", // the peer, IPv4-mapped
+            "[::ffff:10.0.0.7]:6881", // the peer, IPv4-mapped
+            "10.0.0.7:6882",          // another peer on the same host
             "10.0.0.8:0",             // port 0
             "0.0.0.0:6881",           // unspecified
             "[ff02::1]:6881",         // multicast
@@ -729,18 +738,16 @@ mod tests {
         .iter()
         .map(|s| (s.parse().unwrap(), FLAG_CONNECTABLE))
         .collect();
-        let msg = PexOut::new(t0).next(&current, peer, t0).unwrap();
-        assert_eq!(
-            msg.added,
-            vec![
-                ("10.0.0.8:6881".parse().unwrap(), FLAG_CONNECTABLE),
-                ("10.0.0.9:6881".parse().unwrap(), FLAG_CONNECTABLE),
-            ]
-        );
-        // The peer seen as IPv4-mapped is still itself.
-        let mapped_peer: SocketAddr = "[::ffff:10.0.0.7]:51000".parse().unwrap();
-        let msg = PexOut::new(t0).next(&current, mapped_peer, t0).unwrap();
-        assert_eq!(msg.added.len(), 2);
+        let expected: Vec<(SocketAddr, u8)> = ["10.0.0.7:6882", "10.0.0.8:6881", "10.0.0.9:6881"]
+            .iter()
+            .map(|s| (s.parse().unwrap(), FLAG_CONNECTABLE))
+            .collect();
+        let msg = PexOut::new(t0).next(&current, &[peer, listen], t0).unwrap();
+        assert_eq!(msg.added, expected);
+        // Excluded addresses given IPv4-mapped still match.
+        let mapped: SocketAddr = "[::ffff:10.0.0.7]:6881".parse().unwrap();
+        let msg = PexOut::new(t0).next(&current, &[mapped], t0).unwrap();
+        assert_eq!(msg.added, expected);
     }
 
     #[test]
@@ -752,7 +759,7 @@ mod tests {
         let mut told = HashSet::new();
         for (k, expected) in [50, 50, 20, 0].into_iter().enumerate() {
             let at = t0 + PEX_INTERVAL * k as u32;
-            let msg = out.next(&entries(&all), peer, at);
+            let msg = out.next(&entries(&all), &[peer], at);
             let added = msg.map(|m| m.added).unwrap_or_default();
             assert_eq!(added.len(), expected);
             for (a, _) in added {
@@ -764,13 +771,13 @@ mod tests {
         let mut dropped = HashSet::new();
         for (k, expected) in [50, 50, 20].into_iter().enumerate() {
             let at = t0 + PEX_INTERVAL * (4 + k as u32);
-            let msg = out.next(&[], peer, at).unwrap();
+            let msg = out.next(&[], &[peer], at).unwrap();
             assert!(msg.added.is_empty());
             assert_eq!(msg.dropped.len(), expected);
             dropped.extend(msg.dropped);
         }
         assert_eq!(dropped, told);
-        assert_eq!(out.next(&[], peer, t0 + PEX_INTERVAL * 7), None);
+        assert_eq!(out.next(&[], &[peer], t0 + PEX_INTERVAL * 7), None);
     }
 
     #[test]
@@ -781,7 +788,7 @@ mod tests {
         let all: Vec<SocketAddr> = (1..=700).map(|i| v4(i, 6881)).collect();
         let mut total = 0;
         for k in 0..20 {
-            if let Some(m) = out.next(&entries(&all), peer, t0 + PEX_INTERVAL * k) {
+            if let Some(m) = out.next(&entries(&all), &[peer], t0 + PEX_INTERVAL * k) {
                 total += m.added.len();
             }
         }
@@ -789,7 +796,7 @@ mod tests {
         assert_eq!(out.told.len(), MAX_PEX_TOLD);
         // Once the first 100 go, 100 of those waiting are told in their place.
         let at = t0 + PEX_INTERVAL * 20;
-        let m = out.next(&entries(&all[100..]), peer, at).unwrap();
+        let m = out.next(&entries(&all[100..]), &[peer], at).unwrap();
         assert_eq!(m.dropped.len(), MAX_PEX_DROPPED);
         assert_eq!(m.added.len(), MAX_PEX_DROPPED);
         assert!(out.told.len() <= MAX_PEX_TOLD);
@@ -823,10 +830,10 @@ mod tests {
                 }
             }
             if !out.due(now) {
-                assert!(out.next(&current, peer, now).is_none());
+                assert!(out.next(&current, &[peer], now).is_none());
                 continue;
             }
-            let Some(msg) = out.next(&current, peer, now) else {
+            let Some(msg) = out.next(&current, &[peer], now) else {
                 continue;
             };
             if let Some(&prev) = sent_at.last() {
@@ -836,7 +843,7 @@ mod tests {
             assert!(msg.added.len() <= MAX_PEX_ADDED);
             assert!(msg.dropped.len() <= MAX_PEX_DROPPED);
             for (a, _) in &msg.added {
-                assert_ne!(a.ip(), peer.ip(), "listed the peer itself");
+                assert_ne!(*a, peer, "listed the peer itself");
                 assert!(believed.insert(*a), "{a} added twice");
             }
             for a in &msg.dropped {
@@ -976,7 +983,7 @@ mod tests {
         for ms in (0..3_600_000u64).step_by(250) {
             let now = t0 + Duration::from_millis(ms);
             let current = entries(&[v4(2 + (ms / 10_000) as u32, 6881)]);
-            if let Some(msg) = out.next(&current, peer, now) {
+            if let Some(msg) = out.next(&current, &[peer], now) {
                 let payload = msg.encode();
                 assert_eq!(pex_in.receive(now, payload.len()), PexVerdict::Use);
                 let back = PexMessage::decode(&payload).unwrap();

@@ -33,6 +33,7 @@ use crate::extension::{self, ExtHandshake};
 use crate::fast;
 use crate::initial::{self, Initial};
 use crate::metadata;
+use crate::pex::{self, PexIn, PexMessage, PexOut, PexVerdict};
 use crate::picker::{PeerKey, Received};
 use crate::session::{Cmd, Ident, PeerCounters, State};
 use crate::wire::{Bitfield, BitfieldError, BlockRef, Features, Message, WireError, MAX_BLOCK};
@@ -129,6 +130,10 @@ pub enum Violation {
     ExtHandshake(#[from] extension::ExtError),
     #[error("{0}")]
     Metadata(metadata::MetaError),
+    #[error("{0}")]
+    Pex(#[from] pex::PexViolation),
+    #[error("{0}")]
+    PexMessage(#[from] pex::PexError),
     #[error("a flood of keep-alive, choke or interest messages (over {CHATTER_BURST} at once, or {CHATTER_RATE} a second)")]
     Chatter,
 }
@@ -233,6 +238,12 @@ pub struct Connection {
     chatter: Chatter,
     /// ut_metadata pieces sent to it.
     metadata_served: usize,
+    /// ut_pex from it: offered in our extended handshake whenever the
+    /// torrent is public, so this exists from the start then.
+    pex_in: Option<PexIn>,
+    /// ut_pex to it, and its id for the extension: once its extended
+    /// handshake names ut_pex (public torrents only).
+    pex_out: Option<(PexOut, u8)>,
 }
 
 impl Connection {
@@ -270,6 +281,8 @@ impl Connection {
             peer_reqq: extension::DEFAULT_REQQ,
             ext: None,
             metadata_served: 0,
+            pex_in: (s.features.extended && !s.info.is_private()).then(PexIn::new),
+            pex_out: None,
             info: s.info,
         }
     }
@@ -333,9 +346,12 @@ impl Connection {
                 metadata_size: public.then(|| self.info.raw_bytes().len() as u64),
                 ..ExtHandshake::default()
             };
+            // Nor peer exchange (BEP 27: peers come from its tracker only).
             if public {
                 h.extensions
                     .insert(metadata::NAME.into(), extension::UT_METADATA_ID);
+                h.extensions
+                    .insert(pex::EXTENSION_NAME.into(), extension::UT_PEX_ID);
             }
             self.send(&Message::Extended(extension::HANDSHAKE_ID, h.encode()));
         }
@@ -476,10 +492,26 @@ impl Connection {
                         p.client = Some(name.clone());
                     }
                 }
+                st.heard_ext_handshake(self.key, h.port, h.encryption);
+                // A later handshake may add, move or withdraw ut_pex; what
+                // it was told stands, and so does the once-a-minute clock.
+                let pex_id = h
+                    .extensions
+                    .get(pex::EXTENSION_NAME)
+                    .copied()
+                    .filter(|&id| id != 0 && !self.info.is_private());
+                self.pex_out = match (self.pex_out.take(), pex_id) {
+                    (_, None) => None,
+                    (Some((out, _)), Some(id)) => Some((out, id)),
+                    (None, Some(id)) => Some((PexOut::new(now), id)),
+                };
                 self.ext = Some(h);
             }
             Message::Extended(extension::UT_METADATA_ID, payload) if !self.info.is_private() => {
                 self.metadata(&payload)?;
+            }
+            Message::Extended(extension::UT_PEX_ID, payload) if self.pex_in.is_some() => {
+                self.pex(&payload, now, st)?;
             }
             // Extensions we did not offer, the DHT port and unknown ids:
             // ignored.
@@ -517,6 +549,54 @@ impl Connection {
         };
         self.send(&Message::Extended(id, reply.encode()));
         Ok(())
+    }
+
+    /// A ut_pex message: judged by [`PexIn`] (libtorrent's flood rule and
+    /// a size bound: a violation ends the connection) before it is parsed;
+    /// its new peers become candidates.
+    fn pex(&mut self, payload: &[u8], now: Instant, st: &mut State) -> Result<(), Close> {
+        let Some(pex_in) = &mut self.pex_in else {
+            return Ok(());
+        };
+        match pex_in.receive(now, payload.len()) {
+            PexVerdict::Use => {}
+            PexVerdict::Ignore => return Ok(()),
+            PexVerdict::Disconnect(why) => return Err(Violation::Pex(why).into()),
+        }
+        let msg = PexMessage::decode(payload).map_err(Violation::PexMessage)?;
+        let learned = pex_in.take_candidates(&msg);
+        let added = st.add_pex_candidates(&learned);
+        tracing::debug!(
+            "{}: ut_pex: {} added, {} dropped; {added} new candidate(s)",
+            self.ident.addr,
+            msg.added.len(),
+            msg.dropped.len()
+        );
+        Ok(())
+    }
+
+    /// Our ut_pex message to it, when one is due (the first at once, then
+    /// at most one a minute) and there is news.
+    fn send_pex(&mut self, now: Instant, st: &State) {
+        let Some((out, id)) = &mut self.pex_out else {
+            return;
+        };
+        if !out.due(now) {
+            return;
+        }
+        let current = st.pex_peers(self.key);
+        let listen = st.peers.get(&self.key).and_then(|p| p.listen);
+        let exclude: Vec<_> = std::iter::once(self.ident.addr).chain(listen).collect();
+        if let Some(msg) = out.next(&current, &exclude, now) {
+            let id = *id;
+            tracing::debug!(
+                "{}: ut_pex out: {} added, {} dropped",
+                self.ident.addr,
+                msg.added.len(),
+                msg.dropped.len()
+            );
+            self.send(&Message::Extended(id, msg.encode()));
+        }
     }
 
     /// A command from the torrent.
@@ -645,6 +725,7 @@ impl Connection {
                 sent_all,
             );
         }
+        self.send_pex(now, st);
         Ok(())
     }
 

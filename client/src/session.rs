@@ -172,6 +172,12 @@ pub(crate) struct PeerEntry {
     pub client: Option<String>,
     pub connected_at: Instant,
     pub outgoing: bool,
+    /// Where it accepts connections: the address we dialed, or for a peer
+    /// that dialed us the port its extended handshake names (`p`). Only
+    /// peers with one are passed on by ut_pex.
+    pub listen: Option<SocketAddr>,
+    /// Its extended handshake said it supports MSE encryption (`e`).
+    pub encryption: bool,
     /// It wants to download from us.
     pub interested: bool,
     /// We want pieces it has.
@@ -232,6 +238,9 @@ struct Candidate_ {
     is_self: bool,
     /// It was a seed when it left: no use to us once we are one too.
     was_seed: bool,
+    /// Learned from a peer's ut_pex only: unvouched for, so it counts
+    /// against [`MAX_PEX_CANDIDATES`] and is forgotten sooner.
+    pex: bool,
 }
 
 /// Why a handshaken peer is not admitted.
@@ -275,6 +284,13 @@ const MAX_CANDIDATES: usize = 4000;
 const MAX_GONE: usize = 4096;
 /// Most connection attempts at once.
 const MAX_CONNECTING: usize = 16;
+/// Most remembered addresses learned from ut_pex alone. Any connected
+/// peer can name up to `pex::MAX_LEARNED_PER_PEER` addresses; this keeps a
+/// crowd of them from filling the candidates tracker peers need.
+pub(crate) const MAX_PEX_CANDIDATES: usize = 1000;
+/// Failed attempts after which an address learned from ut_pex is
+/// forgotten (one from a tracker or the command line gets 5).
+const PEX_FAILS: u32 = 2;
 
 pub(crate) struct State {
     pub info: Arc<Info>,
@@ -303,6 +319,14 @@ pub(crate) struct State {
 }
 
 impl State {
+    /// The addresses it would dial, and which of them ut_pex taught it.
+    #[cfg(test)]
+    pub fn candidate_addrs(&self) -> Vec<(SocketAddr, bool)> {
+        let mut v: Vec<_> = self.candidates.iter().map(|(a, c)| (*a, c.pex)).collect();
+        v.sort();
+        v
+    }
+
     pub fn is_banned(&self, id: &Ident) -> bool {
         self.banned_ids.contains(&id.peer_id) || self.banned_addrs.contains(&id.addr)
     }
@@ -388,6 +412,8 @@ impl State {
                 client: None,
                 connected_at: now,
                 outgoing,
+                listen: outgoing.then_some(addr),
+                encryption: false,
                 interested: false,
                 wanted: false,
                 last_given: None,
@@ -412,6 +438,79 @@ impl State {
         if let Some(p) = self.peers.get_mut(&key) {
             p.wanted = wanted;
         }
+    }
+
+    /// A peer's extended handshake: its listening port (`p`, for a peer
+    /// that dialed us) and whether it speaks MSE, for what ut_pex says of
+    /// it.
+    pub fn heard_ext_handshake(&mut self, key: PeerKey, port: Option<u16>, encryption: bool) {
+        if let Some(p) = self.peers.get_mut(&key) {
+            p.encryption = encryption;
+            if let (false, Some(port)) = (p.outgoing, port) {
+                p.listen = Some(SocketAddr::new(p.addr.ip(), port));
+            }
+        }
+    }
+
+    /// What ut_pex tells the connection `to` (BEP 11): the other peers we
+    /// are connected to whose listening address we know, each with its
+    /// flags, the ones we dialed (known reachable) first.
+    pub fn pex_peers(&self, to: PeerKey) -> Vec<(SocketAddr, u8)> {
+        let mut out: Vec<(SocketAddr, u8)> = self
+            .peers
+            .iter()
+            .filter(|&(&key, p)| key != to && !p.evicted)
+            .filter_map(|(_, p)| {
+                let mut flags = 0;
+                if p.seed {
+                    flags |= crate::pex::FLAG_SEED;
+                }
+                if p.outgoing {
+                    flags |= crate::pex::FLAG_CONNECTABLE;
+                }
+                if p.encryption {
+                    flags |= crate::pex::FLAG_ENCRYPTION;
+                }
+                Some((p.listen?, flags))
+            })
+            .collect();
+        out.sort_by_key(|&(addr, flags)| (flags & crate::pex::FLAG_CONNECTABLE == 0, addr));
+        out
+    }
+
+    /// Addresses a peer's ut_pex named: new ones become candidates, while
+    /// fewer than [`MAX_PEX_CANDIDATES`] learned this way are remembered
+    /// (and [`MAX_CANDIDATES`] in all). Addresses already known, banned,
+    /// or of a peer we are connected to are skipped. Returns how many were
+    /// added; the driver dials them on its next tick.
+    pub fn add_pex_candidates(&mut self, addrs: &[SocketAddr]) -> usize {
+        let mut learned = self.candidates.values().filter(|c| c.pex).count();
+        let mut added = 0;
+        for &addr in addrs {
+            if learned >= MAX_PEX_CANDIDATES || self.candidates.len() >= MAX_CANDIDATES {
+                break;
+            }
+            if addr.port() == 0
+                || self.banned_addrs.contains(&addr)
+                || self.candidates.contains_key(&addr)
+                || self
+                    .peers
+                    .values()
+                    .any(|p| p.addr == addr || p.listen == Some(addr))
+            {
+                continue;
+            }
+            self.candidates.insert(
+                addr,
+                Candidate_ {
+                    pex: true,
+                    ..Candidate_::default()
+                },
+            );
+            learned += 1;
+            added += 1;
+        }
+        added
     }
 
     /// Asks every connection to look for work again; a connection with a
@@ -586,6 +685,8 @@ impl Shared {
             }
             let c = st.candidates.entry(addr).or_default();
             c.pinned |= pinned;
+            // Vouched for by a tracker or the user now.
+            c.pex = false;
         }
         drop(st);
         self.wake.notify_one();
@@ -596,7 +697,8 @@ impl Shared {
         if let Some(c) = st.candidates.get_mut(&addr) {
             c.connecting = false;
             c.fails += 1;
-            if c.fails >= 5 && !c.pinned {
+            let limit = if c.pex { PEX_FAILS } else { 5 };
+            if c.fails >= limit && !c.pinned {
                 st.candidates.remove(&addr);
             } else {
                 let back_off = Duration::from_secs(10 << c.fails.min(6));
@@ -1286,6 +1388,25 @@ pub(crate) mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let key = st.admit(addr.parse().unwrap(), [id; 20], false, tx, now, max, 8)?;
         Ok((key, rx))
+    }
+
+    #[test]
+    fn pex_candidates_are_bounded_in_total() {
+        let mut st = test_state(8, false);
+        let addrs: Vec<SocketAddr> = (0..3000u32)
+            .map(|n| SocketAddr::from(([10, 9, (n >> 8) as u8, n as u8], 6881)))
+            .collect();
+        // Many peers, each naming its share.
+        let mut added = 0;
+        for chunk in addrs.chunks(100) {
+            added += st.add_pex_candidates(chunk);
+        }
+        assert_eq!(added, MAX_PEX_CANDIDATES);
+        assert_eq!(st.candidate_addrs().len(), MAX_PEX_CANDIDATES);
+        // Known already: not counted twice.
+        assert_eq!(st.add_pex_candidates(&addrs[..10]), 0);
+        // Tracker peers still have room.
+        assert!(st.candidates.len() < MAX_CANDIDATES);
     }
 
     #[test]

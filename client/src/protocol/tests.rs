@@ -858,3 +858,271 @@ fn a_private_torrents_metadata_is_never_offered_or_served() {
         .unwrap();
     assert!(t.out().is_empty());
 }
+
+/// The ut_pex messages among `msgs` (sent to the peer as id `id`).
+fn pex_sent(msgs: &[Message], id: u8) -> Vec<PexMessage> {
+    msgs.iter()
+        .filter_map(|m| match m {
+            Message::Extended(i, payload) if *i == id => Some(PexMessage::decode(payload).unwrap()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Admits another peer to `st`, as `Shared::register` would.
+fn join(st: &mut State, addr: &str, id: u8, outgoing: bool) -> PeerKey {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    std::mem::forget(rx);
+    st.admit(
+        addr.parse().unwrap(),
+        [id; 20],
+        outgoing,
+        tx,
+        Instant::now(),
+        1000,
+        1000,
+    )
+    .unwrap()
+}
+
+/// The peer's extended handshake, offering ut_pex as `id`.
+fn offers_pex(t: &mut T, id: u8) {
+    let mut h = ExtHandshake::default();
+    h.extensions.insert(pex::EXTENSION_NAME.into(), id);
+    t.recv(Message::Extended(0, h.encode())).unwrap();
+}
+
+fn addr(s: &str) -> std::net::SocketAddr {
+    s.parse().unwrap()
+}
+
+#[test]
+fn pex_tells_the_peers_we_know_a_listening_address_of_at_most_once_a_minute() {
+    let mut t = T::new(true, features(true, true));
+    let h = ext_handshake(&t.out());
+    assert_eq!(
+        h.extensions.get(pex::EXTENSION_NAME),
+        Some(&extension::UT_PEX_ID)
+    );
+    // One we dialed (reachable), one that dialed us and named its port,
+    // one that dialed us and did not: that one cannot be passed on.
+    let dialed = join(&mut t.st, "10.0.1.1:7000", 21, true);
+    let told_port = join(&mut t.st, "10.0.1.2:50000", 22, false);
+    t.st.heard_ext_handshake(told_port, Some(6999), true);
+    join(&mut t.st, "10.0.1.3:50001", 23, false);
+    t.st.peers.get_mut(&dialed).unwrap().seed = true;
+
+    offers_pex(&mut t, 9);
+    t.pass(Duration::from_secs(1)).unwrap();
+    let sent = pex_sent(&t.out(), 9);
+    assert_eq!(sent.len(), 1, "{sent:?}");
+    assert_eq!(
+        sent[0].added,
+        vec![
+            (
+                addr("10.0.1.1:7000"),
+                pex::FLAG_CONNECTABLE | pex::FLAG_SEED
+            ),
+            (addr("10.0.1.2:6999"), pex::FLAG_ENCRYPTION),
+        ]
+    );
+    assert!(sent[0].dropped.is_empty());
+
+    // News comes only a minute after the last message.
+    let later = join(&mut t.st, "10.0.1.4:7001", 24, true);
+    t.st.peers.remove(&dialed);
+    for _ in 0..59 {
+        t.pass(Duration::from_secs(1)).unwrap();
+        assert!(pex_sent(&t.out(), 9).is_empty());
+    }
+    t.pass(Duration::from_secs(1)).unwrap();
+    let sent = pex_sent(&t.out(), 9);
+    assert_eq!(sent.len(), 1);
+    assert_eq!(
+        sent[0].added,
+        vec![(addr("10.0.1.4:7001"), pex::FLAG_CONNECTABLE)]
+    );
+    assert_eq!(sent[0].dropped, vec![addr("10.0.1.1:7000")]);
+    // No news: nothing, also after a minute.
+    for _ in 0..70 {
+        t.pass(Duration::from_secs(1)).unwrap();
+        assert!(pex_sent(&t.out(), 9).is_empty());
+    }
+    let _ = later;
+}
+
+#[test]
+fn what_we_send_over_ten_minutes_of_churn_never_breaks_libtorrents_rule() {
+    let mut t = T::new(true, features(true, true));
+    t.out();
+    // The peer advertises ut_pex, then re-sends its handshake: neither
+    // resets our clock.
+    offers_pex(&mut t, 3);
+    let mut receiver = PexIn::new();
+    let mut sent = 0;
+    let mut keys = Vec::new();
+    for s in 0..600u32 {
+        if s % 5 == 0 {
+            let n = (s / 5) as u8;
+            keys.push(join(&mut t.st, &format!("10.0.2.{n}:6881"), 100 + n, true));
+            if keys.len() > 4 {
+                let k = keys.remove(0);
+                t.st.peers.remove(&k);
+            }
+        }
+        if s % 50 == 7 {
+            offers_pex(&mut t, 3);
+        }
+        t.conn.received_bytes(t.now);
+        t.pass(Duration::from_secs(1)).unwrap();
+        for m in t.out() {
+            if let Message::Extended(3, payload) = m {
+                assert_eq!(receiver.receive(t.now, payload.len()), PexVerdict::Use);
+                let msg = PexMessage::decode(&payload).unwrap();
+                assert!(msg.added.len() <= pex::MAX_PEX_ADDED);
+                sent += 1;
+            }
+        }
+    }
+    // The first at once, then one a minute.
+    assert!((10..=11).contains(&sent), "{sent} messages");
+}
+
+#[test]
+fn pex_peers_become_candidates_and_floods_or_huge_messages_end_the_connection() {
+    let mut t = T::new(false, features(true, true));
+    t.out();
+    let msg = |addrs: &[&str]| PexMessage {
+        added: addrs.iter().map(|a| (addr(a), 0)).collect(),
+        dropped: vec![],
+    };
+    // Ours: already connected, not learned again.
+    join(&mut t.st, "10.0.3.9:6881", 40, true);
+    t.recv(Message::Extended(
+        extension::UT_PEX_ID,
+        msg(&["10.0.3.1:6881", "10.0.3.2:6881", "10.0.3.9:6881"]).encode(),
+    ))
+    .unwrap();
+    assert_eq!(
+        t.st.candidate_addrs(),
+        vec![(addr("10.0.3.1:6881"), true), (addr("10.0.3.2:6881"), true)]
+    );
+    // Three within a minute are fine (libtorrent's rule), a fourth is not.
+    for i in 3..5 {
+        t.now += Duration::from_secs(1);
+        t.recv(Message::Extended(
+            extension::UT_PEX_ID,
+            msg(&[&format!("10.0.3.{i}:6881")]).encode(),
+        ))
+        .unwrap();
+    }
+    assert_eq!(t.st.candidate_addrs().len(), 4);
+    t.now += Duration::from_secs(1);
+    let r = t.recv(Message::Extended(
+        extension::UT_PEX_ID,
+        msg(&["10.0.3.5:6881"]).encode(),
+    ));
+    assert!(
+        matches!(
+            r,
+            Err(Close::Violation(Violation::Pex(
+                pex::PexViolation::TooFrequent
+            )))
+        ),
+        "{r:?}"
+    );
+    assert_eq!(
+        t.st.candidate_addrs().len(),
+        4,
+        "the flood's peers are ignored"
+    );
+
+    // Over the size bound: the connection ends before it is parsed.
+    let mut t = T::new(false, features(true, true));
+    let huge = vec![b'x'; pex::MAX_PEX_MESSAGE + 1];
+    let r = t.recv(Message::Extended(extension::UT_PEX_ID, huge));
+    assert!(matches!(
+        r,
+        Err(Close::Violation(Violation::Pex(
+            pex::PexViolation::TooLarge { .. }
+        )))
+    ));
+    // Not a dictionary: ends it too, as libtorrent does.
+    let mut t = T::new(false, features(true, true));
+    let r = t.recv(Message::Extended(extension::UT_PEX_ID, b"le".to_vec()));
+    assert!(matches!(r, Err(Close::Violation(Violation::PexMessage(_)))));
+}
+
+#[test]
+fn one_peer_can_make_us_learn_a_bounded_number() {
+    let mut t = T::new(false, features(true, true));
+    t.out();
+    for round in 0..10u32 {
+        let added = (0..200u32)
+            .map(|i| {
+                let n = round * 200 + i;
+                (
+                    std::net::SocketAddr::from(([10, 4, (n >> 8) as u8, n as u8], 6881)),
+                    0,
+                )
+            })
+            .collect();
+        let m = PexMessage {
+            added,
+            dropped: vec![],
+        };
+        t.now += Duration::from_secs(61);
+        t.recv(Message::Extended(extension::UT_PEX_ID, m.encode()))
+            .unwrap();
+    }
+    assert_eq!(t.st.candidate_addrs().len(), pex::MAX_LEARNED_PER_PEER);
+}
+
+#[test]
+fn a_private_torrent_neither_offers_nor_uses_pex() {
+    let info = Info::from_bytes(
+        b"d6:lengthi10e4:name1:a12:piece lengthi16384e6:pieces20:xxxxxxxxxxxxxxxxxxxx7:privatei1ee",
+    )
+    .unwrap();
+    let mut have = Bitfield::new(1);
+    have.set(0);
+    let mut st = State::new(Arc::new(info), have, None, 4, false);
+    join(&mut st, "10.0.5.1:6881", 50, true);
+    let mut t = T::with(st, features(true, true), false);
+    assert!(ext_handshake(&t.out()).extensions.is_empty());
+    offers_pex(&mut t, 9);
+    let m = PexMessage {
+        added: vec![(addr("10.0.5.2:6881"), 0)],
+        dropped: vec![],
+    };
+    for _ in 0..5 {
+        t.recv(Message::Extended(extension::UT_PEX_ID, m.encode()))
+            .unwrap();
+    }
+    t.pass(Duration::from_secs(61)).unwrap();
+    assert!(pex_sent(&t.out(), 9).is_empty());
+    assert!(t.st.candidate_addrs().is_empty());
+}
+
+#[test]
+fn a_peer_that_does_not_offer_pex_is_sent_none() {
+    let mut t = T::new(true, features(true, true));
+    t.out();
+    join(&mut t.st, "10.0.6.1:6881", 60, true);
+    let mut h = ExtHandshake::default();
+    h.extensions.insert(metadata::NAME.into(), 3);
+    t.recv(Message::Extended(0, h.encode())).unwrap();
+    t.pass(Duration::from_secs(61)).unwrap();
+    assert!(t
+        .out()
+        .iter()
+        .all(|m| !matches!(m, Message::Extended(i, _) if *i != 0 && *i != 3)));
+    // Withdrawn by a later handshake: no more.
+    offers_pex(&mut t, 9);
+    t.pass(Duration::from_secs(1)).unwrap();
+    assert_eq!(pex_sent(&t.out(), 9).len(), 1);
+    t.recv(Message::Extended(0, h.encode())).unwrap();
+    join(&mut t.st, "10.0.6.2:6881", 61, true);
+    t.pass(Duration::from_secs(61)).unwrap();
+    assert!(pex_sent(&t.out(), 9).is_empty());
+}
