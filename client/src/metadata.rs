@@ -34,8 +34,11 @@ pub const PIECE: usize = 16 * 1024;
 /// Largest info dictionary fetched unless configured otherwise. The
 /// largest genuine ones are about 4 MB.
 pub const DEFAULT_MAX_SIZE: usize = 16 << 20;
-/// Requests outstanding per peer.
-pub const DEPTH: usize = 16;
+/// Requests outstanding per peer. libtorrent answers a ut_metadata request
+/// at once only while its send buffer holds less than 160 KiB (ten
+/// pieces); later ones wait for its next one-second tick. Eight keeps
+/// every request of ours answered at once.
+pub const DEPTH: usize = 8;
 /// Requests a new peer may have outstanding before it delivered any.
 pub const START_DEPTH: usize = 2;
 /// A piece asked of one peer this long ago may be asked of a second, to
