@@ -343,3 +343,44 @@ fn metadata_only_saves_the_torrent_and_downloads_nothing() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("magnet"));
 }
+
+/// `--metadata-only` through a tracker leaves no trace there: the fetch
+/// announces itself (as a leecher, to hear of seeds), then says `stopped`
+/// before it exits, so the tracker hands no one a peer that is gone.
+#[test]
+fn metadata_only_tells_the_tracker_it_stopped() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (_tracker, addr) = start_tracker("127.0.0.1:0", &[]);
+    let announce = format!("http://{addr}/announce");
+    let magnet = make(d, "16", &[&announce]);
+    let _seed = Shoal::seed(d, "seed/data.bin", &["--json"]);
+    wait_for(30, "shoal seed to announce", || {
+        tracker_stats(addr)["seeders"] == 1
+    });
+    let out = shoal(
+        d,
+        &[
+            "download",
+            &magnet,
+            "-o",
+            "out",
+            "--port",
+            "0",
+            "--metadata-only",
+            "--json",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stats = tracker_stats(addr);
+    assert_eq!(stats["seeders"], 1, "{stats}");
+    assert_eq!(
+        stats["leechers"], 0,
+        "the fetch is still in the swarm: {stats}"
+    );
+    assert!(stats["announces_total"].as_u64().unwrap() >= 3, "{stats}");
+}

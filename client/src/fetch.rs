@@ -40,6 +40,8 @@ use crate::wire::{self, Handshake, Message, HANDSHAKE_LEN};
 /// dropped.
 const IDLE: Duration = Duration::from_secs(60);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Longest wait for a tracker to answer our `stopped`.
+const STOPPED_TIMEOUT: Duration = Duration::from_secs(3);
 /// Most peer addresses remembered.
 const MAX_CANDIDATES: usize = 2000;
 /// Most peers learned from one peer's ut_pex messages.
@@ -57,6 +59,10 @@ pub struct FetchConfig {
     pub max_size: usize,
     /// Most peers connected (or connecting) at once.
     pub max_peers: usize,
+    /// Tell the trackers `stopped` once the metadata is here: set when no
+    /// download follows under the same peer id (`--metadata-only`). A
+    /// fetch that ends without the metadata (interrupted) always does.
+    pub announce_stopped: bool,
 }
 
 impl FetchConfig {
@@ -67,6 +73,7 @@ impl FetchConfig {
             trackers: Vec::new(),
             max_size: metadata::DEFAULT_MAX_SIZE,
             max_peers: 30,
+            announce_stopped: false,
         }
     }
 }
@@ -131,6 +138,7 @@ struct Ctx {
     dialing: AtomicUsize,
     status: watch::Sender<FetchStatus>,
     max_size: usize,
+    announce_stopped: bool,
 }
 
 impl Ctx {
@@ -216,14 +224,23 @@ impl Engine {
             dialing: AtomicUsize::new(0),
             status,
             max_size: config.max_size,
+            announce_stopped: config.announce_stopped,
         });
         // Whatever way this returns (or is dropped), its tasks stop.
         let _stop = ctx.done.clone().drop_guard();
         ctx.add_candidates(config.peers.iter().copied());
-        for url in &config.trackers {
-            engine.tasks.spawn(announce_loop(ctx.clone(), url.clone()));
-        }
+        let announcers: Vec<_> = config
+            .trackers
+            .iter()
+            .map(|url| engine.tasks.spawn(announce_loop(ctx.clone(), url.clone())))
+            .collect();
         dial_loop(&ctx, config.max_peers.max(1)).await;
+        // The announcers say `stopped` if they should (bounded): wait, so
+        // that it reaches the trackers before anything that follows.
+        ctx.done.cancel();
+        for a in announcers {
+            let _ = a.await;
+        }
         let raw = ctx
             .result
             .lock()
@@ -345,12 +362,35 @@ async fn announce_loop(ctx: Arc<Ctx>, url: String) {
         key: rand::random(),
     };
     let mut fails = 0u32;
+    let mut announced = false;
+    // Once the fetch ends: `stopped`, to a tracker that has us, when no
+    // download follows (or the fetch failed), without hanging on it.
+    let stop = |announced: bool| {
+        let got = ctx
+            .result
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some();
+        let say = announced && (ctx.announce_stopped || !got);
+        let (client, url, mut params) = (client.clone(), url.clone(), params.clone());
+        async move {
+            if say {
+                params.event = Event::Stopped;
+                let r = tokio::time::timeout(STOPPED_TIMEOUT, client.announce(&url, &params)).await;
+                tracing::debug!(
+                    "{url}: stopped ({})",
+                    if r.is_ok() { "told" } else { "no answer" }
+                );
+            }
+        }
+    };
     loop {
         let wait = tokio::select! {
-            () = ctx.done.cancelled() => return,
+            () = ctx.done.cancelled() => return stop(announced).await,
             r = client.announce(&url, &params) => match r {
                 Ok(resp) => {
                     fails = 0;
+                    announced = true;
                     tracing::debug!("{url}: {} peers for the metadata", resp.peers.len());
                     ctx.add_candidates(resp.peers.iter().copied());
                     resp.min_interval
@@ -366,7 +406,7 @@ async fn announce_loop(ctx: Arc<Ctx>, url: String) {
             },
         };
         tokio::select! {
-            () = ctx.done.cancelled() => return,
+            () = ctx.done.cancelled() => return stop(announced).await,
             () = tokio::time::sleep(wait) => {}
         }
     }

@@ -167,6 +167,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             save_torrent: args.save_torrent.as_deref(),
             max_size: args.max_metadata_size as usize,
             no_peers: args.no_peers_timeout,
+            metadata_only: args.metadata_only,
         };
         let mut metas = Vec::new();
         for (s, meta) in sources.iter().zip(loaded) {

@@ -27,6 +27,8 @@ pub struct Options<'a> {
     pub max_size: usize,
     /// Give up when no peer is connected for this long.
     pub no_peers: Duration,
+    /// No download follows: tell the trackers `stopped` after the fetch.
+    pub metadata_only: bool,
 }
 
 /// A magnet made a torrent.
@@ -90,6 +92,7 @@ pub async fn resolve(
     }
     config.max_size = opts.max_size;
     config.max_peers = (opts.net.max_peers as usize).max(1);
+    config.announce_stopped = opts.metadata_only;
     if config.peers.is_empty() && config.trackers.is_empty() {
         bail!(
             "no way to find peers for magnet {hash}: it names no tracker (tr=) and no peer (x.pe=){}; give one with --peer HOST:PORT (shoal has no DHT yet)",
