@@ -243,7 +243,10 @@ pub struct Connection {
     pex_in: Option<PexIn>,
     /// ut_pex to it, and its id for the extension: once its extended
     /// handshake names ut_pex (public torrents only).
-    pex_out: Option<(PexOut, u8)>,
+    pex_out: Option<PexOut>,
+    /// Its id for ut_pex, while its latest extended handshake names it.
+    /// Withdrawing and re-adding it keeps `pex_out`: its clock stands.
+    pex_id: Option<u8>,
 }
 
 impl Connection {
@@ -283,6 +286,7 @@ impl Connection {
             metadata_served: 0,
             pex_in: (s.features.extended && !s.info.is_private()).then(PexIn::new),
             pex_out: None,
+            pex_id: None,
             info: s.info,
         }
     }
@@ -500,11 +504,10 @@ impl Connection {
                     .get(pex::EXTENSION_NAME)
                     .copied()
                     .filter(|&id| id != 0 && !self.info.is_private());
-                self.pex_out = match (self.pex_out.take(), pex_id) {
-                    (_, None) => None,
-                    (Some((out, _)), Some(id)) => Some((out, id)),
-                    (None, Some(id)) => Some((PexOut::new(now), id)),
-                };
+                self.pex_id = pex_id;
+                if pex_id.is_some() && self.pex_out.is_none() {
+                    self.pex_out = Some(PexOut::new(now));
+                }
                 self.ext = Some(h);
             }
             Message::Extended(extension::UT_METADATA_ID, payload) if !self.info.is_private() => {
@@ -578,7 +581,7 @@ impl Connection {
     /// Our ut_pex message to it, when one is due (the first at once, then
     /// at most one a minute) and there is news.
     fn send_pex(&mut self, now: Instant, st: &State) {
-        let Some((out, id)) = &mut self.pex_out else {
+        let (Some(out), Some(id)) = (&mut self.pex_out, self.pex_id) else {
             return;
         };
         if !out.due(now) {
@@ -588,7 +591,6 @@ impl Connection {
         let listen = st.peers.get(&self.key).and_then(|p| p.listen);
         let exclude: Vec<_> = std::iter::once(self.ident.addr).chain(listen).collect();
         if let Some(msg) = out.next(&current, &exclude, now) {
-            let id = *id;
             tracing::debug!(
                 "{}: ut_pex out: {} added, {} dropped",
                 self.ident.addr,

@@ -1125,4 +1125,14 @@ fn a_peer_that_does_not_offer_pex_is_sent_none() {
     join(&mut t.st, "10.0.6.2:6881", 61, true);
     t.pass(Duration::from_secs(61)).unwrap();
     assert!(pex_sent(&t.out(), 9).is_empty());
+    // Withdrawn and offered again, over and over: still once a minute.
+    let mut sent = 0;
+    for _ in 0..30 {
+        offers_pex(&mut t, 9);
+        t.conn.received_bytes(t.now);
+        t.pass(Duration::from_secs(1)).unwrap();
+        sent += pex_sent(&t.out(), 9).len();
+        t.recv(Message::Extended(0, h.encode())).unwrap();
+    }
+    assert!(sent <= 1, "{sent} messages in 30 s");
 }
