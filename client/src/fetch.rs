@@ -97,8 +97,11 @@ pub struct FetchStatus {
 #[derive(Debug)]
 pub struct Fetched {
     pub info: Info,
-    /// Every peer address learned, for the torrent to dial.
+    /// Peers given or named by a tracker, for the torrent to dial.
     pub peers: Vec<SocketAddr>,
+    /// Peers only some peer's ut_pex named: for a public torrent's
+    /// PEX candidates (bounded, soon forgotten), never for a private one.
+    pub pex_peers: Vec<SocketAddr>,
     /// How many peers the pieces came from.
     pub senders: usize,
     pub pieces: usize,
@@ -120,6 +123,8 @@ struct Cand {
     busy: bool,
     /// It proved useless for the metadata: not dialed again.
     useless: bool,
+    /// Only ut_pex named it.
+    pex: bool,
 }
 
 struct Ctx {
@@ -146,22 +151,31 @@ impl Ctx {
         self.fetch.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    fn add_candidates(&self, addrs: impl IntoIterator<Item = SocketAddr>) {
+    /// New candidates; `pex` when only some peer's ut_pex vouches for them.
+    fn add_candidates(&self, addrs: impl IntoIterator<Item = SocketAddr>, pex: bool) {
         let mut c = self.candidates.lock().unwrap_or_else(|e| e.into_inner());
         let before = c.len();
         for a in addrs {
             if a.port() == 0 || a.ip().is_unspecified() || a.ip().is_multicast() {
                 continue;
             }
+            if let Some(known) = c.get_mut(&a) {
+                known.pex &= pex;
+                continue;
+            }
             if c.len() >= MAX_CANDIDATES {
                 break;
             }
-            c.entry(a).or_insert(Cand {
-                next_try: None,
-                tries: 0,
-                busy: false,
-                useless: false,
-            });
+            c.insert(
+                a,
+                Cand {
+                    next_try: None,
+                    tries: 0,
+                    busy: false,
+                    useless: false,
+                    pex,
+                },
+            );
         }
         let grew = c.len() > before;
         drop(c);
@@ -228,7 +242,7 @@ impl Engine {
         });
         // Whatever way this returns (or is dropped), its tasks stop.
         let _stop = ctx.done.clone().drop_guard();
-        ctx.add_candidates(config.peers.iter().copied());
+        ctx.add_candidates(config.peers.iter().copied(), false);
         let announcers: Vec<_> = config
             .trackers
             .iter()
@@ -252,17 +266,19 @@ impl Engine {
             let f = ctx.lock_fetch();
             (f.senders().len(), metadata::piece_count(raw.len()))
         };
-        let peers = ctx
+        let (pex_peers, peers) = ctx
             .candidates
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .iter()
             .filter(|(_, c)| !c.useless)
-            .map(|(a, _)| *a)
-            .collect();
+            .map(|(a, c)| (*a, c.pex))
+            .partition::<Vec<_>, _>(|&(_, pex)| pex);
+        let addrs = |v: Vec<(SocketAddr, bool)>| v.into_iter().map(|(a, _)| a).collect();
         Ok(Fetched {
             info,
-            peers,
+            peers: addrs(peers),
+            pex_peers: addrs(pex_peers),
             senders,
             pieces,
         })
@@ -392,7 +408,7 @@ async fn announce_loop(ctx: Arc<Ctx>, url: String) {
                     fails = 0;
                     announced = true;
                     tracing::debug!("{url}: {} peers for the metadata", resp.peers.len());
-                    ctx.add_candidates(resp.peers.iter().copied());
+                    ctx.add_candidates(resp.peers.iter().copied(), false);
                     resp.min_interval
                         .unwrap_or(resp.interval)
                         .min(resp.interval)
@@ -616,7 +632,7 @@ async fn exchange(
                                         learned.len()
                                     );
                                 }
-                                ctx.add_candidates(learned.into_iter().take(PEX_PER_PEER));
+                                ctx.add_candidates(learned.into_iter().take(PEX_PER_PEER), true);
                             }
                         }
                         pex::PexVerdict::Ignore => {}

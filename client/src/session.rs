@@ -50,6 +50,10 @@ pub struct Config {
     pub bind: Option<std::net::IpAddr>,
     /// Peers to dial besides those the trackers name.
     pub peers: Vec<SocketAddr>,
+    /// Peers some peer's ut_pex named before the session started (a
+    /// magnet's metadata fetch): PEX candidates of a public torrent,
+    /// ignored for a private one (BEP 27).
+    pub pex_peers: Vec<SocketAddr>,
     /// Announce URLs by tier (BEP 12).
     pub trackers: Vec<Vec<String>>,
     pub max_peers: usize,
@@ -79,6 +83,7 @@ impl Config {
             listen,
             bind: None,
             peers: Vec::new(),
+            pex_peers: Vec::new(),
             trackers: Vec::new(),
             max_peers: 50,
             max_peers_per_host: 8,
@@ -846,6 +851,9 @@ impl Session {
             engine,
         });
         shared.add_candidates(shared.config.peers.clone(), true);
+        if !shared.info.is_private() {
+            shared.lock().add_pex_candidates(&shared.config.pex_peers);
+        }
         shared.tasks.spawn(announce(shared.clone()));
         let driver = shared.tasks.spawn(drive(shared.clone(), events));
         Session {

@@ -9,9 +9,10 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use client::extension::{ExtHandshake, HANDSHAKE_ID, UT_METADATA_ID};
+use client::extension::{ExtHandshake, HANDSHAKE_ID, UT_METADATA_ID, UT_PEX_ID};
 use client::fetch::{FetchConfig, FetchStatus};
 use client::metadata::{serve, MetaMsg, NAME};
+use client::pex::PexMessage;
 use client::wire::{Features, Handshake, Message, HANDSHAKE_LEN};
 use client::{Engine, EngineConfig};
 use sha1::{Digest, Sha1};
@@ -37,7 +38,13 @@ enum Kind {
     SizeChanges,
     /// The right size, the right lengths, bytes flipped.
     Forged,
+    /// Honest, and first sends a ut_pex naming the first `n` ports of
+    /// [`GOSSIP_BASE`] on loopback (nobody listens there).
+    Gossip(u16),
 }
+
+/// Where the ports a [`Kind::Gossip`] peer names start.
+const GOSSIP_BASE: u16 = 1;
 
 /// A real-looking info dictionary of ~150 KiB (10 metadata pieces).
 fn info_dict() -> Vec<u8> {
@@ -97,6 +104,16 @@ async fn conn(mut s: TcpStream, kind: Kind, raw: &[u8], hash: InfoHash) -> std::
     ext.extensions.insert(NAME.into(), THEIR_ID);
     let mut out = Vec::new();
     Message::Extended(HANDSHAKE_ID, ext.encode()).encode(&mut out);
+    if let Kind::Gossip(n) = kind {
+        let pex = PexMessage {
+            added: (GOSSIP_BASE..GOSSIP_BASE + n)
+                .map(|port| (SocketAddr::from(([127, 0, 0, 1], port)), 0))
+                .collect(),
+            dropped: Vec::new(),
+        };
+        // Our fetcher gives ut_pex this id in its handshake.
+        Message::Extended(UT_PEX_ID, pex.encode()).encode(&mut out);
+    }
     s.write_all(&out).await?;
     let mut buf = Vec::new();
     let junk = vec![0x5au8; 16384];
@@ -118,7 +135,7 @@ async fn conn(mut s: TcpStream, kind: Kind, raw: &[u8], hash: InfoHash) -> std::
                 continue;
             };
             let reply = match kind {
-                Kind::Honest => serve(raw, piece),
+                Kind::Honest | Kind::Gossip(_) => serve(raw, piece),
                 Kind::Forged => serve(&forged, piece),
                 Kind::Size(n) => MetaMsg::Data {
                     piece,
@@ -249,5 +266,34 @@ async fn hostile_peers_alone_never_complete_a_fetch() {
     // They were all known to the fetch (the 2^31 one is refused before
     // any buffer is sized: see the metadata unit tests).
     assert!(rx.borrow().known >= 6, "{:?}", *rx.borrow());
+    engine.shutdown().await;
+}
+
+/// Peers a fetch heard of only through ut_pex come back apart from the
+/// ones given: the download treats them as PEX candidates (bounded, soon
+/// forgotten, none for a private torrent), never as pinned peers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peers_learned_by_pex_are_kept_apart() {
+    let raw = Arc::new(info_dict());
+    let hash = InfoHash(Sha1::digest(raw.as_slice()).into());
+    let gossip = start(Kind::Gossip(5), &raw, hash).await;
+    let mut c = EngineConfig::new("127.0.0.1:0".parse().unwrap());
+    c.bind = Some("127.0.0.1".parse().unwrap());
+    let engine = Engine::start(c).await.unwrap();
+    let mut config = FetchConfig::new(hash);
+    config.peers = vec![gossip];
+    let (tx, _rx) = watch::channel(FetchStatus::default());
+    let fetched = tokio::time::timeout(Duration::from_secs(60), engine.fetch_metadata(config, tx))
+        .await
+        .expect("the fetch finished")
+        .expect("the fetch succeeded");
+    assert_eq!(fetched.info.raw_bytes(), raw.as_slice());
+    assert_eq!(fetched.peers, vec![gossip]);
+    let mut learned = fetched.pex_peers.clone();
+    learned.sort_unstable();
+    let named: Vec<SocketAddr> = (GOSSIP_BASE..GOSSIP_BASE + 5)
+        .map(|port| SocketAddr::from(([127, 0, 0, 1], port)))
+        .collect();
+    assert_eq!(learned, named);
     engine.shutdown().await;
 }

@@ -172,9 +172,15 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         let mut metas = Vec::new();
         for (s, meta) in sources.iter().zip(loaded) {
             let (meta, peers) = match (s, meta) {
-                (_, Some(meta)) => (meta, Vec::new()),
+                (_, Some(meta)) => (meta, Learned::default()),
                 (Source::Magnet(m), None) => match magnet::resolve(&engine, m, &opts).await {
-                    Ok(Some(r)) => (r.meta, r.peers),
+                    Ok(Some(r)) => (
+                        r.meta,
+                        Learned {
+                            peers: r.peers,
+                            pex: r.pex_peers,
+                        },
+                    ),
                     Ok(None) => {
                         engine.shutdown().await;
                         return Ok(ExitCode::from(130));
@@ -220,7 +226,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
 
 /// What --metadata-only fetched, for people (stderr already has it) and
 /// for scripts (--json on stdout).
-fn report_metadata(args: &Args, metas: &[(Metainfo, Vec<SocketAddr>)]) {
+fn report_metadata(args: &Args, metas: &[(Metainfo, Learned)]) {
     for (meta, _) in metas {
         let hash = meta.info_hash();
         let saved = client::resume::torrent_path(&args.output, hash);
@@ -241,9 +247,18 @@ fn report_metadata(args: &Args, metas: &[(Metainfo, Vec<SocketAddr>)]) {
     }
 }
 
+/// Peers a magnet's metadata fetch learned, for its download.
+#[derive(Default)]
+struct Learned {
+    /// The magnet's, the user's and the trackers'.
+    peers: Vec<SocketAddr>,
+    /// Named only by some peer's ut_pex.
+    pex: Vec<SocketAddr>,
+}
+
 /// Drops repeated torrents, refuses ones that would write the same files,
 /// and prepares each.
-fn prepare_all(args: &Args, metas: Vec<(Metainfo, Vec<SocketAddr>)>) -> anyhow::Result<Vec<Ready>> {
+fn prepare_all(args: &Args, metas: Vec<(Metainfo, Learned)>) -> anyhow::Result<Vec<Ready>> {
     let mut seen = HashSet::new();
     let metas: Vec<_> = metas
         .into_iter()
@@ -266,13 +281,14 @@ fn prepare_all(args: &Args, metas: Vec<(Metainfo, Vec<SocketAddr>)>) -> anyhow::
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
     let mut ready = Vec::new();
-    for (meta, peers) in metas {
-        let mut r = prepare(args, meta, &peers)?;
-        for p in peers {
+    for (meta, learned) in metas {
+        let mut r = prepare(args, meta, &learned.peers)?;
+        for p in learned.peers {
             if !r.3.peers.contains(&p) {
                 r.3.peers.push(p);
             }
         }
+        r.3.pex_peers = learned.pex;
         ready.push(r);
     }
     Ok(ready)

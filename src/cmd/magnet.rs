@@ -34,9 +34,11 @@ pub struct Options<'a> {
 /// A magnet made a torrent.
 pub struct Resolved {
     pub meta: Metainfo,
-    /// Peers to dial for the data: the magnet's own and every one the
-    /// metadata fetch learned.
+    /// Peers to dial for the data: the magnet's own and those given or
+    /// named by a tracker during the metadata fetch.
     pub peers: Vec<SocketAddr>,
+    /// Peers the fetch heard of only through ut_pex.
+    pub pex_peers: Vec<SocketAddr>,
 }
 
 /// Resolves `HOST:PORT` peers (`x.pe`, `--peer`); a bad one is an error
@@ -79,7 +81,11 @@ pub async fn resolve(
             );
         }
         save_copy(opts.save_torrent, &meta, magnet)?;
-        return Ok(Some(Resolved { meta, peers }));
+        return Ok(Some(Resolved {
+            meta,
+            peers,
+            pex_peers: Vec::new(),
+        }));
     }
 
     let mut config = FetchConfig::new(hash);
@@ -165,7 +171,11 @@ pub async fn resolve(
             peers.push(p);
         }
     }
-    Ok(Some(Resolved { meta, peers }))
+    Ok(Some(Resolved {
+        meta,
+        peers,
+        pex_peers: fetched.pex_peers,
+    }))
 }
 
 /// The torrent an earlier run saved, if it is there, valid and the
