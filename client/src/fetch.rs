@@ -625,7 +625,7 @@ async fn exchange(
                     match pex_in.receive(now, payload.len()) {
                         pex::PexVerdict::Use => {
                             if let Ok(msg) = pex::PexMessage::decode(&payload) {
-                                let learned = pex_in.take_candidates(&msg);
+                                let learned = pex_in.take_candidates(&msg, addr.ip());
                                 if !learned.is_empty() {
                                     tracing::debug!(
                                         "{addr}: metadata: {} peers by PEX",

@@ -232,8 +232,12 @@ async fn run(
         Err(why) => {
             tracing::debug!("{addr}: not admitted: {why}");
             // A duplicate is marked connected by `register`; a full
-            // torrent or host is no fault of the peer's address. A ban
-            // (or ourselves) backs off like a failed dial.
+            // torrent or host is no fault of the peer's address, but is
+            // not dialed again at once. A ban (or ourselves) backs off
+            // like a failed dial.
+            if matches!(why, Refused::Full | Refused::SameHost) {
+                shared.not_now(addr);
+            }
             return matches!(why, Refused::Duplicate | Refused::Full | Refused::SameHost);
         }
     };

@@ -239,6 +239,34 @@ fn canonical(addr: SocketAddr) -> SocketAddr {
     }
 }
 
+/// How far an address reaches: this host, a private network, anyone.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Scope {
+    Host,
+    Private,
+    Public,
+}
+
+/// The [`Scope`] of a canonical address.
+fn scope(ip: IpAddr) -> Scope {
+    match ip {
+        IpAddr::V4(v4) if v4.is_loopback() => Scope::Host,
+        // 100.64.0.0/10 is carrier-grade NAT space: private too.
+        IpAddr::V4(v4)
+            if v4.is_private()
+                || v4.is_link_local()
+                || (v4.octets()[0] == 100 && v4.octets()[1] & 0xc0 == 64) =>
+        {
+            Scope::Private
+        }
+        IpAddr::V6(v6) if v6.is_loopback() => Scope::Host,
+        // fc00::/7 (unique local), fe80::/10 (link-local).
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xfe00) == 0xfc00 => Scope::Private,
+        IpAddr::V6(v6) if (v6.segments()[0] & 0xffc0) == 0xfe80 => Scope::Private,
+        _ => Scope::Public,
+    }
+}
+
 /// Whether anyone could connect to a (canonical) address.
 fn usable(addr: SocketAddr) -> bool {
     let ip = addr.ip();
@@ -438,15 +466,20 @@ impl PexIn {
     /// at most [`MAX_CANDIDATES_PER_MESSAGE`] of them and at most
     /// [`MAX_LEARNED_PER_PEER`] over the connection's life. `dropped` is
     /// not acted on: a peer another one dropped may still be fine for us.
+    /// A peer `from` a public address may name only public addresses, one
+    /// on a private network also those of private networks, and only one
+    /// on loopback (this machine) loopback ones: nobody on the internet
+    /// can make us dial our own LAN or this host.
     /// Filtering our own address and peers already known is the caller's.
-    pub fn take_candidates(&mut self, msg: &PexMessage) -> Vec<SocketAddr> {
+    pub fn take_candidates(&mut self, msg: &PexMessage, from: IpAddr) -> Vec<SocketAddr> {
+        let from = scope(canonical(SocketAddr::new(from, 0)).ip());
         let mut out = Vec::new();
         for &(addr, _) in &msg.added {
             if out.len() >= MAX_CANDIDATES_PER_MESSAGE || self.given.len() >= MAX_LEARNED_PER_PEER {
                 break;
             }
             let addr = canonical(addr);
-            if usable(addr) && self.given.insert(addr) {
+            if usable(addr) && scope(addr.ip()) >= from && self.given.insert(addr) {
                 out.push(addr);
             }
         }
@@ -934,6 +967,45 @@ mod tests {
         assert_eq!(pex.receive(t0 + secs(120), 10), PexVerdict::Ignore);
     }
 
+    /// A sender on a private network.
+    const LAN: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 99));
+
+    #[test]
+    fn a_peer_names_no_address_closer_to_us_than_itself() {
+        let all: Vec<SocketAddr> = [
+            "127.0.0.1:22",
+            "[::1]:22",
+            "[::ffff:127.0.0.1]:23",
+            "192.168.1.1:80",
+            "10.1.2.3:6881",
+            "172.16.0.1:6881",
+            "169.254.1.1:6881",
+            "100.64.0.1:6881",
+            "[fd00::1]:6881",
+            "[fe80::1]:6881",
+            "8.8.8.8:6881",
+            "[2001:db8::1]:6881",
+        ]
+        .iter()
+        .map(|a| a.parse().unwrap())
+        .collect();
+        let msg = PexMessage {
+            added: all.iter().map(|&a| (a, 0)).collect(),
+            dropped: vec![],
+        };
+        let public: IpAddr = "203.0.113.7".parse().unwrap();
+        assert_eq!(
+            PexIn::new().take_candidates(&msg, public),
+            vec![all[10], all[11]]
+        );
+        let from_lan = PexIn::new().take_candidates(&msg, LAN);
+        assert_eq!(from_lan, all[3..].to_vec());
+        // A mapped loopback sender is a loopback one: it may name anything
+        // (the mapped duplicate of 127.0.0.1 is canonical, so it counts).
+        let local: IpAddr = "::ffff:127.0.0.1".parse().unwrap();
+        assert_eq!(PexIn::new().take_candidates(&msg, local).len(), all.len());
+    }
+
     #[test]
     fn take_candidates_is_bounded_and_skips_duplicates() {
         let mut pex = PexIn::new();
@@ -941,13 +1013,13 @@ mod tests {
             added: ids.map(|i| (v4(i, 6881), 0)).collect(),
             dropped: vec![],
         };
-        let first = pex.take_candidates(&msg(0..80));
+        let first = pex.take_candidates(&msg(0..80), LAN);
         assert_eq!(first.len(), MAX_CANDIDATES_PER_MESSAGE);
         assert_eq!(first, (0..50).map(|i| v4(i, 6881)).collect::<Vec<_>>());
         // Already given ones are skipped; new ones fill up to the life cap.
-        let second = pex.take_candidates(&msg(0..200));
+        let second = pex.take_candidates(&msg(0..200), LAN);
         assert_eq!(second, (50..100).map(|i| v4(i, 6881)).collect::<Vec<_>>());
-        assert!(pex.take_candidates(&msg(200..300)).is_empty());
+        assert!(pex.take_candidates(&msg(200..300), LAN).is_empty());
 
         // Duplicates within one message and mapped forms count once; the
         // unusable are skipped.
@@ -963,13 +1035,13 @@ mod tests {
             dropped: vec!["10.0.0.3:1".parse().unwrap()],
         };
         assert_eq!(
-            pex.take_candidates(&m),
+            pex.take_candidates(&m, LAN),
             vec![
                 "10.0.0.1:6881".parse::<SocketAddr>().unwrap(),
                 "10.0.0.1:6882".parse().unwrap()
             ]
         );
-        assert!(pex.take_candidates(&m).is_empty());
+        assert!(pex.take_candidates(&m, LAN).is_empty());
     }
 
     #[test]

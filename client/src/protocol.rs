@@ -567,7 +567,7 @@ impl Connection {
             PexVerdict::Disconnect(why) => return Err(Violation::Pex(why).into()),
         }
         let msg = PexMessage::decode(payload).map_err(Violation::PexMessage)?;
-        let learned = pex_in.take_candidates(&msg);
+        let learned = pex_in.take_candidates(&msg, self.ident.addr.ip());
         let added = st.add_pex_candidates(&learned);
         tracing::debug!(
             "{}: ut_pex: {} added, {} dropped; {added} new candidate(s)",

@@ -712,6 +712,14 @@ impl Shared {
         }
     }
 
+    /// A dial we could not use for now (torrent or host full): try the
+    /// address again in a minute, not on the next tick.
+    pub(crate) fn not_now(&self, addr: SocketAddr) {
+        if let Some(c) = self.lock().candidates.get_mut(&addr) {
+            c.next_try = Some(Instant::now() + REFUSED_RETRY);
+        }
+    }
+
     fn connect_done(&self, addr: SocketAddr) {
         if let Some(c) = self.lock().candidates.get_mut(&addr) {
             c.connecting = false;
@@ -1061,7 +1069,9 @@ fn connect_more(shared: &Arc<Shared>) {
         return;
     }
     let seeding = st.is_complete();
-    let mut ready: Vec<(u32, SocketAddr)> = st
+    // Fewest failed dials first; at equal counts, peers a tracker or the
+    // user named before ones only some peer's PEX did.
+    let mut ready: Vec<(u32, bool, SocketAddr)> = st
         .candidates
         .iter()
         .filter(|(a, c)| {
@@ -1071,14 +1081,14 @@ fn connect_more(shared: &Arc<Shared>) {
                 && c.next_try.is_none_or_before(now)
                 && !st.banned_addrs.contains(a)
         })
-        .map(|(a, c)| (c.fails, *a))
+        .map(|(a, c)| (c.fails, c.pex, *a))
         .collect();
     // A seed has nothing to gain from seeds.
     if seeding {
-        ready.retain(|(_, a)| !st.candidates.get(a).is_some_and(|c| c.was_seed));
+        ready.retain(|(_, _, a)| !st.candidates.get(a).is_some_and(|c| c.was_seed));
     }
     ready.sort_unstable();
-    for (_, addr) in ready.into_iter().take(room) {
+    for (_, _, addr) in ready.into_iter().take(room) {
         if let Some(c) = st.candidates.get_mut(&addr) {
             c.connecting = true;
         }
@@ -1205,6 +1215,9 @@ fn verdict(shared: &Shared, piece: u32, ok: bool, digests: Option<Vec<[u8; 20]>>
         st.poke_all();
     }
 }
+
+/// How long a candidate we refused for room (torrent or host full) waits.
+const REFUSED_RETRY: Duration = Duration::from_secs(60);
 
 fn ban(st: &mut State, drops: &crate::droplog::DropLog, who: Ident, why: &'static str) {
     let new_id = st.banned_ids.insert(who.peer_id);
