@@ -657,3 +657,106 @@ fn tracker_refuses_out_of_range_numwant() {
         assert!(!err.contains("panicked"), "{err}");
     }
 }
+
+/// #16: `download -x` of data that is all there already exits 0 at once,
+/// even with no resume file and a tracker that refuses connections (it
+/// used to seed until Ctrl-C); `--seed-time` counts from there.
+#[test]
+fn download_of_complete_data_exits_at_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    // 600 pieces of 32 KiB.
+    let data = bytes(16, 600 << 15);
+    write(&d.join("data.bin"), &data);
+    write(&d.join("out/data.bin"), &data);
+    let dead = format!("http://127.0.0.1:{}/announce", free_port());
+    shoal_ok(
+        d,
+        &[
+            "create",
+            "data.bin",
+            "-l",
+            "15",
+            "-a",
+            &dead,
+            "-o",
+            "t.torrent",
+        ],
+    );
+    let run = |extra: &[&str]| {
+        let child = std::process::Command::new(SHOAL)
+            .args([
+                "download",
+                "t.torrent",
+                "-o",
+                "out",
+                "--port",
+                "0",
+                "--json",
+            ])
+            .args(extra)
+            .current_dir(d)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let started = std::time::Instant::now();
+        let r = finish(child, 30, "download of complete data");
+        (r, started.elapsed())
+    };
+    let (r, _) = run(&["-x"]);
+    assert_eq!(r.status.code(), Some(0), "{}", r.stderr);
+    assert!(
+        r.stderr.contains("600 of 600 pieces already here"),
+        "{}",
+        r.stderr
+    );
+    assert_eq!(r.json()["complete"], true);
+    assert_eq!(r.json()["downloaded"], 0);
+    // A resume file now exists; the same with --seed-time: it seeds that
+    // long, counted from the start, and then exits 0.
+    let (r, took) = run(&["--seed-time", "2s"]);
+    assert_eq!(r.status.code(), Some(0), "{}", r.stderr);
+    assert!(took >= std::time::Duration::from_secs(2), "{took:?}");
+    same_file(&d.join("data.bin"), &d.join("out/data.bin"));
+}
+
+/// #16: a second tracker on a port another process already serves fails
+/// with one clear line (both used to hold it through `SO_REUSEPORT`, each
+/// seeing half the swarm); the first one keeps serving.
+#[test]
+fn a_tracker_refuses_a_port_already_served() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_first, addr) = start_tracker("127.0.0.1:0", &[]);
+    let listen = addr.to_string();
+    let (code, err) = tracker_on(dir.path(), &listen);
+    assert_eq!(code, 1, "{err}");
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.contains(&listen) && err.contains("in use"), "{err}");
+    // All on one address, as a wildcard would overlap it.
+    let wild = format!("0.0.0.0:{}", addr.port());
+    let (code, err) = tracker_on(dir.path(), &wild);
+    assert_eq!(code, 1, "{err}");
+    let (status, _) = http_get(addr, "/stats.json");
+    assert_eq!(status, 200);
+    // Any program's listener counts, not only a tracker's.
+    let other = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let listen = other.local_addr().unwrap().to_string();
+    let (code, err) = tracker_on(dir.path(), &listen);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("in use"), "{err}");
+}
+
+/// A tracker on `listen` that should fail at once: its exit code and
+/// stderr (or a test failure after 10 s instead of a hang).
+fn tracker_on(cwd: &Path, listen: &str) -> (i32, String) {
+    let child = std::process::Command::new(SHOAL)
+        .args(["tracker", "--listen", listen])
+        .current_dir(cwd)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = finish(child, 10, "a tracker on a port in use");
+    (r.status.code().unwrap_or(-1), r.stderr)
+}

@@ -119,12 +119,47 @@ fn defer_accept(socket: &socket2::Socket) {
     }
 }
 
+/// Fails when another socket already listens on `addr`. Our listeners
+/// share a port through `SO_REUSEPORT`, and so would a second tracker
+/// started by mistake, the kernel splitting announces (and the swarm)
+/// between the two. A socket without `SO_REUSEPORT` cannot bind a port
+/// anyone listens on, so a short-lived one finds out.
+fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+    if addr.port() == 0 {
+        return Ok(());
+    }
+    let socket = socket2::Socket::new(
+        socket2::Domain::for_address(addr),
+        socket2::Type::STREAM,
+        Some(socket2::Protocol::TCP),
+    )?;
+    // Connections of an earlier run in TIME_WAIT are no obstacle.
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        socket.set_only_v6(true)?;
+    }
+    match socket.bind(&addr.into()) {
+        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
+            e.kind(),
+            format!(
+                "cannot listen on {addr}: the port is in use (is another tracker running there?)"
+            ),
+        )),
+        Err(e) => Err(io::Error::new(
+            e.kind(),
+            format!("cannot listen on {addr}: {e}"),
+        )),
+        Ok(()) => Ok(()),
+    }
+}
+
 pub fn bind(opts: ServeOptions) -> io::Result<Bound> {
     let threads = opts.threads.max(1);
     let mut per_thread: Vec<Vec<std::net::TcpListener>> =
         (0..threads).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     for &addr in &opts.listen {
+        ensure_free(addr)?;
         let first = listener(addr)
             .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
         let actual = first.local_addr()?;
