@@ -8,5 +8,6 @@
 
 pub mod id;
 pub mod krpc;
+pub mod routing;
 
 pub use id::NodeId;
