@@ -8,6 +8,8 @@
 
 pub mod id;
 pub mod krpc;
+pub mod lookup;
 pub mod routing;
+pub mod store;
 
 pub use id::NodeId;
