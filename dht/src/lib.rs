@@ -9,7 +9,9 @@
 pub mod id;
 pub mod krpc;
 pub mod lookup;
+pub mod node;
 pub mod routing;
 pub mod store;
 
 pub use id::NodeId;
+pub use node::{Announce, Config, Event, LookupId, Node, Stats};

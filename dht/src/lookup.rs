@@ -206,17 +206,12 @@ impl Lookup {
             } else {
                 // Another id than we were told: it answered as itself.
                 c.step = Step::Failed;
-                if !self.nodes.contains_key(&d) {
-                    self.nodes.insert(
-                        d,
-                        Cand {
-                            id: Some(id),
-                            addr,
-                            step: Step::Answered { token: None },
-                            attempts: 1,
-                        },
-                    );
-                }
+                self.nodes.entry(d).or_insert(Cand {
+                    id: Some(id),
+                    addr,
+                    step: Step::Answered { token: None },
+                    attempts: 1,
+                });
             }
         }
         for &(nid, naddr) in nodes {

@@ -268,7 +268,7 @@ impl Table {
             let b = &mut self.buckets[i];
             let stale = b
                 .changed
-                .is_none_or(|t| now.saturating_duration_since(t) >= REFRESH_AFTER);
+                .map_or(true, |t| now.saturating_duration_since(t) >= REFRESH_AFTER);
             if stale {
                 b.changed = Some(now);
                 out.push(self.own.random_in_bucket(i));

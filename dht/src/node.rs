@@ -1,0 +1,696 @@
+//! The DHT node: routing table, lookups, tokens and the peer store behind
+//! one sans-IO interface.
+//!
+//! Feed it every datagram that arrives ([`Node::handle`]) and call
+//! [`Node::tick`] by [`Node::next_timeout`]; after each call, send what
+//! [`Node::poll_transmit`] gives and act on [`Node::poll_event`]. Time is
+//! always passed in, so tests run a whole network in memory with a
+//! simulated clock.
+
+use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::net::{SocketAddr, SocketAddrV4};
+use std::time::{Duration, Instant};
+
+use torrent_format::bencode::{self, Value};
+
+use crate::id::{self, NodeId};
+use crate::krpc::{self, Body, KrpcError, Msg, Query, Response};
+use crate::lookup::{Kind, Lookup, QUERY_TIMEOUT};
+use crate::routing::{Inserted, Table, K};
+use crate::store::{PeerStore, RateLimiter, Tokens};
+
+/// Queries of ours awaiting an answer, at most.
+pub const MAX_PENDING: usize = 1024;
+/// Datagrams queued for the caller, at most (it drains after each call).
+pub const MAX_OUT: usize = 1024;
+/// Events queued for the caller, at most.
+pub const MAX_EVENTS: usize = 1024;
+/// Lookups running at once (the caller's and our own refreshes).
+pub const MAX_LOOKUPS: usize = 64;
+/// Our client version in `v`: "SH" and a version number.
+pub const VERSION: &[u8; 4] = b"SH\x00\x01";
+/// How often the table's upkeep runs (pings, refreshes, expiry).
+const UPKEEP: Duration = Duration::from_secs(1);
+/// Bootstrap again this long after a bootstrap left the table empty.
+const REBOOTSTRAP: Duration = Duration::from_secs(30);
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// Our id; random (or BEP 42's for a known public address) if None.
+    pub id: Option<NodeId>,
+    /// Routers to ask when the table is empty; never put in the table.
+    pub bootstrap: Vec<SocketAddr>,
+    /// Refuse nodes at public addresses whose id BEP 42 does not allow
+    /// there (local addresses are exempt).
+    pub enforce_node_id: bool,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            id: None,
+            bootstrap: Vec::new(),
+            enforce_node_id: true,
+        }
+    }
+}
+
+pub type LookupId = u64;
+
+/// Announce ourselves at the end of a `get_peers` lookup.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Announce {
+    /// Our peer port (TCP).
+    pub port: u16,
+    /// Let the nodes take the UDP source port instead (BEP 5 `implied_port`).
+    pub implied_port: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A `get_peers` lookup found peers (only the new ones).
+    Peers {
+        lookup: LookupId,
+        info_hash: NodeId,
+        peers: Vec<SocketAddr>,
+    },
+    /// A lookup ended.
+    Done {
+        lookup: LookupId,
+        target: NodeId,
+        /// Nodes that answered it.
+        answered: usize,
+        /// Nodes told `announce_peer`.
+        announced: usize,
+        /// Distinct peers found.
+        peers: usize,
+    },
+}
+
+/// Traffic counters.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Stats {
+    pub datagrams_in: u64,
+    pub bytes_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_out: u64,
+    pub queries_in: u64,
+    pub rate_limited: u64,
+    pub malformed: u64,
+    pub unknown_tid: u64,
+    pub timeouts: u64,
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Purpose {
+    Lookup(LookupId),
+    Ping,
+    Announce,
+}
+
+#[derive(Debug, Clone)]
+struct Pending {
+    addr: SocketAddr,
+    id: Option<NodeId>,
+    sent: Instant,
+    purpose: Purpose,
+}
+
+#[derive(Debug)]
+struct Running {
+    lookup: Lookup,
+    announce: Option<Announce>,
+    /// Our own (bootstrap, refresh): no events.
+    internal: bool,
+}
+
+pub struct Node {
+    id: NodeId,
+    config: Config,
+    table: Table,
+    lookups: BTreeMap<LookupId, Running>,
+    pending: HashMap<u16, Pending>,
+    next_tid: u16,
+    next_lookup: LookupId,
+    out: VecDeque<(SocketAddr, Vec<u8>)>,
+    events: VecDeque<Event>,
+    tokens: Tokens,
+    store: PeerStore,
+    limiter: RateLimiter,
+    stats: Stats,
+    last_upkeep: Instant,
+    last_bootstrap: Option<Instant>,
+    /// Nodes of a saved table, asked by the first bootstrap.
+    saved: Vec<(NodeId, SocketAddr)>,
+}
+
+impl Node {
+    pub fn new(config: Config, now: Instant) -> Node {
+        let id = config.id.unwrap_or_else(NodeId::random);
+        Node {
+            id,
+            table: Table::new(id),
+            config,
+            lookups: BTreeMap::new(),
+            pending: HashMap::new(),
+            next_tid: rand::random(),
+            next_lookup: 1,
+            out: VecDeque::new(),
+            events: VecDeque::new(),
+            tokens: Tokens::new(now),
+            store: PeerStore::default(),
+            limiter: RateLimiter::default(),
+            stats: Stats::default(),
+            last_upkeep: now,
+            last_bootstrap: None,
+            saved: Vec::new(),
+        }
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.id
+    }
+
+    pub fn table(&self) -> &Table {
+        &self.table
+    }
+
+    pub fn stats(&self) -> Stats {
+        self.stats
+    }
+
+    /// Peers announced to us (for `shoal dht`'s display).
+    pub fn store(&self) -> &PeerStore {
+        &self.store
+    }
+
+    /// Joins the network: a `find_node` for our own id through the
+    /// routers and whatever the table (or a saved one) holds.
+    pub fn bootstrap(&mut self, now: Instant) {
+        self.last_bootstrap = Some(now);
+        let target = self.id;
+        self.start(target, Kind::FindNode, None, true, now);
+    }
+
+    /// Pings a node (from a saved table, a peer's DHT port (BEP 5 PORT
+    /// message), or the user): it enters the table if it answers.
+    pub fn add_node(&mut self, addr: SocketAddr, now: Instant) {
+        self.send_query(addr, None, Query::Ping { id: self.id }, Purpose::Ping, now);
+    }
+
+    /// Looks up peers of `info_hash`; with `announce`, tells the closest
+    /// nodes about us at the end. Peers come as [`Event::Peers`].
+    pub fn get_peers(
+        &mut self,
+        info_hash: NodeId,
+        announce: Option<Announce>,
+        now: Instant,
+    ) -> Option<LookupId> {
+        self.start(info_hash, Kind::GetPeers, announce, false, now)
+    }
+
+    /// Looks up the nodes closest to `target`.
+    pub fn find_node(&mut self, target: NodeId, now: Instant) -> Option<LookupId> {
+        self.start(target, Kind::FindNode, None, false, now)
+    }
+
+    fn start(
+        &mut self,
+        target: NodeId,
+        kind: Kind,
+        announce: Option<Announce>,
+        internal: bool,
+        now: Instant,
+    ) -> Option<LookupId> {
+        if self.lookups.len() >= MAX_LOOKUPS {
+            return None;
+        }
+        let mut lookup = Lookup::new(target, kind, now);
+        for (id, addr) in self.table.closest(&target, K * 2, now) {
+            lookup.add(id, addr);
+        }
+        if internal {
+            for (id, addr) in self.saved.drain(..) {
+                lookup.add(id, addr);
+            }
+        }
+        if self.table.len() < K {
+            for &r in &self.config.bootstrap {
+                lookup.add_router(r);
+            }
+        }
+        self.table.touched(&target, now);
+        let id = self.next_lookup;
+        self.next_lookup += 1;
+        self.lookups.insert(
+            id,
+            Running {
+                lookup,
+                announce,
+                internal,
+            },
+        );
+        self.drive(id, now);
+        Some(id)
+    }
+
+    /// The next datagram to send.
+    pub fn poll_transmit(&mut self) -> Option<(SocketAddr, Vec<u8>)> {
+        self.out.pop_front()
+    }
+
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    /// When [`Node::tick`] should run next.
+    pub fn next_timeout(&self) -> Instant {
+        let upkeep = self.last_upkeep + UPKEEP;
+        self.pending
+            .values()
+            .map(|p| p.sent + QUERY_TIMEOUT)
+            .min()
+            .map_or(upkeep, |t| t.min(upkeep))
+    }
+
+    fn push_out(&mut self, to: SocketAddr, bytes: Vec<u8>) {
+        if self.out.len() >= MAX_OUT {
+            return;
+        }
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += bytes.len() as u64;
+        self.out.push_back((to, bytes));
+    }
+
+    fn push_event(&mut self, e: Event) {
+        if self.events.len() < MAX_EVENTS {
+            self.events.push_back(e);
+        }
+    }
+
+    fn send_query(
+        &mut self,
+        addr: SocketAddr,
+        id: Option<NodeId>,
+        q: Query,
+        purpose: Purpose,
+        now: Instant,
+    ) -> bool {
+        if self.pending.len() >= MAX_PENDING || addr.port() == 0 {
+            return false;
+        }
+        let mut tid = self.next_tid;
+        while self.pending.contains_key(&tid) {
+            tid = tid.wrapping_add(1);
+        }
+        self.next_tid = tid.wrapping_add(1);
+        let msg = Msg {
+            t: tid.to_be_bytes().to_vec(),
+            body: Body::Query(q),
+            v: Some(VERSION.to_vec()),
+            ip: None,
+            read_only: false,
+        };
+        self.pending.insert(
+            tid,
+            Pending {
+                addr,
+                id,
+                sent: now,
+                purpose,
+            },
+        );
+        self.push_out(addr, msg.encode());
+        true
+    }
+
+    fn reply(&mut self, to: SocketAddr, t: Vec<u8>, body: Body) {
+        let msg = Msg {
+            t,
+            body,
+            v: Some(VERSION.to_vec()),
+            ip: Some(to),
+            read_only: false,
+        };
+        self.push_out(to, msg.encode());
+    }
+
+    /// Sends what lookup `id` wants asked; finishes it when done.
+    fn drive(&mut self, id: LookupId, now: Instant) {
+        let Some(r) = self.lookups.get_mut(&id) else {
+            return;
+        };
+        let asks = r.lookup.next(now);
+        let (target, kind) = (r.lookup.target, r.lookup.kind);
+        for a in asks {
+            let q = match kind {
+                Kind::FindNode => Query::FindNode {
+                    id: self.id,
+                    target,
+                },
+                Kind::GetPeers => Query::GetPeers {
+                    id: self.id,
+                    info_hash: target,
+                },
+            };
+            if !self.send_query(a.addr, a.id, q, Purpose::Lookup(id), now) {
+                if let Some(r) = self.lookups.get_mut(&id) {
+                    r.lookup.failed(a.addr);
+                    r.lookup.failed(a.addr);
+                }
+            }
+        }
+        let done = self.lookups.get(&id).is_some_and(|r| r.lookup.is_done());
+        if done {
+            self.finish(id, now);
+        }
+    }
+
+    fn finish(&mut self, id: LookupId, now: Instant) {
+        let Some(r) = self.lookups.remove(&id) else {
+            return;
+        };
+        let mut announced = 0;
+        if let Some(a) = r.announce {
+            for (_, addr, token) in r.lookup.announce_targets() {
+                let q = Query::AnnouncePeer {
+                    id: self.id,
+                    info_hash: r.lookup.target,
+                    port: a.port,
+                    implied_port: a.implied_port,
+                    token,
+                };
+                if self.send_query(addr, None, q, Purpose::Announce, now) {
+                    announced += 1;
+                }
+            }
+        }
+        if !r.internal {
+            self.push_event(Event::Done {
+                lookup: id,
+                target: r.lookup.target,
+                answered: r.lookup.answered_count(),
+                announced,
+                peers: r.lookup.peers_found(),
+            });
+        }
+    }
+
+    fn may_enter_table(&self, id: &NodeId, addr: SocketAddr) -> bool {
+        !self.config.enforce_node_id || id::id_matches_ip(id, addr.ip())
+    }
+
+    /// A datagram from `from`.
+    pub fn handle(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += datagram.len() as u64;
+        let msg = match Msg::decode(datagram) {
+            Ok(m) => m,
+            Err(KrpcError::Invalid { t, why }) => {
+                self.stats.malformed += 1;
+                // A query we cannot parse gets a protocol error, within
+                // the sender's budget; anything else is dropped.
+                let is_query = matches!(
+                    bencode::decode(datagram).ok().as_ref().and_then(|v| v.get("y")),
+                    Some(Value::Bytes(y)) if y == b"q"
+                );
+                if is_query && self.limiter.allow(from.ip(), now) {
+                    self.reply(
+                        from,
+                        t,
+                        Body::Error {
+                            code: krpc::ERR_PROTOCOL,
+                            message: why.into(),
+                        },
+                    );
+                }
+                return;
+            }
+            Err(_) => {
+                self.stats.malformed += 1;
+                return;
+            }
+        };
+        match msg.body {
+            Body::Query(q) => self.on_query(from, msg.t, q, msg.read_only, now),
+            Body::Response(r) => self.on_response(from, &msg.t, r, msg.read_only, now),
+            Body::Error { .. } => self.on_error(from, &msg.t, now),
+        }
+    }
+
+    fn take_pending(&mut self, from: SocketAddr, t: &[u8]) -> Option<Pending> {
+        let tid = u16::from_be_bytes(t.try_into().ok()?);
+        match self.pending.get(&tid) {
+            Some(p) if p.addr == from => self.pending.remove(&tid),
+            _ => None,
+        }
+    }
+
+    fn on_query(&mut self, from: SocketAddr, t: Vec<u8>, q: Query, read_only: bool, now: Instant) {
+        self.stats.queries_in += 1;
+        if !self.limiter.allow(from.ip(), now) {
+            self.stats.rate_limited += 1;
+            return;
+        }
+        let their = q.id();
+        if !read_only && self.may_enter_table(&their, from) {
+            self.table.insert(their, from, false, now);
+        }
+        let mut r = Response {
+            id: self.id,
+            ..Response::default()
+        };
+        let body = match q {
+            Query::Ping { .. } => Body::Response(r),
+            Query::FindNode { target, .. }
+            | Query::Unknown {
+                target: Some(target),
+                ..
+            } => {
+                r.nodes = self.closest_v4(&target, now);
+                Body::Response(r)
+            }
+            Query::GetPeers { info_hash, .. } => {
+                r.token = Some(self.tokens.token_for(from.ip()));
+                r.values = self.store.peers(&info_hash, now);
+                if r.values.is_empty() {
+                    r.nodes = self.closest_v4(&info_hash, now);
+                }
+                Body::Response(r)
+            }
+            Query::AnnouncePeer {
+                info_hash,
+                port,
+                implied_port,
+                token,
+                ..
+            } => {
+                if self.tokens.is_valid(&token, from.ip()) {
+                    let port = if implied_port { from.port() } else { port };
+                    self.store
+                        .announce(info_hash, SocketAddr::new(from.ip(), port), now);
+                    Body::Response(r)
+                } else {
+                    Body::Error {
+                        code: krpc::ERR_PROTOCOL,
+                        message: "bad token".into(),
+                    }
+                }
+            }
+            Query::Unknown { .. } => Body::Error {
+                code: krpc::ERR_METHOD,
+                message: "method unknown".into(),
+            },
+        };
+        self.reply(from, t, body);
+    }
+
+    fn closest_v4(&self, target: &NodeId, now: Instant) -> Vec<(NodeId, SocketAddrV4)> {
+        self.table
+            .closest(target, K * 2, now)
+            .into_iter()
+            .filter_map(|(id, a)| match a {
+                SocketAddr::V4(v4) => Some((id, v4)),
+                SocketAddr::V6(_) => None,
+            })
+            .take(K)
+            .collect()
+    }
+
+    fn on_response(
+        &mut self,
+        from: SocketAddr,
+        t: &[u8],
+        r: Response,
+        read_only: bool,
+        now: Instant,
+    ) {
+        let Some(p) = self.take_pending(from, t) else {
+            self.stats.unknown_tid += 1;
+            return;
+        };
+        // Routers answer lookups but are not DHT nodes to keep.
+        let router = self.config.bootstrap.contains(&from);
+        if !read_only && !router && self.may_enter_table(&r.id, from) {
+            if let Some(expected) = p.id {
+                if expected != r.id {
+                    // Not the node we were told of: that id is stale here.
+                    self.table.failed(&expected, from, now);
+                }
+            }
+            let _: Inserted = self.table.insert(r.id, from, true, now);
+        }
+        let Purpose::Lookup(lid) = p.purpose else {
+            return;
+        };
+        let Some(run) = self.lookups.get_mut(&lid) else {
+            return;
+        };
+        let enforce = self.config.enforce_node_id;
+        let nodes: Vec<(NodeId, SocketAddr)> = r
+            .nodes
+            .iter()
+            .map(|&(id, a)| (id, SocketAddr::V4(a)))
+            .filter(|(id, a)| !enforce || id::id_matches_ip(id, a.ip()))
+            .filter(|(id, _)| *id != self.id)
+            .collect();
+        let peers = if run.lookup.kind == Kind::GetPeers {
+            r.values.as_slice()
+        } else {
+            &[]
+        };
+        let new = run.lookup.answered(from, r.id, &nodes, peers, r.token);
+        if !new.is_empty() && !run.internal {
+            let info_hash = run.lookup.target;
+            self.push_event(Event::Peers {
+                lookup: lid,
+                info_hash,
+                peers: new,
+            });
+        }
+        self.drive(lid, now);
+    }
+
+    fn on_error(&mut self, from: SocketAddr, t: &[u8], now: Instant) {
+        let Some(p) = self.take_pending(from, t) else {
+            self.stats.unknown_tid += 1;
+            return;
+        };
+        if let Purpose::Lookup(lid) = p.purpose {
+            if let Some(run) = self.lookups.get_mut(&lid) {
+                // It answered, but not usefully: do not ask again.
+                run.lookup.failed(from);
+                run.lookup.failed(from);
+            }
+            self.drive(lid, now);
+        }
+    }
+
+    /// Timeouts and upkeep; call at [`Node::next_timeout`] (earlier or
+    /// later is harmless).
+    pub fn tick(&mut self, now: Instant) {
+        let overdue: Vec<u16> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.sent) >= QUERY_TIMEOUT)
+            .map(|(&t, _)| t)
+            .collect();
+        let mut touched = Vec::new();
+        for t in overdue {
+            let p = self.pending.remove(&t).expect("listed");
+            self.stats.timeouts += 1;
+            if let Some(id) = p.id {
+                self.table.failed(&id, p.addr, now);
+            }
+            if let Purpose::Lookup(lid) = p.purpose {
+                if let Some(run) = self.lookups.get_mut(&lid) {
+                    run.lookup.failed(p.addr);
+                    touched.push(lid);
+                }
+            }
+        }
+        touched.dedup();
+        for lid in touched {
+            self.drive(lid, now);
+        }
+        if now.saturating_duration_since(self.last_upkeep) >= UPKEEP {
+            self.last_upkeep = now;
+            self.upkeep(now);
+        }
+    }
+
+    fn upkeep(&mut self, now: Instant) {
+        self.tokens.rotate(now);
+        self.store.expire(now);
+        // One questionable node checked per second.
+        if let Some((id, addr)) = self.table.stalest_questionable(now) {
+            let already = self.pending.values().any(|p| p.addr == addr);
+            if !already {
+                self.send_query(
+                    addr,
+                    Some(id),
+                    Query::Ping { id: self.id },
+                    Purpose::Ping,
+                    now,
+                );
+            }
+        }
+        if self.table.is_empty() {
+            let due = self
+                .last_bootstrap
+                .is_some_and(|t| now.saturating_duration_since(t) >= REBOOTSTRAP);
+            let running = self.lookups.values().any(|r| r.internal);
+            if due && !running && !self.config.bootstrap.is_empty() {
+                self.bootstrap(now);
+            }
+            return;
+        }
+        for target in self.table.refresh_targets(now) {
+            if self.lookups.len() >= MAX_LOOKUPS / 2 {
+                break;
+            }
+            self.start(target, Kind::FindNode, None, true, now);
+        }
+    }
+
+    /// The table to keep across restarts: our id and the nodes' addresses.
+    pub fn save(&self) -> Vec<u8> {
+        let mut nodes = Vec::new();
+        for e in self.table.entries() {
+            if let SocketAddr::V4(a) = e.addr {
+                nodes.extend_from_slice(&e.id.0);
+                krpc::encode_compact(SocketAddr::V4(a), &mut nodes);
+            }
+        }
+        let mut d = BTreeMap::new();
+        d.insert(b"id".to_vec(), Value::Bytes(self.id.0.to_vec()));
+        d.insert(b"nodes".to_vec(), Value::Bytes(nodes));
+        Value::Dict(d).encode()
+    }
+
+    /// A node from [`Node::save`]'s bytes: the same id (unless the config
+    /// names one), and the saved nodes asked first when it bootstraps.
+    /// Bad bytes give a fresh node.
+    pub fn restore(saved: &[u8], mut config: Config, now: Instant) -> Node {
+        let parsed = bencode::decode(saved).ok();
+        let id = parsed.as_ref().and_then(|v| match v.get("id") {
+            Some(Value::Bytes(b)) => NodeId::from_slice(b),
+            _ => None,
+        });
+        if config.id.is_none() {
+            config.id = id;
+        }
+        let mut node = Node::new(config, now);
+        if let Some(Value::Bytes(b)) = parsed.as_ref().and_then(|v| v.get("nodes")) {
+            for c in b.chunks_exact(26).take(2000) {
+                let id = NodeId::from_slice(&c[..20]).expect("20 bytes");
+                if let Some(addr) = krpc::decode_compact(&c[20..]) {
+                    if node.may_enter_table(&id, addr) {
+                        node.saved.push((id, addr));
+                    }
+                }
+            }
+        }
+        node
+    }
+}

@@ -1,0 +1,272 @@
+//! One node against hostile traffic: floods, forged tokens, unknown
+//! transaction ids, answers from the wrong address, malformed datagrams.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use dht::krpc::{self, Body, Msg, Query, Response};
+use dht::{Config, Node, NodeId};
+
+fn query(t: &[u8], q: Query) -> Vec<u8> {
+    Msg {
+        t: t.to_vec(),
+        body: Body::Query(q),
+        v: None,
+        ip: None,
+        read_only: false,
+    }
+    .encode()
+}
+
+fn replies(node: &mut Node) -> Vec<(SocketAddr, Msg)> {
+    let mut out = Vec::new();
+    while let Some((to, bytes)) = node.poll_transmit() {
+        out.push((to, Msg::decode(&bytes).expect("we send valid KRPC")));
+    }
+    out
+}
+
+/// A node with a table of `n` nodes at 10.1.x.y that answered it.
+fn node_with_table(n: u32, now: Instant) -> Node {
+    let mut node = Node::new(Config::default(), now);
+    for i in 0..n {
+        let from = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 6881));
+        node.handle(
+            from,
+            &query(
+                b"aa",
+                Query::Ping {
+                    id: NodeId::random(),
+                },
+            ),
+            now,
+        );
+    }
+    replies(&mut node);
+    node
+}
+
+#[test]
+fn a_query_flood_from_one_address_gets_little_back() {
+    let t0 = Instant::now();
+    let mut node = node_with_table(300, t0);
+    let before = node.stats();
+    let attacker: SocketAddr = "10.9.9.9:4444".parse().unwrap();
+    let q = query(
+        b"xy",
+        Query::FindNode {
+            id: NodeId::random(),
+            target: NodeId::random(),
+        },
+    );
+    let mut sent = 0u64;
+    let mut back = 0u64;
+    // 1000 queries a second for 20 s.
+    for ms in 0..20_000u64 {
+        let now = t0 + Duration::from_millis(ms);
+        node.handle(attacker, &q, now);
+        sent += q.len() as u64;
+        for (to, m) in replies(&mut node) {
+            assert_eq!(to, attacker);
+            back += m.encode().len() as u64;
+        }
+    }
+    let s = node.stats();
+    eprintln!(
+        "flood: {sent} bytes in, {back} bytes out ({:.3}×), {} rate limited",
+        back as f64 / sent as f64,
+        s.rate_limited - before.rate_limited
+    );
+    assert!(back <= 3 * sent);
+    assert!(back * 20 < sent, "the rate limit cut the flood off");
+    // One find_node answer alone is about 3× its query, never more.
+    let mut fresh = node_with_table(300, t0);
+    fresh.handle(attacker, &q, t0);
+    let (_, m) = replies(&mut fresh).pop().unwrap();
+    let ratio = m.encode().len() as f64 / q.len() as f64;
+    eprintln!(
+        "one find_node: {} bytes for {} ({ratio:.2}×)",
+        m.encode().len(),
+        q.len()
+    );
+    assert!(ratio <= 3.5, "{ratio}");
+}
+
+#[test]
+fn tokens_must_be_the_ones_we_gave_that_address() {
+    let t0 = Instant::now();
+    let mut node = node_with_table(20, t0);
+    let peer: SocketAddr = "10.2.0.1:7000".parse().unwrap();
+    let other: SocketAddr = "10.2.0.2:7000".parse().unwrap();
+    let info_hash = NodeId::random();
+    let announce = |token: Vec<u8>, implied: bool| {
+        query(
+            b"an",
+            Query::AnnouncePeer {
+                id: NodeId::random(),
+                info_hash,
+                port: 6881,
+                implied_port: implied,
+                token,
+            },
+        )
+    };
+    // A forged token: an error, nothing stored.
+    node.handle(peer, &announce(b"forged!!".to_vec(), false), t0);
+    let r = replies(&mut node);
+    assert!(matches!(
+        r[0].1.body,
+        Body::Error {
+            code: krpc::ERR_PROTOCOL,
+            ..
+        }
+    ));
+    assert_eq!(node.store().peer_count(), 0);
+    // A real token, but used from another address: refused too.
+    node.handle(
+        peer,
+        &query(
+            b"gp",
+            Query::GetPeers {
+                id: NodeId::random(),
+                info_hash,
+            },
+        ),
+        t0,
+    );
+    let Body::Response(Response {
+        token: Some(token), ..
+    }) = replies(&mut node).remove(0).1.body
+    else {
+        panic!("get_peers gave no token")
+    };
+    node.handle(other, &announce(token.clone(), false), t0);
+    replies(&mut node);
+    assert_eq!(node.store().peer_count(), 0);
+    // From the right address, with implied_port: stored at the UDP port.
+    node.handle(peer, &announce(token, true), t0);
+    replies(&mut node);
+    node.handle(
+        other,
+        &query(
+            b"g2",
+            Query::GetPeers {
+                id: NodeId::random(),
+                info_hash,
+            },
+        ),
+        t0,
+    );
+    let Body::Response(r) = replies(&mut node).remove(0).1.body else {
+        panic!()
+    };
+    assert_eq!(r.values, vec![peer]);
+}
+
+#[test]
+fn answers_we_did_not_ask_for_are_dropped() {
+    let t0 = Instant::now();
+    let mut node = Node::new(Config::default(), t0);
+    let real: SocketAddr = "10.3.0.1:6881".parse().unwrap();
+    node.add_node(real, t0);
+    let (to, ping) = node.poll_transmit().unwrap();
+    assert_eq!(to, real);
+    let t = Msg::decode(&ping).unwrap().t;
+    let answer = |t: &[u8]| {
+        Msg {
+            t: t.to_vec(),
+            body: Body::Response(Response {
+                id: NodeId::random(),
+                ..Response::default()
+            }),
+            v: None,
+            ip: None,
+            read_only: false,
+        }
+        .encode()
+    };
+    // The right transaction id from another address, a wrong id from the
+    // right address: neither enters the table.
+    node.handle("10.3.0.2:6881".parse().unwrap(), &answer(&t), t0);
+    node.handle(real, &answer(b"zz"), t0);
+    node.handle(real, &answer(b"toolongtid"), t0);
+    assert!(node.table().is_empty());
+    assert_eq!(node.stats().unknown_tid, 3);
+    node.handle(real, &answer(&t), t0);
+    assert_eq!(node.table().len(), 1);
+    // And only once.
+    node.handle(real, &answer(&t), t0);
+    assert_eq!(node.stats().unknown_tid, 4);
+}
+
+#[test]
+fn malformed_datagrams_get_an_error_or_nothing() {
+    let t0 = Instant::now();
+    let mut node = node_with_table(10, t0);
+    let from: SocketAddr = "10.4.0.1:6881".parse().unwrap();
+    // A query with a short id: a protocol error echoing the transaction.
+    node.handle(from, b"d1:ad2:id3:abce1:q4:ping1:t2:aa1:y1:qe", t0);
+    let r = replies(&mut node);
+    assert_eq!(r.len(), 1);
+    assert_eq!(r[0].1.t, b"aa");
+    assert!(matches!(r[0].1.body, Body::Error { code: 203, .. }));
+    // An unknown method without a target: 204; with one: nodes.
+    node.handle(
+        from,
+        &query(
+            b"um",
+            Query::Unknown {
+                id: NodeId::random(),
+                method: b"vote".to_vec(),
+                target: None,
+            },
+        ),
+        t0,
+    );
+    assert!(matches!(
+        replies(&mut node)[0].1.body,
+        Body::Error { code: 204, .. }
+    ));
+    node.handle(
+        from,
+        &query(
+            b"ut",
+            Query::Unknown {
+                id: NodeId::random(),
+                method: b"sample_infohashes".to_vec(),
+                target: Some(NodeId::random()),
+            },
+        ),
+        t0,
+    );
+    assert!(matches!(&replies(&mut node)[0].1.body, Body::Response(r) if !r.nodes.is_empty()));
+    // Garbage, responses and errors nobody asked for, huge datagrams: no
+    // answer at all.
+    for junk in [
+        &b"garbage"[..],
+        b"d1:t2:aa1:y1:re",
+        b"d1:eli201e1:xe1:t2:aa1:y1:ee",
+        &[b'd'; 5000],
+        b"",
+    ] {
+        node.handle(from, junk, t0);
+        assert!(replies(&mut node).is_empty(), "{junk:?}");
+    }
+}
+
+#[test]
+fn public_nodes_need_a_bep42_id_to_enter_the_table() {
+    let t0 = Instant::now();
+    let mut node = Node::new(Config::default(), t0);
+    let public: SocketAddr = "203.0.113.5:6881".parse().unwrap();
+    let ping = |id| query(b"pp", Query::Ping { id });
+    node.handle(public, &ping(NodeId([0x11; 20])), t0);
+    replies(&mut node);
+    assert!(
+        node.table().is_empty(),
+        "a random id at a public address entered"
+    );
+    node.handle(public, &ping(dht::id::id_for_ip(public.ip())), t0);
+    replies(&mut node);
+    assert_eq!(node.table().len(), 1);
+}
