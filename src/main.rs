@@ -47,6 +47,7 @@ enum Command {
     Seed(cmd::seed::Args),
     Download(cmd::download::Args),
     Demo(cmd::demo::Args),
+    Dht(cmd::dht::Args),
 }
 
 fn main() -> ExitCode {
@@ -75,6 +76,7 @@ fn main() -> ExitCode {
         Command::Seed(args) => cmd::seed::run(args),
         Command::Download(args) => cmd::download::run(args),
         Command::Demo(args) => cmd::demo::run(args),
+        Command::Dht(args) => cmd::dht::run(args),
     };
     match result {
         Ok(code) => code,

@@ -15,6 +15,7 @@
 
 pub mod check;
 pub mod choker;
+pub mod dht;
 pub mod disk;
 pub(crate) mod droplog;
 pub mod engine;

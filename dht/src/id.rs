@@ -58,7 +58,8 @@ impl NodeId {
         let bit = bit.min(159);
         let (byte, shift) = (bit / 8, 7 - bit % 8);
         out[..byte].copy_from_slice(&self.0[..byte]);
-        let keep = !0u8 << (shift + 1);
+        // The bits before `bit` in its byte (none when it is the first).
+        let keep = ((0xffu16 << (shift + 1)) & 0xff) as u8;
         let flip = 1u8 << shift;
         out[byte] =
             (self.0[byte] & keep) | ((self.0[byte] ^ flip) & flip) | (out[byte] & !(keep | flip));
@@ -245,9 +246,12 @@ mod tests {
         let b = NodeId(b);
         assert_eq!(a.common_prefix(&b), 3);
         assert_eq!(a.common_prefix(&a), 160);
-        for bit in [0, 3, 7, 8, 100, 159] {
-            let x = a.random_in_bucket(bit);
-            assert_eq!(a.common_prefix(&x), bit, "bit {bit}");
+        for bit in 0..160 {
+            for _ in 0..20 {
+                let own = NodeId::random();
+                let x = own.random_in_bucket(bit);
+                assert_eq!(own.common_prefix(&x), bit, "bit {bit}");
+            }
         }
         assert!(a.distance(&b) > a.distance(&a));
     }

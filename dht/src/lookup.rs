@@ -144,25 +144,28 @@ impl Lookup {
     /// Queries to send now; mark them in flight.
     pub fn next(&mut self, now: Instant) -> Vec<Ask> {
         let mut out = Vec::new();
-        let mut room = ALPHA.saturating_sub(self.in_flight());
-        // Routers first while nothing better is known.
-        if self.nodes.is_empty() {
-            for c in &mut self.routers {
-                if self.queries >= MAX_QUERIES {
-                    break;
-                }
-                if c.step == Step::New {
-                    c.step = Step::InFlight { since: now };
-                    c.attempts += 1;
-                    self.queries += 1;
-                    out.push(Ask {
-                        addr: c.addr,
-                        id: None,
-                    });
-                }
+        // Routers are asked at once, besides the ALPHA closest nodes:
+        // they only point the way.
+        for c in &mut self.routers {
+            if self.queries >= MAX_QUERIES {
+                break;
             }
-            return out;
+            if c.step == Step::New {
+                c.step = Step::InFlight { since: now };
+                c.attempts += 1;
+                self.queries += 1;
+                out.push(Ask {
+                    addr: c.addr,
+                    id: None,
+                });
+            }
         }
+        let routers_in_flight = self
+            .routers
+            .iter()
+            .filter(|c| matches!(c.step, Step::InFlight { .. }))
+            .count();
+        let mut room = ALPHA.saturating_sub(self.in_flight() - routers_in_flight);
         let mut seen = 0;
         for c in self.nodes.values_mut() {
             if room == 0 || seen >= K || self.queries >= MAX_QUERIES {
@@ -261,8 +264,7 @@ impl Lookup {
         if self.queries >= MAX_QUERIES {
             return true;
         }
-        let routers_pending =
-            self.nodes.is_empty() && self.routers.iter().any(|c| c.step == Step::New);
+        let routers_pending = self.routers.iter().any(|c| c.step == Step::New);
         !routers_pending
             && self
                 .frontier()

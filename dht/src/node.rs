@@ -226,15 +226,20 @@ impl Node {
             return None;
         }
         let mut lookup = Lookup::new(target, kind, now);
-        for (id, addr) in self.table.closest(&target, K * 2, now) {
+        let seeds = self.table.closest(&target, K * 2, now);
+        // Routers are asked too while the table is small, or when it knows
+        // no node closer to the target than we are (an empty far bucket:
+        // without them one half of a network may never learn the other).
+        let ours = self.id.common_prefix(&target);
+        let closer = seeds.iter().any(|(id, _)| id.common_prefix(&target) > ours);
+        for (id, addr) in seeds {
             lookup.add(id, addr);
         }
-        if internal {
-            for (id, addr) in self.saved.drain(..) {
+        if self.table.len() < K || !closer {
+            // Until the table fills, a saved table's nodes are asked too.
+            for &(id, addr) in &self.saved {
                 lookup.add(id, addr);
             }
-        }
-        if self.table.len() < K {
             for &r in &self.config.bootstrap {
                 lookup.add_router(r);
             }
@@ -370,6 +375,10 @@ impl Node {
         let Some(r) = self.lookups.remove(&id) else {
             return;
         };
+        if r.internal && r.lookup.target == self.id && r.lookup.answered_count() > 0 {
+            // Joined: fill the rest of the table too.
+            self.table.refresh_all();
+        }
         let mut announced = 0;
         if let Some(a) = r.announce {
             for (_, addr, token) in r.lookup.announce_targets() {
@@ -620,6 +629,9 @@ impl Node {
     }
 
     fn upkeep(&mut self, now: Instant) {
+        if self.table.len() >= K {
+            self.saved = Vec::new();
+        }
         self.tokens.rotate(now);
         self.store.expire(now);
         // One questionable node checked per second.
@@ -645,10 +657,8 @@ impl Node {
             }
             return;
         }
-        for target in self.table.refresh_targets(now) {
-            if self.lookups.len() >= MAX_LOOKUPS / 2 {
-                break;
-            }
+        let room = (MAX_LOOKUPS / 2).saturating_sub(self.lookups.len());
+        for target in self.table.refresh_targets(now, room.min(4)) {
             self.start(target, Kind::FindNode, None, true, now);
         }
     }

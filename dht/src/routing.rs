@@ -261,10 +261,13 @@ impl Table {
     }
 
     /// A random target in each bucket untouched for [`REFRESH_AFTER`]
-    /// (marked refreshed now).
-    pub fn refresh_targets(&mut self, now: Instant) -> Vec<NodeId> {
+    /// (marked refreshed now), at most `max`.
+    pub fn refresh_targets(&mut self, now: Instant, max: usize) -> Vec<NodeId> {
         let mut out = Vec::new();
         for i in 0..self.buckets.len() {
+            if out.len() >= max {
+                break;
+            }
             let b = &mut self.buckets[i];
             let stale = b
                 .changed
@@ -275,6 +278,15 @@ impl Table {
             }
         }
         out
+    }
+
+    /// Every bucket is due for a refresh (Kademlia's join: after the
+    /// lookup of our own id, the rest of the table is filled). Buckets
+    /// split off later inherit the mark.
+    pub fn refresh_all(&mut self) {
+        for b in &mut self.buckets {
+            b.changed = None;
+        }
     }
 
     /// Marks the bucket of `target` as just looked up.
@@ -399,10 +411,10 @@ mod tests {
         t.insert(id, addr(1), true, later);
         assert_eq!(t.get(&id).unwrap().state(later), State::Good);
         // It answered at `later`: its bucket is fresh until then + 15 min.
-        assert!(t.refresh_targets(later).is_empty());
+        assert!(t.refresh_targets(later, 160).is_empty());
         let stale = later + REFRESH_AFTER;
-        let targets = t.refresh_targets(stale);
+        let targets = t.refresh_targets(stale, 160);
         assert_eq!(targets.len(), t.bucket_count());
-        assert!(t.refresh_targets(stale).is_empty());
+        assert!(t.refresh_targets(stale, 160).is_empty());
     }
 }

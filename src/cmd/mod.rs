@@ -1,5 +1,6 @@
 pub mod create;
 pub mod demo;
+pub mod dht;
 pub mod download;
 pub mod magnet;
 pub mod seed;

@@ -1,0 +1,300 @@
+//! The DHT node on a UDP socket: the sans-IO [`dht::Node`] driven by one
+//! task, which owns the socket and the node and talks to the rest of the
+//! program through a bounded command channel.
+//!
+//! [`Dht::get_peers`] starts a lookup and gives a bounded receiver of its
+//! peers; the routing table is loaded from and saved to a state file.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use dht::{Announce, Event, LookupId, Node, NodeId};
+use tokio::net::UdpSocket;
+use tokio::sync::{mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// The public routers libtorrent and Transmission bootstrap from.
+pub const DEFAULT_BOOTSTRAP: &[&str] = &[
+    "router.bittorrent.com:6881",
+    "dht.transmissionbt.com:6881",
+    "router.utorrent.com:6881",
+    "dht.libtorrent.org:25401",
+];
+
+/// Commands waiting for the DHT task, at most.
+const COMMANDS: usize = 64;
+/// Batches of peers waiting for a lookup's reader, at most; more are
+/// dropped (they are only candidates).
+const PEER_BATCHES: usize = 64;
+/// Largest state file read.
+const MAX_STATE: u64 = 256 * 1024;
+
+#[derive(Debug, Clone)]
+pub struct DhtConfig {
+    /// The UDP address to serve on (port 0: any).
+    pub bind: SocketAddr,
+    /// Routers (`HOST:PORT`), resolved at start; unresolvable ones are
+    /// skipped with a warning.
+    pub bootstrap: Vec<String>,
+    /// Where the routing table is kept between runs.
+    pub state_file: Option<PathBuf>,
+    pub enforce_node_id: bool,
+}
+
+/// What a lookup reports.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LookupEvent {
+    Peers(Vec<SocketAddr>),
+    Done {
+        answered: usize,
+        announced: usize,
+        peers: usize,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DhtStatus {
+    pub id: NodeId,
+    pub nodes: usize,
+    pub buckets: usize,
+    pub lookups: usize,
+    pub stored_peers: usize,
+    pub stats: dht::Stats,
+}
+
+enum Cmd {
+    GetPeers {
+        info_hash: NodeId,
+        announce: Option<Announce>,
+        events: mpsc::Sender<LookupEvent>,
+    },
+    AddNode(SocketAddr),
+    Status(oneshot::Sender<DhtStatus>),
+}
+
+/// A running DHT node.
+pub struct Dht {
+    tx: mpsc::Sender<Cmd>,
+    local: SocketAddr,
+    cancel: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+/// Resolves `HOST:PORT` names to IPv4 addresses (the node speaks IPv4).
+pub async fn resolve(names: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for name in names {
+        match tokio::net::lookup_host(name.as_str()).await {
+            Ok(addrs) => out.extend(addrs.filter(SocketAddr::is_ipv4)),
+            Err(e) => tracing::warn!("DHT bootstrap {name}: {e}"),
+        }
+    }
+    out.sort_unstable();
+    out.dedup();
+    out
+}
+
+impl Dht {
+    pub async fn start(config: DhtConfig) -> io::Result<Dht> {
+        let socket = UdpSocket::bind(config.bind).await.map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("cannot listen on UDP {}: {e}", config.bind),
+            )
+        })?;
+        let local = socket.local_addr()?;
+        let bootstrap = resolve(&config.bootstrap).await;
+        let node_config = dht::Config {
+            id: None,
+            bootstrap,
+            enforce_node_id: config.enforce_node_id,
+        };
+        let now = Instant::now().into_std();
+        let saved = config.state_file.as_ref().and_then(|p| {
+            match crate::resume::load_state(p, MAX_STATE) {
+                Ok(b) => b,
+                Err(e) => {
+                    tracing::warn!("DHT state {}: {e}; starting afresh", p.display());
+                    None
+                }
+            }
+        });
+        let mut node = match saved {
+            Some(bytes) => Node::restore(&bytes, node_config, now),
+            None => Node::new(node_config, now),
+        };
+        node.bootstrap(now);
+        let (tx, rx) = mpsc::channel(COMMANDS);
+        let cancel = CancellationToken::new();
+        let task = tokio::spawn(run(
+            Arc::new(socket),
+            node,
+            rx,
+            cancel.clone(),
+            config.state_file,
+        ));
+        Ok(Dht {
+            tx,
+            local,
+            cancel,
+            task,
+        })
+    }
+
+    /// The UDP address the node serves on.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.local
+    }
+
+    /// Starts a `get_peers` lookup (announcing us at its end if asked);
+    /// its peers and its end arrive on the receiver.
+    pub async fn get_peers(
+        &self,
+        info_hash: [u8; 20],
+        announce: Option<Announce>,
+    ) -> mpsc::Receiver<LookupEvent> {
+        let (events, rx) = mpsc::channel(PEER_BATCHES);
+        let _ = self
+            .tx
+            .send(Cmd::GetPeers {
+                info_hash: NodeId(info_hash),
+                announce,
+                events,
+            })
+            .await;
+        rx
+    }
+
+    /// Pings a node; it joins the table if it answers.
+    pub async fn add_node(&self, addr: SocketAddr) {
+        let _ = self.tx.send(Cmd::AddNode(addr)).await;
+    }
+
+    pub async fn status(&self) -> DhtStatus {
+        let (tx, rx) = oneshot::channel();
+        if self.tx.send(Cmd::Status(tx)).await.is_err() {
+            return DhtStatus::default();
+        }
+        rx.await.unwrap_or_default()
+    }
+
+    /// Stops the node and saves its table.
+    pub async fn shutdown(self) {
+        self.cancel.cancel();
+        let _ = self.task.await;
+    }
+}
+
+async fn run(
+    socket: Arc<UdpSocket>,
+    mut node: Node,
+    mut rx: mpsc::Receiver<Cmd>,
+    cancel: CancellationToken,
+    state_file: Option<PathBuf>,
+) {
+    let mut buf = vec![0u8; dht::krpc::MAX_PACKET + 1];
+    let mut lookups: HashMap<LookupId, mpsc::Sender<LookupEvent>> = HashMap::new();
+    let mut last_save = Instant::now();
+    loop {
+        let wake = Instant::from_std(node.next_timeout());
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            r = socket.recv_from(&mut buf) => match r {
+                Ok((n, from)) => node.handle(from, &buf[..n], Instant::now().into_std()),
+                // ICMP unreachable and the like: a lost datagram.
+                Err(e) => tracing::trace!("DHT recv: {e}"),
+            },
+            _ = tokio::time::sleep_until(wake) => node.tick(Instant::now().into_std()),
+            cmd = rx.recv() => match cmd {
+                None => break,
+                Some(Cmd::GetPeers { info_hash, announce, events }) => {
+                    match node.get_peers(info_hash, announce, Instant::now().into_std()) {
+                        Some(id) => {
+                            lookups.insert(id, events);
+                        }
+                        None => {
+                            let _ = events.try_send(LookupEvent::Done { answered: 0, announced: 0, peers: 0 });
+                        }
+                    }
+                }
+                Some(Cmd::AddNode(addr)) => node.add_node(addr, Instant::now().into_std()),
+                Some(Cmd::Status(reply)) => {
+                    let _ = reply.send(DhtStatus {
+                        id: node.id(),
+                        nodes: node.table().len(),
+                        buckets: node.table().bucket_count(),
+                        lookups: lookups.len(),
+                        stored_peers: node.store().peer_count(),
+                        stats: node.stats(),
+                    });
+                }
+            },
+        }
+        while let Some((to, bytes)) = node.poll_transmit() {
+            // Errors (no route, ICMP reported) lose the datagram, as the
+            // network might; the lookup's timeout deals with it.
+            if let Err(e) = socket.send_to(&bytes, to).await {
+                tracing::trace!("DHT send to {to}: {e}");
+            }
+        }
+        while let Some(e) = node.poll_event() {
+            match e {
+                Event::Peers { lookup, peers, .. } => {
+                    if let Some(tx) = lookups.get(&lookup) {
+                        let _ = tx.try_send(LookupEvent::Peers(peers));
+                    }
+                }
+                Event::Done {
+                    lookup,
+                    answered,
+                    announced,
+                    peers,
+                    ..
+                } => {
+                    if let Some(tx) = lookups.remove(&lookup) {
+                        let _ = tx.try_send(LookupEvent::Done {
+                            answered,
+                            announced,
+                            peers,
+                        });
+                    }
+                }
+            }
+        }
+        if last_save.elapsed() >= Duration::from_secs(300) {
+            last_save = Instant::now();
+            save(&node, state_file.as_ref());
+        }
+    }
+    save(&node, state_file.as_ref());
+}
+
+fn save(node: &Node, path: Option<&PathBuf>) {
+    let Some(path) = path else { return };
+    if node.table().is_empty() {
+        // Keep what an earlier run learned rather than an empty table.
+        return;
+    }
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::create_dir_all(dir);
+    }
+    if let Err(e) = crate::resume::save_state(path, &node.save()) {
+        tracing::warn!("saving the DHT table to {}: {e}", path.display());
+    }
+}
+
+/// shoal's state directory: `$XDG_STATE_HOME/shoal`, else
+/// `~/.local/state/shoal`.
+pub fn state_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("XDG_STATE_HOME").filter(|d| !d.is_empty()) {
+        return Some(PathBuf::from(d).join("shoal"));
+    }
+    let home = std::env::var_os("HOME").filter(|h| !h.is_empty())?;
+    Some(PathBuf::from(home).join(".local/state/shoal"))
+}

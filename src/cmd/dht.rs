@@ -1,0 +1,224 @@
+//! `shoal dht`: run a standalone DHT node, or do one `get_peers` lookup.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use client::dht::{Dht, DhtConfig, LookupEvent, DEFAULT_BOOTSTRAP};
+use tokio::signal::unix::{signal, SignalKind};
+use torrent_format::{InfoHash, Magnet};
+
+const EXAMPLES: &str = "\
+Examples:
+  shoal dht                                   run a node on UDP 6881, print its state
+  shoal dht --listen 10.0.0.1:6881 --dht-bootstrap none
+                                              a bootstrap node for a private network
+  shoal dht get-peers 'magnet:?xt=urn:btih:…' who has this torrent?
+  shoal dht get-peers 0123456789abcdef0123456789abcdef01234567 --dht-bootstrap 10.0.0.1:6881
+
+The routing table is kept in $XDG_STATE_HOME/shoal/dht.dat (default
+~/.local/state/shoal/dht.dat), so a restart does not bootstrap from scratch.
+Exit status of get-peers: 0 when peers were found, 1 when none were.";
+
+/// Run a DHT node (BEP 5), or look up the peers of one torrent
+#[derive(clap::Args)]
+#[command(after_help = EXAMPLES)]
+pub struct Args {
+    #[command(subcommand)]
+    command: Option<Sub>,
+    /// UDP address to serve on [default: 0.0.0.0:6881; get-peers: any free port]
+    #[arg(long, value_name = "ADDR", global = true)]
+    listen: Option<SocketAddr>,
+    /// A node to join the DHT through (HOST:PORT, repeatable); 'none' for
+    /// no bootstrap node [default: the public routers libtorrent and
+    /// Transmission use]
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT", global = true)]
+    bootstrap: Vec<String>,
+    /// Where the routing table is kept [default: $XDG_STATE_HOME/shoal/dht.dat]
+    #[arg(long, value_name = "FILE", global = true)]
+    state: Option<PathBuf>,
+    /// Neither load nor save the routing table
+    #[arg(long, global = true)]
+    no_state: bool,
+    /// Print nothing but errors (and get-peers' peers)
+    #[arg(short, long, global = true)]
+    quiet: bool,
+}
+
+#[derive(clap::Subcommand)]
+enum Sub {
+    /// Look up the peers of one torrent and print them, one per line
+    GetPeers {
+        /// The info hash (40 hex or 32 base32 characters) or a magnet link
+        hash: String,
+        /// Give up after this long
+        #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
+}
+
+fn parse_hash(s: &str) -> anyhow::Result<InfoHash> {
+    if s.starts_with("magnet:") {
+        return Ok(Magnet::parse(s)
+            .with_context(|| "not a usable magnet link".to_string())?
+            .info_hash);
+    }
+    InfoHash::from_hex_or_base32(s).with_context(|| {
+        format!("{s:?} is not an info hash (40 hex or 32 base32 characters) or a magnet link")
+    })
+}
+
+pub fn run(args: Args) -> anyhow::Result<ExitCode> {
+    let get = match &args.command {
+        Some(Sub::GetPeers { hash, timeout }) => Some((parse_hash(hash)?, *timeout)),
+        None => None,
+    };
+    let bootstrap: Vec<String> = if args.bootstrap.is_empty() {
+        DEFAULT_BOOTSTRAP.iter().map(|s| s.to_string()).collect()
+    } else {
+        args.bootstrap
+            .iter()
+            .filter(|b| b.as_str() != "none")
+            .cloned()
+            .collect()
+    };
+    let listen = args.listen.unwrap_or_else(|| {
+        let port = if get.is_some() { 0 } else { 6881 };
+        SocketAddr::from(([0, 0, 0, 0], port))
+    });
+    if !listen.is_ipv4() {
+        bail!("--listen {listen}: the DHT node speaks IPv4 only for now; give an IPv4 address");
+    }
+    let state_file = if args.no_state {
+        None
+    } else {
+        args.state
+            .clone()
+            .or_else(|| client::dht::state_dir().map(|d| d.join("dht.dat")))
+    };
+    let config = DhtConfig {
+        bind: listen,
+        bootstrap,
+        state_file,
+        enforce_node_id: true,
+    };
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(async move {
+        let node = Dht::start(config).await?;
+        let code = match get {
+            Some((hash, timeout)) => get_peers(&node, hash, timeout, args.quiet).await?,
+            None => serve(&node, args.quiet).await?,
+        };
+        node.shutdown().await;
+        Ok(code)
+    })
+}
+
+async fn get_peers(
+    node: &Dht,
+    hash: InfoHash,
+    timeout: Duration,
+    quiet: bool,
+) -> anyhow::Result<ExitCode> {
+    let mut sigint = signal(SignalKind::interrupt()).context("installing a signal handler")?;
+    let mut events = node.get_peers(hash.0, None).await;
+    let deadline = tokio::time::sleep(timeout);
+    tokio::pin!(deadline);
+    let mut found = 0usize;
+    let mut lookups = 1;
+    loop {
+        tokio::select! {
+            e = events.recv() => match e {
+                Some(LookupEvent::Peers(peers)) => {
+                    for p in peers {
+                        println!("{p}");
+                        found += 1;
+                    }
+                }
+                done => {
+                    let answered = match done {
+                        Some(LookupEvent::Done { answered, .. }) => answered,
+                        _ => 0,
+                    };
+                    let status = node.status().await;
+                    // A first lookup from an empty table mostly fills it;
+                    // one more from what it learned, if none were found.
+                    if found == 0 && lookups < 3 && status.nodes > 0 && answered < 8 {
+                        lookups += 1;
+                        events = node.get_peers(hash.0, None).await;
+                        continue;
+                    }
+                    if !quiet && (found > 0 || status.nodes > 0) {
+                        eprintln!(
+                            "shoal: dht: {found} peer(s) for {hash}; {answered} node(s) answered the lookup, {} in the routing table",
+                            status.nodes
+                        );
+                    }
+                    break;
+                }
+            },
+            _ = &mut deadline => {
+                if !quiet {
+                    eprintln!("shoal: dht: gave up after {}", humantime::format_duration(timeout));
+                }
+                break;
+            }
+            _ = sigint.recv() => break,
+        }
+    }
+    if found == 0 {
+        let status = node.status().await;
+        if status.nodes == 0 {
+            eprintln!(
+                "shoal: error: no DHT node answered (bootstrap nodes unreachable?); give one with --dht-bootstrap HOST:PORT"
+            );
+        } else if !quiet {
+            eprintln!("shoal: dht: no peers found for {hash}");
+        }
+        return Ok(ExitCode::FAILURE);
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+async fn serve(node: &Dht, quiet: bool) -> anyhow::Result<ExitCode> {
+    let mut sigint = signal(SignalKind::interrupt()).context("installing a signal handler")?;
+    let mut sigterm = signal(SignalKind::terminate()).context("installing a signal handler")?;
+    let status = node.status().await;
+    if !quiet {
+        eprintln!(
+            "shoal: dht: node {} on UDP {}",
+            status.id,
+            node.local_addr()
+        );
+    }
+    let mut tick = tokio::time::interval(Duration::from_secs(10));
+    tick.tick().await;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {
+                if !quiet {
+                    let s = node.status().await;
+                    eprintln!(
+                        "shoal: dht: {} nodes in {} buckets; {} peers stored; in {} datagrams ({}), out {} ({}); {} rate-limited",
+                        s.nodes,
+                        s.buckets,
+                        s.stored_peers,
+                        s.stats.datagrams_in,
+                        crate::ui::short_size(s.stats.bytes_in),
+                        s.stats.datagrams_out,
+                        crate::ui::short_size(s.stats.bytes_out),
+                        s.stats.rate_limited,
+                    );
+                }
+            }
+            _ = sigint.recv() => break,
+            _ = sigterm.recv() => break,
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
