@@ -12,7 +12,8 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use dht::{Announce, Event, LookupId, Node, NodeId};
+pub use ::dht::Announce;
+use ::dht::{Event, LookupId, Node, NodeId};
 use tokio::net::UdpSocket;
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;

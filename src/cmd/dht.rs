@@ -56,6 +56,10 @@ enum Sub {
         /// Give up after this long
         #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = humantime::parse_duration)]
         timeout: Duration,
+        /// Also announce that a peer of this torrent listens on PORT (TCP)
+        /// at this host, to the nodes closest to the hash
+        #[arg(long, value_name = "PORT", value_parser = clap::value_parser!(u16).range(1..))]
+        announce: Option<u16>,
     },
 }
 
@@ -72,7 +76,11 @@ fn parse_hash(s: &str) -> anyhow::Result<InfoHash> {
 
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let get = match &args.command {
-        Some(Sub::GetPeers { hash, timeout }) => Some((parse_hash(hash)?, *timeout)),
+        Some(Sub::GetPeers {
+            hash,
+            timeout,
+            announce,
+        }) => Some((parse_hash(hash)?, *timeout, *announce)),
         None => None,
     };
     let bootstrap: Vec<String> = if args.bootstrap.is_empty() {
@@ -111,7 +119,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     rt.block_on(async move {
         let node = Dht::start(config).await?;
         let code = match get {
-            Some((hash, timeout)) => get_peers(&node, hash, timeout, args.quiet).await?,
+            Some((hash, timeout, announce)) => {
+                get_peers(&node, hash, timeout, announce, args.quiet).await?
+            }
             None => serve(&node, args.quiet).await?,
         };
         node.shutdown().await;
@@ -123,10 +133,16 @@ async fn get_peers(
     node: &Dht,
     hash: InfoHash,
     timeout: Duration,
+    announce: Option<u16>,
     quiet: bool,
 ) -> anyhow::Result<ExitCode> {
     let mut sigint = signal(SignalKind::interrupt()).context("installing a signal handler")?;
-    let mut events = node.get_peers(hash.0, None).await;
+    let announce = announce.map(|port| client::dht::Announce {
+        port,
+        implied_port: false,
+    });
+    let mut events = node.get_peers(hash.0, announce).await;
+    let mut announced = 0;
     let deadline = tokio::time::sleep(timeout);
     tokio::pin!(deadline);
     let mut found = 0usize;
@@ -142,16 +158,28 @@ async fn get_peers(
                 }
                 done => {
                     let answered = match done {
-                        Some(LookupEvent::Done { answered, .. }) => answered,
+                        Some(LookupEvent::Done { answered, announced: n, .. }) => {
+                            announced += n;
+                            answered
+                        }
                         _ => 0,
                     };
                     let status = node.status().await;
                     // A first lookup from an empty table mostly fills it;
                     // one more from what it learned, if none were found.
-                    if found == 0 && lookups < 3 && status.nodes > 0 && answered < 8 {
+                    let again = if announce.is_some() { announced == 0 } else { found == 0 };
+                    if again && lookups < 3 && status.nodes > 0 && answered < 8 {
                         lookups += 1;
-                        events = node.get_peers(hash.0, None).await;
+                        events = node.get_peers(hash.0, announce).await;
                         continue;
+                    }
+                    if let Some(a) = announce {
+                        if !quiet {
+                            eprintln!("shoal: dht: announced port {} to {announced} node(s)", a.port);
+                        }
+                        if announced > 0 {
+                            return Ok(ExitCode::SUCCESS);
+                        }
                     }
                     if !quiet && (found > 0 || status.nodes > 0) {
                         eprintln!(

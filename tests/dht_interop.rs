@@ -1,0 +1,224 @@
+//! shoal's DHT node against a private DHT of libtorrent 2.0 nodes on
+//! loopback: each node on its own 127.N.0.1 (libtorrent keeps one node
+//! per /24 in a bucket, and runs no DHT on a wildcard socket; see
+//! INTEROP.md). shoal finds a peer libtorrent announced, keeps its table
+//! across a restart, and libtorrent finds a peer shoal announced.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// lt_dht.py N BASE: N libtorrent DHT nodes at 127.BASE+i.0.1 that know
+/// each other. Prints "NODES a:p b:p …". Then reads commands on stdin:
+/// "seed HASH" makes node 0 a peer of HASH (it announces itself to the
+/// DHT), printing "SEED ip:port"; "find HASH" has node 1 look HASH up until
+/// it gets peers (≤ 60 s), printing "FOUND ip:port …" or "NOTFOUND".
+const LT_DHT: &str = r#"
+import sys, time, libtorrent as lt
+n, base = int(sys.argv[1]), int(sys.argv[2])
+mask = lt.alert.category_t.dht_operation_notification | lt.alert.category_t.dht_notification
+nodes = []
+for i in range(n):
+    ip = "127.%d.0.1" % (base + i)
+    s = lt.session({"listen_interfaces": ip + ":0", "enable_dht": True, "enable_lsd": False,
+                    "enable_upnp": False, "enable_natpmp": False, "dht_bootstrap_nodes": "",
+                    "enable_outgoing_utp": False, "enable_incoming_utp": False,
+                    "alert_mask": mask})
+    nodes.append((ip, s))
+time.sleep(0.5)
+ports = [s.listen_port() for _, s in nodes]
+for i, (_, s) in enumerate(nodes):
+    for j, (ip, _) in enumerate(nodes):
+        if i != j:
+            s.add_dht_node((ip, ports[j]))
+print("NODES " + " ".join("%s:%d" % (ip, ports[i]) for i, (ip, _) in enumerate(nodes)), flush=True)
+for line in sys.stdin:
+    cmd, arg = line.split()
+    if cmd == "seed":
+        p = lt.parse_magnet_uri("magnet:?xt=urn:btih:" + arg)
+        p.save_path = sys.argv[3]
+        nodes[0][1].add_torrent(p)
+        print("SEED %s:%d" % (nodes[0][0], ports[0]), flush=True)
+    elif cmd == "find":
+        h = lt.sha1_hash(bytes.fromhex(arg))
+        s = nodes[1][1]
+        found = set()
+        deadline = time.time() + 60
+        while time.time() < deadline and not found:
+            s.dht_get_peers(h)
+            t = time.time()
+            while time.time() - t < 3 and not found:
+                s.wait_for_alert(500)
+                for a in s.pop_alerts():
+                    if isinstance(a, lt.dht_get_peers_reply_alert) and str(a.info_hash) == arg:
+                        found.update("%s:%d" % p for p in a.peers())
+        print(("FOUND " + " ".join(sorted(found))) if found else "NOTFOUND", flush=True)
+"#;
+
+struct Swarm {
+    child: Killed,
+    stdin: std::process::ChildStdin,
+    lines: std::io::Lines<BufReader<std::process::ChildStdout>>,
+    nodes: Vec<String>,
+}
+
+impl Swarm {
+    fn start(dir: &std::path::Path, n: usize, base: u8) -> Swarm {
+        std::fs::write(dir.join("lt_dht.py"), LT_DHT).unwrap();
+        let mut child = Command::new("/usr/bin/python3")
+            .args(["lt_dht.py", &n.to_string(), &base.to_string(), "."])
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start lt_dht.py");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("lt_dht.py said nothing").unwrap();
+        let nodes = first
+            .strip_prefix("NODES ")
+            .unwrap_or_else(|| panic!("lt_dht.py said {first:?}"))
+            .split(' ')
+            .map(str::to_string)
+            .collect();
+        Swarm {
+            child: Killed(child),
+            stdin,
+            lines,
+            nodes,
+        }
+    }
+
+    fn ask(&mut self, cmd: &str) -> String {
+        writeln!(self.stdin, "{cmd}").unwrap();
+        self.lines.next().expect("lt_dht.py ended").unwrap()
+    }
+}
+
+/// `shoal dht ARGS…` with a deadline; returns (success, stdout, stderr).
+fn shoal_dht(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
+    let child = Command::new(SHOAL)
+        .arg("dht")
+        .args(args)
+        .current_dir(dir)
+        .env("XDG_STATE_HOME", dir.join("state"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = finish(child, 90, "shoal dht");
+    (r.status.success(), r.stdout, r.stderr)
+}
+
+/// A fresh info hash: `salt` tells apart the ones of one test.
+fn random_hash(salt: u64) -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_nanos() as u64;
+    let b = bytes(nanos ^ salt.wrapping_mul(0x9e37_79b9_7f4a_7c15), 20);
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+#[test]
+fn shoal_finds_a_libtorrent_peer_and_libtorrent_finds_shoals() {
+    if !have_libtorrent() {
+        return;
+    }
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let mut lt = Swarm::start(d, 8, 40);
+    let _keep = &lt.child;
+    eprintln!("libtorrent DHT nodes: {:?}", lt.nodes);
+
+    // libtorrent's node 0 becomes a peer of H1 and announces itself.
+    let h1 = random_hash(1);
+    let seed = lt.ask(&format!("seed {h1}"));
+    let seed = seed.strip_prefix("SEED ").unwrap().to_string();
+    // Its announce goes out when its own lookup ends: ask until we see it.
+    let bootstrap = lt.nodes[3].clone();
+    let state = d.join("state/shoal/dht.dat");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (out, err) = loop {
+        let (ok, out, err) = shoal_dht(
+            d,
+            &[
+                "get-peers",
+                &h1,
+                "--dht-bootstrap",
+                &bootstrap,
+                "--listen",
+                "127.60.0.1:0",
+                "--timeout",
+                "20s",
+            ],
+        );
+        if ok || Instant::now() > deadline {
+            break (out, err);
+        }
+        std::thread::sleep(Duration::from_secs(2));
+    };
+    eprintln!("shoal dht get-peers: {out}{err}");
+    assert!(
+        out.lines().any(|l| l == seed),
+        "shoal did not find libtorrent's peer {seed}: {out}\n{err}"
+    );
+    assert!(
+        state.exists(),
+        "no routing table saved at {}",
+        state.display()
+    );
+
+    // Restarted with no bootstrap node at all: the saved table is enough.
+    let (ok, out, err) = shoal_dht(
+        d,
+        &[
+            "get-peers",
+            &h1,
+            "--dht-bootstrap",
+            "none",
+            "--listen",
+            "127.60.0.1:0",
+            "--timeout",
+            "20s",
+        ],
+    );
+    assert!(
+        ok && out.lines().any(|l| l == seed),
+        "from the saved table: {out}\n{err}"
+    );
+
+    // shoal announces a peer of H2; libtorrent's lookup finds it.
+    let h2 = random_hash(2);
+    assert_ne!(h1, h2);
+    let (ok, out, err) = shoal_dht(
+        d,
+        &[
+            "get-peers",
+            &h2,
+            "--announce",
+            "51413",
+            "--dht-bootstrap",
+            &bootstrap,
+            "--listen",
+            "127.61.0.1:0",
+            "--no-state",
+            "--timeout",
+            "20s",
+        ],
+    );
+    eprintln!("shoal dht get-peers --announce: {out}{err}");
+    assert!(ok, "shoal could not announce: {err}");
+    let found = lt.ask(&format!("find {h2}"));
+    eprintln!("libtorrent dht_get_peers: {found}");
+    assert!(
+        found.split(' ').skip(1).any(|p| p == "127.61.0.1:51413") && !found.contains(&seed),
+        "libtorrent did not find the peer shoal announced: {found}"
+    );
+    eprintln!("dht interop: {:?}", started.elapsed());
+}
