@@ -84,7 +84,7 @@ pub struct Dht {
     tx: mpsc::Sender<Cmd>,
     local: SocketAddr,
     cancel: CancellationToken,
-    task: JoinHandle<()>,
+    task: std::sync::Mutex<Option<JoinHandle<()>>>,
 }
 
 /// Resolves `HOST:PORT` names to IPv4 addresses (the node speaks IPv4).
@@ -144,7 +144,7 @@ impl Dht {
             tx,
             local,
             cancel,
-            task,
+            task: std::sync::Mutex::new(Some(task)),
         })
     }
 
@@ -185,10 +185,14 @@ impl Dht {
         rx.await.unwrap_or_default()
     }
 
-    /// Stops the node and saves its table.
-    pub async fn shutdown(self) {
+    /// Stops the node and saves its table (once; later calls return at
+    /// once).
+    pub async fn shutdown(&self) {
         self.cancel.cancel();
-        let _ = self.task.await;
+        let task = self.task.lock().unwrap_or_else(|e| e.into_inner()).take();
+        if let Some(task) = task {
+            let _ = task.await;
+        }
     }
 }
 
@@ -203,6 +207,8 @@ async fn run(
     let mut lookups: HashMap<LookupId, mpsc::Sender<LookupEvent>> = HashMap::new();
     let mut last_save = Instant::now();
     loop {
+        // What the last step (or the start) queued goes out first.
+        flush(&socket, &mut node, &mut lookups).await;
         let wake = Instant::from_std(node.next_timeout());
         tokio::select! {
             _ = cancel.cancelled() => break,
@@ -237,43 +243,51 @@ async fn run(
                 }
             },
         }
-        while let Some((to, bytes)) = node.poll_transmit() {
-            // Errors (no route, ICMP reported) lose the datagram, as the
-            // network might; the lookup's timeout deals with it.
-            if let Err(e) = socket.send_to(&bytes, to).await {
-                tracing::trace!("DHT send to {to}: {e}");
-            }
-        }
-        while let Some(e) = node.poll_event() {
-            match e {
-                Event::Peers { lookup, peers, .. } => {
-                    if let Some(tx) = lookups.get(&lookup) {
-                        let _ = tx.try_send(LookupEvent::Peers(peers));
-                    }
-                }
-                Event::Done {
-                    lookup,
-                    answered,
-                    announced,
-                    peers,
-                    ..
-                } => {
-                    if let Some(tx) = lookups.remove(&lookup) {
-                        let _ = tx.try_send(LookupEvent::Done {
-                            answered,
-                            announced,
-                            peers,
-                        });
-                    }
-                }
-            }
-        }
         if last_save.elapsed() >= Duration::from_secs(300) {
             last_save = Instant::now();
             save(&node, state_file.as_ref());
         }
     }
     save(&node, state_file.as_ref());
+}
+
+/// Sends what the node queued and hands its events to the lookups' readers.
+async fn flush(
+    socket: &UdpSocket,
+    node: &mut Node,
+    lookups: &mut HashMap<LookupId, mpsc::Sender<LookupEvent>>,
+) {
+    while let Some((to, bytes)) = node.poll_transmit() {
+        // Errors (no route, ICMP reported) lose the datagram, as the
+        // network might; the lookup's timeout deals with it.
+        if let Err(e) = socket.send_to(&bytes, to).await {
+            tracing::trace!("DHT send to {to}: {e}");
+        }
+    }
+    while let Some(e) = node.poll_event() {
+        match e {
+            Event::Peers { lookup, peers, .. } => {
+                if let Some(tx) = lookups.get(&lookup) {
+                    let _ = tx.try_send(LookupEvent::Peers(peers));
+                }
+            }
+            Event::Done {
+                lookup,
+                answered,
+                announced,
+                peers,
+                ..
+            } => {
+                if let Some(tx) = lookups.remove(&lookup) {
+                    let _ = tx.try_send(LookupEvent::Done {
+                        answered,
+                        announced,
+                        peers,
+                    });
+                }
+            }
+        }
+    }
 }
 
 fn save(node: &Node, path: Option<&PathBuf>) {

@@ -88,18 +88,32 @@ impl Lookup {
         if addr.port() == 0 || self.addrs.contains(&addr) {
             return;
         }
+        // One candidate per IP (libtorrent's restrict_search_ips): one
+        // answer cannot fill the lookup with one host's ports. Loopback is
+        // this machine, where tests run many nodes on one IP.
+        if !addr.ip().is_loopback() && self.addrs.iter().any(|a| a.ip() == addr.ip()) {
+            return;
+        }
         let d = self.target.distance(&id);
         if self.nodes.contains_key(&d) {
             return;
         }
         if self.nodes.len() >= MAX_NODES {
-            // Keep the closest: drop the farthest if the newcomer beats it.
-            let far = *self.nodes.keys().next_back().expect("not empty");
-            if d >= far || !matches!(self.nodes[&far].step, Step::New) {
-                return;
+            // Keep the closest: the farthest candidate not awaiting an
+            // answer makes room, if the newcomer beats it.
+            let far = self
+                .nodes
+                .iter()
+                .rev()
+                .find(|(_, c)| !matches!(c.step, Step::InFlight { .. }))
+                .map(|(d, _)| *d);
+            match far {
+                Some(far) if d < far => {
+                    let gone = self.nodes.remove(&far).expect("present");
+                    self.addrs.remove(&gone.addr);
+                }
+                _ => return,
             }
-            let gone = self.nodes.remove(&far).expect("present");
-            self.addrs.remove(&gone.addr);
         }
         self.addrs.insert(addr);
         self.nodes.insert(
@@ -245,6 +259,15 @@ impl Lookup {
         }
     }
 
+    /// `addr` answered with an error, or could not be asked: not again.
+    pub fn give_up(&mut self, addr: SocketAddr) {
+        for c in self.nodes.values_mut().chain(self.routers.iter_mut()) {
+            if c.addr == addr && !matches!(c.step, Step::Answered { .. }) {
+                c.step = Step::Failed;
+            }
+        }
+    }
+
     /// Queries in flight since before `deadline`, to time out.
     pub fn overdue(&self, deadline: Instant) -> Vec<SocketAddr> {
         self.nodes
@@ -346,6 +369,42 @@ mod tests {
         }
         assert_eq!(l.answered_count(), K);
         assert_eq!(l.announce_targets().len(), K);
+    }
+
+    #[test]
+    fn a_full_lookup_still_takes_closer_nodes() {
+        let now = Instant::now();
+        let target = NodeId([0; 20]);
+        let mut l = Lookup::new(target, Kind::GetPeers, now);
+        // A far seed answers with 99 far nodes…
+        let far = |i: u32| {
+            let mut id = [0xffu8; 20];
+            id[16..].copy_from_slice(&i.to_be_bytes());
+            NodeId(id)
+        };
+        l.add(far(0), addr(0));
+        let a = l.next(now)[0];
+        let nodes: Vec<_> = (1..100).map(|i| (far(i), addr(i))).collect();
+        l.answered(a.addr, a.id.unwrap(), &nodes, &[], None);
+        for q in l.next(now) {
+            l.answered(q.addr, q.id.unwrap(), &[], &[], None);
+        }
+        // …then one names ten much closer ones: all are taken.
+        let near: Vec<_> = (0..10u32)
+            .map(|i| {
+                let mut id = [0u8; 20];
+                id[19] = i as u8 + 1;
+                (NodeId(id), addr(1000 + i))
+            })
+            .collect();
+        let q = l.next(now)[0];
+        l.answered(q.addr, q.id.unwrap(), &near, &[], None);
+        let asked: Vec<_> = l.next(now).iter().map(|a| a.addr).collect();
+        assert!(
+            asked.iter().all(|a| near.iter().any(|(_, n)| n == a)),
+            "{asked:?}"
+        );
+        assert!(l.nodes.len() <= MAX_NODES);
     }
 
     #[test]

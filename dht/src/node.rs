@@ -19,6 +19,21 @@ use crate::lookup::{Kind, Lookup, QUERY_TIMEOUT};
 use crate::routing::{Inserted, Table, K};
 use crate::store::{PeerStore, RateLimiter, Tokens};
 
+/// Whether a node at `from` may name `addr` to us: loopback addresses
+/// only from loopback, private ones only from loopback or private.
+fn reachable_from(addr: std::net::IpAddr, from: std::net::IpAddr) -> bool {
+    if addr.is_loopback() {
+        from.is_loopback()
+    } else if id::is_local(addr) {
+        id::is_local(from)
+    } else {
+        true
+    }
+}
+
+/// Longest a lookup runs, whatever happens.
+const MAX_LOOKUP_TIME: Duration = Duration::from_secs(60);
+
 /// Queries of ours awaiting an answer, at most.
 pub const MAX_PENDING: usize = 1024;
 /// Datagrams queued for the caller, at most (it drains after each call).
@@ -31,8 +46,8 @@ pub const MAX_LOOKUPS: usize = 64;
 pub const VERSION: &[u8; 4] = b"SH\x00\x01";
 /// How often the table's upkeep runs (pings, refreshes, expiry).
 const UPKEEP: Duration = Duration::from_secs(1);
-/// Bootstrap again this long after a bootstrap left the table empty.
-const REBOOTSTRAP: Duration = Duration::from_secs(30);
+/// Bootstrap again this long after a bootstrap left the table short.
+const REBOOTSTRAP: Duration = Duration::from_secs(15);
 
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -129,8 +144,7 @@ pub struct Node {
     config: Config,
     table: Table,
     lookups: BTreeMap<LookupId, Running>,
-    pending: HashMap<u16, Pending>,
-    next_tid: u16,
+    pending: HashMap<u32, Pending>,
     next_lookup: LookupId,
     out: VecDeque<(SocketAddr, Vec<u8>)>,
     events: VecDeque<Event>,
@@ -153,7 +167,6 @@ impl Node {
             config,
             lookups: BTreeMap::new(),
             pending: HashMap::new(),
-            next_tid: rand::random(),
             next_lookup: 1,
             out: VecDeque::new(),
             events: VecDeque::new(),
@@ -304,11 +317,12 @@ impl Node {
         if self.pending.len() >= MAX_PENDING || addr.port() == 0 {
             return false;
         }
-        let mut tid = self.next_tid;
+        // Random, so that nobody who sees one query can forge the answer
+        // to the next.
+        let mut tid: u32 = rand::random();
         while self.pending.contains_key(&tid) {
-            tid = tid.wrapping_add(1);
+            tid = rand::random();
         }
-        self.next_tid = tid.wrapping_add(1);
         let msg = Msg {
             t: tid.to_be_bytes().to_vec(),
             body: Body::Query(q),
@@ -330,11 +344,13 @@ impl Node {
     }
 
     fn reply(&mut self, to: SocketAddr, t: Vec<u8>, body: Body) {
+        // Errors carry nothing extra: a tiny bad query gets a tiny answer.
+        let full = matches!(body, Body::Response(_));
         let msg = Msg {
             t,
             body,
-            v: Some(VERSION.to_vec()),
-            ip: Some(to),
+            v: full.then(|| VERSION.to_vec()),
+            ip: full.then_some(to),
             read_only: false,
         };
         self.push_out(to, msg.encode());
@@ -360,8 +376,7 @@ impl Node {
             };
             if !self.send_query(a.addr, a.id, q, Purpose::Lookup(id), now) {
                 if let Some(r) = self.lookups.get_mut(&id) {
-                    r.lookup.failed(a.addr);
-                    r.lookup.failed(a.addr);
+                    r.lookup.give_up(a.addr);
                 }
             }
         }
@@ -375,7 +390,7 @@ impl Node {
         let Some(r) = self.lookups.remove(&id) else {
             return;
         };
-        if r.internal && r.lookup.target == self.id && r.lookup.answered_count() > 0 {
+        if r.internal && r.lookup.target == self.id && !self.table.is_empty() {
             // Joined: fill the rest of the table too.
             self.table.refresh_all();
         }
@@ -423,7 +438,9 @@ impl Node {
                     bencode::decode(datagram).ok().as_ref().and_then(|v| v.get("y")),
                     Some(Value::Bytes(y)) if y == b"q"
                 );
-                if is_query && self.limiter.allow(from.ip(), now) {
+                // (A real query is over 50 bytes; much shorter ones are not
+                // worth an answer.)
+                if is_query && datagram.len() >= 30 && self.limiter.allow(from.ip(), now) {
                     self.reply(
                         from,
                         t,
@@ -448,7 +465,7 @@ impl Node {
     }
 
     fn take_pending(&mut self, from: SocketAddr, t: &[u8]) -> Option<Pending> {
-        let tid = u16::from_be_bytes(t.try_into().ok()?);
+        let tid = u32::from_be_bytes(t.try_into().ok()?);
         match self.pending.get(&tid) {
             Some(p) if p.addr == from => self.pending.remove(&tid),
             _ => None,
@@ -462,8 +479,13 @@ impl Node {
             return;
         }
         let their = q.id();
+        let mut ping_it = false;
         if !read_only && self.may_enter_table(&their, from) {
+            let known = self.table.get(&their).is_some();
             self.table.insert(their, from, false, now);
+            // New to us: it is handed on to others only once it has
+            // answered a ping (a spoofed query's "sender" never does).
+            ping_it = !known && self.table.get(&their).is_some();
         }
         let mut r = Response {
             id: self.id,
@@ -512,11 +534,17 @@ impl Node {
             },
         };
         self.reply(from, t, body);
+        if ping_it {
+            let ping = Query::Ping { id: self.id };
+            self.send_query(from, Some(their), ping, Purpose::Ping, now);
+        }
     }
 
     fn closest_v4(&self, target: &NodeId, now: Instant) -> Vec<(NodeId, SocketAddrV4)> {
+        // Only nodes that answered us: a spoofed query's "sender" is never
+        // handed on to others.
         self.table
-            .closest(target, K * 2, now)
+            .closest_confirmed(target, K * 2, now)
             .into_iter()
             .filter_map(|(id, a)| match a {
                 SocketAddr::V4(v4) => Some((id, v4)),
@@ -555,12 +583,14 @@ impl Node {
         let Some(run) = self.lookups.get_mut(&lid) else {
             return;
         };
-        let enforce = self.config.enforce_node_id;
+        // A node may point us at loopback only from loopback, and at a
+        // private network only from one: nobody out there can aim our
+        // queries at this host or its LAN.
         let nodes: Vec<(NodeId, SocketAddr)> = r
             .nodes
             .iter()
             .map(|&(id, a)| (id, SocketAddr::V4(a)))
-            .filter(|(id, a)| !enforce || id::id_matches_ip(id, a.ip()))
+            .filter(|(_, a)| reachable_from(a.ip(), from.ip()))
             .filter(|(id, _)| *id != self.id)
             .collect();
         let peers = if run.lookup.kind == Kind::GetPeers {
@@ -588,8 +618,7 @@ impl Node {
         if let Purpose::Lookup(lid) = p.purpose {
             if let Some(run) = self.lookups.get_mut(&lid) {
                 // It answered, but not usefully: do not ask again.
-                run.lookup.failed(from);
-                run.lookup.failed(from);
+                run.lookup.give_up(from);
             }
             self.drive(lid, now);
         }
@@ -598,7 +627,7 @@ impl Node {
     /// Timeouts and upkeep; call at [`Node::next_timeout`] (earlier or
     /// later is harmless).
     pub fn tick(&mut self, now: Instant) {
-        let overdue: Vec<u16> = self
+        let overdue: Vec<u32> = self
             .pending
             .iter()
             .filter(|(_, p)| now.saturating_duration_since(p.sent) >= QUERY_TIMEOUT)
@@ -618,6 +647,7 @@ impl Node {
                 }
             }
         }
+        touched.sort_unstable();
         touched.dedup();
         for lid in touched {
             self.drive(lid, now);
@@ -629,6 +659,19 @@ impl Node {
     }
 
     fn upkeep(&mut self, now: Instant) {
+        // Every lookup moves on (one stalled by a full pending map), and
+        // none lives forever.
+        let ids: Vec<LookupId> = self.lookups.keys().copied().collect();
+        for lid in ids {
+            let expired = self.lookups.get(&lid).is_some_and(|r| {
+                now.saturating_duration_since(r.lookup.started) >= MAX_LOOKUP_TIME
+            });
+            if expired {
+                self.finish(lid, now);
+            } else {
+                self.drive(lid, now);
+            }
+        }
         if self.table.len() >= K {
             self.saved = Vec::new();
         }
@@ -647,15 +690,20 @@ impl Node {
                 );
             }
         }
-        if self.table.is_empty() {
+        if self.table.len() < K {
+            // Not joined yet (the routers knew few nodes, or none answered):
+            // again, now and then.
             let due = self
                 .last_bootstrap
                 .is_some_and(|t| now.saturating_duration_since(t) >= REBOOTSTRAP);
             let running = self.lookups.values().any(|r| r.internal);
-            if due && !running && !self.config.bootstrap.is_empty() {
+            let sources = !self.config.bootstrap.is_empty() || !self.table.is_empty();
+            if due && !running && sources {
                 self.bootstrap(now);
             }
-            return;
+            if self.table.is_empty() {
+                return;
+            }
         }
         let room = (MAX_LOOKUPS / 2).saturating_sub(self.lookups.len());
         for target in self.table.refresh_targets(now, room.min(4)) {

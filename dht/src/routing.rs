@@ -177,12 +177,25 @@ impl Table {
                 fails: 0,
             };
             if b.nodes.len() < K {
+                b.replacements.retain(|e| e.id != id);
                 b.nodes.push(entry);
                 b.changed = Some(now);
                 return Inserted::Yes;
             }
-            if let Some(bad) = b.nodes.iter().position(|e| e.state(now) == State::Bad) {
-                b.nodes[bad] = entry;
+            // A bad node, or (for one that answered us) one that never
+            // did, makes way.
+            let weak = b
+                .nodes
+                .iter()
+                .position(|e| e.state(now) == State::Bad)
+                .or_else(|| {
+                    answered
+                        .then(|| b.nodes.iter().position(|e| e.last_answer.is_none()))
+                        .flatten()
+                });
+            if let Some(weak) = weak {
+                b.replacements.retain(|e| e.id != id);
+                b.nodes[weak] = entry;
                 b.changed = Some(now);
                 return Inserted::Yes;
             }
@@ -235,8 +248,17 @@ impl Table {
         };
         b.nodes[pos].fails = b.nodes[pos].fails.saturating_add(1);
         if b.nodes[pos].state(now) == State::Bad {
-            if let Some(r) = b.replacements.pop() {
-                b.nodes[pos] = r;
+            while let Some(r) = b.replacements.pop() {
+                // Still unique in the table by id, address and IP.
+                let clash = b.nodes.iter().any(|e| {
+                    e.id == r.id
+                        || e.addr == r.addr
+                        || (same_host_rule_applies(r.addr.ip()) && e.addr.ip() == r.addr.ip())
+                });
+                if !clash {
+                    b.nodes[pos] = r;
+                    break;
+                }
             }
         }
     }
@@ -246,6 +268,21 @@ impl Table {
         let mut all: Vec<&Entry> = self
             .entries()
             .filter(|e| e.state(now) != State::Bad)
+            .collect();
+        all.sort_unstable_by_key(|e| target.distance(&e.id));
+        all.into_iter().take(n).map(|e| (e.id, e.addr)).collect()
+    }
+
+    /// Like [`Table::closest`], only nodes that ever answered us.
+    pub fn closest_confirmed(
+        &self,
+        target: &NodeId,
+        n: usize,
+        now: Instant,
+    ) -> Vec<(NodeId, SocketAddr)> {
+        let mut all: Vec<&Entry> = self
+            .entries()
+            .filter(|e| e.last_answer.is_some() && e.state(now) != State::Bad)
             .collect();
         all.sort_unstable_by_key(|e| target.distance(&e.id));
         all.into_iter().take(n).map(|e| (e.id, e.addr)).collect()

@@ -81,8 +81,10 @@ impl PeerStore {
             }
         }
         let list = self.hashes.entry(info_hash).or_default();
-        if let Some(e) = list.iter_mut().find(|(a, _)| *a == peer) {
-            e.1 = now;
+        // One entry per IP (as libtorrent keeps them): one host cannot
+        // push a torrent's other peers out by announcing many ports.
+        if let Some(e) = list.iter_mut().find(|(a, _)| a.ip() == peer.ip()) {
+            *e = (peer, now);
             return;
         }
         if list.len() >= MAX_PEERS_PER_HASH {
@@ -197,8 +199,17 @@ mod tests {
         let t0 = Instant::now();
         let mut s = PeerStore::default();
         let h = NodeId::random();
+        // One IP announcing many ports keeps one entry, the latest.
         for p in 0..1000u16 {
             s.announce(h, SocketAddr::from(([10, 0, 0, 1], p + 1)), t0);
+        }
+        assert_eq!(s.peers(&h, t0), vec!["10.0.0.1:1000".parse().unwrap()]);
+        for i in 0..1000u32 {
+            s.announce(
+                h,
+                SocketAddr::from((std::net::Ipv4Addr::from(0x0a01_0000 + i), 1)),
+                t0,
+            );
         }
         assert_eq!(s.peer_count(), MAX_PEERS_PER_HASH);
         assert_eq!(s.peers(&h, t0).len(), MAX_VALUES_OUT);

@@ -26,21 +26,29 @@ fn replies(node: &mut Node) -> Vec<(SocketAddr, Msg)> {
     out
 }
 
-/// A node with a table of `n` nodes at 10.1.x.y that answered it.
+/// A node with a table of `n` nodes at 10.1.x.y that queried it and
+/// answered the ping it sent them back.
 fn node_with_table(n: u32, now: Instant) -> Node {
     let mut node = Node::new(Config::default(), now);
     for i in 0..n {
         let from = SocketAddr::from(([10, 1, (i >> 8) as u8, i as u8], 6881));
-        node.handle(
-            from,
-            &query(
-                b"aa",
-                Query::Ping {
-                    id: NodeId::random(),
-                },
-            ),
-            now,
-        );
+        let id = NodeId::random();
+        node.handle(from, &query(b"aa", Query::Ping { id }), now);
+        for (to, m) in replies(&mut node) {
+            if let Body::Query(_) = m.body {
+                let answer = Msg {
+                    t: m.t,
+                    body: Body::Response(Response {
+                        id,
+                        ..Response::default()
+                    }),
+                    v: None,
+                    ip: None,
+                    read_only: false,
+                };
+                node.handle(to, &answer.encode(), now);
+            }
+        }
     }
     replies(&mut node);
     node
@@ -210,6 +218,9 @@ fn malformed_datagrams_get_an_error_or_nothing() {
     assert_eq!(r.len(), 1);
     assert_eq!(r[0].1.t, b"aa");
     assert!(matches!(r[0].1.body, Body::Error { code: 203, .. }));
+    // An error is no bigger than the query that caused it, about.
+    let query_len = b"d1:ad2:id3:abce1:q4:ping1:t2:aa1:y1:qe".len();
+    assert!(r[0].1.encode().len() <= query_len + 16, "{:?}", r[0].1);
     // An unknown method without a target: 204; with one: nodes.
     node.handle(
         from,
@@ -240,10 +251,11 @@ fn malformed_datagrams_get_an_error_or_nothing() {
         t0,
     );
     assert!(matches!(&replies(&mut node)[0].1.body, Body::Response(r) if !r.nodes.is_empty()));
-    // Garbage, responses and errors nobody asked for, huge datagrams: no
-    // answer at all.
+    // Garbage, responses and errors nobody asked for, huge datagrams, a
+    // query too short to be real: no answer at all.
     for junk in [
         &b"garbage"[..],
+        b"d1:t0:1:y1:qe",
         b"d1:t2:aa1:y1:re",
         b"d1:eli201e1:xe1:t2:aa1:y1:ee",
         &[b'd'; 5000],
