@@ -9,6 +9,8 @@
 #   TRACKER=1  give every torrent a tracker (a local `shoal tracker`), so
 #              each one also announces
 set -euo pipefail
+# Loopback runs: no DHT (its default routers are on the internet).
+export SHOAL_NO_DHT=1
 cd "$(dirname "$0")/.."
 N=${N:-100}
 SIZE_KB=${SIZE_KB:-256}

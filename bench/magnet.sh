@@ -18,6 +18,8 @@
 # libtorrent stops at metadata_received_alert (its process start-up is not
 # counted, so the comparison favours it slightly). DHT, LSD, PEX, uTP off.
 set -euo pipefail
+# Loopback runs: no DHT (its default routers are on the internet).
+export SHOAL_NO_DHT=1
 
 REPS=${REPS:-5}
 DATA_DIR=${DATA_DIR:-/tmp/shoal-bench-magnet}

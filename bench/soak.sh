@@ -10,6 +10,8 @@
 #
 #   DURATION=1800 LEECHERS=4 TOTAL=40 HOSTILE=20 SIZE_MB=32 bench/soak.sh
 set -euo pipefail
+# Loopback runs: no DHT (its default routers are on the internet).
+export SHOAL_NO_DHT=1
 cd "$(dirname "$0")/.."
 cargo build --release --quiet
 dir=$(mktemp -d)

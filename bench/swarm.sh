@@ -46,6 +46,8 @@
 # - Afterwards every leecher's file is compared with the source (cmp); a
 #   mismatch, a crash or a timeout fails the run (and the script, exit 1).
 set -euo pipefail
+# Loopback runs: no DHT (its default routers are on the internet).
+export SHOAL_NO_DHT=1
 
 LEECHERS=${LEECHERS:-16}
 SIZE_MB=${SIZE_MB:-256}

@@ -684,7 +684,7 @@ fn download_of_complete_data_exits_at_once() {
         ],
     );
     let run = |extra: &[&str]| {
-        let child = std::process::Command::new(SHOAL)
+        let child = shoal_command()
             .args([
                 "download",
                 "t.torrent",
@@ -750,7 +750,7 @@ fn a_tracker_refuses_a_port_already_served() {
 /// A tracker on `listen` that should fail at once: its exit code and
 /// stderr (or a test failure after 10 s instead of a hang).
 fn tracker_on(cwd: &Path, listen: &str) -> (i32, String) {
-    let child = std::process::Command::new(SHOAL)
+    let child = shoal_command()
         .args(["tracker", "--listen", listen])
         .current_dir(cwd)
         .stdout(std::process::Stdio::piped())

@@ -53,7 +53,7 @@ fn content_size(big: usize) -> u64 {
 
 /// Runs `shoal download` in `cwd` with `args` for at most `secs`.
 fn shoal_download(cwd: &Path, args: &[&str], secs: u64) -> Run {
-    let child = Command::new(SHOAL)
+    let child = shoal_command()
         .arg("download")
         .args(args)
         .current_dir(cwd)
@@ -92,7 +92,7 @@ struct ShoalSeed {
 impl ShoalSeed {
     /// `shoal seed` in `cwd` with `args`; returns once it listens.
     fn start(cwd: &Path, args: &[&str]) -> ShoalSeed {
-        let mut child = Command::new(SHOAL)
+        let mut child = shoal_command()
             .arg("seed")
             .args(args)
             .current_dir(cwd)
@@ -195,7 +195,7 @@ fn shoal_downloads_from_libtorrent_with(big: usize, log2_piece: &str) {
     let (_seed, port) = start_libtorrent_seed(d);
     let peer = format!("127.0.0.1:{port}");
     let started = Instant::now();
-    let child = Command::new(SHOAL)
+    let child = shoal_command()
         .args([
             "download",
             "t.torrent",

@@ -15,8 +15,11 @@ use common::*;
 /// lt_dht.py N BASE: N libtorrent DHT nodes at 127.BASE+i.0.1 that know
 /// each other. Prints "NODES a:p b:p …". Then reads commands on stdin:
 /// "seed HASH" makes node 0 a peer of HASH (it announces itself to the
-/// DHT), printing "SEED ip:port"; "find HASH" has node 1 look HASH up until
-/// it gets peers (≤ 60 s), printing "FOUND ip:port …" or "NOTFOUND".
+/// DHT), printing "SEED ip:port"; "seedfile TORRENT" makes node 0 seed it
+/// from the work directory ("SEED ip:port HASH"); "leech TORRENT" has node
+/// 1 download it into lt-out/ with no peer given ("DONE pct peers" or
+/// "TIMEOUT pct peers", ≤ 120 s); "find HASH" has node 1 look HASH up
+/// until it gets peers (≤ 60 s), printing "FOUND ip:port …" or "NOTFOUND".
 const LT_DHT: &str = r#"
 import sys, time, libtorrent as lt
 n, base = int(sys.argv[1]), int(sys.argv[2])
@@ -37,21 +40,40 @@ for i, (_, s) in enumerate(nodes):
             s.add_dht_node((ip, ports[j]))
 print("NODES " + " ".join("%s:%d" % (ip, ports[i]) for i, (ip, _) in enumerate(nodes)), flush=True)
 for line in sys.stdin:
-    cmd, arg = line.split()
+    cmd, arg, *want = line.split()
     if cmd == "seed":
         p = lt.parse_magnet_uri("magnet:?xt=urn:btih:" + arg)
         p.save_path = sys.argv[3]
         nodes[0][1].add_torrent(p)
         print("SEED %s:%d" % (nodes[0][0], ports[0]), flush=True)
+    elif cmd == "seedfile":
+        ti = lt.torrent_info(arg)
+        nodes[0][1].add_torrent({"ti": ti, "save_path": sys.argv[3], "flags": lt.torrent_flags.seed_mode})
+        print("SEED %s:%d %s" % (nodes[0][0], ports[0], str(ti.info_hash())), flush=True)
+    elif cmd == "unseed":
+        for t in nodes[0][1].get_torrents():
+            nodes[0][1].remove_torrent(t)
+        print("UNSEEDED", flush=True)
+    elif cmd == "leech":
+        h = nodes[1][1].add_torrent({"ti": lt.torrent_info(arg), "save_path": sys.argv[3] + "/lt-out"})
+        deadline = time.time() + 120
+        seen = set()
+        while time.time() < deadline and not h.status().is_seeding:
+            seen.update("%s:%d" % p.ip for p in h.get_peer_info() if p.total_download > 0)
+            time.sleep(0.1)
+        st = h.status()
+        peers = sorted(seen)
+        print("%s %.1f %s" % ("DONE" if st.is_seeding else "TIMEOUT", st.progress * 100, ",".join(peers)), flush=True)
     elif cmd == "find":
         h = lt.sha1_hash(bytes.fromhex(arg))
         s = nodes[1][1]
         found = set()
         deadline = time.time() + 60
-        while time.time() < deadline and not found:
+        ok = lambda: found and (not want or want[0] in found)
+        while time.time() < deadline and not ok():
             s.dht_get_peers(h)
             t = time.time()
-            while time.time() - t < 3 and not found:
+            while time.time() - t < 3 and not ok():
                 s.wait_for_alert(500)
                 for a in s.pop_alerts():
                     if isinstance(a, lt.dht_get_peers_reply_alert) and str(a.info_hash) == arg:
@@ -101,7 +123,7 @@ impl Swarm {
 
 /// `shoal dht ARGS…` with a deadline; returns (success, stdout, stderr).
 fn shoal_dht(dir: &std::path::Path, args: &[&str]) -> (bool, String, String) {
-    let child = Command::new(SHOAL)
+    let child = shoal_command()
         .arg("dht")
         .args(args)
         .current_dir(dir)
@@ -221,4 +243,94 @@ fn shoal_finds_a_libtorrent_peer_and_libtorrent_finds_shoals() {
         "libtorrent did not find the peer shoal announced: {found}"
     );
     eprintln!("dht interop: {:?}", started.elapsed());
+}
+
+/// The content: 40 MiB (2560 blocks) in 256 KiB pieces, as a trackerless
+/// torrent (no -a).
+fn trackerless(d: &std::path::Path) -> Vec<u8> {
+    let data = bytes(77, 40 << 20);
+    write(&d.join("data.bin"), &data);
+    shoal_ok(d, &["create", "data.bin", "-l", "18", "-o", "t.torrent"]);
+    data
+}
+
+/// A magnet without trackers or peers, from a libtorrent seed that only
+/// the DHT knows of; then a trackerless `shoal seed` that a libtorrent
+/// leecher finds through its DHT alone.
+#[test]
+fn trackerless_downloads_both_ways_through_the_dht() {
+    if !have_libtorrent() {
+        return;
+    }
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    trackerless(d);
+    let mut lt = Swarm::start(d, 8, 70);
+    let bootstrap = lt.nodes[2].clone();
+    let seed = lt.ask("seedfile t.torrent");
+    let mut parts = seed.split(' ').skip(1);
+    let seed_addr = parts.next().unwrap().to_string();
+    let hash = parts.next().unwrap().to_string();
+    // Its announce is out once libtorrent's own lookup sees it.
+    let found = lt.ask(&format!("find {hash} {seed_addr}"));
+    assert!(
+        found.contains(&seed_addr),
+        "libtorrent's own DHT lookup: {found}"
+    );
+
+    // shoal: the magnet alone, the DHT on, a libtorrent node to join by.
+    let magnet = format!("magnet:?xt=urn:btih:{hash}&dn=data.bin");
+    let child = shoal_command()
+        .env_remove("SHOAL_NO_DHT")
+        .env("XDG_STATE_HOME", d.join("state"))
+        .args([
+            "download", &magnet, "-o", "out", "-x", "--json", "--port", "0",
+        ])
+        .args(["--bind", "127.80.0.1", "--dht-bootstrap", &bootstrap])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = finish(child, 150, "shoal download of a magnet through the DHT");
+    assert!(r.status.success(), "{}", r.stderr);
+    assert_eq!(r.json()["complete"], true, "{}", r.stderr);
+    same_file(&d.join("data.bin"), &d.join("out/data.bin"));
+    eprintln!(
+        "shoal fetched the magnet through the DHT: {:?}",
+        started.elapsed()
+    );
+
+    // shoal seeds the trackerless torrent; libtorrent's node 1 finds it
+    // through the DHT (it is told of no peer) and downloads. libtorrent's
+    // own seed leaves first.
+    assert_eq!(lt.ask("unseed x"), "UNSEEDED");
+    let _seed = Killed(
+        shoal_command()
+            .env_remove("SHOAL_NO_DHT")
+            .env("XDG_STATE_HOME", d.join("state2"))
+            .args(["seed", "t.torrent", "out/data.bin", "--port", "0", "-q"])
+            .args(["--bind", "127.81.0.1", "--dht-bootstrap", &bootstrap])
+            .current_dir(d)
+            .stdout(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    // Once libtorrent's DHT holds shoal's announce, its leecher looks.
+    let found = lt.ask(&format!("find {hash} 127.81.0.1"));
+    let shoal_seed = found
+        .split(' ')
+        .find(|p| p.starts_with("127.81.0.1:"))
+        .unwrap_or_else(|| panic!("shoal's seed never reached libtorrent's DHT: {found}"))
+        .to_string();
+    let done = lt.ask("leech t.torrent");
+    eprintln!("libtorrent leecher: {done} (shoal's seed is {shoal_seed})");
+    assert!(
+        done.starts_with("DONE"),
+        "libtorrent did not complete: {done}"
+    );
+    assert!(done.contains(&shoal_seed), "not from shoal: {done}");
+    same_file(&d.join("data.bin"), &d.join("lt-out/data.bin"));
+    eprintln!("trackerless both ways: {:?}", started.elapsed());
 }

@@ -282,7 +282,7 @@ fn shoal_downloads_at_once(d: &Path, files: &[&str], peer: &str) {
         "-q",
     ]);
     let started = Instant::now();
-    let child = Command::new(SHOAL)
+    let child = shoal_command()
         .args(&args)
         .current_dir(d)
         .stdout(Stdio::piped())

@@ -436,7 +436,7 @@ fn a_peer_dropped_for_a_violation_is_told_at_the_default_level() {
     }
     let seed = Shoal::seed(d, "seed/data.bin", &["--upload-limit", "1M"]);
     let bad_addr = bad.to_string();
-    let out = std::process::Command::new(SHOAL)
+    let out = shoal_command()
         .args([
             "download",
             "t.torrent",

@@ -23,7 +23,7 @@ fn create_and_seed(d: &Path, name: &str, extra_create: &[&str]) -> Shoal {
 
 /// Runs `shoal ARGS` in `d` to its end (bounded).
 fn run(d: &Path, args: &[&str]) -> Run {
-    let child = std::process::Command::new(SHOAL)
+    let child = shoal_command()
         .args(args)
         .current_dir(d)
         .stdin(std::process::Stdio::null())

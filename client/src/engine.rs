@@ -93,6 +93,8 @@ pub(crate) struct EngineShared {
     handshaking: Mutex<HashMap<IpAddr, usize>>,
     /// Why peers were dropped, rate-limited at the default level.
     pub drops: crate::droplog::DropLog,
+    /// The DHT node all public torrents look peers up through, if any.
+    pub dht: std::sync::OnceLock<Arc<crate::dht::Dht>>,
     pub cancel: CancellationToken,
     pub tasks: TaskTracker,
 }
@@ -205,11 +207,30 @@ impl Engine {
             torrents: Mutex::new(HashMap::new()),
             handshaking: Mutex::new(HashMap::new()),
             drops: Default::default(),
+            dht: std::sync::OnceLock::new(),
             cancel: CancellationToken::new(),
             tasks: TaskTracker::new(),
         });
         shared.tasks.spawn(accept(shared.clone(), listener));
         Ok(Engine { shared, listen })
+    }
+
+    /// Starts the DHT node the engine's public torrents use (BEP 5): they
+    /// look themselves up and announce on start and every 15 minutes, and
+    /// magnets find peers through it. Once per engine.
+    pub async fn start_dht(&self, config: crate::dht::DhtConfig) -> std::io::Result<SocketAddr> {
+        let dht = crate::dht::Dht::start(config).await?;
+        let addr = dht.local_addr();
+        if let Err(d) = self.shared.dht.set(Arc::new(dht)) {
+            d.shutdown().await;
+            return Err(std::io::Error::other("the engine already runs a DHT node"));
+        }
+        Ok(addr)
+    }
+
+    /// The engine's DHT node, if it runs one.
+    pub fn dht(&self) -> Option<&Arc<crate::dht::Dht>> {
+        self.shared.dht.get()
     }
 
     pub fn listen_addr(&self) -> SocketAddr {
@@ -266,6 +287,9 @@ impl Engine {
     /// disk threads once everything queued is written. Shut the torrents
     /// down first ([`Session::shutdown`]).
     pub async fn shutdown(self) {
+        if let Some(dht) = self.shared.dht.get() {
+            dht.shutdown().await;
+        }
         self.shared.cancel.cancel();
         self.shared.tasks.close();
         self.shared.tasks.wait().await;

@@ -213,10 +213,11 @@ impl Engine {
         config: FetchConfig,
         status: watch::Sender<FetchStatus>,
     ) -> Result<Fetched, FetchError> {
-        if config.peers.is_empty() && config.trackers.is_empty() {
+        let engine = self.shared().clone();
+        let dht = engine.dht.get().cloned();
+        if config.peers.is_empty() && config.trackers.is_empty() && dht.is_none() {
             return Err(FetchError::NoSources);
         }
-        let engine = self.shared().clone();
         if engine.cancel.is_cancelled() {
             return Err(FetchError::ShuttingDown);
         }
@@ -243,11 +244,14 @@ impl Engine {
         // Whatever way this returns (or is dropped), its tasks stop.
         let _stop = ctx.done.clone().drop_guard();
         ctx.add_candidates(config.peers.iter().copied(), false);
-        let announcers: Vec<_> = config
+        let mut announcers: Vec<_> = config
             .trackers
             .iter()
             .map(|url| engine.tasks.spawn(announce_loop(ctx.clone(), url.clone())))
             .collect();
+        if let Some(dht) = dht {
+            announcers.push(engine.tasks.spawn(dht_loop(ctx.clone(), dht)));
+        }
         dial_loop(&ctx, config.max_peers.max(1)).await;
         // The announcers say `stopped` if they should (bounded): wait, so
         // that it reaches the trackers before anything that follows.
@@ -352,6 +356,31 @@ async fn dial_loop(ctx: &Arc<Ctx>, max: usize) {
             () = ctx.new_candidates.notified() => {}
             () = ended.notified() => {}
             () = tokio::time::sleep(wait.max(Duration::from_millis(50))) => {}
+        }
+    }
+}
+
+/// Looks the magnet up in the DHT until the fetch ends (again every
+/// minute), for its peers. Nothing is announced: we have nothing yet.
+async fn dht_loop(ctx: Arc<Ctx>, dht: Arc<crate::dht::Dht>) {
+    loop {
+        let mut events = dht.get_peers(ctx.info_hash.0, None).await;
+        loop {
+            let e = tokio::select! {
+                e = events.recv() => e,
+                () = ctx.done.cancelled() => return,
+            };
+            match e {
+                Some(crate::dht::LookupEvent::Peers(peers)) => {
+                    tracing::debug!("metadata: {} peers from the DHT", peers.len());
+                    ctx.add_candidates(peers, false);
+                }
+                Some(crate::dht::LookupEvent::Done { .. }) | None => break,
+            }
+        }
+        tokio::select! {
+            () = tokio::time::sleep(Duration::from_secs(60)) => {}
+            () = ctx.done.cancelled() => return,
         }
     }
 }

@@ -863,6 +863,11 @@ impl Session {
             shared.lock().add_pex_candidates(&shared.config.pex_peers);
         }
         shared.tasks.spawn(announce(shared.clone()));
+        if !shared.info.is_private() {
+            if let Some(dht) = shared.engine.dht.get().cloned() {
+                shared.tasks.spawn(dht_announce(shared.clone(), dht));
+            }
+        }
         let driver = shared.tasks.spawn(drive(shared.clone(), events));
         Session {
             shared,
@@ -1276,6 +1281,58 @@ fn write_resume(shared: &Shared, have: &Bitfield) {
 }
 
 /// Talks to the trackers until the session stops, then says `stopped`.
+/// How often a torrent looks itself up in the DHT and announces.
+const DHT_INTERVAL: Duration = Duration::from_secs(15 * 60);
+/// Sooner again while the DHT is still joining (few nodes answered).
+const DHT_RETRY: Duration = Duration::from_secs(60);
+
+/// Looks the torrent up in the DHT and announces our port there, on start
+/// and every [`DHT_INTERVAL`]; the peers found become candidates.
+async fn dht_announce(shared: Arc<Shared>, dht: Arc<crate::dht::Dht>) {
+    let announce = crate::dht::Announce {
+        port: shared.engine.port,
+        implied_port: false,
+    };
+    loop {
+        let mut events = dht.get_peers(shared.info_hash.0, Some(announce)).await;
+        let mut found = 0;
+        let mut answered_by = 0;
+        loop {
+            let e = tokio::select! {
+                e = events.recv() => e,
+                () = shared.cancel.cancelled() => return,
+            };
+            match e {
+                Some(crate::dht::LookupEvent::Peers(peers)) => {
+                    found += peers.len();
+                    shared.add_candidates(peers, false);
+                }
+                Some(crate::dht::LookupEvent::Done {
+                    answered,
+                    announced,
+                    ..
+                }) => {
+                    answered_by = answered;
+                    tracing::debug!(
+                        "DHT: {found} peer(s), {answered} node(s) answered, announced to {announced}"
+                    );
+                    break;
+                }
+                None => break,
+            }
+        }
+        let wait = if answered_by < 8 {
+            DHT_RETRY
+        } else {
+            DHT_INTERVAL
+        };
+        tokio::select! {
+            () = tokio::time::sleep(wait) => {}
+            () = shared.cancel.cancelled() => return,
+        }
+    }
+}
+
 async fn announce(shared: Arc<Shared>) {
     if shared.config.trackers.is_empty() {
         return;

@@ -372,10 +372,16 @@ fn prepare(args: &Args, meta: Metainfo, extra_peers: &[SocketAddr]) -> anyhow::R
     let mut config = args.net.config(&meta)?;
     config.wanted = wanted_pieces;
     config.resume = Some(resume_path);
-    if config.trackers.is_empty() && config.peers.is_empty() && extra_peers.is_empty() {
+    let dht = !args.net.no_dht && !info.is_private();
+    if config.trackers.is_empty() && config.peers.is_empty() && extra_peers.is_empty() && !dht {
         bail!(
-            "no way to find peers for {}: the torrent names no tracker; give one with --peer HOST:PORT",
-            info.name()
+            "no way to find peers for {}: the torrent names no tracker{}; give one with --peer HOST:PORT",
+            info.name(),
+            if info.is_private() {
+                " (and a private torrent never uses the DHT)"
+            } else {
+                " and --no-dht leaves out the DHT"
+            }
         );
     }
     Ok((info, storage, have, config))

@@ -99,9 +99,9 @@ pub async fn resolve(
     config.max_size = opts.max_size;
     config.max_peers = (opts.net.max_peers as usize).max(1);
     config.announce_stopped = opts.metadata_only;
-    if config.peers.is_empty() && config.trackers.is_empty() {
+    if config.peers.is_empty() && config.trackers.is_empty() && engine.dht().is_none() {
         bail!(
-            "no way to find peers for magnet {hash}: it names no tracker (tr=) and no peer (x.pe=){}; give one with --peer HOST:PORT (shoal has no DHT yet)",
+            "no way to find peers for magnet {hash}: it names no tracker (tr=) and no peer (x.pe=){}, and the DHT is off; give a peer with --peer HOST:PORT, or drop --no-dht",
             if opts.net.no_trackers && !magnet.trackers.is_empty() {
                 " that --no-trackers leaves"
             } else {
@@ -133,7 +133,7 @@ pub async fn resolve(
         } else if last_peer.elapsed() >= opts.no_peers {
             view.clear();
             bail!(
-                "no peers found for {} while fetching the metadata of magnet {hash} ({} address(es) tried); is the tracker up? (or name a peer with --peer HOST:PORT)",
+                "no peers found for {} while fetching the metadata of magnet {hash} ({} address(es) tried); is the tracker up? (or name a peer with --peer HOST:PORT; try 'shoal dht get-peers {hash}')",
                 humantime::format_duration(opts.no_peers),
                 s.known
             );

@@ -34,6 +34,17 @@ pub struct NetArgs {
     /// Do not announce to the torrent's trackers (use --peer)
     #[arg(long)]
     pub no_trackers: bool,
+    /// Do not use the DHT (BEP 5) to find peers and be found; private
+    /// torrents never use it [env: SHOAL_NO_DHT=1]
+    #[arg(long, env = "SHOAL_NO_DHT", hide_env = true, value_parser = clap::builder::BoolishValueParser::new())]
+    pub no_dht: bool,
+    /// UDP port of the DHT node [default: the peer port]
+    #[arg(long, value_name = "PORT")]
+    pub dht_port: Option<u16>,
+    /// Join the DHT through this node (HOST:PORT, repeatable; 'none' for
+    /// none) [default: the public routers libtorrent and Transmission use]
+    #[arg(long = "dht-bootstrap", value_name = "HOST:PORT")]
+    pub dht_bootstrap: Vec<String>,
     /// Most connections at once, per torrent
     #[arg(long, value_name = "N", default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub max_peers: u32,
@@ -140,15 +151,59 @@ impl NetArgs {
         c.upload_limit = self.upload_limit;
         c.download_limit = download_limit;
         c.disk_threads = ui::default_threads().clamp(1, 4);
-        match Engine::start(c.clone()).await {
-            Ok(e) => Ok(e),
+        let engine = match Engine::start(c.clone()).await {
+            Ok(e) => e,
             Err(client::session::SessionError::Listen { error, .. })
                 if self.port.is_none() && error.kind() == std::io::ErrorKind::AddrInUse =>
             {
                 c.listen.set_port(0);
-                Ok(Engine::start(c).await?)
+                Engine::start(c).await?
             }
-            Err(e) => Err(e.into()),
+            Err(e) => return Err(e.into()),
+        };
+        if !self.no_dht {
+            self.start_dht(&engine).await?;
+        }
+        Ok(engine)
+    }
+
+    /// The engine's DHT node on the peer port (UDP), or --dht-port.
+    async fn start_dht(&self, engine: &Engine) -> anyhow::Result<()> {
+        let bind = match self.bind {
+            std::net::IpAddr::V4(v4) => v4,
+            // The node speaks IPv4 for now.
+            std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
+        };
+        let port = self.dht_port.unwrap_or(engine.listen_addr().port());
+        let bootstrap = if self.dht_bootstrap.is_empty() {
+            client::dht::DEFAULT_BOOTSTRAP
+                .iter()
+                .map(|s| s.to_string())
+                .collect()
+        } else {
+            self.dht_bootstrap
+                .iter()
+                .filter(|b| b.as_str() != "none")
+                .cloned()
+                .collect()
+        };
+        let config = client::dht::DhtConfig {
+            bind: SocketAddr::from((bind, port)),
+            bootstrap,
+            state_file: client::dht::state_dir().map(|d| d.join("dht.dat")),
+            enforce_node_id: true,
+        };
+        match engine.start_dht(config).await {
+            Ok(addr) => {
+                tracing::debug!("DHT node on UDP {addr}");
+                Ok(())
+            }
+            // Asked for that port: its being taken is an error.
+            Err(e) if self.dht_port.is_some() => Err(e.into()),
+            Err(e) => {
+                tracing::warn!("DHT off: {e} (give another with --dht-port, or --no-dht)");
+                Ok(())
+            }
         }
     }
 }

@@ -11,9 +11,18 @@ use std::time::{Duration, Instant};
 
 pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 
+/// A `shoal` command with the DHT off: tests talk to loopback only, and the
+/// DHT's default routers are on the internet. DHT tests turn it back on
+/// (`.env_remove("SHOAL_NO_DHT")`) with their own `--dht-bootstrap`.
+pub fn shoal_command() -> Command {
+    let mut c = Command::new(SHOAL);
+    c.env("SHOAL_NO_DHT", "1");
+    c
+}
+
 /// Runs shoal with `args` in `cwd`.
 pub fn shoal(cwd: &Path, args: &[&str]) -> Output {
-    let out = Command::new(SHOAL)
+    let out = shoal_command()
         .args(args)
         .current_dir(cwd)
         .output()
@@ -145,7 +154,7 @@ impl Drop for Killed {
 /// "listening on" line; returns the process and the bound address.
 pub fn start_tracker(listen: &str, extra: &[&str]) -> (Killed, std::net::SocketAddr) {
     use std::io::BufRead;
-    let mut child = Command::new(SHOAL)
+    let mut child = shoal_command()
         .args(["tracker", "--listen", listen])
         .args(extra)
         .stderr(std::process::Stdio::piped())
@@ -361,7 +370,7 @@ impl Shoal {
     /// Starts `shoal ARGS` in `cwd` (client debug logs on) and waits (bounded) for its "listening
     /// on" line.
     pub fn start(cwd: &Path, label: &str, args: &[&str]) -> Shoal {
-        let mut child = Command::new(SHOAL)
+        let mut child = shoal_command()
             .args(args)
             .current_dir(cwd)
             .env("RUST_LOG", "info,client=debug")
