@@ -334,3 +334,115 @@ fn trackerless_downloads_both_ways_through_the_dht() {
     same_file(&d.join("data.bin"), &d.join("lt-out/data.bin"));
     eprintln!("trackerless both ways: {:?}", started.elapsed());
 }
+
+/// aria2 (`--enable-dht --dht-entry-point`) downloads a trackerless torrent
+/// from a `shoal seed` it finds through the DHT only: a standalone
+/// `shoal dht` node is the entry point, the seed announced to it.
+#[test]
+fn aria2_downloads_from_a_shoal_seed_found_through_the_dht() {
+    if !have("aria2c") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let data = bytes(78, 24 << 20);
+    write(&d.join("data.bin"), &data);
+    shoal_ok(d, &["create", "data.bin", "-l", "16", "-o", "t.torrent"]);
+    // The entry point: a standalone node, no bootstrap.
+    let mut node = shoal_command()
+        .args([
+            "dht",
+            "--listen",
+            "127.100.0.1:0",
+            "--dht-bootstrap",
+            "none",
+            "--no-state",
+        ])
+        .current_dir(d)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
+    let first = lines.next().expect("shoal dht said nothing").unwrap();
+    let entry = first
+        .rsplit("on UDP ")
+        .next()
+        .unwrap_or_else(|| panic!("shoal dht said {first:?}"))
+        .to_string();
+    let _node = Killed(node);
+    std::thread::spawn(move || lines.for_each(drop));
+    let mut seed = shoal_command()
+        .env_remove("SHOAL_NO_DHT")
+        .env("XDG_STATE_HOME", d.join("state"))
+        .args([
+            "seed",
+            "t.torrent",
+            "data.bin",
+            "--port",
+            "0",
+            "--bind",
+            "127.101.0.1",
+        ])
+        .args(["--dht-bootstrap", &entry])
+        .current_dir(d)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut seed_lines = BufReader::new(seed.stderr.take().unwrap()).lines();
+    let _seed = Killed(seed);
+    for line in seed_lines.by_ref() {
+        if line.unwrap().contains("seeding") {
+            break;
+        }
+    }
+    std::thread::spawn(move || seed_lines.for_each(drop));
+    // The seed's announce reaches the entry point within a lookup; look.
+    let entry_dir = d.to_path_buf();
+    wait_for(30, "the seed's DHT announce", || {
+        let (ok, out, _) = shoal_dht(
+            &entry_dir,
+            &[
+                "get-peers",
+                &info_hash_hex(d),
+                "--dht-bootstrap",
+                &entry,
+                "--listen",
+                "127.102.0.1:0",
+                "--no-state",
+                "--timeout",
+                "5s",
+            ],
+        );
+        ok && out.lines().any(|l| l.starts_with("127.101.0.1:"))
+    });
+    let (dht_port, port) = (free_port().to_string(), free_port().to_string());
+    let child = Command::new("aria2c")
+        .args([
+            "-q",
+            "--seed-time=0",
+            "--enable-dht=true",
+            "--enable-dht6=false",
+        ])
+        .arg(format!("--dht-entry-point={entry}"))
+        .arg(format!("--dht-listen-port={dht_port}"))
+        .arg(format!("--dht-file-path={}", d.join("aria2.dht").display()))
+        .args(["--bt-enable-lpd=false", "--enable-peer-exchange=false"])
+        .arg(format!("--listen-port={port}"))
+        .args(["--file-allocation=none", "-d", "aria2-out", "t.torrent"])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = finish(child, 120, "aria2c through the DHT");
+    assert!(r.status.success(), "aria2c: {}\n{}", r.stdout, r.stderr);
+    same_file(&d.join("data.bin"), &d.join("aria2-out/data.bin"));
+}
+
+/// The hex info hash of `t.torrent` in `d`.
+fn info_hash_hex(d: &std::path::Path) -> String {
+    let out = shoal_ok(d, &["show", "t.torrent", "--json"]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["info_hash"].as_str().unwrap().to_string()
+}

@@ -216,7 +216,10 @@ impl Lookup {
     ) -> Vec<SocketAddr> {
         let d = self.target.distance(&id);
         if let Some(c) = self.routers.iter_mut().find(|c| c.addr == addr) {
-            c.step = Step::Answered { token: None };
+            // Kept apart, but a router that is a real node (a private
+            // network's bootstrap node) may still be announced to.
+            c.id = Some(id);
+            c.step = Step::Answered { token };
         } else if let Some(c) = self.nodes.values_mut().find(|c| c.addr == addr) {
             if c.id == Some(id) {
                 c.step = Step::Answered { token };
@@ -294,14 +297,17 @@ impl Lookup {
                 .all(|c| matches!(c.step, Step::Answered { .. }))
     }
 
-    /// The closest nodes that answered with a token, for announce_peer.
+    /// The closest nodes that answered with a token, for announce_peer;
+    /// routers that gave one fill up to K when the network is that small.
     pub fn announce_targets(&self) -> Vec<(NodeId, SocketAddr, Vec<u8>)> {
+        let with_token = |c: &Cand| match (&c.step, c.id) {
+            (Step::Answered { token: Some(t) }, Some(id)) => Some((id, c.addr, t.clone())),
+            _ => None,
+        };
         self.nodes
             .values()
-            .filter_map(|c| match (&c.step, c.id) {
-                (Step::Answered { token: Some(t) }, Some(id)) => Some((id, c.addr, t.clone())),
-                _ => None,
-            })
+            .filter_map(with_token)
+            .chain(self.routers.iter().filter_map(with_token))
             .take(K)
             .collect()
     }
