@@ -8,7 +8,7 @@
 //! simulated clock.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr, SocketAddrV4};
 use std::time::{Duration, Instant};
 
 use torrent_format::bencode::{self, Value};
@@ -30,6 +30,12 @@ fn reachable_from(addr: std::net::IpAddr, from: std::net::IpAddr) -> bool {
         true
     }
 }
+
+/// Distinct nodes that must see us at one public address before our id is
+/// made to fit it (BEP 42).
+pub const IP_VOTES: usize = 5;
+/// Guesses at our address kept while votes come in.
+const MAX_IP_CANDIDATES: usize = 8;
 
 /// Longest a lookup runs, whatever happens.
 const MAX_LOOKUP_TIME: Duration = Duration::from_secs(60);
@@ -156,10 +162,16 @@ pub struct Node {
     last_bootstrap: Option<Instant>,
     /// Nodes of a saved table, asked by the first bootstrap.
     saved: Vec<(NodeId, SocketAddr)>,
+    /// Our address as nodes that answered us see it (BEP 42 `ip`), with
+    /// the IPs of those who said so.
+    votes: Vec<(IpAddr, Vec<IpAddr>)>,
+    /// The id was given: never changed to match our address.
+    fixed_id: bool,
 }
 
 impl Node {
     pub fn new(config: Config, now: Instant) -> Node {
+        let fixed_id = config.id.is_some();
         let id = config.id.unwrap_or_else(NodeId::random);
         Node {
             id,
@@ -177,6 +189,8 @@ impl Node {
             last_upkeep: now,
             last_bootstrap: None,
             saved: Vec::new(),
+            votes: Vec::new(),
+            fixed_id,
         }
     }
 
@@ -420,6 +434,54 @@ impl Node {
         }
     }
 
+    /// A node at `voter` saw us at `ip`. Once [`IP_VOTES`] distinct nodes
+    /// agree on a public address our id does not fit (BEP 42), we take an
+    /// id that does, so that nodes enforcing BEP 42 keep us in their
+    /// tables; our table is rebuilt around it.
+    fn vote_external_ip(&mut self, ip: IpAddr, voter: IpAddr, now: Instant) {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map_or(IpAddr::V6(v6), IpAddr::V4),
+            v4 => v4,
+        };
+        if self.fixed_id || id::is_local(ip) || id::id_matches_ip(&self.id, ip) {
+            return;
+        }
+        let i = match self.votes.iter().position(|(v, _)| *v == ip) {
+            Some(i) => i,
+            None => {
+                if self.votes.len() >= MAX_IP_CANDIDATES {
+                    // The least supported guess makes room.
+                    let weakest = (0..self.votes.len())
+                        .min_by_key(|&i| self.votes[i].1.len())
+                        .expect("not empty");
+                    self.votes.swap_remove(weakest);
+                }
+                self.votes.push((ip, Vec::new()));
+                self.votes.len() - 1
+            }
+        };
+        let voters = &mut self.votes[i].1;
+        if !voters.contains(&voter) && voters.len() < IP_VOTES {
+            voters.push(voter);
+        }
+        if voters.len() >= IP_VOTES {
+            self.votes.clear();
+            self.change_id(id::id_for_ip(ip), now);
+        }
+    }
+
+    /// Takes a new id; the table is rebuilt around it from what it held.
+    fn change_id(&mut self, new: NodeId, now: Instant) {
+        tracing::debug!("DHT: new node id {new} (BEP 42, for our address)");
+        let old = std::mem::replace(&mut self.table, Table::new(new));
+        self.id = new;
+        for e in old.entries() {
+            self.table
+                .insert(e.id, e.addr, e.last_answer.is_some(), now);
+        }
+        self.table.refresh_all();
+    }
+
     fn may_enter_table(&self, id: &NodeId, addr: SocketAddr) -> bool {
         !self.config.enforce_node_id || id::id_matches_ip(id, addr.ip())
     }
@@ -459,7 +521,7 @@ impl Node {
         };
         match msg.body {
             Body::Query(q) => self.on_query(from, msg.t, q, msg.read_only, now),
-            Body::Response(r) => self.on_response(from, &msg.t, r, msg.read_only, now),
+            Body::Response(r) => self.on_response(from, &msg.t, r, msg.read_only, msg.ip, now),
             Body::Error { .. } => self.on_error(from, &msg.t, now),
         }
     }
@@ -560,12 +622,16 @@ impl Node {
         t: &[u8],
         r: Response,
         read_only: bool,
+        seen_as: Option<SocketAddr>,
         now: Instant,
     ) {
         let Some(p) = self.take_pending(from, t) else {
             self.stats.unknown_tid += 1;
             return;
         };
+        if let Some(seen) = seen_as {
+            self.vote_external_ip(seen.ip(), from.ip(), now);
+        }
         // Routers answer lookups but are not DHT nodes to keep.
         let router = self.config.bootstrap.contains(&from);
         if !read_only && !router && self.may_enter_table(&r.id, from) {
@@ -735,10 +801,13 @@ impl Node {
             Some(Value::Bytes(b)) => NodeId::from_slice(b),
             _ => None,
         });
-        if config.id.is_none() {
+        let given = config.id.is_some();
+        if !given {
             config.id = id;
         }
         let mut node = Node::new(config, now);
+        // A saved id may still change to fit our address.
+        node.fixed_id = given;
         if let Some(Value::Bytes(b)) = parsed.as_ref().and_then(|v| v.get("nodes")) {
             for c in b.chunks_exact(26).take(2000) {
                 let id = NodeId::from_slice(&c[..20]).expect("20 bytes");

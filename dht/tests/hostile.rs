@@ -282,3 +282,59 @@ fn public_nodes_need_a_bep42_id_to_enter_the_table() {
     replies(&mut node);
     assert_eq!(node.table().len(), 1);
 }
+
+#[test]
+fn our_id_comes_to_fit_the_address_five_nodes_see() {
+    let t0 = Instant::now();
+    let mut node = Node::new(Config::default(), t0);
+    let before = node.id();
+    let ours: SocketAddr = "203.0.113.50:6881".parse().unwrap();
+    let answer = |node: &mut Node, voter: SocketAddr, t: Vec<u8>| {
+        let m = Msg {
+            t,
+            body: Body::Response(Response {
+                id: dht::id::id_for_ip(voter.ip()),
+                ..Response::default()
+            }),
+            v: None,
+            ip: Some(ours),
+            read_only: false,
+        };
+        node.handle(voter, &m.encode(), t0);
+    };
+    let mut ask = |node: &mut Node, voter: SocketAddr| {
+        node.add_node(voter, t0);
+        let (_, q) = node.poll_transmit().unwrap();
+        answer(node, voter, Msg::decode(&q).unwrap().t);
+    };
+    // The same voter five times, then three others: four distinct.
+    let voters: Vec<SocketAddr> = (1..=5)
+        .map(|i| SocketAddr::from(([198, 51, 100, i], 6881)))
+        .collect();
+    for _ in 0..5 {
+        ask(&mut node, voters[0]);
+    }
+    for v in &voters[1..4] {
+        ask(&mut node, *v);
+    }
+    assert_eq!(node.id(), before, "four nodes are not enough");
+    ask(&mut node, voters[4]);
+    assert_ne!(node.id(), before);
+    assert!(dht::id::id_matches_ip(&node.id(), ours.ip()));
+    // The table came along.
+    assert_eq!(node.table().len(), 5);
+    assert_eq!(node.table().own_id(), node.id());
+    // An id given by the caller is kept.
+    let fixed = NodeId([7; 20]);
+    let mut node = Node::new(
+        Config {
+            id: Some(fixed),
+            ..Config::default()
+        },
+        t0,
+    );
+    for v in &voters {
+        ask(&mut node, *v);
+    }
+    assert_eq!(node.id(), fixed);
+}
