@@ -302,7 +302,7 @@ fn our_id_comes_to_fit_the_address_five_nodes_see() {
         };
         node.handle(voter, &m.encode(), t0);
     };
-    let mut ask = |node: &mut Node, voter: SocketAddr| {
+    let ask = |node: &mut Node, voter: SocketAddr| {
         node.add_node(voter, t0);
         let (_, q) = node.poll_transmit().unwrap();
         answer(node, voter, Msg::decode(&q).unwrap().t);
