@@ -19,7 +19,8 @@ use common::*;
 /// from the work directory ("SEED ip:port HASH"); "leech TORRENT" has node
 /// 1 download it into lt-out/ with no peer given ("DONE pct peers" or
 /// "TIMEOUT pct peers", ≤ 120 s); "find HASH" has node 1 look HASH up
-/// until it gets peers (≤ 60 s), printing "FOUND ip:port …" or "NOTFOUND".
+/// until it gets peers (≤ 60 s), printing "FOUND ip:port …" or "NOTFOUND";
+/// "addnode ip:port" tells every node of another DHT node ("ADDED").
 const LT_DHT: &str = r#"
 import sys, time, libtorrent as lt
 n, base = int(sys.argv[1]), int(sys.argv[2])
@@ -50,6 +51,11 @@ for line in sys.stdin:
         ti = lt.torrent_info(arg)
         nodes[0][1].add_torrent({"ti": ti, "save_path": sys.argv[3], "flags": lt.torrent_flags.seed_mode})
         print("SEED %s:%d %s" % (nodes[0][0], ports[0], str(ti.info_hash())), flush=True)
+    elif cmd == "addnode":
+        ip, port = arg.split(":")
+        for _, s in nodes:
+            s.add_dht_node((ip, int(port)))
+        print("ADDED", flush=True)
     elif cmd == "unseed":
         for t in nodes[0][1].get_torrents():
             nodes[0][1].remove_torrent(t)
@@ -266,7 +272,15 @@ fn trackerless_downloads_both_ways_through_the_dht() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     trackerless(d);
-    let mut lt = Swarm::start(d, 8, 70);
+    // A mixed network of 20: 12 libtorrent nodes and 8 `shoal dht` ones.
+    let mut lt = Swarm::start(d, 12, 70);
+    let _shoal_nodes: Vec<Killed> = (0..8)
+        .map(|k| {
+            let (node, addr) = shoal_node(d, 110 + k, &lt.nodes[k as usize]);
+            assert_eq!(lt.ask(&format!("addnode {addr}")), "ADDED");
+            node
+        })
+        .collect();
     let bootstrap = lt.nodes[2].clone();
     let seed = lt.ask("seedfile t.torrent");
     let mut parts = seed.split(' ').skip(1);
@@ -349,28 +363,7 @@ fn aria2_downloads_from_a_shoal_seed_found_through_the_dht() {
     write(&d.join("data.bin"), &data);
     shoal_ok(d, &["create", "data.bin", "-l", "16", "-o", "t.torrent"]);
     // The entry point: a standalone node, no bootstrap.
-    let mut node = shoal_command()
-        .args([
-            "dht",
-            "--listen",
-            "127.100.0.1:0",
-            "--dht-bootstrap",
-            "none",
-            "--no-state",
-        ])
-        .current_dir(d)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
-    let first = lines.next().expect("shoal dht said nothing").unwrap();
-    let entry = first
-        .rsplit("on UDP ")
-        .next()
-        .unwrap_or_else(|| panic!("shoal dht said {first:?}"))
-        .to_string();
-    let _node = Killed(node);
-    std::thread::spawn(move || lines.for_each(drop));
+    let (_node, entry) = shoal_node(d, 100, "none");
     let mut seed = shoal_command()
         .env_remove("SHOAL_NO_DHT")
         .env("XDG_STATE_HOME", d.join("state"))
@@ -445,4 +438,25 @@ fn info_hash_hex(d: &std::path::Path) -> String {
     let out = shoal_ok(d, &["show", "t.torrent", "--json"]);
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["info_hash"].as_str().unwrap().to_string()
+}
+
+/// A standalone `shoal dht` node on 127.N.0.1 joining through `via`;
+/// returns it and its UDP address.
+fn shoal_node(d: &std::path::Path, n: u8, via: &str) -> (Killed, String) {
+    let mut node = shoal_command()
+        .args(["dht", "--listen", &format!("127.{n}.0.1:0"), "--no-state"])
+        .args(["--dht-bootstrap", via])
+        .current_dir(d)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(node.stderr.take().unwrap()).lines();
+    let first = lines.next().expect("shoal dht said nothing").unwrap();
+    let addr = first
+        .rsplit("on UDP ")
+        .next()
+        .unwrap_or_else(|| panic!("shoal dht said {first:?}"))
+        .to_string();
+    std::thread::spawn(move || lines.for_each(drop));
+    (Killed(node), addr)
 }
