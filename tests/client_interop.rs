@@ -686,6 +686,8 @@ fn run_in_netns(dir: &Path, script: &str, env: &[(&str, &str)], secs: u64) -> St
     cmd.args(["-n", "bash", "-c", &format!("{NETNS_PROLOGUE}{script}")])
         .env("DIR", dir)
         .env("SHOAL", SHOAL)
+        // No DHT: nothing to join in the namespace.
+        .env("SHOAL_NO_DHT", "1")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
     for (k, v) in env {

@@ -460,3 +460,75 @@ fn shoal_node(d: &std::path::Path, n: u8, via: &str) -> (Killed, String) {
     std::thread::spawn(move || lines.for_each(drop));
     (Killed(node), addr)
 }
+
+/// Transmission (in a private network namespace: it ignores 127.x peers)
+/// downloads a trackerless torrent from a `shoal seed` found through a DHT
+/// of 20 standalone `shoal dht` nodes, given two of them in its
+/// `dht.bootstrap` file. (Transmission searches only once it knows more
+/// than 8 nodes, 4 of them good, hence the 20.)
+const TRANSMISSION_DHT: &str = r#"
+set -euo pipefail
+trap 'kill $(jobs -p) 2>/dev/null || true' EXIT
+ip link set lo up
+for i in $(seq 1 30); do ip addr add "10.77.0.$i/24" dev lo; done
+cd "$DIR"
+export XDG_STATE_HOME=$DIR/state
+"$SHOAL" create seed/data.bin -l 18 -o t.torrent > /dev/null
+"$SHOAL" dht --listen 10.77.0.10:6881 --dht-bootstrap none --no-state 2> n10.log &
+for i in $(seq 11 29); do
+  "$SHOAL" dht --listen "10.77.0.$i:6881" --dht-bootstrap 10.77.0.10:6881 --no-state 2> "n$i.log" &
+done
+for _ in $(seq 50); do grep -q "on UDP" n29.log && break; sleep 0.1; done
+"$SHOAL" seed t.torrent seed/data.bin --port 0 --bind 10.77.0.3 --dht-bootstrap 10.77.0.10:6881 -q > seed.json 2> seed.log &
+# The seed's announce is stored once a lookup for its hash finds it.
+HASH=$("$SHOAL" show t.torrent --json | /usr/bin/python3 -c 'import json, sys; print(json.load(sys.stdin)["info_hash"])')
+for _ in $(seq 30); do
+  "$SHOAL" dht get-peers "$HASH" --listen 10.77.0.5:0 --dht-bootstrap 10.77.0.20:6881 --no-state --timeout 2s -q | grep -q '^10.77.0.3:' && break
+  sleep 0.5
+done
+mkdir -p tconf out
+cat > tconf/settings.json <<JSON
+{"utp-enabled": false, "dht-enabled": true, "lpd-enabled": false, "pex-enabled": false,
+ "port-forwarding-enabled": false, "encryption": 1, "bind-address-ipv4": "10.77.0.2"}
+JSON
+printf '10.77.0.11 6881\n10.77.0.12 6881\n' > tconf/dht.bootstrap
+printf '#!/bin/sh\ntouch "%s/done"\n' "$DIR" > done.sh
+chmod +x done.sh
+HOME="$DIR" transmission-cli -g tconf -p 51413 -et -w out -f "$DIR/done.sh" t.torrent > transmission.log 2>&1 &
+for _ in $(seq 1500); do [ -e done ] && break; sleep 0.1; done
+[ -e done ] || {
+  echo "transmission did not finish in 150 s"
+  tr '\r' '\n' < transmission.log | grep -v '^ *$' | tail -8
+  tail -n 2 n11.log; exit 1
+}
+echo "FINISHED $SECONDS"
+"#;
+
+#[test]
+fn transmission_downloads_from_a_shoal_seed_found_through_the_dht() {
+    if !can_make_netns() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("seed/data.bin"), &bytes(79, 24 << 20));
+    let child = Command::new("unshare")
+        .args(["-n", "bash", "-c", TRANSMISSION_DHT])
+        .env("DIR", d)
+        .env("SHOAL", SHOAL)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = finish(child, 200, "the Transmission DHT script");
+    let log = |f: &str| std::fs::read_to_string(d.join(f)).unwrap_or_default();
+    assert!(
+        r.status.success(),
+        "{}\n{}\nseed.log:\n{}",
+        r.stdout,
+        r.stderr,
+        log("seed.log")
+    );
+    eprint!("{}", r.stdout);
+    same_file(&d.join("seed/data.bin"), &d.join("out/data.bin"));
+}
