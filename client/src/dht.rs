@@ -117,6 +117,15 @@ impl Dht {
             enforce_node_id: config.enforce_node_id,
         };
         let now = Instant::now().into_std();
+        // The first process owns the state file (and its node id) while it
+        // runs; others read its nodes but take an id of their own and save
+        // nothing, so two processes never share an id.
+        let lock = config.state_file.as_deref().and_then(lock_state);
+        let mut node_config = node_config;
+        if config.state_file.is_some() && lock.is_none() {
+            node_config.id = Some(NodeId::random());
+        }
+        let state_file = config.state_file.clone().filter(|_| lock.is_some());
         let saved = config.state_file.as_ref().and_then(|p| {
             match crate::resume::load_state(p, MAX_STATE) {
                 Ok(b) => b,
@@ -133,13 +142,12 @@ impl Dht {
         node.bootstrap(now);
         let (tx, rx) = mpsc::channel(COMMANDS);
         let cancel = CancellationToken::new();
-        let task = tokio::spawn(run(
-            Arc::new(socket),
-            node,
-            rx,
-            cancel.clone(),
-            config.state_file,
-        ));
+        let cancel_task = cancel.clone();
+        let task = tokio::spawn(async move {
+            run(Arc::new(socket), node, rx, cancel_task, state_file).await;
+            // Held until the last save is done.
+            drop(lock);
+        });
         Ok(Dht {
             tx,
             local,
@@ -245,10 +253,10 @@ async fn run(
         }
         if last_save.elapsed() >= Duration::from_secs(300) {
             last_save = Instant::now();
-            save(&node, state_file.as_ref());
+            save(&node, state_file.as_ref()).await;
         }
     }
-    save(&node, state_file.as_ref());
+    save(&node, state_file.as_ref()).await;
 }
 
 /// Sends what the node queued and hands its events to the lookups' readers.
@@ -290,18 +298,40 @@ async fn flush(
     }
 }
 
-fn save(node: &Node, path: Option<&PathBuf>) {
-    let Some(path) = path else { return };
+/// Saves the table, on a blocking thread (it fsyncs).
+async fn save(node: &Node, path: Option<&PathBuf>) {
+    let Some(path) = path.cloned() else { return };
     if node.table().is_empty() {
         // Keep what an earlier run learned rather than an empty table.
         return;
     }
-    if let Some(dir) = path.parent() {
-        let _ = std::fs::create_dir_all(dir);
-    }
-    if let Err(e) = crate::resume::save_state(path, &node.save()) {
-        tracing::warn!("saving the DHT table to {}: {e}", path.display());
-    }
+    let bytes = node.save();
+    let _ = tokio::task::spawn_blocking(move || {
+        if let Some(dir) = path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        if let Err(e) = crate::resume::save_state(&path, &bytes) {
+            tracing::warn!("saving the DHT table to {}: {e}", path.display());
+        }
+    })
+    .await;
+}
+
+/// An exclusive lock on `STATE.lock` beside the state file, if no other
+/// process holds it.
+fn lock_state(state: &std::path::Path) -> Option<std::fs::File> {
+    let dir = state.parent()?;
+    std::fs::create_dir_all(dir).ok()?;
+    let mut name = state.file_name()?.to_owned();
+    name.push(".lock");
+    let file = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(name))
+        .ok()?;
+    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
+    Some(file)
 }
 
 /// shoal's state directory: `$XDG_STATE_HOME/shoal`, else
