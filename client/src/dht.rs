@@ -33,6 +33,8 @@ const COMMANDS: usize = 64;
 /// Batches of peers waiting for a lookup's reader, at most; more are
 /// dropped (they are only candidates).
 const PEER_BATCHES: usize = 64;
+/// How long a bootstrap name may take to resolve.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Largest state file read.
 const MAX_STATE: u64 = 256 * 1024;
 
@@ -90,10 +92,22 @@ pub struct Dht {
 /// Resolves `HOST:PORT` names to IPv4 addresses (the node speaks IPv4).
 pub async fn resolve(names: &[String]) -> Vec<SocketAddr> {
     let mut out = Vec::new();
-    for name in names {
-        match tokio::net::lookup_host(name.as_str()).await {
-            Ok(addrs) => out.extend(addrs.filter(SocketAddr::is_ipv4)),
-            Err(e) => tracing::warn!("DHT bootstrap {name}: {e}"),
+    let mut lookups = tokio::task::JoinSet::new();
+    for name in names.iter().cloned() {
+        lookups.spawn(async move {
+            let r =
+                tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host(name.clone())).await;
+            (name, r)
+        });
+    }
+    while let Some(done) = lookups.join_next().await {
+        let Ok((name, r)) = done else { continue };
+        match r {
+            Ok(Ok(addrs)) => out.extend(addrs.filter(SocketAddr::is_ipv4)),
+            Ok(Err(e)) => tracing::warn!("DHT bootstrap {name}: {e}"),
+            Err(_) => {
+                tracing::warn!("DHT bootstrap {name}: no answer from DNS in {RESOLVE_TIMEOUT:?}")
+            }
         }
     }
     out.sort_unstable();
@@ -121,10 +135,7 @@ impl Dht {
         // runs; others read its nodes but take an id of their own and save
         // nothing, so two processes never share an id.
         let lock = config.state_file.as_deref().and_then(lock_state);
-        let mut node_config = node_config;
-        if config.state_file.is_some() && lock.is_none() {
-            node_config.id = Some(NodeId::random());
-        }
+        let keep_id = lock.is_some();
         let state_file = config.state_file.clone().filter(|_| lock.is_some());
         let saved = config.state_file.as_ref().and_then(|p| {
             match crate::resume::load_state(p, MAX_STATE) {
@@ -136,7 +147,7 @@ impl Dht {
             }
         });
         let mut node = match saved {
-            Some(bytes) => Node::restore(&bytes, node_config, now),
+            Some(bytes) => Node::restore_with(&bytes, node_config, now, keep_id),
             None => Node::new(node_config, now),
         };
         node.bootstrap(now);
@@ -324,14 +335,28 @@ fn lock_state(state: &std::path::Path) -> Option<std::fs::File> {
     std::fs::create_dir_all(dir).ok()?;
     let mut name = state.file_name()?.to_owned();
     name.push(".lock");
-    let file = std::fs::OpenOptions::new()
+    let path = dir.join(name);
+    let file = match std::fs::OpenOptions::new()
         .create(true)
         .truncate(false)
         .write(true)
-        .open(dir.join(name))
-        .ok()?;
-    rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive).ok()?;
-    Some(file)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) => {
+            tracing::warn!("DHT table not kept: {}: {e}", path.display());
+            return None;
+        }
+    };
+    match rustix::fs::flock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Some(file),
+        // Another process runs the node of this state.
+        Err(rustix::io::Errno::WOULDBLOCK) => None,
+        Err(e) => {
+            tracing::warn!("DHT table not kept: locking {}: {e}", path.display());
+            None
+        }
+    }
 }
 
 /// shoal's state directory: `$XDG_STATE_HOME/shoal`, else

@@ -99,8 +99,9 @@ pub struct Fetched {
     pub info: Info,
     /// Peers given or named by a tracker, for the torrent to dial.
     pub peers: Vec<SocketAddr>,
-    /// Peers only some peer's ut_pex named: for a public torrent's
-    /// PEX candidates (bounded, soon forgotten), never for a private one.
+    /// Peers only some peer's ut_pex or the DHT named: for a public
+    /// torrent's PEX candidates (bounded, soon forgotten), never for a
+    /// private one.
     pub pex_peers: Vec<SocketAddr>,
     /// How many peers the pieces came from.
     pub senders: usize,
@@ -373,7 +374,9 @@ async fn dht_loop(ctx: Arc<Ctx>, dht: Arc<crate::dht::Dht>) {
             match e {
                 Some(crate::dht::LookupEvent::Peers(peers)) => {
                     tracing::debug!("metadata: {} peers from the DHT", peers.len());
-                    ctx.add_candidates(peers, false);
+                    // Heard of, not vouched for: kept apart like PEX peers
+                    // (never pinned, never used for a private torrent).
+                    ctx.add_candidates(peers, true);
                 }
                 Some(crate::dht::LookupEvent::Done { .. }) | None => break,
             }

@@ -682,7 +682,11 @@ impl Shared {
     pub fn add_candidates(&self, addrs: impl IntoIterator<Item = SocketAddr>, pinned: bool) {
         let mut st = self.lock();
         for addr in addrs {
-            if addr.port() == 0 || st.banned_addrs.contains(&addr) {
+            let ip = addr.ip();
+            let nowhere = ip.is_unspecified()
+                || ip.is_multicast()
+                || ip == std::net::IpAddr::V4(std::net::Ipv4Addr::BROADCAST);
+            if addr.port() == 0 || nowhere || st.banned_addrs.contains(&addr) {
                 continue;
             }
             if st.candidates.len() >= MAX_CANDIDATES && !st.candidates.contains_key(&addr) {

@@ -37,6 +37,15 @@ pub const IP_VOTES: usize = 5;
 /// Guesses at our address kept while votes come in.
 const MAX_IP_CANDIDATES: usize = 8;
 
+/// A peer address anyone could connect to: a port, and a unicast IP.
+fn usable_peer(p: SocketAddr) -> bool {
+    let ip = p.ip();
+    p.port() != 0
+        && !ip.is_unspecified()
+        && !ip.is_multicast()
+        && ip != IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
+}
+
 /// Longest a lookup runs, whatever happens.
 const MAX_LOOKUP_TIME: Duration = Duration::from_secs(60);
 
@@ -659,11 +668,18 @@ impl Node {
             .filter(|(_, a)| reachable_from(a.ip(), from.ip()))
             .filter(|(id, _)| *id != self.id)
             .collect();
-        let peers = if run.lookup.kind == Kind::GetPeers {
-            r.values.as_slice()
+        // Peers too: a node near the hash must not aim our peer
+        // connections at this host, its LAN, or nowhere.
+        let peers: Vec<SocketAddr> = if run.lookup.kind == Kind::GetPeers {
+            r.values
+                .iter()
+                .copied()
+                .filter(|p| usable_peer(*p) && reachable_from(p.ip(), from.ip()))
+                .collect()
         } else {
-            &[]
+            Vec::new()
         };
+        let peers = peers.as_slice();
         let new = run.lookup.answered(from, r.id, &nodes, peers, r.token);
         if !new.is_empty() && !run.internal {
             let info_hash = run.lookup.target;
@@ -795,14 +811,21 @@ impl Node {
     /// A node from [`Node::save`]'s bytes: the same id (unless the config
     /// names one), and the saved nodes asked first when it bootstraps.
     /// Bad bytes give a fresh node.
-    pub fn restore(saved: &[u8], mut config: Config, now: Instant) -> Node {
+    pub fn restore(saved: &[u8], config: Config, now: Instant) -> Node {
+        Self::restore_with(saved, config, now, true)
+    }
+
+    /// Like [`Node::restore`]; with `keep_id` false only the nodes are
+    /// taken (another process runs under the saved id), and the id is a
+    /// fresh one that may still come to fit our address (BEP 42).
+    pub fn restore_with(saved: &[u8], mut config: Config, now: Instant, keep_id: bool) -> Node {
         let parsed = bencode::decode(saved).ok();
         let id = parsed.as_ref().and_then(|v| match v.get("id") {
             Some(Value::Bytes(b)) => NodeId::from_slice(b),
             _ => None,
         });
         let given = config.id.is_some();
-        if !given {
+        if !given && keep_id {
             config.id = id;
         }
         let mut node = Node::new(config, now);

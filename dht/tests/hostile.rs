@@ -338,3 +338,54 @@ fn our_id_comes_to_fit_the_address_five_nodes_see() {
     }
     assert_eq!(node.id(), fixed);
 }
+
+#[test]
+fn peers_a_node_names_must_be_reachable_from_it() {
+    let t0 = Instant::now();
+    let router: SocketAddr = "198.51.100.7:6881".parse().unwrap();
+    let mut node = Node::new(
+        Config {
+            bootstrap: vec![router],
+            ..Config::default()
+        },
+        t0,
+    );
+    let lookup = node.get_peers(NodeId::random(), None, t0).unwrap();
+    let (to, q) = node.poll_transmit().unwrap();
+    assert_eq!(to, router);
+    let values = [
+        "127.0.0.1:22",
+        "10.0.0.1:80",
+        "0.0.0.0:5",
+        "224.0.0.1:9",
+        "8.8.8.8:0",
+        "8.8.8.8:6881",
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect();
+    let answer = Msg {
+        t: Msg::decode(&q).unwrap().t,
+        body: Body::Response(Response {
+            id: dht::id::id_for_ip(router.ip()),
+            values,
+            token: Some(b"tk".to_vec()),
+            ..Response::default()
+        }),
+        v: None,
+        ip: None,
+        read_only: false,
+    };
+    node.handle(router, &answer.encode(), t0);
+    let mut found = Vec::new();
+    while let Some(e) = node.poll_event() {
+        if let dht::Event::Peers {
+            lookup: l, peers, ..
+        } = e
+        {
+            assert_eq!(l, lookup);
+            found.extend(peers);
+        }
+    }
+    assert_eq!(found, vec!["8.8.8.8:6881".parse::<SocketAddr>().unwrap()]);
+}

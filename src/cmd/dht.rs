@@ -20,7 +20,8 @@ Examples:
 
 The routing table is kept in $XDG_STATE_HOME/shoal/dht.dat (default
 ~/.local/state/shoal/dht.dat), so a restart does not bootstrap from scratch.
-Exit status of get-peers: 0 when peers were found, 1 when none were.";
+Exit status of get-peers: 0 when peers were found (with --announce: when
+the announce reached a node), 1 otherwise.";
 
 /// Run a DHT node (BEP 5), or look up the peers of one torrent
 #[derive(clap::Args)]

@@ -193,7 +193,15 @@ impl NetArgs {
             state_file: client::dht::state_dir().map(|d| d.join("dht.dat")),
             enforce_node_id: true,
         };
-        match engine.start_dht(config).await {
+        let mut result = engine.start_dht(config.clone()).await;
+        if result.is_err() && self.dht_port.is_none() {
+            // The peer port's UDP side is taken (another DHT node, say):
+            // any port does, the announce names the TCP one.
+            let mut any = config;
+            any.bind.set_port(0);
+            result = engine.start_dht(any).await;
+        }
+        match result {
             Ok(addr) => {
                 tracing::debug!("DHT node on UDP {addr}");
                 Ok(())
@@ -201,7 +209,7 @@ impl NetArgs {
             // Asked for that port: its being taken is an error.
             Err(e) if self.dht_port.is_some() => Err(e.into()),
             Err(e) => {
-                tracing::warn!("DHT off: {e} (give another with --dht-port, or --no-dht)");
+                tracing::warn!("DHT off: {e} (give another port with --dht-port, or --no-dht)");
                 Ok(())
             }
         }
