@@ -47,6 +47,23 @@ pub struct Msg {
     pub ip: Option<SocketAddr>,
     /// A read-only node (BEP 43): do not put it in the routing table.
     pub read_only: bool,
+    /// In a `find_node` or `get_peers` query: the address families of
+    /// nodes asked for (BEP 32 `want`).
+    pub want: Want,
+}
+
+/// BEP 32's `want`: which families of nodes a querier asks for. Neither
+/// (the key absent) means nodes of the querier's own family.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Want {
+    pub n4: bool,
+    pub n6: bool,
+}
+
+impl Want {
+    pub fn is_empty(&self) -> bool {
+        !self.n4 && !self.n6
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -239,10 +256,21 @@ impl Msg {
             .map(<[u8]>::to_vec);
         let ip = bytes(&d, "ip").and_then(decode_compact);
         let read_only = int(&d, "ro") == Some(1);
+        let mut want = Want::default();
         let body = match bytes(&d, "y") {
             Some(b"q") => {
                 let method = bytes(&d, "q").ok_or_else(|| invalid("query without a method"))?;
                 let a = dict(&d, "a").ok_or_else(|| invalid("query without arguments"))?;
+                if let Some(Value::List(l)) = a.get(&b"want"[..]) {
+                    // A handful of short strings; more is not a real query.
+                    for w in l.iter().take(8) {
+                        match w {
+                            Value::Bytes(b) if b == b"n4" => want.n4 = true,
+                            Value::Bytes(b) if b == b"n6" => want.n6 = true,
+                            _ => {}
+                        }
+                    }
+                }
                 Body::Query(decode_query(method, a).map_err(invalid)?)
             }
             Some(b"r") => {
@@ -276,6 +304,7 @@ impl Msg {
             v,
             ip,
             read_only,
+            want,
         })
     }
 
@@ -297,7 +326,18 @@ impl Msg {
             Body::Query(q) => {
                 d.insert(b"y".to_vec(), Value::Bytes(b"q".to_vec()));
                 d.insert(b"q".to_vec(), Value::Bytes(q.method().to_vec()));
-                d.insert(b"a".to_vec(), Value::Dict(encode_query(q)));
+                let mut a = encode_query(q);
+                if !self.want.is_empty() {
+                    let mut l = Vec::new();
+                    if self.want.n4 {
+                        l.push(Value::Bytes(b"n4".to_vec()));
+                    }
+                    if self.want.n6 {
+                        l.push(Value::Bytes(b"n6".to_vec()));
+                    }
+                    a.insert(b"want".to_vec(), Value::List(l));
+                }
+                d.insert(b"a".to_vec(), Value::Dict(a));
             }
             Body::Response(r) => {
                 d.insert(b"y".to_vec(), Value::Bytes(b"r".to_vec()));
@@ -521,6 +561,26 @@ mod tests {
     }
 
     #[test]
+    fn bep32_want_round_trips() {
+        // BEP 32's find_node asking for both families.
+        let q = b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz1234564:wantl2:n42:n6ee1:q9:find_node1:t2:aa1:y1:qe";
+        let m = Msg::decode(q).unwrap();
+        assert_eq!(m.want, Want { n4: true, n6: true });
+        assert_eq!(m.encode(), q);
+        // Unknown entries are ignored; absent means neither.
+        let q = b"d1:ad2:id20:abcdefghij01234567896:target20:mnopqrstuvwxyz1234564:wantl2:n92:n6i3eee1:q9:find_node1:t2:aa1:y1:qe";
+        assert_eq!(
+            Msg::decode(q).unwrap().want,
+            Want {
+                n4: false,
+                n6: true
+            }
+        );
+        let ping = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
+        assert!(Msg::decode(ping).unwrap().want.is_empty());
+    }
+
+    #[test]
     fn responses_round_trip() {
         let m = Msg {
             t: vec![1, 2],
@@ -534,6 +594,7 @@ mod tests {
             v: Some(b"SH01".to_vec()),
             ip: Some("9.9.9.9:99".parse().unwrap()),
             read_only: false,
+            want: Want::default(),
         };
         assert_eq!(Msg::decode(&m.encode()).unwrap(), m);
     }
@@ -579,6 +640,7 @@ mod tests {
             v: None,
             ip: None,
             read_only: false,
+            want: Want::default(),
         }
         .encode();
         assert!(wire.len() <= MAX_PACKET);

@@ -14,4 +14,4 @@ pub mod routing;
 pub mod store;
 
 pub use id::NodeId;
-pub use node::{Announce, Config, Event, LookupId, Node, Stats};
+pub use node::{Announce, Config, Event, Family, LookupId, Node, Stats};

@@ -8,13 +8,13 @@
 //! simulated clock.
 
 use std::collections::{BTreeMap, HashMap, VecDeque};
-use std::net::{IpAddr, SocketAddr, SocketAddrV4};
+use std::net::{IpAddr, SocketAddr};
 use std::time::{Duration, Instant};
 
 use torrent_format::bencode::{self, Value};
 
 use crate::id::{self, NodeId};
-use crate::krpc::{self, Body, KrpcError, Msg, Query, Response};
+use crate::krpc::{self, Body, KrpcError, Msg, Query, Response, Want};
 use crate::lookup::{Kind, Lookup, QUERY_TIMEOUT};
 use crate::routing::{Inserted, Table, K};
 use crate::store::{PeerStore, RateLimiter, Tokens};
@@ -64,8 +64,29 @@ const UPKEEP: Duration = Duration::from_secs(1);
 /// Bootstrap again this long after a bootstrap left the table short.
 const REBOOTSTRAP: Duration = Duration::from_secs(15);
 
+/// The address family a node serves. Each family has its own node, table
+/// and socket (BEP 32); a dual-stack host runs two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Family {
+    #[default]
+    V4,
+    V6,
+}
+
+impl Family {
+    pub fn of(addr: SocketAddr) -> Family {
+        match addr {
+            SocketAddr::V4(_) => Family::V4,
+            SocketAddr::V6(_) => Family::V6,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct Config {
+    /// The family of our socket: only its addresses are queried, kept and
+    /// handed on.
+    pub family: Family,
     /// Our id; random (or BEP 42's for a known public address) if None.
     pub id: Option<NodeId>,
     /// Routers to ask when the table is empty; never put in the table.
@@ -78,6 +99,7 @@ pub struct Config {
 impl Default for Config {
     fn default() -> Self {
         Config {
+            family: Family::V4,
             id: None,
             bootstrap: Vec::new(),
             enforce_node_id: true,
@@ -179,7 +201,9 @@ pub struct Node {
 }
 
 impl Node {
-    pub fn new(config: Config, now: Instant) -> Node {
+    pub fn new(mut config: Config, now: Instant) -> Node {
+        let family = config.family;
+        config.bootstrap.retain(|&a| Family::of(a) == family);
         let fixed_id = config.id.is_some();
         let id = config.id.unwrap_or_else(NodeId::random);
         Node {
@@ -205,6 +229,10 @@ impl Node {
 
     pub fn id(&self) -> NodeId {
         self.id
+    }
+
+    pub fn family(&self) -> Family {
+        self.config.family
     }
 
     pub fn table(&self) -> &Table {
@@ -337,7 +365,10 @@ impl Node {
         purpose: Purpose,
         now: Instant,
     ) -> bool {
-        if self.pending.len() >= MAX_PENDING || addr.port() == 0 {
+        if self.pending.len() >= MAX_PENDING
+            || addr.port() == 0
+            || Family::of(addr) != self.config.family
+        {
             return false;
         }
         // Random, so that nobody who sees one query can forge the answer
@@ -352,6 +383,7 @@ impl Node {
             v: Some(VERSION.to_vec()),
             ip: None,
             read_only: false,
+            want: Want::default(),
         };
         self.pending.insert(
             tid,
@@ -375,6 +407,7 @@ impl Node {
             v: full.then(|| VERSION.to_vec()),
             ip: full.then_some(to),
             read_only: false,
+            want: Want::default(),
         };
         self.push_out(to, msg.encode());
     }
@@ -497,6 +530,23 @@ impl Node {
 
     /// A datagram from `from`.
     pub fn handle(&mut self, from: SocketAddr, datagram: &[u8], now: Instant) {
+        self.handle_with(from, datagram, now, None);
+    }
+
+    /// Like [`Node::handle`], with the node of the other family (a
+    /// dual-stack host's), whose nodes answer queries that `want` them
+    /// (BEP 32).
+    pub fn handle_with(
+        &mut self,
+        from: SocketAddr,
+        datagram: &[u8],
+        now: Instant,
+        other: Option<&Node>,
+    ) {
+        if Family::of(from) != self.config.family {
+            // Not from our socket (a v4-mapped address, say): ignored.
+            return;
+        }
         self.stats.datagrams_in += 1;
         self.stats.bytes_in += datagram.len() as u64;
         let msg = match Msg::decode(datagram) {
@@ -529,7 +579,10 @@ impl Node {
             }
         };
         match msg.body {
-            Body::Query(q) => self.on_query(from, msg.t, q, msg.read_only, now),
+            Body::Query(q) => {
+                let other = other.filter(|o| o.config.family != self.config.family);
+                self.on_query(from, msg.t, q, msg.read_only, msg.want, other, now)
+            }
             Body::Response(r) => self.on_response(from, &msg.t, r, msg.read_only, msg.ip, now),
             Body::Error { .. } => self.on_error(from, &msg.t, now),
         }
@@ -543,7 +596,17 @@ impl Node {
         }
     }
 
-    fn on_query(&mut self, from: SocketAddr, t: Vec<u8>, q: Query, read_only: bool, now: Instant) {
+    #[allow(clippy::too_many_arguments)]
+    fn on_query(
+        &mut self,
+        from: SocketAddr,
+        t: Vec<u8>,
+        q: Query,
+        read_only: bool,
+        want: Want,
+        other: Option<&Node>,
+        now: Instant,
+    ) {
         self.stats.queries_in += 1;
         if !self.limiter.allow(from.ip(), now) {
             self.stats.rate_limited += 1;
@@ -569,14 +632,14 @@ impl Node {
                 target: Some(target),
                 ..
             } => {
-                r.nodes = self.closest_v4(&target, now);
+                self.fill_nodes(&mut r, &target, want, other, now);
                 Body::Response(r)
             }
             Query::GetPeers { info_hash, .. } => {
                 r.token = Some(self.tokens.token_for(from.ip()));
                 r.values = self.store.peers(&info_hash, now);
                 if r.values.is_empty() {
-                    r.nodes = self.closest_v4(&info_hash, now);
+                    self.fill_nodes(&mut r, &info_hash, want, other, now);
                 }
                 Body::Response(r)
             }
@@ -611,18 +674,69 @@ impl Node {
         }
     }
 
-    fn closest_v4(&self, target: &NodeId, now: Instant) -> Vec<(NodeId, SocketAddrV4)> {
+    /// The nodes closest to `target` of the families `want` asks for (our
+    /// own when it asks for none), from our table and the other family's.
+    fn fill_nodes(
+        &self,
+        r: &mut Response,
+        target: &NodeId,
+        want: Want,
+        other: Option<&Node>,
+        now: Instant,
+    ) {
+        let want = if want.is_empty() {
+            match self.config.family {
+                Family::V4 => Want {
+                    n4: true,
+                    n6: false,
+                },
+                Family::V6 => Want {
+                    n4: false,
+                    n6: true,
+                },
+            }
+        } else {
+            want
+        };
+        let source = |family: Family| {
+            if self.config.family == family {
+                Some(self)
+            } else {
+                other.filter(|o| o.config.family == family)
+            }
+        };
+        if want.n4 {
+            if let Some(n) = source(Family::V4) {
+                r.nodes = n
+                    .closest(target, now)
+                    .filter_map(|(id, a)| match a {
+                        SocketAddr::V4(v4) => Some((id, v4)),
+                        SocketAddr::V6(_) => None,
+                    })
+                    .collect();
+            }
+        }
+        if want.n6 {
+            if let Some(n) = source(Family::V6) {
+                r.nodes6 = n
+                    .closest(target, now)
+                    .filter_map(|(id, a)| match a {
+                        SocketAddr::V6(v6) => Some((id, v6)),
+                        SocketAddr::V4(_) => None,
+                    })
+                    .collect();
+            }
+        }
+    }
+
+    /// The K closest nodes to hand on to others.
+    fn closest(&self, target: &NodeId, now: Instant) -> impl Iterator<Item = (NodeId, SocketAddr)> {
         // Only nodes that answered us: a spoofed query's "sender" is never
         // handed on to others.
         self.table
             .closest_confirmed(target, K * 2, now)
             .into_iter()
-            .filter_map(|(id, a)| match a {
-                SocketAddr::V4(v4) => Some((id, v4)),
-                SocketAddr::V6(_) => None,
-            })
             .take(K)
-            .collect()
     }
 
     fn on_response(
@@ -661,13 +775,22 @@ impl Node {
         // A node may point us at loopback only from loopback, and at a
         // private network only from one: nobody out there can aim our
         // queries at this host or its LAN.
-        let nodes: Vec<(NodeId, SocketAddr)> = r
-            .nodes
-            .iter()
-            .map(|&(id, a)| (id, SocketAddr::V4(a)))
-            .filter(|(_, a)| reachable_from(a.ip(), from.ip()))
-            .filter(|(id, _)| *id != self.id)
-            .collect();
+        let nodes: Vec<(NodeId, SocketAddr)> = match self.config.family {
+            Family::V4 => r
+                .nodes
+                .iter()
+                .map(|&(id, a)| (id, SocketAddr::V4(a)))
+                .collect::<Vec<_>>(),
+            Family::V6 => r
+                .nodes6
+                .iter()
+                .map(|&(id, a)| (id, SocketAddr::V6(a)))
+                .collect(),
+        }
+        .into_iter()
+        .filter(|(_, a)| reachable_from(a.ip(), from.ip()))
+        .filter(|(id, _)| *id != self.id)
+        .collect();
         // Peers too: a node near the hash must not aim our peer
         // connections at this host, its LAN, or nowhere.
         let peers: Vec<SocketAddr> = if run.lookup.kind == Kind::GetPeers {
@@ -794,17 +917,20 @@ impl Node {
     }
 
     /// The table to keep across restarts: our id and the nodes' addresses.
+    /// IPv4 nodes go in `nodes` (26 bytes each), IPv6 ones in `nodes6`
+    /// (38), as in KRPC.
     pub fn save(&self) -> Vec<u8> {
         let mut nodes = Vec::new();
         for e in self.table.entries() {
-            if let SocketAddr::V4(a) = e.addr {
+            if Family::of(e.addr) == self.config.family {
                 nodes.extend_from_slice(&e.id.0);
-                krpc::encode_compact(SocketAddr::V4(a), &mut nodes);
+                krpc::encode_compact(e.addr, &mut nodes);
             }
         }
+        let (key, _) = Self::saved_key(self.config.family);
         let mut d = BTreeMap::new();
         d.insert(b"id".to_vec(), Value::Bytes(self.id.0.to_vec()));
-        d.insert(b"nodes".to_vec(), Value::Bytes(nodes));
+        d.insert(key.as_bytes().to_vec(), Value::Bytes(nodes));
         Value::Dict(d).encode()
     }
 
@@ -813,6 +939,14 @@ impl Node {
     /// Bad bytes give a fresh node.
     pub fn restore(saved: &[u8], config: Config, now: Instant) -> Node {
         Self::restore_with(saved, config, now, true)
+    }
+
+    /// The key of a saved table's nodes, and the size of one entry.
+    fn saved_key(family: Family) -> (&'static str, usize) {
+        match family {
+            Family::V4 => ("nodes", 26),
+            Family::V6 => ("nodes6", 38),
+        }
     }
 
     /// Like [`Node::restore`]; with `keep_id` false only the nodes are
@@ -831,8 +965,9 @@ impl Node {
         let mut node = Node::new(config, now);
         // A saved id may still change to fit our address.
         node.fixed_id = given;
-        if let Some(Value::Bytes(b)) = parsed.as_ref().and_then(|v| v.get("nodes")) {
-            for c in b.chunks_exact(26).take(2000) {
+        let (key, size) = Self::saved_key(node.config.family);
+        if let Some(Value::Bytes(b)) = parsed.as_ref().and_then(|v| v.get(key)) {
+            for c in b.chunks_exact(size).take(2000) {
                 let id = NodeId::from_slice(&c[..20]).expect("20 bytes");
                 if let Some(addr) = krpc::decode_compact(&c[20..]) {
                     if node.may_enter_table(&id, addr) {

@@ -14,6 +14,7 @@ fn query(t: &[u8], q: Query) -> Vec<u8> {
         v: None,
         ip: None,
         read_only: false,
+        want: dht::krpc::Want::default(),
     }
     .encode()
 }
@@ -45,6 +46,7 @@ fn node_with_table(n: u32, now: Instant) -> Node {
                     v: None,
                     ip: None,
                     read_only: false,
+                    want: dht::krpc::Want::default(),
                 };
                 node.handle(to, &answer.encode(), now);
             }
@@ -190,6 +192,7 @@ fn answers_we_did_not_ask_for_are_dropped() {
             v: None,
             ip: None,
             read_only: false,
+            want: dht::krpc::Want::default(),
         }
         .encode()
     };
@@ -299,6 +302,7 @@ fn our_id_comes_to_fit_the_address_five_nodes_see() {
             v: None,
             ip: Some(ours),
             read_only: false,
+            want: dht::krpc::Want::default(),
         };
         node.handle(voter, &m.encode(), t0);
     };
@@ -375,6 +379,7 @@ fn peers_a_node_names_must_be_reachable_from_it() {
         v: None,
         ip: None,
         read_only: false,
+        want: dht::krpc::Want::default(),
     };
     node.handle(router, &answer.encode(), t0);
     let mut found = Vec::new();

@@ -3,11 +3,12 @@
 //! node is found by another; hostile traffic is bounded.
 
 use std::collections::{HashMap, VecDeque};
-use std::net::{Ipv4Addr, SocketAddr};
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::time::{Duration, Instant};
 
+use dht::krpc::{Body, Msg, Query, Want};
 use dht::routing::K;
-use dht::{Announce, Config, Event, Node, NodeId};
+use dht::{Announce, Config, Event, Family, Node, NodeId};
 
 struct Net {
     nodes: Vec<Node>,
@@ -25,8 +26,22 @@ fn addr(i: usize) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::from(0x0a00_0000 + i as u32 + 1), 6881))
 }
 
+fn addr6(i: usize) -> SocketAddr {
+    // fd00::/8 (unique local, BEP 42 exempt), one /64 per node.
+    let ip = Ipv6Addr::new(0xfd00, 0, 0, i as u16 + 1, 0, 0, 0, 1);
+    SocketAddr::from((ip, 6881))
+}
+
 impl Net {
     fn new(n: usize) -> Net {
+        Net::of(n, Family::V4)
+    }
+
+    fn of(n: usize, family: Family) -> Net {
+        let addr = match family {
+            Family::V4 => addr,
+            Family::V6 => addr6,
+        };
         let now = Instant::now();
         let router = addr(0);
         let mut net = Net {
@@ -40,6 +55,7 @@ impl Net {
         };
         for i in 0..n {
             let config = Config {
+                family,
                 bootstrap: if i == 0 { vec![] } else { vec![router] },
                 ..Config::default()
             };
@@ -290,7 +306,7 @@ fn announce_and_find(net: &mut Net, a: usize, b: usize) -> usize {
     }
     assert_eq!(
         found,
-        vec![SocketAddr::new(addr(a).ip(), port)],
+        vec![SocketAddr::new(net.addrs[a].ip(), port)],
         "node {b} looking for node {a}'s torrent"
     );
     net.delivered - before
@@ -350,4 +366,98 @@ fn a_saved_table_rejoins_without_the_router() {
     // Garbage in the state file gives a fresh node, not a panic.
     let n = Node::restore(b"d2:id3:abc5:nodes7:garbagee", Config::default(), net.now);
     assert!(n.table().is_empty());
+}
+
+#[test]
+fn an_ipv6_network_finds_peers_and_keeps_its_table() {
+    const N: usize = 400;
+    let mut net = Net::of(N, Family::V6);
+    for i in 0..N {
+        net.nodes[i].bootstrap(net.now);
+        net.collect(i);
+    }
+    net.settle(60);
+    for i in 0..N {
+        assert!(net.nodes[i].table().len() >= K, "node {i}");
+    }
+    for (a, b) in [(3, 77), (150, 9), (399, 200)] {
+        let found = announce_and_find(&mut net, a, b);
+        assert!(found >= 1);
+    }
+    // Peers found are IPv6 ones, and the table saved as nodes6 restores.
+    let saved = net.nodes[8].save();
+    let v = torrent_format::bencode::decode(&saved).unwrap();
+    assert!(v.get("nodes6").is_some() && v.get("nodes").is_none());
+    let config = Config {
+        family: Family::V6,
+        ..Config::default()
+    };
+    let mut fresh = Node::restore(&saved, config, net.now);
+    fresh.bootstrap(net.now);
+    net.nodes[8] = fresh;
+    net.collect(8);
+    net.settle(30);
+    assert!(net.nodes[8].table().len() >= K);
+    // A v4 node given a v6 table takes none of it.
+    let n = Node::restore(&saved, Config::default(), net.now);
+    let mut n = n;
+    n.bootstrap(net.now);
+    assert!(
+        n.poll_transmit().is_none(),
+        "a v4 node queried a v6 address"
+    );
+}
+
+/// A find_node to the v6 node of a dual-stack host, from `from`.
+fn ask_dual(node6: &mut Node, node4: &Node, want: Want, now: Instant) -> Msg {
+    let from = SocketAddr::from((Ipv6Addr::new(0xfd99, 0, 0, 1, 0, 0, 0, 1), 6881));
+    let q = Msg {
+        t: b"tt".to_vec(),
+        body: Body::Query(Query::FindNode {
+            id: NodeId::random(),
+            target: NodeId::random(),
+        }),
+        v: None,
+        ip: None,
+        read_only: true,
+        want,
+    };
+    node6.handle_with(from, &q.encode(), now, Some(node4));
+    let (to, bytes) = node6.poll_transmit().expect("an answer");
+    assert_eq!(to, from);
+    Msg::decode(&bytes).unwrap()
+}
+
+#[test]
+fn a_dual_stack_host_answers_what_want_asks_for() {
+    let mut net4 = Net::new(60);
+    let mut net6 = Net::of(60, Family::V6);
+    for i in 0..60 {
+        net4.nodes[i].bootstrap(net4.now);
+        net4.collect(i);
+        net6.nodes[i].bootstrap(net6.now);
+        net6.collect(i);
+    }
+    net4.settle(30);
+    net6.settle(30);
+    let now = net6.now.max(net4.now);
+    let node4 = &net4.nodes[1];
+    let node6 = &mut net6.nodes[1];
+    let nodes = |m: &Msg| match &m.body {
+        Body::Response(r) => (r.nodes.len(), r.nodes6.len()),
+        other => panic!("{other:?}"),
+    };
+    // No want: the querier's own family.
+    assert_eq!(nodes(&ask_dual(node6, node4, Want::default(), now)), (0, K));
+    let both = Want { n4: true, n6: true };
+    assert_eq!(nodes(&ask_dual(node6, node4, both, now)), (K, K));
+    let v4 = Want {
+        n4: true,
+        n6: false,
+    };
+    assert_eq!(nodes(&ask_dual(node6, node4, v4, now)), (K, 0));
+    // A v4 address arriving on the v6 node (v4-mapped, say) is ignored.
+    let q = b"d1:ad2:id20:abcdefghij0123456789e1:q4:ping1:t2:aa1:y1:qe";
+    node6.handle(SocketAddr::from(([10, 0, 0, 9], 1)), q, now);
+    assert!(node6.poll_transmit().is_none());
 }
