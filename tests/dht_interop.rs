@@ -24,11 +24,13 @@ use common::*;
 const LT_DHT: &str = r#"
 import sys, time, libtorrent as lt
 n, base = int(sys.argv[1]), int(sys.argv[2])
+pattern = sys.argv[4] if len(sys.argv) > 4 else "127.%d.0.1"
+ep = lambda ip, port: ("[%s]:%d" if ":" in ip else "%s:%d") % (ip, port)
 mask = lt.alert.category_t.dht_operation_notification | lt.alert.category_t.dht_notification
 nodes = []
 for i in range(n):
-    ip = "127.%d.0.1" % (base + i)
-    s = lt.session({"listen_interfaces": ip + ":0", "enable_dht": True, "enable_lsd": False,
+    ip = pattern % (base + i)
+    s = lt.session({"listen_interfaces": ep(ip, 0), "enable_dht": True, "enable_lsd": False,
                     "enable_upnp": False, "enable_natpmp": False, "dht_bootstrap_nodes": "",
                     "enable_outgoing_utp": False, "enable_incoming_utp": False,
                     "alert_mask": mask})
@@ -39,20 +41,21 @@ for i, (_, s) in enumerate(nodes):
     for j, (ip, _) in enumerate(nodes):
         if i != j:
             s.add_dht_node((ip, ports[j]))
-print("NODES " + " ".join("%s:%d" % (ip, ports[i]) for i, (ip, _) in enumerate(nodes)), flush=True)
+print("NODES " + " ".join(ep(ip, ports[i]) for i, (ip, _) in enumerate(nodes)), flush=True)
 for line in sys.stdin:
     cmd, arg, *want = line.split()
     if cmd == "seed":
         p = lt.parse_magnet_uri("magnet:?xt=urn:btih:" + arg)
         p.save_path = sys.argv[3]
         nodes[0][1].add_torrent(p)
-        print("SEED %s:%d" % (nodes[0][0], ports[0]), flush=True)
+        print("SEED " + ep(nodes[0][0], ports[0]), flush=True)
     elif cmd == "seedfile":
         ti = lt.torrent_info(arg)
         nodes[0][1].add_torrent({"ti": ti, "save_path": sys.argv[3], "flags": lt.torrent_flags.seed_mode})
-        print("SEED %s:%d %s" % (nodes[0][0], ports[0], str(ti.info_hash())), flush=True)
+        print("SEED %s %s" % (ep(nodes[0][0], ports[0]), str(ti.info_hash())), flush=True)
     elif cmd == "addnode":
-        ip, port = arg.split(":")
+        ip, port = arg.rsplit(":", 1)
+        ip = ip.strip("[]")
         for _, s in nodes:
             s.add_dht_node((ip, int(port)))
         print("ADDED", flush=True)
@@ -65,7 +68,7 @@ for line in sys.stdin:
         deadline = time.time() + 120
         seen = set()
         while time.time() < deadline and not h.status().is_seeding:
-            seen.update("%s:%d" % p.ip for p in h.get_peer_info() if p.total_download > 0)
+            seen.update(ep(*p.ip) for p in h.get_peer_info() if p.total_download > 0)
             time.sleep(0.1)
         st = h.status()
         peers = sorted(seen)
@@ -83,7 +86,7 @@ for line in sys.stdin:
                 s.wait_for_alert(500)
                 for a in s.pop_alerts():
                     if isinstance(a, lt.dht_get_peers_reply_alert) and str(a.info_hash) == arg:
-                        found.update("%s:%d" % p for p in a.peers())
+                        found.update(ep(*p) for p in a.peers())
         print(("FOUND " + " ".join(sorted(found))) if found else "NOTFOUND", flush=True)
 "#;
 
@@ -119,6 +122,47 @@ impl Swarm {
             lines,
             nodes,
         }
+    }
+
+    /// N libtorrent nodes at fd77:BASE+i::1, each on its own /64 of a
+    /// private network namespace's loopback (libtorrent keeps one node per
+    /// /64 of a bucket); the namespace lives as long as they do.
+    fn start_v6(dir: &std::path::Path, n: usize, base: u8) -> Swarm {
+        std::fs::write(dir.join("lt_dht.py"), LT_DHT).unwrap();
+        let setup = "set -e; ip link set lo up; \
+            for i in $(seq 1 60); do ip -6 addr add fd77:$i::1/64 dev lo nodad; done; \
+            exec /usr/bin/python3 lt_dht.py \"$@\"";
+        let mut child = Command::new("unshare")
+            .args(["-n", "bash", "-c", setup, "lt"])
+            .args([&n.to_string(), &base.to_string(), ".", "fd77:%d::1"])
+            .current_dir(dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("start lt_dht.py in a namespace");
+        let stdin = child.stdin.take().unwrap();
+        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let first = lines.next().expect("lt_dht.py said nothing").unwrap();
+        let nodes = first
+            .strip_prefix("NODES ")
+            .unwrap_or_else(|| panic!("lt_dht.py said {first:?}"))
+            .split(' ')
+            .map(str::to_string)
+            .collect();
+        Swarm {
+            child: Killed(child),
+            stdin,
+            lines,
+            nodes,
+        }
+    }
+
+    /// A command run inside this swarm's network namespace (start_v6).
+    fn inside(&self, program: &str) -> Command {
+        let mut c = Command::new("nsenter");
+        c.args(["-t", &self.child.0.id().to_string(), "-n", program]);
+        c.env("SHOAL_NO_DHT", "1");
+        c
     }
 
     fn ask(&mut self, cmd: &str) -> String {
@@ -531,4 +575,84 @@ fn transmission_downloads_from_a_shoal_seed_found_through_the_dht() {
     );
     eprint!("{}", r.stdout);
     same_file(&d.join("seed/data.bin"), &d.join("out/data.bin"));
+}
+
+/// BEP 32: the DHT over IPv6 alone, with libtorrent. In a private namespace
+/// whose only addresses are IPv6 ones, shoal downloads a magnet (no
+/// trackers, no peers) from a libtorrent seed found through a DHT of
+/// libtorrent nodes, with `--bind` an IPv6 address; then it announces a
+/// peer that libtorrent's lookup finds.
+#[test]
+fn the_dht_works_over_ipv6_with_libtorrent() {
+    if !have_libtorrent() || !can_unshare_net() {
+        return;
+    }
+    let started = Instant::now();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    trackerless(d);
+    let mut lt = Swarm::start_v6(d, 8, 1);
+    eprintln!("libtorrent DHT nodes: {:?}", lt.nodes);
+    let bootstrap = lt.nodes[2].clone();
+    let seed = lt.ask("seedfile t.torrent");
+    let mut parts = seed.split(' ').skip(1);
+    let seed_addr = parts.next().unwrap().to_string();
+    let hash = parts.next().unwrap().to_string();
+    let found = lt.ask(&format!("find {hash} {seed_addr}"));
+    assert!(
+        found.contains(&seed_addr),
+        "libtorrent's own DHT lookup: {found}"
+    );
+
+    let magnet = format!("magnet:?xt=urn:btih:{hash}&dn=data.bin");
+    let child = lt
+        .inside(SHOAL)
+        .env_remove("SHOAL_NO_DHT")
+        .env("XDG_STATE_HOME", d.join("state"))
+        .args([
+            "download", &magnet, "-o", "out", "-x", "--json", "--port", "0",
+        ])
+        .args(["--bind", "fd77:30::1", "--dht-bootstrap", &bootstrap])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = finish(
+        child,
+        150,
+        "shoal download of a magnet through the IPv6 DHT",
+    );
+    assert!(r.status.success(), "{}", r.stderr);
+    assert_eq!(r.json()["complete"], true, "{}", r.stderr);
+    same_file(&d.join("data.bin"), &d.join("out/data.bin"));
+    assert!(
+        d.join("state/shoal/dht6.dat").exists(),
+        "the IPv6 table was not saved"
+    );
+    eprintln!(
+        "shoal fetched the magnet over IPv6: {:?}",
+        started.elapsed()
+    );
+
+    // shoal announces a peer of a fresh hash; libtorrent finds it.
+    let h2 = random_hash(3);
+    let child = lt
+        .inside(SHOAL)
+        .args(["dht", "get-peers", &h2, "--announce", "7777", "--no-state"])
+        .args(["--listen", "[fd77:31::1]:0", "--dht-bootstrap", &bootstrap])
+        .args(["--timeout", "20s"])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = finish(child, 60, "shoal dht get-peers --announce over IPv6");
+    assert!(r.status.success(), "shoal could not announce: {}", r.stderr);
+    let found = lt.ask(&format!("find {h2} [fd77:31::1]:7777"));
+    assert!(
+        found.split(' ').any(|p| p == "[fd77:31::1]:7777"),
+        "libtorrent did not find the peer shoal announced: {found}"
+    );
+    eprintln!("dht over IPv6: {:?}", started.elapsed());
 }

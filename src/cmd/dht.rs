@@ -15,11 +15,14 @@ Examples:
   shoal dht                                   run a node on UDP 6881, print its state
   shoal dht --listen 10.0.0.1:6881 --dht-bootstrap none
                                               a bootstrap node for a private network
+  shoal dht --listen 0.0.0.0:6881 --listen [::]:6881
+                                              an IPv4 and an IPv6 node (BEP 32)
   shoal dht get-peers 'magnet:?xt=urn:btih:…' who has this torrent?
   shoal dht get-peers 0123456789abcdef0123456789abcdef01234567 --dht-bootstrap 10.0.0.1:6881
 
 The routing table is kept in $XDG_STATE_HOME/shoal/dht.dat (default
-~/.local/state/shoal/dht.dat), so a restart does not bootstrap from scratch.
+~/.local/state/shoal/dht.dat; the IPv6 node's in dht6.dat beside it), so a
+restart does not bootstrap from scratch.
 Exit status of get-peers: 0 when peers were found (with --announce: when
 the announce reached a node), 1 otherwise.";
 
@@ -29,9 +32,11 @@ the announce reached a node), 1 otherwise.";
 pub struct Args {
     #[command(subcommand)]
     command: Option<Sub>,
-    /// UDP address to serve on [default: 0.0.0.0:6881; get-peers: any free port]
+    /// UDP address to serve on; once more with an address of the other
+    /// family for a dual-stack node (BEP 32), e.g. --listen 0.0.0.0:6881
+    /// --listen [::]:6881 [default: 0.0.0.0:6881; get-peers: any free port]
     #[arg(long, value_name = "ADDR", global = true)]
-    listen: Option<SocketAddr>,
+    listen: Vec<SocketAddr>,
     /// A node to join the DHT through (HOST:PORT, repeatable); 'none' for
     /// no bootstrap node [default: the public routers libtorrent and
     /// Transmission use]
@@ -93,12 +98,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             .cloned()
             .collect()
     };
-    let listen = args.listen.unwrap_or_else(|| {
+    let mut listen = args.listen.clone();
+    if listen.is_empty() {
         let port = if get.is_some() { 0 } else { 6881 };
-        SocketAddr::from(([0, 0, 0, 0], port))
-    });
-    if !listen.is_ipv4() {
-        bail!("--listen {listen}: the DHT node speaks IPv4 only for now; give an IPv4 address");
+        listen.push(SocketAddr::from(([0, 0, 0, 0], port)));
+    }
+    if listen.len() > 2 || (listen.len() == 2 && listen[0].is_ipv4() == listen[1].is_ipv4()) {
+        bail!("--listen: give one IPv4 address, one IPv6 address, or one of each");
     }
     let state_file = if args.no_state {
         None
@@ -219,10 +225,11 @@ async fn serve(node: &Dht, quiet: bool) -> anyhow::Result<ExitCode> {
     let mut sigterm = signal(SignalKind::terminate()).context("installing a signal handler")?;
     let status = node.status().await;
     if !quiet {
+        let addrs: Vec<String> = node.local_addrs().iter().map(|a| a.to_string()).collect();
         eprintln!(
             "shoal: dht: node {} on UDP {}",
             status.id,
-            node.local_addr()
+            addrs.join(" and ")
         );
     }
     let mut tick = tokio::time::interval(Duration::from_secs(10));
@@ -233,8 +240,9 @@ async fn serve(node: &Dht, quiet: bool) -> anyhow::Result<ExitCode> {
                 if !quiet {
                     let s = node.status().await;
                     eprintln!(
-                        "shoal: dht: {} nodes in {} buckets; {} peers stored; in {} datagrams ({}), out {} ({}); {} rate-limited",
+                        "shoal: dht: {} nodes{} in {} buckets; {} peers stored; in {} datagrams ({}), out {} ({}); {} rate-limited",
                         s.nodes,
+                        if node.local_addrs().len() > 1 { format!(" ({} IPv6)", s.nodes6) } else { String::new() },
                         s.buckets,
                         s.stored_peers,
                         s.stats.datagrams_in,

@@ -169,12 +169,16 @@ impl NetArgs {
 
     /// The engine's DHT node on the peer port (UDP), or --dht-port.
     async fn start_dht(&self, engine: &Engine) -> anyhow::Result<()> {
-        let bind = match self.bind {
-            std::net::IpAddr::V4(v4) => v4,
-            // The node speaks IPv4 for now.
-            std::net::IpAddr::V6(_) => std::net::Ipv4Addr::UNSPECIFIED,
-        };
         let port = self.dht_port.unwrap_or(engine.listen_addr().port());
+        // The node(s) of the families peers can reach us by: `::` takes
+        // both (its TCP socket is dual-stack), one address its own.
+        let bind = match self.bind {
+            std::net::IpAddr::V6(v6) if v6.is_unspecified() => vec![
+                SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
+                SocketAddr::from((v6, port)),
+            ],
+            ip => vec![SocketAddr::new(ip, port)],
+        };
         let bootstrap = if self.dht_bootstrap.is_empty() {
             client::dht::DEFAULT_BOOTSTRAP
                 .iter()
@@ -188,7 +192,7 @@ impl NetArgs {
                 .collect()
         };
         let config = client::dht::DhtConfig {
-            bind: SocketAddr::from((bind, port)),
+            bind,
             bootstrap,
             state_file: client::dht::state_dir().map(|d| d.join("dht.dat")),
             enforce_node_id: true,
@@ -198,7 +202,9 @@ impl NetArgs {
             // The peer port's UDP side is taken (another DHT node, say):
             // any port does, the announce names the TCP one.
             let mut any = config;
-            any.bind.set_port(0);
+            for b in &mut any.bind {
+                b.set_port(0);
+            }
             result = engine.start_dht(any).await;
         }
         match result {

@@ -592,7 +592,13 @@ pub fn finish(mut child: std::process::Child, secs: u64, what: &str) -> Run {
 /// network namespace and the scripts run in it)?
 /// If not: skip with a printed reason, or fail under SHOAL_REQUIRE_INTEROP=1.
 pub fn can_make_netns() -> bool {
-    if !have("transmission-cli") || !have("unshare") || !have("ip") || !have("ss") {
+    have("transmission-cli") && have("ss") && can_unshare_net()
+}
+
+/// Whether this process may make private network namespaces (`unshare -n`,
+/// entered by `nsenter`): root, and the tools.
+pub fn can_unshare_net() -> bool {
+    if !have("unshare") || !have("nsenter") || !have("ip") {
         return false;
     }
     let is_root = Command::new("id")
