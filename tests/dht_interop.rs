@@ -656,3 +656,123 @@ fn the_dht_works_over_ipv6_with_libtorrent() {
     );
     eprintln!("dht over IPv6: {:?}", started.elapsed());
 }
+
+/// lt_port.py ROLE IP TORRENT [PEER]: one libtorrent session on IP with its
+/// DHT on and no bootstrap node. "leech": downloads TORRENT from PEER into
+/// lt-out/; "seed": seeds it from the work directory, printing "SEED
+/// ip:port". Then, within 20 s, prints "DHT n" once its routing table holds
+/// n ≥ 1 nodes (or "DHT 0").
+const LT_PORT: &str = r#"
+import sys, time, libtorrent as lt
+role, ip, torrent = sys.argv[1], sys.argv[2], sys.argv[3]
+s = lt.session({"listen_interfaces": ip + ":0", "enable_dht": True, "dht_bootstrap_nodes": "",
+                "enable_lsd": False, "enable_upnp": False, "enable_natpmp": False,
+                "enable_outgoing_utp": False, "enable_incoming_utp": False})
+ti = lt.torrent_info(torrent)
+if role == "seed":
+    s.add_torrent({"ti": ti, "save_path": ".", "flags": lt.torrent_flags.seed_mode})
+    time.sleep(0.3)
+    print("SEED %s:%d" % (ip, s.listen_port()), flush=True)
+else:
+    h = s.add_torrent({"ti": ti, "save_path": "lt-out"})
+    host, port = sys.argv[4].split(":")
+    h.connect_peer((host, int(port)))
+    deadline = time.time() + 60
+    while time.time() < deadline and not h.status().is_seeding:
+        time.sleep(0.1)
+    print("SEEDING" if h.status().is_seeding else "INCOMPLETE", flush=True)
+deadline = time.time() + 20
+n = 0
+while time.time() < deadline and n == 0:
+    n = s.status().dht_nodes
+    time.sleep(0.1)
+print("DHT %d" % n, flush=True)
+time.sleep(30 if role == "seed" else 0)
+"#;
+
+/// BEP 5's PORT message, both ways: peers that know of no DHT node but each
+/// other learn each other's node from the peer connection alone.
+#[test]
+fn peers_learn_each_others_dht_node_from_the_port_message() {
+    if !have_libtorrent() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    trackerless(d);
+    std::fs::write(d.join("lt_port.py"), LT_PORT).unwrap();
+
+    // shoal seeds; a libtorrent leecher's DHT can only learn shoal's node
+    // from our PORT message.
+    let mut seed = shoal_command()
+        .env_remove("SHOAL_NO_DHT")
+        .env("XDG_STATE_HOME", d.join("state-seed"))
+        .args(["seed", "t.torrent", "data.bin", "--port", "0", "--json"])
+        .args(["--bind", "127.95.0.1", "--dht-bootstrap", "none"])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(seed.stderr.take().unwrap()).lines();
+    let _seed = Killed(seed);
+    let port = loop {
+        let line = err.next().expect("shoal seed said nothing").unwrap();
+        if let Some(rest) = line.split("listening on 127.95.0.1:").nth(1) {
+            break rest.trim_end_matches(';').to_string();
+        }
+    };
+    std::thread::spawn(move || err.for_each(drop));
+    let out = Command::new("/usr/bin/python3")
+        .args(["lt_port.py", "leech", "127.96.0.1", "t.torrent"])
+        .arg(format!("127.95.0.1:{port}"))
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    eprintln!("libtorrent leecher: {said}");
+    assert!(
+        said.contains("SEEDING"),
+        "libtorrent did not finish: {said}"
+    );
+    assert!(
+        !said.contains("DHT 0"),
+        "libtorrent's DHT never learned shoal's node: {said}"
+    );
+    same_file(&d.join("data.bin"), &d.join("lt-out/data.bin"));
+
+    // libtorrent seeds; shoal's DHT, told of no node, keeps libtorrent's
+    // (the table is saved only when it holds a node).
+    let mut lt = Command::new("/usr/bin/python3")
+        .args(["lt_port.py", "seed", "127.97.0.1", "t.torrent"])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(lt.stdout.take().unwrap()).lines();
+    let _lt = Killed(lt);
+    let first = lines.next().expect("lt_port.py said nothing").unwrap();
+    let peer = first.strip_prefix("SEED ").unwrap().to_string();
+    let child = shoal_command()
+        .env_remove("SHOAL_NO_DHT")
+        .env("XDG_STATE_HOME", d.join("state-leech"))
+        .args(["download", "t.torrent", "-o", "out2", "-x", "--port", "0"])
+        .args(["--bind", "127.98.0.1", "--dht-bootstrap", "none"])
+        .args(["--peer", &peer, "--no-trackers", "--json"])
+        .current_dir(d)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let r = finish(child, 90, "shoal download from a libtorrent seed");
+    assert!(r.status.success(), "{}", r.stderr);
+    same_file(&d.join("data.bin"), &d.join("out2/data.bin"));
+    let table = std::fs::read(d.join("state-leech/shoal/dht.dat"))
+        .expect("shoal saved no DHT table: it never learned libtorrent's node");
+    let v = torrent_format::bencode::decode(&table).unwrap();
+    let nodes = match v.get("nodes") {
+        Some(torrent_format::bencode::Value::Bytes(b)) => b.len() / 26,
+        _ => 0,
+    };
+    assert_eq!(nodes, 1, "libtorrent's node, alone");
+}

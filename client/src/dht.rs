@@ -261,6 +261,24 @@ impl Dht {
         rx
     }
 
+    /// Our node's UDP port for peers at `peer` (of its family), if we run
+    /// one of that family.
+    pub fn port_for(&self, peer: SocketAddr) -> Option<u16> {
+        // (A dual-stack listener's IPv4 peers come v4-mapped.)
+        let ip = peer.ip().to_canonical();
+        self.local
+            .iter()
+            .find(|l| l.is_ipv4() == ip.is_ipv4())
+            .map(SocketAddr::port)
+    }
+
+    /// [`Dht::add_node`] without waiting: dropped when the node is busy
+    /// (a peer's PORT message is only a hint).
+    pub fn try_add_node(&self, addr: SocketAddr) {
+        let addr = SocketAddr::new(addr.ip().to_canonical(), addr.port());
+        let _ = self.tx.try_send(Cmd::AddNode(addr));
+    }
+
     /// Pings a node (through the node of its family, if there is one); it
     /// joins the table if it answers.
     pub async fn add_node(&self, addr: SocketAddr) {

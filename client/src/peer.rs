@@ -148,7 +148,11 @@ pub(crate) async fn dial(
 
 fn our_handshake(shared: &Shared) -> [u8; HANDSHAKE_LEN] {
     Handshake {
-        features: OUR_FEATURES,
+        features: Features {
+            // We run a DHT node (BEP 5; none for a private torrent).
+            dht: shared.engine.dht.get().is_some() && !shared.info.is_private(),
+            ..OUR_FEATURES
+        },
         info_hash: shared.info_hash,
         peer_id: shared.engine.peer_id,
     }
@@ -252,6 +256,13 @@ async fn run(
         on_off(features.fast),
         on_off(features.extended)
     );
+    // Our DHT node's port of the peer's family, when both run one.
+    let dht_port = shared
+        .engine
+        .dht
+        .get()
+        .filter(|_| theirs.features.dht && !shared.info.is_private())
+        .and_then(|d| d.port_for(addr));
     let now = Instant::now();
     let mut conn = Connection::new(
         Setup {
@@ -261,6 +272,7 @@ async fn run(
             info_hash: shared.info_hash,
             features,
             port: shared.engine.port,
+            dht_port,
             counters: admitted.counters.clone(),
             totals: shared.totals.clone(),
             poked: admitted.poked.clone(),
@@ -421,6 +433,11 @@ async fn read_loop(
             }
         }
         buf.drain(..at);
+        if let Some(node) = conn.take_dht_node() {
+            if let Some(dht) = shared.engine.dht.get() {
+                dht.try_add_node(node);
+            }
+        }
         flush(conn, outbox)?;
         // Room for a whole message and a read, never more.
         let want = 16 * 1024;

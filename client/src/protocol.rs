@@ -22,6 +22,7 @@
 //!   while it chokes us.
 
 use std::collections::{HashSet, VecDeque};
+use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -183,6 +184,9 @@ pub struct Setup {
     pub features: Features,
     /// Our listening port, for the extended handshake.
     pub port: u16,
+    /// Our DHT node's UDP port, sent in a PORT message (BEP 5), when both
+    /// sides set the DHT bit and the torrent is public.
+    pub dht_port: Option<u16>,
     pub counters: Arc<PeerCounters>,
     /// The torrent's totals.
     pub totals: Arc<PeerCounters>,
@@ -200,6 +204,11 @@ pub struct Connection {
     fast: bool,
     extended: bool,
     port: u16,
+    dht_port: Option<u16>,
+    /// The peer's DHT node (its IP, the port of its PORT message), once,
+    /// until taken.
+    dht_node: Option<SocketAddr>,
+    got_port: bool,
     /// What the peer has.
     bitfield: Bitfield,
     got_bitfield: bool,
@@ -259,6 +268,9 @@ impl Connection {
             fast: s.features.fast,
             extended: s.features.extended,
             port: s.port,
+            dht_port: s.dht_port.filter(|_| !s.info.is_private()),
+            dht_node: None,
+            got_port: false,
             bitfield: Bitfield::new(pieces),
             got_bitfield: false,
             peer_choking: true,
@@ -293,6 +305,11 @@ impl Connection {
 
     pub fn key(&self) -> PeerKey {
         self.key
+    }
+
+    /// The peer's DHT node, from its PORT message (once).
+    pub fn take_dht_node(&mut self) -> Option<SocketAddr> {
+        self.dht_node.take()
     }
     pub fn bitfield(&self) -> &Bitfield {
         &self.bitfield
@@ -337,6 +354,9 @@ impl Connection {
             self.send(&Message::HaveNone);
         } else if st.have.count() > 0 {
             self.send(&Message::Bitfield(st.have.as_bytes().to_vec()));
+        }
+        if let Some(p) = self.dht_port {
+            self.send(&Message::Port(p));
         }
         if self.extended {
             // A private torrent's metadata goes only to those who have its
@@ -516,8 +536,16 @@ impl Connection {
             Message::Extended(extension::UT_PEX_ID, payload) if self.pex_in.is_some() => {
                 self.pex(&payload, now, st)?;
             }
-            // Extensions we did not offer, the DHT port and unknown ids:
-            // ignored.
+            Message::Port(p) if self.dht_port.is_some() => {
+                // Its node may join our table (it is pinged first); one
+                // per connection, however often it is sent.
+                if !self.got_port && p != 0 {
+                    self.dht_node = Some(SocketAddr::new(self.ident.addr.ip(), p));
+                }
+                self.got_port = true;
+            }
+            // Extensions we did not offer, a DHT port when we run no DHT
+            // for this torrent, and unknown ids: ignored.
             Message::Extended(..) | Message::Port(_) | Message::Unknown(_) => {}
         }
         Ok(None)

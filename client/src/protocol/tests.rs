@@ -33,7 +33,11 @@ impl T {
         T::with(test_state(PIECES, complete), f, false)
     }
 
-    fn with(mut st: State, f: Features, initial_seeding: bool) -> T {
+    fn with(st: State, f: Features, initial_seeding: bool) -> T {
+        T::with_dht(st, f, initial_seeding, None)
+    }
+
+    fn with_dht(mut st: State, f: Features, initial_seeding: bool, dht_port: Option<u16>) -> T {
         let (key, rx) = add_peer(&mut st, 9);
         let now = Instant::now();
         let info = st.info.clone();
@@ -48,6 +52,7 @@ impl T {
                 info,
                 features: f,
                 port: 6881,
+                dht_port,
                 counters: Arc::default(),
                 totals: Arc::default(),
                 poked: Arc::default(),
@@ -1135,4 +1140,46 @@ fn a_peer_that_does_not_offer_pex_is_sent_none() {
         t.recv(Message::Extended(0, h.encode())).unwrap();
     }
     assert!(sent <= 1, "{sent} messages in 30 s");
+}
+
+#[test]
+fn the_dht_port_is_sent_and_a_peers_node_taken_once() {
+    let mut t = T::with_dht(
+        test_state(PIECES, true),
+        features(true, true),
+        false,
+        Some(7000),
+    );
+    assert!(t.out().contains(&Message::Port(7000)));
+    t.recv(Message::Port(0)).unwrap();
+    assert_eq!(t.conn.take_dht_node(), None, "port 0 is nobody's node");
+    let mut t = T::with_dht(
+        test_state(PIECES, true),
+        features(true, true),
+        false,
+        Some(7000),
+    );
+    for p in [6881, 6882, 6883] {
+        t.recv(Message::Port(p)).unwrap();
+    }
+    assert_eq!(t.conn.take_dht_node(), Some(addr("10.0.0.9:6881")));
+    assert_eq!(t.conn.take_dht_node(), None, "one node per connection");
+    // Without a DHT for this connection: neither sent nor taken.
+    let mut t = T::new(true, features(true, true));
+    assert!(!t.out().iter().any(|m| matches!(m, Message::Port(_))));
+    t.recv(Message::Port(6881)).unwrap();
+    assert_eq!(t.conn.take_dht_node(), None);
+}
+
+#[test]
+fn a_private_torrent_sends_no_dht_port() {
+    let info = Info::from_bytes(
+        b"d6:lengthi10e4:name1:a12:piece lengthi16384e6:pieces20:xxxxxxxxxxxxxxxxxxxx7:privatei1ee",
+    )
+    .unwrap();
+    let st = State::new(Arc::new(info), Bitfield::new(1), None, 4, false);
+    let mut t = T::with_dht(st, features(true, true), false, Some(7000));
+    assert!(!t.out().iter().any(|m| matches!(m, Message::Port(_))));
+    t.recv(Message::Port(6881)).unwrap();
+    assert_eq!(t.conn.take_dht_node(), None);
 }
