@@ -760,3 +760,49 @@ fn tracker_on(cwd: &Path, listen: &str) -> (i32, String) {
     let r = finish(child, 10, "a tracker on a port in use");
     (r.status.code().unwrap_or(-1), r.stderr)
 }
+
+/// A seed of private torrents only starts no DHT node (BEP 27); a public
+/// one does.
+#[test]
+fn only_public_torrents_start_the_dht() {
+    use std::io::{BufRead, BufReader};
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("data.bin"), &bytes(5, 1 << 20));
+    shoal_ok(d, &["create", "data.bin", "-p", "-o", "private.torrent"]);
+    shoal_ok(d, &["create", "data.bin", "-o", "public.torrent"]);
+    for (torrent, dht) in [("private.torrent", false), ("public.torrent", true)] {
+        let mut child = shoal_command()
+            .env_remove("SHOAL_NO_DHT")
+            .env("RUST_LOG", "shoal=debug")
+            .env("XDG_STATE_HOME", d.join("state"))
+            .args([
+                "seed",
+                torrent,
+                "data.bin",
+                "--port",
+                "0",
+                "--bind",
+                "127.0.0.1",
+            ])
+            .args(["--dht-bootstrap", "none"])
+            .current_dir(d)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        let lines = BufReader::new(child.stderr.take().unwrap()).lines();
+        let _child = Killed(child);
+        let mut said = Vec::new();
+        for line in lines {
+            let line = line.unwrap();
+            let done = line.contains("listening on");
+            said.push(line);
+            if done {
+                break;
+            }
+        }
+        let started = said.iter().any(|l| l.contains("DHT node on UDP"));
+        assert_eq!(started, dht, "{torrent}: {said:#?}");
+    }
+}

@@ -203,7 +203,8 @@ async fn get_peers(
                 }
                 break;
             }
-            _ = sigint.recv() => break,
+            // Interrupted: what was found is printed; the status says so.
+            _ = sigint.recv() => return Ok(ExitCode::from(130)),
         }
     }
     if found == 0 {

@@ -157,9 +157,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let rt = swarm::runtime()?;
     rt.block_on(async {
+        // Magnets may be public; files say.
+        let public = loaded
+            .iter()
+            .any(|m| m.as_ref().map_or(true, |m| !m.info.is_private()));
         let engine = args
             .net
-            .engine(args.torrents.len(), args.download_limit)
+            .engine(args.torrents.len(), args.download_limit, public)
             .await?;
         let opts = magnet::Options {
             output: &args.output,

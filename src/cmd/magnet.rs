@@ -114,6 +114,7 @@ pub async fn resolve(
     let (status_tx, mut status) = watch::channel(FetchStatus::default());
     let mut sigint = signal(SignalKind::interrupt()).context("installing a signal handler")?;
     let mut sigterm = signal(SignalKind::terminate()).context("installing a signal handler")?;
+    let has_trackers = !config.trackers.is_empty();
     let fetch = engine.fetch_metadata(config, status_tx);
     tokio::pin!(fetch);
     let mut view = View::new(quiet, magnet);
@@ -132,8 +133,15 @@ pub async fn resolve(
             last_peer = Instant::now();
         } else if last_peer.elapsed() >= opts.no_peers {
             view.clear();
+            // Say what was asked: trackers, the DHT, or both.
+            let sources = match (has_trackers, engine.dht().is_some()) {
+                (true, true) => "is the tracker up? the DHT found none either",
+                (true, false) => "is the tracker up?",
+                (false, true) => "the DHT found none",
+                (false, false) => "no tracker, and the DHT is off",
+            };
             bail!(
-                "no peers found for {} while fetching the metadata of magnet {hash} ({} address(es) tried); is the tracker up? (or name a peer with --peer HOST:PORT; try 'shoal dht get-peers {hash}')",
+                "no peers found for {} while fetching the metadata of magnet {hash} ({} address(es) tried); {sources} (name a peer with --peer HOST:PORT; try 'shoal dht get-peers {hash}')",
                 humantime::format_duration(opts.no_peers),
                 s.known
             );

@@ -170,7 +170,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     };
     let rt = swarm::runtime()?;
     rt.block_on(async {
-        let engine = args.net.engine(ready.len(), None).await?;
+        let public = ready.iter().any(|(info, ..)| !info.is_private());
+        let engine = args.net.engine(ready.len(), None, public).await?;
         let mut torrents = Vec::new();
         let mut total = 0;
         for (info, storage, have, config) in ready {

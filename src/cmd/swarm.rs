@@ -130,10 +130,13 @@ impl NetArgs {
 
     /// Starts the engine the torrents run in (one port for all); with no
     /// --port given, falls back to any free port when 6881 is taken.
+    /// The DHT node starts when `public` (some torrent may use it: private
+    /// ones never do).
     pub async fn engine(
         &self,
         torrents: usize,
         download_limit: Option<u64>,
+        public: bool,
     ) -> anyhow::Result<Engine> {
         let mut c = EngineConfig::new(SocketAddr::new(
             self.bind,
@@ -161,7 +164,7 @@ impl NetArgs {
             }
             Err(e) => return Err(e.into()),
         };
-        if !self.no_dht {
+        if !self.no_dht && public {
             self.start_dht(&engine).await?;
         }
         Ok(engine)
