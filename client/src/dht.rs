@@ -66,7 +66,7 @@ pub enum LookupEvent {
 
 #[derive(Debug, Clone, Copy, Default)]
 pub struct DhtStatus {
-    /// The first node's id (the IPv4 one on a dual-stack host).
+    /// The first node's id (of the first address in `DhtConfig::bind`).
     pub id: NodeId,
     /// Nodes in the routing tables, of both families.
     pub nodes: usize,
@@ -139,6 +139,11 @@ fn bind_udp(addr: SocketAddr) -> io::Result<UdpSocket> {
     UdpSocket::from_std(socket.into())
 }
 
+/// Whether a DHT socket could be bound at `addr` now (it is closed again).
+pub fn can_bind(addr: SocketAddr) -> io::Result<()> {
+    bind_udp(addr).map(drop)
+}
+
 /// The IPv6 node's state file beside the IPv4 one's: `dht6.dat` for
 /// `dht.dat`.
 fn state_file_v6(path: &std::path::Path) -> PathBuf {
@@ -162,14 +167,17 @@ struct Served {
 impl Dht {
     pub async fn start(config: DhtConfig) -> io::Result<Dht> {
         let families: Vec<Family> = config.bind.iter().map(|&a| Family::of(a)).collect();
-        if families.is_empty() || (families.len() == 2 && families[0] == families[1]) {
+        if families.is_empty()
+            || families.len() > 2
+            || (families.len() == 2 && families[0] == families[1])
+        {
             return Err(io::Error::new(
                 io::ErrorKind::InvalidInput,
                 "the DHT serves on one address per family (IPv4, IPv6)",
             ));
         }
         let mut sockets = Vec::new();
-        for &bind in config.bind.iter().take(2) {
+        for &bind in &config.bind {
             let socket = bind_udp(bind).map_err(|e| {
                 io::Error::new(e.kind(), format!("cannot listen on UDP {bind}: {e}"))
             })?;

@@ -101,7 +101,8 @@ fn crc32c(data: &[u8]) -> u32 {
 /// Addresses BEP 42 exempts: loopback, private and link-local networks,
 /// where ids cannot be tied to a public address.
 pub fn is_local(ip: IpAddr) -> bool {
-    match ip {
+    // (A v4-mapped address is the IPv4 one.)
+    match ip.to_canonical() {
         IpAddr::V4(v4) => {
             v4.is_loopback()
                 || v4.is_private()

@@ -22,6 +22,8 @@ use crate::store::{PeerStore, RateLimiter, Tokens};
 /// Whether a node at `from` may name `addr` to us: loopback addresses
 /// only from loopback, private ones only from loopback or private.
 fn reachable_from(addr: std::net::IpAddr, from: std::net::IpAddr) -> bool {
+    // A v4-mapped address reaches the IPv4 host (dual-stack sockets).
+    let (addr, from) = (addr.to_canonical(), from.to_canonical());
     if addr.is_loopback() {
         from.is_loopback()
     } else if id::is_local(addr) {
@@ -39,11 +41,21 @@ const MAX_IP_CANDIDATES: usize = 8;
 
 /// A peer address anyone could connect to: a port, and a unicast IP.
 fn usable_peer(p: SocketAddr) -> bool {
-    let ip = p.ip();
+    let ip = p.ip().to_canonical();
     p.port() != 0
         && !ip.is_unspecified()
         && !ip.is_multicast()
         && ip != IpAddr::V4(std::net::Ipv4Addr::BROADCAST)
+}
+
+/// An address of `family`, in its own form: BEP 32 keeps the two networks
+/// apart, and a v4-mapped IPv6 address is an IPv4 host.
+fn of_family(family: Family, addr: SocketAddr) -> bool {
+    match (family, addr) {
+        (Family::V4, SocketAddr::V4(_)) => true,
+        (Family::V6, SocketAddr::V6(a)) => a.ip().to_ipv4_mapped().is_none(),
+        _ => false,
+    }
 }
 
 /// Longest a lookup runs, whatever happens.
@@ -235,6 +247,10 @@ impl Node {
         self.config.family
     }
 
+    fn family_addr(&self, addr: SocketAddr) -> bool {
+        of_family(self.config.family, addr)
+    }
+
     pub fn table(&self) -> &Table {
         &self.table
     }
@@ -258,7 +274,13 @@ impl Node {
 
     /// Pings a node (from a saved table, a peer's DHT port (BEP 5 PORT
     /// message), or the user): it enters the table if it answers.
+    /// Nodes already in the table, or already asked, are not pinged again.
     pub fn add_node(&mut self, addr: SocketAddr, now: Instant) {
+        let known = self.table.entries().any(|e| e.addr == addr)
+            || self.pending.values().any(|p| p.addr == addr);
+        if known || !self.family_addr(addr) || !usable_peer(addr) {
+            return;
+        }
         self.send_query(addr, None, Query::Ping { id: self.id }, Purpose::Ping, now);
     }
 
@@ -544,7 +566,7 @@ impl Node {
         other: Option<&Node>,
     ) {
         if Family::of(from) != self.config.family {
-            // Not from our socket (a v4-mapped address, say): ignored.
+            // Not of our family (the other node's socket serves it): ignored.
             return;
         }
         self.stats.datagrams_in += 1;
@@ -632,14 +654,14 @@ impl Node {
                 target: Some(target),
                 ..
             } => {
-                self.fill_nodes(&mut r, &target, want, other, now);
+                self.fill_nodes(&mut r, &target, want, other, from, now);
                 Body::Response(r)
             }
             Query::GetPeers { info_hash, .. } => {
                 r.token = Some(self.tokens.token_for(from.ip()));
                 r.values = self.store.peers(&info_hash, now);
                 if r.values.is_empty() {
-                    self.fill_nodes(&mut r, &info_hash, want, other, now);
+                    self.fill_nodes(&mut r, &info_hash, want, other, from, now);
                 }
                 Body::Response(r)
             }
@@ -682,6 +704,7 @@ impl Node {
         target: &NodeId,
         want: Want,
         other: Option<&Node>,
+        querier: SocketAddr,
         now: Instant,
     ) {
         let want = if want.is_empty() {
@@ -708,7 +731,7 @@ impl Node {
         if want.n4 {
             if let Some(n) = source(Family::V4) {
                 r.nodes = n
-                    .closest(target, now)
+                    .closest(target, querier, now)
                     .filter_map(|(id, a)| match a {
                         SocketAddr::V4(v4) => Some((id, v4)),
                         SocketAddr::V6(_) => None,
@@ -719,7 +742,7 @@ impl Node {
         if want.n6 {
             if let Some(n) = source(Family::V6) {
                 r.nodes6 = n
-                    .closest(target, now)
+                    .closest(target, querier, now)
                     .filter_map(|(id, a)| match a {
                         SocketAddr::V6(v6) => Some((id, v6)),
                         SocketAddr::V4(_) => None,
@@ -729,13 +752,20 @@ impl Node {
         }
     }
 
-    /// The K closest nodes to hand on to others.
-    fn closest(&self, target: &NodeId, now: Instant) -> impl Iterator<Item = (NodeId, SocketAddr)> {
+    /// The K closest nodes to hand on to `querier`.
+    fn closest(
+        &self,
+        target: &NodeId,
+        querier: SocketAddr,
+        now: Instant,
+    ) -> impl Iterator<Item = (NodeId, SocketAddr)> {
         // Only nodes that answered us: a spoofed query's "sender" is never
-        // handed on to others.
+        // handed on to others. Nor are our loopback or LAN neighbours to
+        // those who could not reach them.
         self.table
-            .closest_confirmed(target, K * 2, now)
+            .closest_confirmed(target, K * 3, now)
             .into_iter()
+            .filter(move |(_, a)| reachable_from(a.ip(), querier.ip()))
             .take(K)
     }
 
@@ -769,6 +799,7 @@ impl Node {
         let Purpose::Lookup(lid) = p.purpose else {
             return;
         };
+        let family = self.config.family;
         let Some(run) = self.lookups.get_mut(&lid) else {
             return;
         };
@@ -788,6 +819,7 @@ impl Node {
                 .collect(),
         }
         .into_iter()
+        .filter(|(_, a)| of_family(family, *a) && usable_peer(*a))
         .filter(|(_, a)| reachable_from(a.ip(), from.ip()))
         .filter(|(id, _)| *id != self.id)
         .collect();
@@ -797,7 +829,8 @@ impl Node {
             r.values
                 .iter()
                 .copied()
-                .filter(|p| usable_peer(*p) && reachable_from(p.ip(), from.ip()))
+                .filter(|p| of_family(family, *p) && usable_peer(*p))
+                .filter(|p| reachable_from(p.ip(), from.ip()))
                 .collect()
         } else {
             Vec::new()

@@ -150,6 +150,13 @@ pub struct RateLimiter {
 impl RateLimiter {
     /// Whether a query from `ip` may be answered now.
     pub fn allow(&mut self, ip: IpAddr, now: Instant) -> bool {
+        // An IPv6 host commonly holds a whole /64: it is one budget.
+        let ip = match ip.to_canonical() {
+            IpAddr::V6(v6) => IpAddr::V6(std::net::Ipv6Addr::from(
+                u128::from(v6) & !((1u128 << 64) - 1),
+            )),
+            v4 => v4,
+        };
         if !self.ips.contains_key(&ip) && self.ips.len() >= MAX_LIMITED_IPS {
             self.ips.retain(|_, (tokens, at)| {
                 let refilled =

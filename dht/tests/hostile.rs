@@ -315,8 +315,14 @@ fn our_id_comes_to_fit_the_address_five_nodes_see() {
     let voters: Vec<SocketAddr> = (1..=5)
         .map(|i| SocketAddr::from(([198, 51, 100, i], 6881)))
         .collect();
-    for _ in 0..5 {
-        ask(&mut node, voters[0]);
+    ask(&mut node, voters[0]);
+    // (add_node pings a known node no more: it is asked again by lookups.)
+    for _ in 0..4 {
+        node.find_node(NodeId::random(), t0);
+        while let Some((to, q)) = node.poll_transmit() {
+            assert_eq!(to, voters[0]);
+            answer(&mut node, to, Msg::decode(&q).unwrap().t);
+        }
     }
     for v in &voters[1..4] {
         ask(&mut node, *v);
@@ -364,15 +370,26 @@ fn peers_a_node_names_must_be_reachable_from_it() {
         "224.0.0.1:9",
         "8.8.8.8:0",
         "8.8.8.8:6881",
+        // v4-mapped: the same loopback and LAN, in IPv6 dress.
+        "[::ffff:127.0.0.1]:22",
+        "[::ffff:10.0.0.1]:80",
+        // The other family's network is not this node's (BEP 32).
+        "[2001:db8::1]:6881",
     ]
     .iter()
     .map(|a| a.parse().unwrap())
     .collect();
+    let node_id = NodeId::random();
+    let nodes = ["224.0.0.1:6881", "255.255.255.255:6881", "8.8.4.4:6881"]
+        .iter()
+        .map(|a| (node_id, a.parse().unwrap()))
+        .collect();
     let answer = Msg {
         t: Msg::decode(&q).unwrap().t,
         body: Body::Response(Response {
             id: dht::id::id_for_ip(router.ip()),
             values,
+            nodes,
             token: Some(b"tk".to_vec()),
             ..Response::default()
         }),
@@ -393,4 +410,123 @@ fn peers_a_node_names_must_be_reachable_from_it() {
         }
     }
     assert_eq!(found, vec!["8.8.8.8:6881".parse::<SocketAddr>().unwrap()]);
+    // Queried next: the unicast node only, never a multicast group.
+    let asked: Vec<SocketAddr> = replies(&mut node).into_iter().map(|(to, _)| to).collect();
+    assert_eq!(asked, vec!["8.8.4.4:6881".parse::<SocketAddr>().unwrap()]);
+}
+
+#[test]
+fn an_ipv6_node_takes_only_real_ipv6_nodes_and_peers() {
+    let t0 = Instant::now();
+    let router: SocketAddr = "[2001:db8::7]:6881".parse().unwrap();
+    let mut node = Node::new(
+        Config {
+            family: dht::Family::V6,
+            bootstrap: vec![router, "198.51.100.7:6881".parse().unwrap()],
+            ..Config::default()
+        },
+        t0,
+    );
+    node.get_peers(NodeId::random(), None, t0).unwrap();
+    let sent = replies(&mut node);
+    assert_eq!(sent.len(), 1, "only the IPv6 router is asked");
+    let (to, q) = &sent[0];
+    assert_eq!(*to, router);
+    let values = [
+        "[::ffff:127.0.0.1]:22",
+        "[::1]:22",
+        "[fd00::1]:80",
+        "[ff02::1]:9",
+        "8.8.8.8:6881",
+        "[2001:db8::5]:6881",
+    ]
+    .iter()
+    .map(|a| a.parse().unwrap())
+    .collect();
+    let nodes6 = [
+        "[::ffff:127.0.0.1]:6881",
+        "[ff05::1]:6881",
+        "[2001:db8::9]:6881",
+    ]
+    .iter()
+    .map(|a| (NodeId::random(), a.parse().unwrap()))
+    .collect();
+    let answer = Msg {
+        t: q.t.clone(),
+        body: Body::Response(Response {
+            id: dht::id::id_for_ip(router.ip()),
+            values,
+            nodes6,
+            token: Some(b"tk".to_vec()),
+            ..Response::default()
+        }),
+        v: None,
+        ip: None,
+        read_only: false,
+        want: dht::krpc::Want::default(),
+    };
+    node.handle(router, &answer.encode(), t0);
+    let mut found = Vec::new();
+    while let Some(e) = node.poll_event() {
+        if let dht::Event::Peers { peers, .. } = e {
+            found.extend(peers);
+        }
+    }
+    assert_eq!(
+        found,
+        vec!["[2001:db8::5]:6881".parse::<SocketAddr>().unwrap()]
+    );
+    let asked: Vec<SocketAddr> = replies(&mut node).into_iter().map(|(to, _)| to).collect();
+    assert_eq!(
+        asked,
+        vec!["[2001:db8::9]:6881".parse::<SocketAddr>().unwrap()]
+    );
+}
+
+#[test]
+fn an_ipv6_host_has_one_query_budget_per_64() {
+    let t0 = Instant::now();
+    let mut limiter = dht::store::RateLimiter::default();
+    let allowed = (0..200u16)
+        .filter(|&i| {
+            let ip = std::net::Ipv6Addr::new(0x2001, 0xdb8, 0, 1, 0, 0, 0, i + 1);
+            limiter.allow(ip.into(), t0)
+        })
+        .count();
+    assert!(
+        allowed <= 25,
+        "{allowed} queries from one /64 in an instant"
+    );
+    assert!(limiter.allow("2001:db8:0:2::1".parse().unwrap(), t0));
+}
+
+#[test]
+fn our_lan_nodes_are_never_handed_to_the_internet() {
+    let t0 = Instant::now();
+    let mut node = node_with_table(20, t0);
+    let target = NodeId::random();
+    let nodes_for = |node: &mut Node, from: &str| {
+        let from: SocketAddr = from.parse().unwrap();
+        let q = query(
+            b"fn",
+            Query::FindNode {
+                id: NodeId::random(),
+                target,
+            },
+        );
+        node.handle(from, &q, t0);
+        let r = replies(node);
+        match &r
+            .iter()
+            .find(|(to, _)| *to == from)
+            .expect("an answer")
+            .1
+            .body
+        {
+            Body::Response(r) => r.nodes.len(),
+            other => panic!("{other:?}"),
+        }
+    };
+    assert_eq!(nodes_for(&mut node, "10.2.0.1:6881"), 8);
+    assert_eq!(nodes_for(&mut node, "8.8.8.8:6881"), 0);
 }

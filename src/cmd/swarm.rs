@@ -175,13 +175,39 @@ impl NetArgs {
         let port = self.dht_port.unwrap_or(engine.listen_addr().port());
         // The node(s) of the families peers can reach us by: `::` takes
         // both (its TCP socket is dual-stack), one address its own.
-        let bind = match self.bind {
+        let wanted = match self.bind {
             std::net::IpAddr::V6(v6) if v6.is_unspecified() => vec![
                 SocketAddr::from((std::net::Ipv4Addr::UNSPECIFIED, port)),
                 SocketAddr::from((v6, port)),
             ],
             ip => vec![SocketAddr::new(ip, port)],
         };
+        // Each family on its own: one whose port is taken (another DHT
+        // node, say) moves to any port (the announce names the TCP one),
+        // and one that cannot be served at all (no IPv6 here) is left out.
+        let mut bind = Vec::new();
+        for want in wanted {
+            let family = if want.is_ipv4() { "IPv4" } else { "IPv6" };
+            match client::dht::can_bind(want) {
+                Ok(()) => bind.push(want),
+                // Asked for that port: its being taken is an error.
+                Err(e) if self.dht_port.is_some() => {
+                    return Err(anyhow::anyhow!("cannot listen on UDP {want}: {e}"))
+                }
+                Err(e) => {
+                    let mut any = want;
+                    any.set_port(0);
+                    if client::dht::can_bind(any).is_ok() {
+                        bind.push(any);
+                    } else {
+                        tracing::warn!("DHT over {family} off: cannot listen on UDP {want}: {e}");
+                    }
+                }
+            }
+        }
+        if bind.is_empty() {
+            return Ok(());
+        }
         let bootstrap = if self.dht_bootstrap.is_empty() {
             client::dht::DEFAULT_BOOTSTRAP
                 .iter()
@@ -200,22 +226,11 @@ impl NetArgs {
             state_file: client::dht::state_dir().map(|d| d.join("dht.dat")),
             enforce_node_id: true,
         };
-        let mut result = engine.start_dht(config.clone()).await;
-        if result.is_err() && self.dht_port.is_none() {
-            // The peer port's UDP side is taken (another DHT node, say):
-            // any port does, the announce names the TCP one.
-            let mut any = config;
-            for b in &mut any.bind {
-                b.set_port(0);
-            }
-            result = engine.start_dht(any).await;
-        }
-        match result {
+        match engine.start_dht(config).await {
             Ok(addr) => {
                 tracing::debug!("DHT node on UDP {addr}");
                 Ok(())
             }
-            // Asked for that port: its being taken is an error.
             Err(e) if self.dht_port.is_some() => Err(e.into()),
             Err(e) => {
                 tracing::warn!("DHT off: {e} (give another port with --dht-port, or --no-dht)");
