@@ -745,6 +745,18 @@ fn a_tracker_refuses_a_port_already_served() {
     let (code, err) = tracker_on(dir.path(), &listen);
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("in use"), "{err}");
+    // And the UDP side (BEP 15) of the same address: a program's UDP socket
+    // there is refused too, unless UDP is off.
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let listen = udp.local_addr().unwrap().to_string();
+    let (code, err) = tracker_on(dir.path(), &listen);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        err.contains(&format!("UDP {listen}")) && err.contains("in use"),
+        "{err}"
+    );
+    let (_http_only, at) = start_tracker(&listen, &["--no-udp"]);
+    assert_eq!(at.to_string(), listen);
 }
 
 /// A tracker on `listen` that should fail at once: its exit code and

@@ -17,25 +17,34 @@ const MAX_NUMWANT: i64 = tracker::MAX_NUMWANT as i64;
 
 const EXAMPLES: &str = "\
 Examples:
-  shoal tracker                                   listen on 0.0.0.0:6969
+  shoal tracker                                   HTTP and UDP (BEP 15) on 0.0.0.0:6969
   shoal tracker --listen 0.0.0.0:6969 --listen [::]:6969
+  shoal tracker --no-http                         a UDP tracker only
   shoal tracker --whitelist hashes.txt            serve only the listed info hashes
   shoal tracker --keys passkeys.txt               private: announce to /<passkey>/announce
   shoal tracker --real-ip-header X-Forwarded-For  behind a reverse proxy
 
 Then make torrents that use it:
-  shoal create my-album/ -a http://tracker.example:6969/announce
+  shoal create my-album/ -a udp://tracker.example:6969 -a http://tracker.example:6969/announce
 
-Routes: /announce, /scrape (BEP 48), /stats (HTML), /stats.json, /metrics (Prometheus).
+HTTP routes: /announce, /scrape (BEP 48), /stats (HTML), /stats.json, /metrics (Prometheus).
+UDP: connect, announce, scrape (BEP 15); with --keys, udp://HOST:PORT/<passkey>/announce (BEP 41).
 SIGHUP re-reads --whitelist and --keys; Ctrl-C or SIGTERM stops gracefully.";
 
-/// Run an HTTP BitTorrent tracker
+/// Run a BitTorrent tracker (HTTP and UDP)
 #[derive(clap::Args)]
 #[command(after_help = EXAMPLES)]
 pub struct Args {
-    /// Address to listen on (repeatable, e.g. once for IPv4 and once for IPv6)
+    /// Address to listen on, HTTP on TCP and BEP 15 on UDP (repeatable, e.g.
+    /// once for IPv4 and once for IPv6)
     #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:6969")]
     listen: Vec<SocketAddr>,
+    /// Serve no UDP tracker (BEP 15)
+    #[arg(long, conflicts_with = "no_http")]
+    no_udp: bool,
+    /// Serve no HTTP tracker (and no stats pages)
+    #[arg(long)]
+    no_http: bool,
     /// How often clients should announce (e.g. 1800, 30m)
     #[arg(long, value_name = "DURATION", default_value = "30m", value_parser = parse_secs)]
     interval: u32,
@@ -137,6 +146,8 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let tracker = Arc::new(Tracker::new(config, Box::new(MemoryStore::new(limits)))?);
     let mut opts = ServeOptions {
         listen: args.listen,
+        http: !args.no_http,
+        udp: !args.no_udp,
         idle_timeout: Duration::from_secs(args.idle_timeout.into()),
         max_connections: args.max_connections as usize,
         max_connections_per_ip: args.max_connections_per_ip as usize,
@@ -152,13 +163,18 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         } else {
             addr.ip().to_string()
         };
-        let url = match addr {
-            SocketAddr::V6(_) if !addr.ip().is_unspecified() => {
-                format!("http://[{host}]:{}/announce", addr.port())
-            }
-            _ => format!("http://{host}:{}/announce", addr.port()),
+        let host = match addr {
+            SocketAddr::V6(_) if !addr.ip().is_unspecified() => format!("[{host}]"),
+            _ => host,
         };
-        tracing::info!("listening on {addr}; announce URL: {url}");
+        let mut urls = Vec::new();
+        if !args.no_udp {
+            urls.push(format!("udp://{host}:{}", addr.port()));
+        }
+        if !args.no_http {
+            urls.push(format!("http://{host}:{}/announce", addr.port()));
+        }
+        tracing::info!("listening on {addr}; announce URL: {}", urls.join(" "));
     }
 
     let rt = tokio::runtime::Builder::new_current_thread()

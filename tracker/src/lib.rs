@@ -17,10 +17,12 @@ pub mod response;
 pub mod server;
 pub mod store;
 pub mod swarm;
+pub mod udp;
 
 mod h1;
 mod http;
 mod stats;
+mod udp_io;
 
 /// Entry points for the fuzz targets in `fuzz/` to crate-private parsers;
 /// not an API (no stability promised, hidden from the docs).
@@ -129,9 +131,17 @@ pub enum LoadError {
 
 #[derive(Debug, Default)]
 struct Counters {
+    /// Over both protocols.
     announces: AtomicU64,
     scrapes: AtomicU64,
     failures: AtomicU64,
+    /// Of which over UDP (BEP 15).
+    udp_announces: AtomicU64,
+    udp_scrapes: AtomicU64,
+    udp_failures: AtomicU64,
+    udp_connects: AtomicU64,
+    /// Datagrams dropped unanswered (malformed, not ours).
+    udp_dropped: AtomicU64,
     /// Announces per second over the last measuring period, × 1000.
     rate_milli: AtomicU64,
 }
@@ -347,6 +357,84 @@ impl Tracker {
 
     fn count_failure(&self) {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// An announce over UDP (BEP 15): the same policy as HTTP's, at most
+    /// `max_peers` peers (what fits one datagram), compact always.
+    pub fn announce_udp(
+        &self,
+        key: Option<&str>,
+        req: &udp::UdpAnnounce,
+        remote: SocketAddr,
+        max_peers: usize,
+    ) -> Result<swarm::AnnounceOutcome, String> {
+        self.counters.announces.fetch_add(1, Ordering::Relaxed);
+        self.counters.udp_announces.fetch_add(1, Ordering::Relaxed);
+        self.check_key(key)?;
+        self.check_listed(&req.info_hash)?;
+        let mut ip = canonical_ip(remote.ip());
+        if self.config.trust_ip_param {
+            if let Some(p) = req.ip {
+                ip = IpAddr::V4(p);
+            }
+        }
+        let numwant = if req.event == Event::Stopped {
+            0
+        } else {
+            req.numwant
+                .map_or(self.config.default_numwant, |n| n as usize)
+                .min(self.config.max_numwant)
+                .min(max_peers)
+        };
+        let who = Announcer {
+            ip,
+            port: req.port,
+            seeder: req.left == 0,
+            event: req.event,
+        };
+        tracing::debug!(
+            info_hash = %req.info_hash, %ip, port = req.port, left = req.left,
+            event = ?req.event, numwant, "announce (udp)"
+        );
+        self.store
+            .announce(req.info_hash, who, self.now(), numwant, true)
+            .map_err(|full| full.to_string())
+    }
+
+    /// A scrape over UDP: counts in the order asked, zeros for unknown or
+    /// unlisted swarms.
+    pub fn scrape_udp(
+        &self,
+        key: Option<&str>,
+        hashes: &[InfoHash],
+    ) -> Result<Vec<store::ScrapeEntry>, String> {
+        self.counters.scrapes.fetch_add(1, Ordering::Relaxed);
+        self.counters.udp_scrapes.fetch_add(1, Ordering::Relaxed);
+        self.check_key(key)?;
+        let mut entries = self.store.scrape(hashes);
+        for (h, e) in hashes.iter().zip(entries.iter_mut()) {
+            if self.check_listed(h).is_err() {
+                *e = store::ScrapeEntry {
+                    complete: 0,
+                    incomplete: 0,
+                    downloaded: 0,
+                };
+            }
+        }
+        Ok(entries)
+    }
+
+    fn count_udp(&self, o: udp::Outcome) {
+        let c = &self.counters;
+        match o {
+            udp::Outcome::Connected => c.udp_connects.fetch_add(1, Ordering::Relaxed),
+            udp::Outcome::Error => {
+                c.failures.fetch_add(1, Ordering::Relaxed);
+                c.udp_failures.fetch_add(1, Ordering::Relaxed)
+            }
+            udp::Outcome::Dropped => c.udp_dropped.fetch_add(1, Ordering::Relaxed),
+            udp::Outcome::Announced | udp::Outcome::Scraped => 0,
+        };
     }
 }
 

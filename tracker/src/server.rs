@@ -31,11 +31,14 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::ServiceExt;
 
-use crate::{app, h1, Tracker};
+use crate::{app, h1, udp_io, Tracker};
 
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
+    /// Each address serves HTTP on TCP and BEP 15 on UDP (as chosen below).
     pub listen: Vec<SocketAddr>,
+    pub http: bool,
+    pub udp: bool,
     /// Worker threads (each with its own listeners); default: cores.
     pub threads: usize,
     /// Close a connection that sends no complete request head for this long
@@ -58,6 +61,8 @@ impl Default for ServeOptions {
     fn default() -> Self {
         ServeOptions {
             listen: vec![SocketAddr::from(([0, 0, 0, 0], 6969))],
+            http: true,
+            udp: true,
             threads: std::thread::available_parallelism().map_or(1, |n| n.get()),
             idle_timeout: Duration::from_secs(15),
             max_connections: 10_000,
@@ -76,6 +81,8 @@ pub struct Bound {
     opts: ServeOptions,
     /// `per_thread[t][a]`: thread t's socket for address a.
     per_thread: Vec<Vec<std::net::TcpListener>>,
+    /// The same for UDP.
+    per_thread_udp: Vec<Vec<std::net::UdpSocket>>,
     addrs: Vec<SocketAddr>,
 }
 
@@ -155,23 +162,53 @@ fn ensure_free(addr: SocketAddr) -> io::Result<()> {
 
 pub fn bind(opts: ServeOptions) -> io::Result<Bound> {
     let threads = opts.threads.max(1);
+    if !opts.http && !opts.udp {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "neither HTTP nor UDP is served",
+        ));
+    }
     let mut per_thread: Vec<Vec<std::net::TcpListener>> =
+        (0..threads).map(|_| Vec::new()).collect();
+    let mut per_thread_udp: Vec<Vec<std::net::UdpSocket>> =
         (0..threads).map(|_| Vec::new()).collect();
     let mut addrs = Vec::new();
     for &addr in &opts.listen {
-        ensure_free(addr)?;
-        let first = listener(addr)
-            .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
-        let actual = first.local_addr()?;
-        addrs.push(actual);
-        per_thread[0].push(first);
-        for sockets in per_thread.iter_mut().skip(1) {
-            sockets.push(listener(actual)?);
+        if opts.http {
+            ensure_free(addr)?;
         }
+        if opts.udp {
+            udp_io::ensure_free(addr)?;
+        }
+        let mut actual = addr;
+        if opts.http {
+            let first = listener(addr)
+                .map_err(|e| io::Error::new(e.kind(), format!("cannot listen on {addr}: {e}")))?;
+            actual = first.local_addr()?;
+            per_thread[0].push(first);
+            for sockets in per_thread.iter_mut().skip(1) {
+                sockets.push(listener(actual)?);
+            }
+        }
+        if opts.udp {
+            // The same port as the TCP side (port 0 took one there).
+            let at = actual;
+            let err = move |e: io::Error| {
+                io::Error::new(e.kind(), format!("cannot listen on UDP {at}: {e}"))
+            };
+            let first = udp_io::socket(actual).map_err(err)?;
+            actual = first.local_addr()?;
+            per_thread_udp[0].push(first);
+            for sockets in per_thread_udp.iter_mut().skip(1) {
+                sockets.push(udp_io::socket(actual).map_err(err)?);
+            }
+        }
+        addrs.push(actual);
     }
     Ok(Bound {
         opts,
         per_thread,
+        per_thread_udp,
         addrs,
     })
 }
@@ -190,8 +227,13 @@ impl Bound {
             self.opts.max_connections.min(Semaphore::MAX_PERMITS),
         ));
         let per_ip = Arc::new(PerIp::new(self.opts.max_connections_per_ip));
+        // One key for the whole process: a client's connect and announce
+        // may reach different sockets.
+        let ids = Arc::new(crate::udp::ConnectionIds::new());
         let mut threads = Vec::new();
-        for (i, sockets) in self.per_thread.into_iter().enumerate() {
+        let udp = self.per_thread_udp.into_iter();
+        for (i, (sockets, udp)) in self.per_thread.into_iter().zip(udp).enumerate() {
+            let ids = ids.clone();
             let router = router.clone();
             let tracker = tracker_for_workers.clone();
             let shutdown = shutdown.clone();
@@ -205,9 +247,23 @@ impl Bound {
                 std::thread::Builder::new()
                     .name(format!("tracker-{i}"))
                     .spawn(move || {
-                        rt.block_on(worker(
-                            sockets, tracker, router, shutdown, permits, per_ip, opts,
-                        ))
+                        rt.block_on(async move {
+                            let udp: Vec<_> = udp
+                                .into_iter()
+                                .map(|s| {
+                                    tokio::spawn(udp_io::serve(
+                                        s,
+                                        tracker.clone(),
+                                        ids.clone(),
+                                        shutdown.clone(),
+                                    ))
+                                })
+                                .collect();
+                            worker(sockets, tracker, router, shutdown, permits, per_ip, opts).await;
+                            for u in udp {
+                                let _ = u.await;
+                            }
+                        })
                     })?,
             );
         }

@@ -26,8 +26,20 @@ pub struct Stats {
     pub announces_per_sec: f64,
     pub scrapes_total: u64,
     pub failures_total: u64,
+    /// Of the totals above, those over UDP (BEP 15), and UDP's own.
+    pub udp: UdpStats,
     pub peer_heap_bytes: usize,
     pub top_swarms: Vec<SwarmSummary>,
+}
+
+#[derive(Serialize, Default)]
+pub struct UdpStats {
+    pub connects_total: u64,
+    pub announces_total: u64,
+    pub scrapes_total: u64,
+    pub failures_total: u64,
+    /// Datagrams dropped unanswered (malformed, not BitTorrent).
+    pub dropped_total: u64,
 }
 
 /// How long the walk over all swarms (top list, heap bytes) is reused:
@@ -62,6 +74,13 @@ pub fn collect(t: &Tracker, top: usize) -> Stats {
         announces_per_sec: c.rate_milli.load(Ordering::Relaxed) as f64 / 1000.0,
         scrapes_total: c.scrapes.load(Ordering::Relaxed),
         failures_total: c.failures.load(Ordering::Relaxed),
+        udp: UdpStats {
+            connects_total: c.udp_connects.load(Ordering::Relaxed),
+            announces_total: c.udp_announces.load(Ordering::Relaxed),
+            scrapes_total: c.udp_scrapes.load(Ordering::Relaxed),
+            failures_total: c.udp_failures.load(Ordering::Relaxed),
+            dropped_total: c.udp_dropped.load(Ordering::Relaxed),
+        },
         peer_heap_bytes: s.peer_heap_bytes,
         top_swarms: s.top,
     }
@@ -136,23 +155,41 @@ pub async fn metrics(State(t): State<Arc<Tracker>>) -> Response {
         "Completed downloads counted in live swarms.",
         &[("", s.completed as f64)],
     );
+    let by_protocol = |total: u64, udp: u64| {
+        [
+            ("{protocol=\"http\"}", total.saturating_sub(udp) as f64),
+            ("{protocol=\"udp\"}", udp as f64),
+        ]
+    };
     metric(
         "announces_total",
         "counter",
         "Announce requests.",
-        &[("", s.announces_total as f64)],
+        &by_protocol(s.announces_total, s.udp.announces_total),
     );
     metric(
         "scrapes_total",
         "counter",
         "Scrape requests.",
-        &[("", s.scrapes_total as f64)],
+        &by_protocol(s.scrapes_total, s.udp.scrapes_total),
     );
     metric(
         "failures_total",
         "counter",
-        "Requests answered with a failure reason.",
-        &[("", s.failures_total as f64)],
+        "Requests answered with a failure reason (an error, over UDP).",
+        &by_protocol(s.failures_total, s.udp.failures_total),
+    );
+    metric(
+        "udp_connects_total",
+        "counter",
+        "UDP connect requests answered with a connection id.",
+        &[("", s.udp.connects_total as f64)],
+    );
+    metric(
+        "udp_dropped_total",
+        "counter",
+        "UDP datagrams dropped unanswered (malformed, not BitTorrent, or an error longer than the request).",
+        &[("", s.udp.dropped_total as f64)],
     );
     metric(
         "peer_heap_bytes",

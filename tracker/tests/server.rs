@@ -90,6 +90,8 @@ async fn serves_caps_connections_per_ip_and_shuts_down() {
 /// A server with a short idle timeout, on its own runtime thread.
 struct Server {
     addr: SocketAddr,
+    /// Every address served, in the order given.
+    addrs: Vec<SocketAddr>,
     stop: CancellationToken,
     thread: Option<std::thread::JoinHandle<()>>,
 }
@@ -103,17 +105,25 @@ impl Server {
     }
 
     /// One thread (so connections are accepted in the order they are
-    /// made), on 127.0.0.1:0, with these options otherwise.
+    /// made), on 127.0.0.1:0 (or the options' addresses), with these
+    /// options otherwise.
     fn with(opts: ServeOptions) -> Server {
         let tracker =
             Arc::new(Tracker::new(Config::default(), Box::<MemoryStore>::default()).unwrap());
+        // 127.0.0.1:0 unless the options name other addresses.
+        let listen = if opts.listen == ServeOptions::default().listen {
+            vec!["127.0.0.1:0".parse().unwrap()]
+        } else {
+            opts.listen.clone()
+        };
         let bound = server::bind(ServeOptions {
-            listen: vec!["127.0.0.1:0".parse().unwrap()],
+            listen,
             threads: 1,
             ..opts
         })
         .unwrap();
         let addr = bound.local_addrs()[0];
+        let addrs = bound.local_addrs().to_vec();
         let stop = CancellationToken::new();
         let token = stop.clone();
         let thread = std::thread::spawn(move || {
@@ -126,6 +136,7 @@ impl Server {
         });
         Server {
             addr,
+            addrs,
             stop,
             thread: Some(thread),
         }
@@ -569,5 +580,96 @@ fn a_full_address_of_busy_connections_is_told_so() {
     for s in &mut busy {
         s.write_all(rest.as_bytes()).unwrap();
         assert!(read_reply(s).starts_with("HTTP/1.1 200 OK\r\n"));
+    }
+}
+
+/// A connect and an announce over real UDP sockets; `from` sends them.
+fn udp_announce(
+    from: &std::net::UdpSocket,
+    to: SocketAddr,
+    hash: u8,
+    port: u16,
+    left: u64,
+) -> Vec<u8> {
+    let mut buf = [0u8; 2048];
+    let mut connect = 0x0417_2710_1980u64.to_be_bytes().to_vec();
+    connect.extend_from_slice(&[0, 0, 0, 0, 1, 2, 3, 4]);
+    from.send_to(&connect, to).unwrap();
+    let (n, _) = from.recv_from(&mut buf).unwrap();
+    assert_eq!(n, 16);
+    let mut a = buf[8..16].to_vec();
+    a.extend_from_slice(&[0, 0, 0, 1, 5, 6, 7, 8]);
+    a.extend_from_slice(&[hash; 20]);
+    a.extend_from_slice(&[1; 20]);
+    a.extend_from_slice(&[0; 8]);
+    a.extend_from_slice(&left.to_be_bytes());
+    a.extend_from_slice(&[0; 8]);
+    a.extend_from_slice(&[0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
+    a.extend_from_slice(&port.to_be_bytes());
+    from.send_to(&a, to).unwrap();
+    let (n, _) = from.recv_from(&mut buf).unwrap();
+    buf[..n].to_vec()
+}
+
+#[test]
+fn the_udp_tracker_answers_bursts_over_ipv4_and_ipv6() {
+    let have_v6 = std::net::UdpSocket::bind("[::1]:0").is_ok();
+    let mut listen = vec!["127.0.0.1:0".parse().unwrap()];
+    if have_v6 {
+        listen.push("[::1]:0".parse().unwrap());
+    } else {
+        eprintln!("no IPv6 loopback: IPv4 only");
+    }
+    let server = Server::with(ServeOptions {
+        listen,
+        http: false,
+        ..ServeOptions::default()
+    });
+    let addr = server.addr;
+    let client = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    client
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    // A seed, then a leecher who is told of it.
+    let r = udp_announce(&client, addr, 9, 6001, 0);
+    assert_eq!(&r[..8], &[0, 0, 0, 1, 5, 6, 7, 8]);
+    let other = std::net::UdpSocket::bind("127.0.0.2:0").unwrap();
+    other
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let r = udp_announce(&other, addr, 9, 6002, 10);
+    assert_eq!(r.len(), 26);
+    assert_eq!(&r[20..], &[127, 0, 0, 1, 0x17, 0x71]);
+    // A burst of 500 connects at once: every one answered, in batches (the
+    // answers wait in our receive buffer, made big enough to hold them).
+    socket2::SockRef::from(&client)
+        .set_recv_buffer_size(4 << 20)
+        .unwrap();
+    let mut connect = 0x0417_2710_1980u64.to_be_bytes().to_vec();
+    connect.extend_from_slice(&[0; 4]);
+    for i in 0..500u32 {
+        let mut d = connect.clone();
+        d.extend_from_slice(&i.to_be_bytes());
+        client.send_to(&d, addr).unwrap();
+    }
+    let mut seen = std::collections::HashSet::new();
+    let mut buf = [0u8; 64];
+    while seen.len() < 500 {
+        let Ok((n, _)) = client.recv_from(&mut buf) else {
+            panic!("{} of the connects answered", seen.len());
+        };
+        assert_eq!(n, 16);
+        seen.insert(u32::from_be_bytes(buf[4..8].try_into().unwrap()));
+    }
+    if have_v6 {
+        let v6 = server.addrs[1];
+        let c6 = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        c6.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        udp_announce(&c6, v6, 10, 7001, 0);
+        let c6b = std::net::UdpSocket::bind("[::1]:0").unwrap();
+        c6b.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let r = udp_announce(&c6b, v6, 10, 7002, 5);
+        assert_eq!(r.len(), 20 + 18, "one IPv6 peer, 18 bytes");
+        assert_eq!(&r[36..], &7001u16.to_be_bytes());
     }
 }
