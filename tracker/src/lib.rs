@@ -373,7 +373,10 @@ impl Tracker {
         self.check_key(key)?;
         self.check_listed(&req.info_hash)?;
         let mut ip = canonical_ip(remote.ip());
-        if self.config.trust_ip_param {
+        // The `ip` field is an IPv4 address: taken (if trusted) only from
+        // IPv4 announcers, whose reply carries IPv4 peers. An IPv6
+        // announcer's reply must hold IPv6 peers, so its address stays.
+        if self.config.trust_ip_param && ip.is_ipv4() {
             if let Some(p) = req.ip {
                 ip = IpAddr::V4(p);
             }

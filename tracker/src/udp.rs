@@ -304,7 +304,32 @@ fn answer(
 }
 
 #[cfg(test)]
+mod tests_support {
+    use super::*;
+
+    /// A 98-byte announce.
+    pub fn announce(id: u64, hash: u8, left: u64, event: u32, numwant: i32, port: u16) -> Vec<u8> {
+        let mut d = id.to_be_bytes().to_vec();
+        d.extend_from_slice(&ANNOUNCE.to_be_bytes());
+        d.extend_from_slice(b"TID2");
+        d.extend_from_slice(&[hash; 20]);
+        d.extend_from_slice(&[7; 20]);
+        d.extend_from_slice(&0u64.to_be_bytes());
+        d.extend_from_slice(&left.to_be_bytes());
+        d.extend_from_slice(&0u64.to_be_bytes());
+        d.extend_from_slice(&event.to_be_bytes());
+        d.extend_from_slice(&[0; 4]);
+        d.extend_from_slice(&[0; 4]);
+        d.extend_from_slice(&numwant.to_be_bytes());
+        d.extend_from_slice(&port.to_be_bytes());
+        assert_eq!(d.len(), 98);
+        d
+    }
+}
+
+#[cfg(test)]
 mod tests {
+    use super::tests_support::*;
     use super::*;
     use crate::{Config, MemoryStore};
 
@@ -321,24 +346,6 @@ mod tests {
         assert_eq!(out.len(), 16, "a connect answer is as long as the request");
         assert_eq!(&out[..8], &[0, 0, 0, 0, b'T', b'I', b'D', b'1']);
         u64_at(&out, 8)
-    }
-
-    fn announce(id: u64, hash: u8, left: u64, event: u32, numwant: i32, port: u16) -> Vec<u8> {
-        let mut d = id.to_be_bytes().to_vec();
-        d.extend_from_slice(&ANNOUNCE.to_be_bytes());
-        d.extend_from_slice(b"TID2");
-        d.extend_from_slice(&[hash; 20]);
-        d.extend_from_slice(&[7; 20]);
-        d.extend_from_slice(&0u64.to_be_bytes());
-        d.extend_from_slice(&left.to_be_bytes());
-        d.extend_from_slice(&0u64.to_be_bytes());
-        d.extend_from_slice(&event.to_be_bytes());
-        d.extend_from_slice(&[0; 4]);
-        d.extend_from_slice(&[0; 4]);
-        d.extend_from_slice(&numwant.to_be_bytes());
-        d.extend_from_slice(&port.to_be_bytes());
-        assert_eq!(d.len(), 98);
-        d
     }
 
     fn addr(s: &str) -> SocketAddr {
@@ -579,5 +586,59 @@ mod tests {
             "{}",
             out.len()
         );
+    }
+}
+
+#[cfg(test)]
+mod ip_field {
+    use super::tests_support::*;
+    use super::*;
+
+    #[test]
+    fn the_ip_field_is_trusted_only_from_ipv4_announcers() {
+        let t = Tracker::new(
+            crate::Config {
+                trust_ip_param: true,
+                ..crate::Config::default()
+            },
+            Box::new(crate::MemoryStore::default()),
+        )
+        .unwrap();
+        let ids = ConnectionIds::new();
+        let mut out = Vec::new();
+        let with_ip = |mut d: Vec<u8>, ip: [u8; 4]| {
+            d[84..88].copy_from_slice(&ip);
+            d
+        };
+        // A v4 announcer says it is 192.0.2.9; the next one is told so.
+        let a: SocketAddr = "10.0.0.1:1".parse().unwrap();
+        let id = ids.issue(a.ip(), 100);
+        handle(
+            &t,
+            &ids,
+            &with_ip(announce(id, 3, 0, 2, -1, 5), [192, 0, 2, 9]),
+            a,
+            100,
+            &mut out,
+        );
+        let b: SocketAddr = "10.0.0.2:1".parse().unwrap();
+        let id = ids.issue(b.ip(), 100);
+        handle(&t, &ids, &announce(id, 3, 9, 2, -1, 6), b, 100, &mut out);
+        assert_eq!(&out[20..24], &[192, 0, 2, 9]);
+        // A v6 announcer's field is ignored: its reply keeps 18-byte peers.
+        let c: SocketAddr = "[2001:db8::3]:1".parse().unwrap();
+        let id = ids.issue(c.ip(), 100);
+        handle(
+            &t,
+            &ids,
+            &with_ip(announce(id, 4, 0, 2, -1, 7), [192, 0, 2, 10]),
+            c,
+            100,
+            &mut out,
+        );
+        let d: SocketAddr = "[2001:db8::4]:1".parse().unwrap();
+        let id = ids.issue(d.ip(), 100);
+        handle(&t, &ids, &announce(id, 4, 9, 2, -1, 8), d, 100, &mut out);
+        assert_eq!(out.len(), 20 + 18);
     }
 }
