@@ -13,9 +13,11 @@
 # the other. The load's TORRENTS info hashes come from a seeded RNG
 # (bench/udp-tracker/hashes.py reproduces them), so opentracker (whose
 # Debian build serves only whitelisted hashes) gets them all in its
-# whitelist, and shoal gets the same file as --whitelist, so both check
-# every announce against a list; aquatic_udp runs without one. ROUNDS
-# rounds, the servers' order rotating each round; a fresh server per run.
+# whitelist. shoal runs twice per round: with the same file as
+# --whitelist ("shoal", compared with opentracker: both check every
+# announce against a list) and without ("shoal-open", compared with
+# aquatic_udp, which runs without one). ROUNDS rounds, the servers'
+# order rotating each round; a fresh server per run.
 # Printed: announce responses per second (the load test's own count over
 # the whole run), all responses per second, the median of each, and the
 # ratios shoal / opentracker and shoal / aquatic_udp (medians, and the
@@ -81,6 +83,10 @@ start_server() {
         taskset -c "$SERVER_CPU" "$SHOAL" tracker --listen "127.0.0.1:$port" --no-http \
             --threads 1 --whitelist "$TMP/ot/whitelist" --max-numwant 30 \
             >"$TMP/shoal.log" 2>&1 &
+        ;;
+    shoal-open)
+        taskset -c "$SERVER_CPU" "$SHOAL" tracker --listen "127.0.0.1:$port" --no-http \
+            --threads 1 --max-numwant 30 >"$TMP/shoal.log" 2>&1 &
         ;;
     opentracker)
         printf 'listen.udp.workers 1\n' >"$TMP/ot/ot.conf"
@@ -153,10 +159,10 @@ run() {
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit; if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2; print m }'; }
 
-servers=(shoal opentracker aquatic_udp)
+servers=(shoal opentracker shoal-open aquatic_udp)
 for r in $(seq "$ROUNDS"); do
-    for i in 0 1 2; do
-        run "${servers[$(((i + r) % 3))]}" "$r"
+    for i in 0 1 2 3; do
+        run "${servers[$(((i + r) % 4))]}" "$r"
     done
 done
 
@@ -165,15 +171,17 @@ echo "== summary (medians of $ROUNDS rounds)"
 s=$(median <"$TMP/shoal.announce")
 o=$(median <"$TMP/opentracker.announce")
 a=$(median <"$TMP/aquatic_udp.announce")
+n=$(median <"$TMP/shoal-open.announce")
 so=$(paste "$TMP/shoal.announce" "$TMP/opentracker.announce" | awk '{ print $1 / $2 }' | median)
-sa=$(paste "$TMP/shoal.announce" "$TMP/aquatic_udp.announce" | awk '{ print $1 / $2 }' | median)
+sa=$(paste "$TMP/shoal-open.announce" "$TMP/aquatic_udp.announce" | awk '{ print $1 / $2 }' | median)
 ao=$(paste "$TMP/aquatic_udp.announce" "$TMP/opentracker.announce" | awk '{ print $1 / $2 }' | median)
-awk -v s="$s" -v o="$o" -v a="$a" -v so="$so" -v sa="$sa" -v ao="$ao" 'BEGIN {
-    printf "  shoal:        %9.0f announce responses/s\n", s
-    printf "  opentracker:  %9.0f announce responses/s\n", o
-    printf "  aquatic_udp:  %9.0f announce responses/s\n", a
-    printf "  shoal / opentracker:       %5.2f (median of rounds %5.2f; goal >= 1.3: %s)\n", s / o, so, (so >= 1.3 ? "met" : "NOT met")
-    printf "  shoal / aquatic_udp:       %5.2f (median of rounds %5.2f; goal >= 1.1: %s)\n", s / a, sa, (sa >= 1.1 ? "met" : "NOT met")
-    printf "  aquatic_udp / opentracker: %5.2f (median of rounds %5.2f)\n", a / o, ao
+awk -v s="$s" -v n="$n" -v o="$o" -v a="$a" -v so="$so" -v sa="$sa" -v ao="$ao" 'BEGIN {
+    printf "  shoal (whitelist):     %9.0f announce responses/s\n", s
+    printf "  shoal (no whitelist):  %9.0f announce responses/s\n", n
+    printf "  opentracker:           %9.0f announce responses/s (whitelist)\n", o
+    printf "  aquatic_udp:           %9.0f announce responses/s (no whitelist)\n", a
+    printf "  shoal / opentracker, both whitelisted:  %5.2f (median of rounds %5.2f; goal >= 1.3: %s)\n", s / o, so, (so >= 1.3 ? "met" : "NOT met")
+    printf "  shoal / aquatic_udp, neither:           %5.2f (median of rounds %5.2f; goal >= 1.1: %s)\n", n / a, sa, (sa >= 1.1 ? "met" : "NOT met")
+    printf "  aquatic_udp / opentracker:              %5.2f (median of rounds %5.2f)\n", a / o, ao
 }'
-echo "  (all responses/s, medians: shoal $(median <"$TMP/shoal.all"), opentracker $(median <"$TMP/opentracker.all"), aquatic_udp $(median <"$TMP/aquatic_udp.all"))"
+echo "  (all responses/s, medians: shoal $(median <"$TMP/shoal.all"), shoal-open $(median <"$TMP/shoal-open.all"), opentracker $(median <"$TMP/opentracker.all"), aquatic_udp $(median <"$TMP/aquatic_udp.all"))"
