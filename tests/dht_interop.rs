@@ -100,28 +100,14 @@ struct Swarm {
 impl Swarm {
     fn start(dir: &std::path::Path, n: usize, base: u8) -> Swarm {
         std::fs::write(dir.join("lt_dht.py"), LT_DHT).unwrap();
-        let mut child = Command::new("/usr/bin/python3")
+        let child = Command::new("/usr/bin/python3")
             .args(["lt_dht.py", &n.to_string(), &base.to_string(), "."])
             .current_dir(dir)
             .stdin(Stdio::piped())
             .stdout(Stdio::piped())
             .spawn()
             .expect("start lt_dht.py");
-        let stdin = child.stdin.take().unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
-        let first = lines.next().expect("lt_dht.py said nothing").unwrap();
-        let nodes = first
-            .strip_prefix("NODES ")
-            .unwrap_or_else(|| panic!("lt_dht.py said {first:?}"))
-            .split(' ')
-            .map(str::to_string)
-            .collect();
-        Swarm {
-            child: Killed(child),
-            stdin,
-            lines,
-            nodes,
-        }
+        Swarm::of(child)
     }
 
     /// N libtorrent nodes at fd77:BASE+i::1, each on its own /64 of a
@@ -132,7 +118,7 @@ impl Swarm {
         let setup = "set -e; ip link set lo up; \
             for i in $(seq 1 60); do ip -6 addr add fd77:$i::1/64 dev lo nodad; done; \
             exec /usr/bin/python3 lt_dht.py \"$@\"";
-        let mut child = Command::new("unshare")
+        let child = Command::new("unshare")
             .args(["-n", "bash", "-c", setup, "lt"])
             .args([&n.to_string(), &base.to_string(), ".", "fd77:%d::1"])
             .current_dir(dir)
@@ -140,6 +126,11 @@ impl Swarm {
             .stdout(Stdio::piped())
             .spawn()
             .expect("start lt_dht.py in a namespace");
+        Swarm::of(child)
+    }
+
+    /// The swarm of a started lt_dht.py, once it has said its nodes.
+    fn of(mut child: std::process::Child) -> Swarm {
         let stdin = child.stdin.take().unwrap();
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let first = lines.next().expect("lt_dht.py said nothing").unwrap();

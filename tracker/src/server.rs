@@ -132,16 +132,21 @@ fn defer_accept(socket: &socket2::Socket) {
 /// between the two. A socket without `SO_REUSEPORT` cannot bind a port
 /// anyone listens on, so a short-lived one finds out.
 fn ensure_free(addr: SocketAddr) -> io::Result<()> {
+    probe_free(addr, socket2::Type::STREAM, "")
+}
+
+/// Binds a short-lived socket of `kind` without `SO_REUSEPORT` to `addr`:
+/// it fails when any socket has the address (TCP: listens on it). `proto`
+/// goes before the address in the error ("UDP ", or "" for TCP).
+pub(crate) fn probe_free(addr: SocketAddr, kind: socket2::Type, proto: &str) -> io::Result<()> {
     if addr.port() == 0 {
         return Ok(());
     }
-    let socket = socket2::Socket::new(
-        socket2::Domain::for_address(addr),
-        socket2::Type::STREAM,
-        Some(socket2::Protocol::TCP),
-    )?;
+    let socket = socket2::Socket::new(socket2::Domain::for_address(addr), kind, None)?;
     // Connections of an earlier run in TIME_WAIT are no obstacle.
-    socket.set_reuse_address(true)?;
+    if kind == socket2::Type::STREAM {
+        socket.set_reuse_address(true)?;
+    }
     if addr.is_ipv6() {
         socket.set_only_v6(true)?;
     }
@@ -149,12 +154,12 @@ fn ensure_free(addr: SocketAddr) -> io::Result<()> {
         Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
             e.kind(),
             format!(
-                "cannot listen on {addr}: the port is in use (is another tracker running there?)"
+                "cannot listen on {proto}{addr}: the port is in use (is another tracker running there?)"
             ),
         )),
         Err(e) => Err(io::Error::new(
             e.kind(),
-            format!("cannot listen on {addr}: {e}"),
+            format!("cannot listen on {proto}{addr}: {e}"),
         )),
         Ok(()) => Ok(()),
     }

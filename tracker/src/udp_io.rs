@@ -37,26 +37,7 @@ pub(crate) fn socket(addr: SocketAddr) -> io::Result<std::net::UdpSocket> {
 /// Fails when another socket already has UDP `addr` (another tracker, or
 /// another program): a socket without `SO_REUSEPORT` cannot bind it then.
 pub(crate) fn ensure_free(addr: SocketAddr) -> io::Result<()> {
-    if addr.port() == 0 {
-        return Ok(());
-    }
-    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
-    if addr.is_ipv6() {
-        socket.set_only_v6(true)?;
-    }
-    match socket.bind(&addr.into()) {
-        Err(e) if e.kind() == io::ErrorKind::AddrInUse => Err(io::Error::new(
-            e.kind(),
-            format!(
-                "cannot listen on UDP {addr}: the port is in use (is another tracker running there?)"
-            ),
-        )),
-        Err(e) => Err(io::Error::new(
-            e.kind(),
-            format!("cannot listen on UDP {addr}: {e}"),
-        )),
-        Ok(()) => Ok(()),
-    }
+    crate::server::probe_free(addr, Type::DGRAM, "UDP ")
 }
 
 /// One socket's buffers, reused for every batch.
