@@ -10,7 +10,7 @@ use anyhow::Context;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio_util::sync::CancellationToken;
 use tracker::server::{self, ServeOptions};
-use tracker::{Config, Limits, MemoryStore, Tracker};
+use tracker::{redis_store, Config, Limits, MemoryStore, RedisStore, Store, Tracker};
 
 /// Largest `--numwant` / `--max-numwant` (the tracker's own cap).
 const MAX_NUMWANT: i64 = tracker::MAX_NUMWANT as i64;
@@ -23,6 +23,8 @@ Examples:
   shoal tracker --whitelist hashes.txt            serve only the listed info hashes
   shoal tracker --keys passkeys.txt               private: announce to /<passkey>/announce
   shoal tracker --real-ip-header X-Forwarded-For  behind a reverse proxy
+  shoal tracker --store redis://10.0.0.5:6379     swarms in Redis, shared by every instance
+                                                  started with the same --store
 
 Then make torrents that use it:
   shoal create my-album/ -a udp://tracker.example:6969 -a http://tracker.example:6969/announce
@@ -90,12 +92,34 @@ pub struct Args {
     #[arg(long, value_name = "N", default_value_t = 256,
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     max_connections_per_ip: u64,
-    /// Most swarms held; announces for new torrents beyond it get "tracker is full"
+    /// Where swarms are kept: 'memory' (this process), or
+    /// redis://HOST:PORT[/DB] to share them with every shoal tracker started
+    /// with the same URL (Redis 6.2 or newer; its maxmemory bounds the size)
+    #[arg(long, value_name = "URL", default_value = "memory")]
+    store: String,
+    /// With a Redis store: the longest an announce waits for Redis before
+    /// it is answered with "store unavailable"
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_duration)]
+    store_timeout: Duration,
+    /// Most swarms held in memory; announces for new torrents beyond it get
+    /// "tracker is full"
     #[arg(long, value_name = "N", default_value_t = 1_000_000)]
     max_swarms: usize,
-    /// Most peers held (about 50-100 bytes each)
+    /// Most peers held in memory (about 25-50 bytes each)
     #[arg(long, value_name = "N", default_value_t = 10_000_000)]
     max_peers: usize,
+}
+
+/// A duration like "500ms" or "2s" (a plain number is seconds).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = match s.parse::<u64>() {
+        Ok(n) => Duration::from_secs(n),
+        Err(_) => humantime::parse_duration(s).map_err(|e| format!("{e} (try 2s or 500ms)"))?,
+    };
+    if d.is_zero() || d > Duration::from_secs(60) {
+        return Err("must be between 1 ms and 60 s".into());
+    }
+    Ok(d)
 }
 
 /// Seconds, as a plain number or a duration like "30m" or "1h30m".
@@ -143,7 +167,38 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         max_swarms: args.max_swarms,
         max_peers: args.max_peers,
     };
-    let tracker = Arc::new(Tracker::new(config, Box::new(MemoryStore::new(limits)))?);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    let store = match args.store.as_str() {
+        "memory" => Store::Memory(Box::new(MemoryStore::new(limits))),
+        url if url.starts_with("redis://") || url.starts_with("redis+unix://") => {
+            let redis = RedisStore::open(
+                url,
+                redis_store::Options {
+                    peer_timeout,
+                    timeout: args.store_timeout,
+                    max_swarm_peers: tracker::swarm::MAX_SWARM_PEERS,
+                },
+            )?;
+            match rt.block_on(redis.check())? {
+                Ok(()) => tracing::info!("swarms are kept in {}", redis.url()),
+                Err(why) => tracing::warn!(
+                    "swarm store {}: {why}; starting anyway, announces get a failure reason until it answers",
+                    redis.url()
+                ),
+            }
+            Store::Redis(redis)
+        }
+        url if url.starts_with("rediss://") => {
+            anyhow::bail!("--store {url}: TLS to Redis is not supported (use redis://, e.g. through a local stunnel)")
+        }
+        other => anyhow::bail!(
+            "--store {other}: give 'memory' or a Redis URL (redis://HOST:PORT or redis://HOST:PORT/DB)"
+        ),
+    };
+    let tracker = Arc::new(Tracker::with_store(config, store)?);
     let mut opts = ServeOptions {
         listen: args.listen,
         http: !args.no_http,
@@ -177,10 +232,6 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         tracing::info!("listening on {addr}; announce URL: {}", urls.join(" "));
     }
 
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .context("cannot start the async runtime")?;
     rt.block_on(async move {
         let shutdown = CancellationToken::new();
         let mut hup = signal(SignalKind::hangup())?;

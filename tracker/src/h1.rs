@@ -91,6 +91,10 @@ pub(crate) fn serve_one(
         }
         _ => return Head::Other,
     };
+    if tracker.is_async() {
+        // The store must be awaited: hyper's connection task serves it.
+        return Head::Other;
+    }
     let real_ip = tracker.config().real_ip_header.as_ref();
     let mut proxy_headers = HeaderMap::new();
     let (mut close, mut keep) = (false, false);

@@ -45,15 +45,16 @@ fn bencoded(tracker: &Tracker, reply: Result<Vec<u8>, String>) -> Response {
     ([(CONTENT_TYPE, "text/plain")], reply_body(tracker, reply)).into_response()
 }
 
-/// An announce and its reply (also the server's fast path for `/announce`).
-pub(crate) fn announce_reply(
+/// An announce and its reply (also the server's path for `/announce` on
+/// connections hyper serves).
+pub(crate) async fn announce_reply(
     t: &Tracker,
     key: Option<&str>,
     query: &str,
     remote: SocketAddr,
     headers: &HeaderMap,
 ) -> Response {
-    bencoded(t, t.announce(key, query, remote, headers))
+    bencoded(t, t.announce_async(key, query, remote, headers).await)
 }
 
 async fn announce(
@@ -62,7 +63,7 @@ async fn announce(
     headers: HeaderMap,
     uri: Uri,
 ) -> Response {
-    announce_reply(&t, None, uri.query().unwrap_or(""), remote, &headers)
+    announce_reply(&t, None, uri.query().unwrap_or(""), remote, &headers).await
 }
 
 /// The passkey path segment; one that is not even UTF-8 is simply unknown
@@ -79,11 +80,11 @@ async fn keyed_announce(
     uri: Uri,
 ) -> Response {
     let key = passkey(key);
-    announce_reply(&t, Some(&key), uri.query().unwrap_or(""), remote, &headers)
+    announce_reply(&t, Some(&key), uri.query().unwrap_or(""), remote, &headers).await
 }
 
 async fn scrape(State(t): State<Arc<Tracker>>, uri: Uri) -> Response {
-    let reply = t.scrape(None, uri.query().unwrap_or(""));
+    let reply = t.scrape_async(None, uri.query().unwrap_or("")).await;
     bencoded(&t, reply)
 }
 
@@ -92,7 +93,7 @@ async fn keyed_scrape(
     Path(key): Path<String>,
     uri: Uri,
 ) -> Response {
-    let reply = t.scrape(Some(&key), uri.query().unwrap_or(""));
+    let reply = t.scrape_async(Some(&key), uri.query().unwrap_or("")).await;
     bencoded(&t, reply)
 }
 

@@ -6,12 +6,14 @@
 //! - [`swarm`]: one swarm's peers and the announce logic (pure: `now` and
 //!   the RNG are arguments);
 //! - [`store`]: the [`SwarmStore`] interface and the sharded in-memory store;
+//! - [`redis_store`]: swarms in Redis, shared by several instances (async);
 //! - [`response`]: bencoded replies;
 //! - [`Tracker`] + [`app`]: policy (whitelist, passkeys, client address) and
 //!   the axum `Router`;
 //! - [`server`]: sockets, one current-thread runtime per core with
 //!   `SO_REUSEPORT` listeners, idle timeouts, graceful shutdown.
 
+pub mod redis_store;
 pub mod request;
 pub mod response;
 pub mod server;
@@ -68,6 +70,7 @@ use axum::http::{HeaderMap, HeaderName};
 use torrent_format::InfoHash;
 
 pub use http::app;
+pub use redis_store::RedisStore;
 pub use store::{Limits, MemoryStore, SwarmStore};
 
 use request::{AnnounceRequest, Event};
@@ -146,10 +149,27 @@ struct Counters {
     rate_milli: AtomicU64,
 }
 
-/// The tracker: policy, lists and counters around a [`SwarmStore`].
+/// Where the swarms are.
+pub enum Store {
+    /// In this process; answered synchronously (the server's fast paths).
+    Memory(Box<dyn SwarmStore>),
+    /// In Redis, shared with other instances; every request awaits it.
+    Redis(RedisStore),
+}
+
+/// What the store is asked for one announce, once policy has passed it.
+#[derive(Debug, Clone)]
+pub(crate) struct Ask {
+    pub info_hash: InfoHash,
+    pub who: Announcer,
+    pub numwant: usize,
+    pub compact: bool,
+}
+
+/// The tracker: policy, lists and counters around a [`Store`].
 pub struct Tracker {
     config: Config,
-    store: Box<dyn SwarmStore>,
+    store: Store,
     whitelist: RwLock<Option<Arc<List<InfoHash>>>>,
     keys: RwLock<Option<Arc<List<String>>>>,
     started: Instant,
@@ -166,8 +186,14 @@ type List<T> = HashSet<T, foldhash::fast::RandomState>;
 type Reply = Result<Vec<u8>, String>;
 
 impl Tracker {
-    /// A tracker over `store`, with the whitelist and passkeys loaded.
-    pub fn new(mut config: Config, store: Box<dyn SwarmStore>) -> Result<Tracker, LoadError> {
+    /// A tracker over an in-memory `store`, with the whitelist and
+    /// passkeys loaded.
+    pub fn new(config: Config, store: Box<dyn SwarmStore>) -> Result<Tracker, LoadError> {
+        Tracker::with_store(config, Store::Memory(store))
+    }
+
+    /// A tracker over any [`Store`].
+    pub fn with_store(mut config: Config, store: Store) -> Result<Tracker, LoadError> {
         config.max_numwant = config.max_numwant.min(MAX_NUMWANT);
         config.default_numwant = config.default_numwant.min(config.max_numwant);
         let t = Tracker {
@@ -185,6 +211,16 @@ impl Tracker {
 
     pub fn config(&self) -> &Config {
         &self.config
+    }
+
+    pub fn store(&self) -> &Store {
+        &self.store
+    }
+
+    /// Whether the store must be awaited (so the synchronous fast paths
+    /// hand announces and scrapes to the async ones).
+    pub(crate) fn is_async(&self) -> bool {
+        matches!(self.store, Store::Redis(_))
     }
 
     /// (Re-)reads the whitelist and passkey files. On error the old lists
@@ -222,7 +258,11 @@ impl Tracker {
     /// Drops peers not heard from within the timeout; returns how many.
     pub fn sweep(&self) -> usize {
         let cutoff = self.now().saturating_sub(self.config.peer_timeout);
-        self.store.sweep(cutoff)
+        match &self.store {
+            Store::Memory(store) => store.sweep(cutoff),
+            // Redis drops expired peers as it goes, and empty swarms expire.
+            Store::Redis(_) => 0,
+        }
     }
 
     /// Updates the announces-per-second figure; `since` is the count and
@@ -297,14 +337,15 @@ impl Tracker {
         Ok(canonical_ip(ip))
     }
 
-    /// Handles `/announce` (or `/<key>/announce`).
-    pub fn announce(
+    /// Policy for an HTTP announce: counts it, checks the passkey, the
+    /// query and the whitelist, and works out what to ask the store.
+    fn announce_ask(
         &self,
         key: Option<&str>,
         query: &str,
         remote: SocketAddr,
         headers: &HeaderMap,
-    ) -> Reply {
+    ) -> Result<Ask, String> {
         self.counters.announces.fetch_add(1, Ordering::Relaxed);
         self.check_key(key)?;
         let req = request::parse_announce(query).map_err(|e| e.to_string())?;
@@ -329,29 +370,116 @@ impl Tracker {
             info_hash = %req.info_hash, %ip, port = req.port, left = req.left,
             event = ?req.event, numwant, "announce"
         );
-        let outcome = self
-            .store
-            .announce(req.info_hash, who, self.now(), numwant, req.compact)
-            .map_err(|full| full.to_string())?;
-        Ok(response::announce(
-            &outcome,
-            self.config.interval,
-            self.config.min_interval,
-            req.compact,
-        ))
+        Ok(Ask {
+            info_hash: req.info_hash,
+            who,
+            numwant,
+            compact: req.compact,
+        })
     }
 
-    /// Handles `/scrape` (or `/<key>/scrape`).
-    pub fn scrape(&self, key: Option<&str>, query: &str) -> Reply {
+    /// The store's answer at once; for an in-memory store only (an async
+    /// store's requests never reach the synchronous paths).
+    pub(crate) fn ask_now(&self, ask: &Ask) -> Result<swarm::AnnounceOutcome, String> {
+        match &self.store {
+            Store::Memory(store) => store
+                .announce(ask.info_hash, ask.who, self.now(), ask.numwant, ask.compact)
+                .map_err(|full| full.to_string()),
+            Store::Redis(_) => Err("internal error: this store is asynchronous".into()),
+        }
+    }
+
+    /// The store's answer, whatever the store.
+    pub(crate) async fn ask(&self, ask: &Ask) -> Result<swarm::AnnounceOutcome, String> {
+        match &self.store {
+            Store::Memory(_) => self.ask_now(ask),
+            Store::Redis(store) => store
+                .announce(&ask.info_hash, ask.who, ask.numwant, ask.compact)
+                .await
+                .map_err(|e| e.to_string()),
+        }
+    }
+
+    fn announce_body(&self, outcome: &swarm::AnnounceOutcome, compact: bool) -> Vec<u8> {
+        response::announce(
+            outcome,
+            self.config.interval,
+            self.config.min_interval,
+            compact,
+        )
+    }
+
+    /// Handles `/announce` (or `/<key>/announce`) with an in-memory store.
+    pub fn announce(
+        &self,
+        key: Option<&str>,
+        query: &str,
+        remote: SocketAddr,
+        headers: &HeaderMap,
+    ) -> Reply {
+        let ask = self.announce_ask(key, query, remote, headers)?;
+        let outcome = self.ask_now(&ask)?;
+        Ok(self.announce_body(&outcome, ask.compact))
+    }
+
+    /// Handles `/announce` (or `/<key>/announce`) with any store.
+    pub async fn announce_async(
+        &self,
+        key: Option<&str>,
+        query: &str,
+        remote: SocketAddr,
+        headers: &HeaderMap,
+    ) -> Reply {
+        let ask = self.announce_ask(key, query, remote, headers)?;
+        let outcome = self.ask(&ask).await?;
+        Ok(self.announce_body(&outcome, ask.compact))
+    }
+
+    /// Counts per hash at once (in-memory store only).
+    pub(crate) fn scrape_now(
+        &self,
+        hashes: &[InfoHash],
+    ) -> Result<Vec<store::ScrapeEntry>, String> {
+        match &self.store {
+            Store::Memory(store) => Ok(store.scrape(hashes)),
+            Store::Redis(_) => Err("internal error: this store is asynchronous".into()),
+        }
+    }
+
+    /// Counts per hash, whatever the store.
+    pub(crate) async fn scrape_store(
+        &self,
+        hashes: &[InfoHash],
+    ) -> Result<Vec<store::ScrapeEntry>, String> {
+        match &self.store {
+            Store::Memory(_) => self.scrape_now(hashes),
+            Store::Redis(store) => store.scrape(hashes).await.map_err(|e| e.to_string()),
+        }
+    }
+
+    /// Policy for an HTTP scrape: the listed hashes asked for.
+    fn scrape_hashes(&self, key: Option<&str>, query: &str) -> Result<Vec<InfoHash>, String> {
         self.counters.scrapes.fetch_add(1, Ordering::Relaxed);
         self.check_key(key)?;
         let hashes = request::parse_scrape(query).map_err(|e| e.to_string())?;
         // Unlisted hashes are left out rather than failing the whole scrape.
-        let hashes: Vec<InfoHash> = hashes
+        Ok(hashes
             .into_iter()
             .filter(|h| self.check_listed(h).is_ok())
-            .collect();
-        let entries = self.store.scrape(&hashes);
+            .collect())
+    }
+
+    /// Handles `/scrape` (or `/<key>/scrape`) with an in-memory store.
+    pub fn scrape(&self, key: Option<&str>, query: &str) -> Reply {
+        let hashes = self.scrape_hashes(key, query)?;
+        let entries = self.scrape_now(&hashes)?;
+        Ok(response::scrape(&hashes, &entries))
+    }
+
+    /// Handles `/scrape` (or `/<key>/scrape`) with any store.
+    pub async fn scrape_async(&self, key: Option<&str>, query: &str) -> Reply {
+        let hashes = self.scrape_hashes(key, query)?;
+        let entries = self.scrape_store(&hashes).await?;
         Ok(response::scrape(&hashes, &entries))
     }
 
@@ -359,15 +487,15 @@ impl Tracker {
         self.counters.failures.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// An announce over UDP (BEP 15): the same policy as HTTP's, at most
-    /// `max_peers` peers (what fits one datagram), compact always.
-    pub fn announce_udp(
+    /// Policy for an announce over UDP (BEP 15): the same as HTTP's, at
+    /// most `max_peers` peers (what fits one datagram), compact always.
+    pub(crate) fn udp_ask(
         &self,
         key: Option<&str>,
         req: &udp::UdpAnnounce,
         remote: SocketAddr,
         max_peers: usize,
-    ) -> Result<swarm::AnnounceOutcome, String> {
+    ) -> Result<Ask, String> {
         self.counters.announces.fetch_add(1, Ordering::Relaxed);
         self.counters.udp_announces.fetch_add(1, Ordering::Relaxed);
         self.check_key(key)?;
@@ -399,22 +527,28 @@ impl Tracker {
             info_hash = %req.info_hash, %ip, port = req.port, left = req.left,
             event = ?req.event, numwant, "announce (udp)"
         );
-        self.store
-            .announce(req.info_hash, who, self.now(), numwant, true)
-            .map_err(|full| full.to_string())
+        Ok(Ask {
+            info_hash: req.info_hash,
+            who,
+            numwant,
+            compact: true,
+        })
     }
 
-    /// A scrape over UDP: counts in the order asked, zeros for unknown or
-    /// unlisted swarms.
-    pub fn scrape_udp(
-        &self,
-        key: Option<&str>,
-        hashes: &[InfoHash],
-    ) -> Result<Vec<store::ScrapeEntry>, String> {
+    /// Policy for a scrape over UDP (the hashes come from the datagram).
+    pub(crate) fn udp_scrape_check(&self, key: Option<&str>) -> Result<(), String> {
         self.counters.scrapes.fetch_add(1, Ordering::Relaxed);
         self.counters.udp_scrapes.fetch_add(1, Ordering::Relaxed);
-        self.check_key(key)?;
-        let mut entries = self.store.scrape(hashes);
+        self.check_key(key)
+    }
+
+    /// Zeros for the unlisted hashes of a UDP scrape's counts (in the
+    /// order asked, so every hash keeps its place).
+    pub(crate) fn udp_scrape_unlisted(
+        &self,
+        hashes: &[InfoHash],
+        entries: &mut [store::ScrapeEntry],
+    ) {
         for (h, e) in hashes.iter().zip(entries.iter_mut()) {
             if self.check_listed(h).is_err() {
                 *e = store::ScrapeEntry {
@@ -424,7 +558,6 @@ impl Tracker {
                 };
             }
         }
-        Ok(entries)
     }
 
     fn count_udp(&self, o: udp::Outcome) {

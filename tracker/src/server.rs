@@ -936,23 +936,21 @@ async fn hyper_connection(
     let service = hyper::service::service_fn(move |mut req: hyper::Request<Incoming>| {
         for_service.busy();
         let busy = Busy(for_service.clone());
-        // `/announce` that the fast path left (a body, too many headers,
-        // …) still skips the router: no extractor clones, no boxed future.
-        let fast =
-            (req.method() == hyper::Method::GET && req.uri().path() == "/announce").then(|| {
-                let query = req.uri().query().unwrap_or("");
-                crate::http::announce_reply(&tracker, None, query, remote, req.headers())
-            });
         let router = router.clone();
+        let tracker = tracker.clone();
         async move {
             let _busy = busy;
-            match fast {
-                Some(reply) => Ok(reply),
-                None => {
-                    req.extensions_mut().insert(ConnectInfo(remote));
-                    router.oneshot(req.map(axum::body::Body::new)).await
-                }
+            // `/announce` that the fast path left (a body, too many
+            // headers, an async store, …) still skips the router: no
+            // extractor clones, no boxed future.
+            if req.method() == hyper::Method::GET && req.uri().path() == "/announce" {
+                let query = req.uri().query().unwrap_or("");
+                let reply =
+                    crate::http::announce_reply(&tracker, None, query, remote, req.headers()).await;
+                return Ok(reply);
             }
+            req.extensions_mut().insert(ConnectInfo(remote));
+            router.oneshot(req.map(axum::body::Body::new)).await
         }
     });
     let conn = shared.http.serve_connection(TokioIo::new(io), service);

@@ -22,8 +22,9 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use torrent_format::InfoHash;
 
 use crate::request::Event;
-use crate::swarm::canonical_ip;
-use crate::Tracker;
+use crate::store::ScrapeEntry;
+use crate::swarm::{canonical_ip, AnnounceOutcome};
+use crate::{Ask, Tracker};
 
 /// The magic number a connect request starts with.
 pub const PROTOCOL_ID: u64 = 0x0417_2710_1980;
@@ -203,7 +204,8 @@ fn error(out: &mut Vec<u8>, tid: &[u8], message: &str, request_len: usize) -> Ou
 
 /// Answers one datagram from `from` into `out` (cleared first; left empty
 /// when nothing is to be sent), and counts it. `now` is seconds on a
-/// steady clock.
+/// steady clock. For an in-memory store only: with an async one, see
+/// [`begin`], [`Job::run`] and [`finish`].
 pub fn handle(
     tracker: &Tracker,
     ids: &ConnectionIds,
@@ -212,93 +214,176 @@ pub fn handle(
     now: u64,
     out: &mut Vec<u8>,
 ) -> Outcome {
-    let o = answer(tracker, ids, d, from, now, out);
+    let o = match begin(tracker, ids, d, from, now, out) {
+        Begun::Done(o) => o,
+        Begun::Job(job) => {
+            let result = job.run_now(tracker);
+            finish(tracker, &job, result, out)
+        }
+    };
     tracker.count_udp(o);
     o
 }
 
-fn answer(
+/// What [`begin`] made of a datagram.
+pub(crate) enum Begun {
+    /// Answered (or dropped) without the store: the reply, if any, is
+    /// written. Not yet counted.
+    Done(Outcome),
+    /// The store must answer first.
+    Job(Job),
+}
+
+/// An announce or scrape that passed the id and policy checks, waiting
+/// for the store.
+pub(crate) struct Job {
+    tid: [u8; 4],
+    request_len: usize,
+    kind: JobKind,
+}
+
+enum JobKind {
+    Announce(Ask),
+    Scrape(Vec<InfoHash>),
+}
+
+/// The store's answer to a [`Job`].
+pub(crate) enum JobResult {
+    Announce(Result<AnnounceOutcome, String>),
+    Scrape(Result<Vec<ScrapeEntry>, String>),
+}
+
+impl Job {
+    fn run_now(&self, tracker: &Tracker) -> JobResult {
+        match &self.kind {
+            JobKind::Announce(ask) => JobResult::Announce(tracker.ask_now(ask)),
+            JobKind::Scrape(hashes) => JobResult::Scrape(tracker.scrape_now(hashes)),
+        }
+    }
+
+    /// Asks the store, whatever it is.
+    pub(crate) async fn run(&self, tracker: &Tracker) -> JobResult {
+        match &self.kind {
+            JobKind::Announce(ask) => JobResult::Announce(tracker.ask(ask).await),
+            JobKind::Scrape(hashes) => JobResult::Scrape(tracker.scrape_store(hashes).await),
+        }
+    }
+}
+
+/// The first half of answering a datagram: everything up to the store.
+/// `out` is cleared, and holds the reply when the result is `Done`.
+pub(crate) fn begin(
     tracker: &Tracker,
     ids: &ConnectionIds,
     d: &[u8],
     from: SocketAddr,
     now: u64,
     out: &mut Vec<u8>,
-) -> Outcome {
+) -> Begun {
     out.clear();
     if d.len() < 16 || d.len() > MAX_REQUEST {
-        return Outcome::Dropped;
+        return Begun::Done(Outcome::Dropped);
     }
     let action = u32_at(d, 8);
-    let tid = &d[12..16];
+    let tid: [u8; 4] = d[12..16].try_into().expect("4 bytes");
     let ip = from.ip();
     if action == CONNECT {
         if u64_at(d, 0) != PROTOCOL_ID {
-            return Outcome::Dropped;
+            return Begun::Done(Outcome::Dropped);
         }
         out.extend_from_slice(&CONNECT.to_be_bytes());
-        out.extend_from_slice(tid);
+        out.extend_from_slice(&tid);
         out.extend_from_slice(&ids.issue(ip, now).to_be_bytes());
-        return Outcome::Connected;
+        return Begun::Done(Outcome::Connected);
     }
     if action != ANNOUNCE && action != SCRAPE {
-        return Outcome::Dropped;
+        return Begun::Done(Outcome::Dropped);
     }
+    let fail = |out: &mut Vec<u8>, e: &str| Begun::Done(error(out, &tid, e, d.len()));
     if !ids.check(u64_at(d, 0), ip, now) {
-        return error(out, tid, "bad connection id", d.len());
+        return fail(out, "bad connection id");
     }
-    if action == ANNOUNCE {
+    let kind = if action == ANNOUNCE {
         if d.len() < 98 {
-            return error(out, tid, "short announce", d.len());
+            return fail(out, "short announce");
         }
         let (req, path) = match parse_announce(d) {
             Ok(r) => r,
-            Err(e) => return error(out, tid, e, d.len()),
+            Err(e) => return fail(out, e),
         };
         let key = match passkey(&path) {
             Ok(k) => k,
-            Err(e) => return error(out, tid, e, d.len()),
+            Err(e) => return fail(out, e),
         };
         // As many peers as fit one unfragmented reply.
         let entry = if canonical_ip(ip).is_ipv4() { 6 } else { 18 };
         let fit = (MAX_REPLY - 20) / entry;
-        match tracker.announce_udp(key, &req, from, fit) {
-            Ok(o) => {
-                out.extend_from_slice(&ANNOUNCE.to_be_bytes());
-                out.extend_from_slice(tid);
-                out.extend_from_slice(&tracker.config().interval.to_be_bytes());
-                out.extend_from_slice(&(o.incomplete.min(u32::MAX as usize) as u32).to_be_bytes());
-                out.extend_from_slice(&(o.complete.min(u32::MAX as usize) as u32).to_be_bytes());
-                out.extend_from_slice(&o.peers.compact);
-                Outcome::Announced
-            }
-            Err(e) => error(out, tid, &e, d.len()),
+        match tracker.udp_ask(key, &req, from, fit) {
+            Ok(ask) => JobKind::Announce(ask),
+            Err(e) => return fail(out, &e),
         }
     } else {
         let hashes = &d[16..];
         if hashes.is_empty() || hashes.len() % 20 != 0 {
-            return error(out, tid, "scrape: whole 20-byte hashes", d.len());
+            return fail(out, "scrape: whole 20-byte hashes");
         }
         if hashes.len() / 20 > MAX_SCRAPE {
-            return error(out, tid, "scrape: at most 74 hashes", d.len());
+            return fail(out, "scrape: at most 74 hashes");
         }
-        let hashes: Vec<InfoHash> = hashes
-            .chunks_exact(20)
-            .map(|c| InfoHash(c.try_into().expect("20 bytes")))
-            .collect();
-        match tracker.scrape_udp(None, &hashes) {
-            Ok(entries) => {
-                out.extend_from_slice(&SCRAPE.to_be_bytes());
-                out.extend_from_slice(tid);
-                for e in entries {
-                    let n = |v: u64| (v.min(u64::from(u32::MAX)) as u32).to_be_bytes();
-                    out.extend_from_slice(&n(e.complete as u64));
-                    out.extend_from_slice(&n(e.downloaded));
-                    out.extend_from_slice(&n(e.incomplete as u64));
-                }
-                Outcome::Scraped
+        if let Err(e) = tracker.udp_scrape_check(None) {
+            return fail(out, &e);
+        }
+        JobKind::Scrape(
+            hashes
+                .chunks_exact(20)
+                .map(|c| InfoHash(c.try_into().expect("20 bytes")))
+                .collect(),
+        )
+    };
+    Begun::Job(Job {
+        tid,
+        request_len: d.len(),
+        kind,
+    })
+}
+
+/// The second half: the reply to a [`Job`] from the store's answer,
+/// written into `out` (cleared first). Not counted.
+pub(crate) fn finish(
+    tracker: &Tracker,
+    job: &Job,
+    result: JobResult,
+    out: &mut Vec<u8>,
+) -> Outcome {
+    out.clear();
+    let tid = &job.tid;
+    match (result, &job.kind) {
+        (JobResult::Announce(Ok(o)), _) => {
+            out.extend_from_slice(&ANNOUNCE.to_be_bytes());
+            out.extend_from_slice(tid);
+            out.extend_from_slice(&tracker.config().interval.to_be_bytes());
+            out.extend_from_slice(&(o.incomplete.min(u32::MAX as usize) as u32).to_be_bytes());
+            out.extend_from_slice(&(o.complete.min(u32::MAX as usize) as u32).to_be_bytes());
+            out.extend_from_slice(&o.peers.compact);
+            Outcome::Announced
+        }
+        (JobResult::Scrape(Ok(mut entries)), JobKind::Scrape(hashes)) => {
+            tracker.udp_scrape_unlisted(hashes, &mut entries);
+            out.extend_from_slice(&SCRAPE.to_be_bytes());
+            out.extend_from_slice(tid);
+            for e in entries {
+                let n = |v: u64| (v.min(u64::from(u32::MAX)) as u32).to_be_bytes();
+                out.extend_from_slice(&n(e.complete as u64));
+                out.extend_from_slice(&n(e.downloaded));
+                out.extend_from_slice(&n(e.incomplete as u64));
             }
-            Err(e) => error(out, tid, &e, d.len()),
+            Outcome::Scraped
+        }
+        (JobResult::Announce(Err(e)) | JobResult::Scrape(Err(e)), _) => {
+            error(out, tid, &e, job.request_len)
+        }
+        (JobResult::Scrape(Ok(_)), JobKind::Announce(_)) => {
+            error(out, tid, "internal error", job.request_len)
         }
     }
 }
@@ -451,7 +536,7 @@ mod tests {
         assert_eq!(&out[8..], b"bad connection id");
         assert!(out.len() < a.len());
         // Nothing was recorded for it.
-        assert_eq!(t.store.scrape(&[InfoHash([1; 20])])[0].incomplete, 0);
+        assert_eq!(t.scrape_now(&[InfoHash([1; 20])]).unwrap()[0].incomplete, 0);
     }
 
     #[test]

@@ -146,6 +146,52 @@ impl Batch {
         }
     }
 
+    /// Answers the `n` datagrams read when the store must be awaited: the
+    /// store requests of the whole batch are issued together (so they go
+    /// to Redis in one pipelined write) and awaited together. Meanwhile
+    /// new datagrams wait in the socket's receive buffer, so the next
+    /// batch is bigger when the store is slower: the batch size follows
+    /// the store's latency, and memory stays bounded by [`BATCH`].
+    async fn answer_async(&mut self, n: usize, tracker: &Tracker, ids: &ConnectionIds, now: u64) {
+        self.to.clear();
+        let mut jobs = Vec::new();
+        for i in 0..n {
+            let truncated = self.hdrs[i].msg_hdr.msg_flags & libc::MSG_TRUNC != 0;
+            let len = self.hdrs[i].msg_len as usize;
+            let Some(from) = self.source(i).filter(|_| !truncated) else {
+                tracker.count_udp(udp::Outcome::Dropped);
+                continue;
+            };
+            let k = self.to.len();
+            let reply = &mut self.replies[k];
+            match udp::begin(tracker, ids, &self.bufs[i][..len], from, now, reply) {
+                udp::Begun::Done(o) => tracker.count_udp(o),
+                udp::Begun::Job(job) => jobs.push((k, job)),
+            }
+            // A slot whose job is pending stays taken; an empty reply
+            // (dropped) frees it.
+            if !self.replies[k].is_empty() || jobs.last().is_some_and(|(j, _)| *j == k) {
+                self.to.push(i);
+            }
+        }
+        let results =
+            futures_util::future::join_all(jobs.iter().map(|(_, job)| job.run(tracker))).await;
+        let mut dropped = Vec::new();
+        for ((k, job), result) in jobs.iter().zip(results) {
+            let o = udp::finish(tracker, job, result, &mut self.replies[*k]);
+            tracker.count_udp(o);
+            if self.replies[*k].is_empty() {
+                dropped.push(*k);
+            }
+        }
+        // Replies the store's answer left empty (an error longer than its
+        // request) are not sent.
+        for k in dropped.into_iter().rev() {
+            self.to.remove(k);
+            self.replies[k..].rotate_left(1);
+        }
+    }
+
     /// Sends replies `from..` of the last batch without waiting; returns
     /// how many went.
     fn send(&mut self, fd: libc::c_int, from: usize) -> io::Result<usize> {
@@ -225,7 +271,11 @@ pub(crate) async fn serve(
         };
         drop(ready);
         let now = u64::from(tracker.now());
-        batch.answer(n, &tracker, &ids, now);
+        if tracker.is_async() {
+            batch.answer_async(n, &tracker, &ids, now).await;
+        } else {
+            batch.answer(n, &tracker, &ids, now);
+        }
         let mut sent = 0;
         while sent < batch.to.len() {
             match batch.send(fd, sent) {

@@ -1,0 +1,128 @@
+-- One announce, in one round trip (EVALSHA). Peers live in sorted sets
+-- scored by the second they expire, seeders apart from leechers and each
+-- address family apart, so counts are ZCARDs and samples never skip.
+--
+-- KEYS: 1 seeders and 2 leechers of the announcer's family, 3 seeders and
+--       4 leechers of the other family, 5 the swarm's completed count.
+--       All share the info hash as their hash tag ({...}), so this works
+--       on Redis Cluster.
+-- ARGV: 1 the announcer (a compact entry: 4- or 16-byte address + port),
+--       2 '1' if it is a seeder, 3 event (0 none, 1 completed, 2 started,
+--       3 stopped), 4 numwant, 5 peer timeout (s), 6 a random integer
+--       from the caller (for the seeder/leecher split of a sample),
+--       7 most peers in one swarm.
+-- Returns {complete, incomplete, downloaded, peer, peer, ...}, or {-1}
+-- when the swarm is full and the announcer is new.
+--
+-- The clock is Redis's own (TIME), so tracker instances on hosts whose
+-- clocks disagree still agree on who has expired.
+local now = tonumber(redis.call('TIME')[1])
+local me = ARGV[1]
+local seeder = ARGV[2] == '1'
+local event = tonumber(ARGV[3])
+local numwant = tonumber(ARGV[4])
+local timeout = tonumber(ARGV[5])
+local rnd = tonumber(ARGV[6])
+local cap = tonumber(ARGV[7])
+local mine, other = seeder and KEYS[1] or KEYS[2], seeder and KEYS[2] or KEYS[1]
+
+-- Expired peers go first, in every list the counts come from.
+for i = 1, 4 do
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. now)
+end
+
+-- Was the announcer a seeder (true), a leecher (false) or new (nil)?
+local was = nil
+if redis.call('ZSCORE', KEYS[1], me) then
+  was = true
+elseif redis.call('ZSCORE', KEYS[2], me) then
+  was = false
+end
+
+local completed
+if event == 3 then
+  redis.call('ZREM', KEYS[1], me)
+  redis.call('ZREM', KEYS[2], me)
+  -- Some clients go straight to stopped without completed.
+  completed = seeder and was == false
+else
+  if was == nil then
+    local n = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
+      + redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4])
+    if n >= cap then
+      return {-1}
+    end
+  end
+  redis.call('ZADD', mine, now + timeout, me)
+  if was ~= nil and was ~= seeder then
+    redis.call('ZREM', other, me)
+  end
+  redis.call('EXPIRE', mine, timeout + 60)
+  if event == 1 then
+    completed = was ~= true
+  else
+    completed = seeder and was == false
+  end
+end
+local downloaded = 0
+if completed then
+  downloaded = redis.call('INCR', KEYS[5])
+else
+  downloaded = tonumber(redis.call('GET', KEYS[5]) or '0')
+end
+if downloaded > 0 then
+  redis.call('EXPIRE', KEYS[5], timeout + 60)
+end
+
+local s, l = redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])
+local reply = {
+  s + redis.call('ZCARD', KEYS[3]),
+  l + redis.call('ZCARD', KEYS[4]),
+  downloaded,
+}
+if event == 3 or numwant <= 0 then
+  return reply
+end
+
+-- Up to `want` peers of `key` other than the announcer, appended to reply.
+local function take(key, want, holds_me)
+  if want <= 0 then
+    return
+  end
+  local got
+  if holds_me then
+    got = redis.call('ZRANDMEMBER', key, want + 1)
+  else
+    got = redis.call('ZRANDMEMBER', key, want)
+  end
+  for _, p in ipairs(got) do
+    if want == 0 then
+      return
+    end
+    if p ~= me then
+      reply[#reply + 1] = p
+      want = want - 1
+    end
+  end
+end
+
+-- Others in each list (the announcer is now in its own).
+local so = s - (seeder and 1 or 0)
+local lo = l - (seeder and 0 or 1)
+-- A seed needs only leechers, except on its started announce: aria2
+-- announces a magnet whose metadata it lacks with left=0, and would
+-- otherwise never hear of a seed.
+if seeder and event ~= 2 then
+  take(KEYS[2], math.min(numwant, lo), false)
+elseif so + lo <= numwant then
+  take(KEYS[1], so, seeder)
+  take(KEYS[2], lo, not seeder)
+else
+  -- Seeders in proportion to their share, rounded at random.
+  local total = so + lo
+  local ts = math.floor((numwant * so + rnd % total) / total)
+  ts = math.max(numwant - lo, math.min(ts, so))
+  take(KEYS[1], ts, seeder)
+  take(KEYS[2], numwant - ts, not seeder)
+end
+return reply
