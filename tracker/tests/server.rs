@@ -7,6 +7,9 @@ use std::net::{SocketAddr, TcpStream};
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
+use common::udp_announce;
 use tokio_util::sync::CancellationToken;
 use tracker::server::{self, ServeOptions};
 use tracker::{Config, MemoryStore, Tracker};
@@ -581,34 +584,6 @@ fn a_full_address_of_busy_connections_is_told_so() {
         s.write_all(rest.as_bytes()).unwrap();
         assert!(read_reply(s).starts_with("HTTP/1.1 200 OK\r\n"));
     }
-}
-
-/// A connect and an announce over real UDP sockets; `from` sends them.
-fn udp_announce(
-    from: &std::net::UdpSocket,
-    to: SocketAddr,
-    hash: u8,
-    port: u16,
-    left: u64,
-) -> Vec<u8> {
-    let mut buf = [0u8; 2048];
-    let mut connect = 0x0417_2710_1980u64.to_be_bytes().to_vec();
-    connect.extend_from_slice(&[0, 0, 0, 0, 1, 2, 3, 4]);
-    from.send_to(&connect, to).unwrap();
-    let (n, _) = from.recv_from(&mut buf).unwrap();
-    assert_eq!(n, 16);
-    let mut a = buf[8..16].to_vec();
-    a.extend_from_slice(&[0, 0, 0, 1, 5, 6, 7, 8]);
-    a.extend_from_slice(&[hash; 20]);
-    a.extend_from_slice(&[1; 20]);
-    a.extend_from_slice(&[0; 8]);
-    a.extend_from_slice(&left.to_be_bytes());
-    a.extend_from_slice(&[0; 8]);
-    a.extend_from_slice(&[0, 0, 0, 2, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff, 0xff, 0xff]);
-    a.extend_from_slice(&port.to_be_bytes());
-    from.send_to(&a, to).unwrap();
-    let (n, _) = from.recv_from(&mut buf).unwrap();
-    buf[..n].to_vec()
 }
 
 #[test]

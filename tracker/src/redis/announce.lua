@@ -11,7 +11,7 @@
 --       3 stopped), 4 numwant, 5 peer timeout (s), 6 a random integer
 --       from the caller (for the seeder/leecher split of a sample),
 --       7 most peers in one swarm.
--- Returns {complete, incomplete, downloaded, peer, peer, ...}, or {-1}
+-- Returns {complete, incomplete, 0, peer, peer, ...}, or {-1}
 -- when the swarm is full and the announcer is new.
 --
 -- The clock is Redis's own (TIME), so tracker instances on hosts whose
@@ -39,50 +39,51 @@ elseif redis.call('ZSCORE', KEYS[2], me) then
   was = false
 end
 
+-- Counts before the change, adjusted below as the change is made.
+local n = {}
+for i = 1, 4 do
+  n[i] = redis.call('ZCARD', KEYS[i])
+end
+
 local completed
 if event == 3 then
-  redis.call('ZREM', KEYS[1], me)
-  redis.call('ZREM', KEYS[2], me)
+  if was ~= nil then
+    redis.call('ZREM', was and KEYS[1] or KEYS[2], me)
+    if was then n[1] = n[1] - 1 else n[2] = n[2] - 1 end
+  end
   -- Some clients go straight to stopped without completed.
   completed = seeder and was == false
 else
-  if was == nil then
-    local n = redis.call('ZCARD', KEYS[1]) + redis.call('ZCARD', KEYS[2])
-      + redis.call('ZCARD', KEYS[3]) + redis.call('ZCARD', KEYS[4])
-    if n >= cap then
-      return {-1}
-    end
+  if was == nil and n[1] + n[2] + n[3] + n[4] >= cap then
+    return {-1}
   end
   redis.call('ZADD', mine, now + timeout, me)
-  if was ~= nil and was ~= seeder then
-    redis.call('ZREM', other, me)
-  end
   redis.call('EXPIRE', mine, timeout + 60)
+  if was ~= seeder then
+    if seeder then n[1] = n[1] + 1 else n[2] = n[2] + 1 end
+    if was ~= nil then
+      redis.call('ZREM', other, me)
+      if was then n[1] = n[1] - 1 else n[2] = n[2] - 1 end
+    end
+  end
   if event == 1 then
     completed = was ~= true
   else
     completed = seeder and was == false
   end
 end
-local downloaded = 0
 if completed then
-  downloaded = redis.call('INCR', KEYS[5])
-else
-  downloaded = tonumber(redis.call('GET', KEYS[5]) or '0')
+  redis.call('INCR', KEYS[5])
 end
-if downloaded > 0 then
-  redis.call('EXPIRE', KEYS[5], timeout + 60)
-end
+-- The completed count lives as long as the swarm.
+redis.call('EXPIRE', KEYS[5], timeout + 60)
 
-local s, l = redis.call('ZCARD', KEYS[1]), redis.call('ZCARD', KEYS[2])
-local reply = {
-  s + redis.call('ZCARD', KEYS[3]),
-  l + redis.call('ZCARD', KEYS[4]),
-  downloaded,
-}
+-- (The completed count is for scrapes; an announce reply has no use for it.)
+local reply = {n[1] + n[3], n[2] + n[4], 0}
 if event == 3 or numwant <= 0 then
   return reply
 end
+local s, l = n[1], n[2]
 
 -- Up to `want` peers of `key` other than the announcer, appended to reply.
 local function take(key, want, holds_me)
