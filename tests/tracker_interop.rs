@@ -5,6 +5,8 @@
 //! the tracker's /scrape and /stats.json then show the right counts.
 
 mod common;
+#[path = "../tracker/tests/common/mod.rs"]
+mod tracker_common;
 
 use std::process::{Command, Stdio};
 
@@ -44,6 +46,32 @@ fn info_hash(dir: &std::path::Path, torrent: &str) -> [u8; 20] {
     hex.parse::<torrent_format::InfoHash>().unwrap().0
 }
 
+/// Starts aria2c downloading `torrent` into `dir/out` and exiting when
+/// done: no DHT, LPD or PEX unless `extra` turns one on (later flags win),
+/// so peers come from the tracker alone.
+fn aria2_leech(dir: &std::path::Path, torrent: &str, extra: &[&str]) -> std::process::Child {
+    let port = free_port().to_string();
+    Command::new("aria2c")
+        .args([
+            "-q",
+            "--seed-time=0",
+            "--enable-dht=false",
+            "--enable-dht6=false",
+            "--bt-enable-lpd=false",
+            "--enable-peer-exchange=false",
+            "--listen-port",
+            &port,
+            "--file-allocation=none",
+            "-d",
+            "out",
+        ])
+        .args(extra)
+        .arg(torrent)
+        .current_dir(dir)
+        .spawn()
+        .expect("start aria2c")
+}
+
 #[test]
 fn libtorrent_seed_and_aria2_leecher_meet_through_the_tracker() {
     if !have_libtorrent() || !have("aria2c") {
@@ -69,25 +97,7 @@ fn libtorrent_seed_and_aria2_leecher_meet_through_the_tracker() {
         "libtorrent seed exited"
     );
 
-    let port = free_port().to_string();
-    let mut aria = Command::new("aria2c")
-        .args([
-            "-q",
-            "--seed-time=0",
-            "--enable-dht=false",
-            "--enable-dht6=false",
-            "--bt-enable-lpd=false",
-            "--enable-peer-exchange=false",
-            "--listen-port",
-            &port,
-            "--file-allocation=none",
-            "-d",
-            "out",
-            "t.torrent",
-        ])
-        .current_dir(d)
-        .spawn()
-        .unwrap();
+    let mut aria = aria2_leech(d, "t.torrent", &[]);
     let status = wait_child(&mut aria, 120, "aria2c");
     assert!(status.success(), "aria2c failed: {status}");
     same_tree(&d.join("seed/tree"), &d.join("out/tree"));
@@ -216,34 +226,22 @@ fn libtorrent_seed_and_aria2_leecher_meet_through_the_udp_tracker() {
         seed.0.try_wait().unwrap().is_none(),
         "libtorrent seed exited"
     );
-    let port = free_port().to_string();
     let dht_port = free_port().to_string();
     let dht_file = d.join("aria2-dht.dat");
     // aria2 1.36 speaks UDP to trackers only through its DHT socket: with
     // the DHT off it says "udp is not supported yet". Its DHT gets no
     // bootstrap node, so it talks to nobody but the tracker.
-    let mut aria = Command::new("aria2c")
-        .args([
-            "-q",
-            "--seed-time=0",
+    let mut aria = aria2_leech(
+        d,
+        "t.torrent",
+        &[
             "--enable-dht=true",
             "--dht-listen-port",
             &dht_port,
             "--dht-file-path",
             dht_file.to_str().unwrap(),
-            "--enable-dht6=false",
-            "--bt-enable-lpd=false",
-            "--enable-peer-exchange=false",
-            "--listen-port",
-            &port,
-            "--file-allocation=none",
-            "-d",
-            "out",
-            "t.torrent",
-        ])
-        .current_dir(d)
-        .spawn()
-        .unwrap();
+        ],
+    );
     let status = wait_child(&mut aria, 120, "aria2c");
     assert!(status.success(), "aria2c failed: {status}");
     same_tree(&d.join("seed/tree"), &d.join("out/tree"));
@@ -336,4 +334,126 @@ fn passkeys_work_over_the_udp_tracker() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success());
     assert!(err.contains("unknown passkey"), "{err}");
+}
+
+/// Three `shoal tracker` instances on one Redis (`--store redis://…`) serve
+/// one swarm: a libtorrent seed announces to instance 1 only, an aria2c
+/// leecher to instance 3 only, and they find each other; instance 2's
+/// scrape shows the swarm. Redis is killed and restarted first (the
+/// instances answer with a failure reason meanwhile and recover on their
+/// own), and killed again at the end (they keep serving their pages).
+#[test]
+fn three_trackers_on_one_redis_serve_one_swarm() {
+    if !have_libtorrent() || !have("aria2c") {
+        return;
+    }
+    let Some(mut redis) = tracker_common::RedisServer::start() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_tree(&d.join("seed/tree"));
+    // 40 MiB more: 2560 blocks of 16 KiB.
+    write(&d.join("seed/tree/big.bin"), &bytes(9, 40 << 20));
+    let store = redis.url();
+    let trackers: Vec<_> = (0..3)
+        .map(|_| {
+            start_tracker(
+                "127.0.0.1:0",
+                &["--store", &store, "--store-timeout", "500ms"],
+            )
+        })
+        .collect();
+    let addr = |i: usize| trackers[i].1;
+    // The same content with each instance as its tracker: one info hash.
+    for (i, name) in [(0, "t.torrent"), (2, "t3.torrent")] {
+        let announce = format!("http://{}/announce", addr(i));
+        shoal_ok(
+            d,
+            &[
+                "create",
+                "seed/tree",
+                "-l",
+                "18",
+                "-a",
+                &announce,
+                "-o",
+                name,
+            ],
+        );
+    }
+    let hash = info_hash(d, "t.torrent");
+    assert_eq!(hash, info_hash(d, "t3.torrent"));
+
+    // Redis goes away: every instance says so, and keeps running.
+    redis.stop();
+    for i in 0..3 {
+        let (status, body) = http_get(
+            addr(i),
+            &format!("/scrape?info_hash={}", percent_encode_bytes(&hash)),
+        );
+        assert_eq!(status, 200);
+        let reason = match decode(&body).unwrap().get("failure reason") {
+            Some(Value::Bytes(b)) => String::from_utf8_lossy(b).into_owned(),
+            other => panic!("instance {i}: no failure reason: {other:?}"),
+        };
+        assert!(reason.contains("unavailable"), "{reason}");
+    }
+    // Back (empty): no instance is restarted.
+    redis.restart();
+
+    let (mut seed, _port) = start_libtorrent_seed(d);
+    wait_for(30, "the libtorrent seed to announce to instance 1", || {
+        // Instance 2 has never been told of it: Redis tells it.
+        scrape(addr(1), &hash).0 == 1
+    });
+    assert!(
+        seed.0.try_wait().unwrap().is_none(),
+        "libtorrent seed exited"
+    );
+    let mut aria = aria2_leech(d, "t3.torrent", &[]);
+    let status = wait_child(&mut aria, 120, "aria2c");
+    assert!(status.success(), "aria2c failed: {status}");
+    same_tree(&d.join("seed/tree"), &d.join("out/tree"));
+    wait_for(10, "instance 2's scrape to show the finished swarm", || {
+        scrape(addr(1), &hash) == (1, 0, 1)
+    });
+    // Each instance counted only what it was asked.
+    let announces: Vec<u64> = (0..3)
+        .map(|i| stats(addr(i))["announces_total"].as_u64().unwrap())
+        .collect();
+    assert!(
+        announces[0] >= 1 && announces[1] == 0 && announces[2] >= 2,
+        "{announces:?}"
+    );
+    let s = stats(addr(1));
+    assert_eq!(s["store"], format!("{}/0", store));
+    assert!(
+        s["swarms"].is_null(),
+        "counts are not kept per instance: {s}"
+    );
+    assert_eq!(s["redis"]["up"], true);
+
+    // Redis gone for good: the pages still answer, and say so.
+    redis.stop();
+    let (status, metrics) = http_get(addr(0), "/metrics");
+    assert_eq!(status, 200);
+    let (_, body) = http_get(
+        addr(0),
+        &format!(
+            "/announce?info_hash={}&peer_id=-XX0000-000000000000&port=7000&uploaded=0&downloaded=0&left=1",
+            percent_encode_bytes(&hash)
+        ),
+    );
+    assert!(String::from_utf8_lossy(&body).contains("unavailable"));
+    let (_, metrics2) = http_get(addr(0), "/metrics");
+    let (metrics, metrics2) = (
+        String::from_utf8(metrics).unwrap(),
+        String::from_utf8(metrics2).unwrap(),
+    );
+    assert!(metrics2.contains("shoal_tracker_store_up 0"), "{metrics2}");
+    assert!(
+        metrics.contains("shoal_tracker_store_calls_total"),
+        "{metrics}"
+    );
 }
