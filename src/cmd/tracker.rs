@@ -189,7 +189,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                     redis.url()
                 ),
             }
-            Store::Redis(redis)
+            Store::Redis(Box::new(redis))
         }
         url if url.starts_with("rediss://") => {
             anyhow::bail!("--store {url}: TLS to Redis is not supported (use redis://, e.g. through a local stunnel)")

@@ -154,7 +154,7 @@ pub enum Store {
     /// In this process; answered synchronously (the server's fast paths).
     Memory(Box<dyn SwarmStore>),
     /// In Redis, shared with other instances; every request awaits it.
-    Redis(RedisStore),
+    Redis(Box<RedisStore>),
 }
 
 /// What the store is asked for one announce, once policy has passed it.

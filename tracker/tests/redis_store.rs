@@ -356,8 +356,9 @@ struct Server {
 
 impl Server {
     fn start(store: RedisStore) -> Server {
-        let tracker =
-            Arc::new(Tracker::with_store(Config::default(), Store::Redis(store)).unwrap());
+        let tracker = Arc::new(
+            Tracker::with_store(Config::default(), Store::Redis(Box::new(store))).unwrap(),
+        );
         let bound = server::bind(ServeOptions {
             listen: vec!["127.0.0.1:0".parse().unwrap()],
             threads: 2,
