@@ -16,7 +16,7 @@ use axum::Router;
 use crate::{response, stats, Tracker};
 
 /// The tracker's routes: `/announce`, `/scrape`, `/<passkey>/announce`,
-/// `/<passkey>/scrape`, `/stats`, `/stats.json`, `/metrics`. Needs a
+/// `/<passkey>/scrape`, `/stats` (also `/`), `/stats.json`, `/metrics`. Needs a
 /// `ConnectInfo<SocketAddr>` request extension (the server adds it; tests
 /// use `MockConnectInfo`).
 pub fn app(tracker: Arc<Tracker>) -> Router {
@@ -25,6 +25,7 @@ pub fn app(tracker: Arc<Tracker>) -> Router {
         .route("/scrape", get(scrape))
         .route("/{key}/announce", get(keyed_announce))
         .route("/{key}/scrape", get(keyed_scrape))
+        .route("/", get(stats::html))
         .route("/stats", get(stats::html))
         .route("/stats.json", get(stats::json))
         .route("/metrics", get(stats::metrics))
@@ -312,10 +313,31 @@ mod tests {
             text.contains("shoal_tracker_peers{kind=\"seeder\"} 3"),
             "{text}"
         );
-        let (_, body) = get_from(&app, "10.0.0.9:1", "/stats", &[]).await;
-        assert!(String::from_utf8(body)
-            .unwrap()
-            .contains("<h1>shoal tracker</h1>"));
+        assert!(text.contains("shoal_build_info{version=\""), "{text}");
+        assert!(text.contains("\nprocess_resident_memory_bytes "), "{text}");
+        assert!(text.contains("\nprocess_open_fds "), "{text}");
+        // The page, at /stats and at /: each figure's cell is named by its
+        // /stats.json key, which its script refreshes.
+        for path in ["/stats", "/"] {
+            let (s, body) = get_from(&app, "10.0.0.9:1", path, &[]).await;
+            assert_eq!(s, StatusCode::OK);
+            let page = String::from_utf8(body).unwrap();
+            assert!(page.contains("<h1>shoal tracker</h1>"), "{page}");
+            assert!(page.contains("setInterval(refresh, 3000)"), "{page}");
+            for key in [
+                "swarms",
+                "seeders",
+                "leechers",
+                "completed",
+                "announces_total",
+            ] {
+                assert!(page.contains(&format!("<td id={key}>")), "{key}");
+                assert!(j.get(key).is_some(), "{key} in stats.json");
+            }
+            assert!(page.contains("<td id=seeders>3</td>"), "{page}");
+        }
+        // The biggest swarms' columns have the page's names too.
+        assert_eq!(j["top_swarms"][0]["completed"], 1);
 
         // stopped removes at once.
         get_from(

@@ -125,7 +125,6 @@ pub async fn html(State(t): State<Arc<Tracker>>) -> Html<String> {
             sw.info_hash, sw.seeders, sw.leechers, sw.downloaded
         );
     }
-    let up = s.uptime_secs;
     let n = |v: Option<u64>| v.map_or_else(|| "—".to_string(), |v| v.to_string());
     let store = match &s.redis {
         None => "memory".to_string(),
@@ -142,28 +141,72 @@ pub async fn html(State(t): State<Arc<Tracker>>) -> Html<String> {
             },
         ),
     };
+    // Each cell's id is its /stats.json key: the script below refreshes
+    // the figures in place every few seconds, without reloading the page.
     Html(format!(
         "<!doctype html><html><head><meta charset=utf-8><title>shoal tracker</title>\
-<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:right}}</style></head><body>\
+<style>body{{font-family:sans-serif;margin:2em}}td,th{{padding:.2em .8em;text-align:right}}th{{font-weight:normal;color:#555}}</style></head><body>\
 <h1>shoal tracker</h1><table>\
-<tr><th>swarms</th><td>{}</td></tr><tr><th>seeders</th><td>{}</td></tr>\
-<tr><th>leechers</th><td>{}</td></tr><tr><th>completed downloads</th><td>{}</td></tr>\
-<tr><th>announces per second</th><td>{:.1}</td></tr><tr><th>announces</th><td>{}</td></tr>\
-<tr><th>uptime</th><td>{}d {:02}:{:02}:{:02}</td></tr><tr><th>swarm store</th><td>{}</td></tr></table>\
-<h2>Biggest swarms</h2><table><tr><th>info hash</th><th>seeders</th><th>leechers</th><th>completed</th></tr>{rows}</table>\
-<p><a href=\"/stats.json\">JSON</a> · <a href=\"/metrics\">Prometheus</a></p></body></html>",
+<tr><th>swarms</th><td id=swarms>{}</td></tr><tr><th>seeders</th><td id=seeders>{}</td></tr>\
+<tr><th>leechers</th><td id=leechers>{}</td></tr><tr><th>completed</th><td id=completed>{}</td></tr>\
+<tr><th>announces per second</th><td id=announces_per_sec>{:.1}</td></tr><tr><th>announces</th><td id=announces_total>{}</td></tr>\
+<tr><th>scrapes</th><td id=scrapes_total>{}</td></tr><tr><th>failures</th><td id=failures_total>{}</td></tr>\
+<tr><th>uptime</th><td id=uptime_secs>{}</td></tr><tr><th>swarm store</th><td id=store>{}</td></tr></table>\
+<h2>Biggest swarms</h2><table><thead><tr><th>info hash</th><th>seeders</th><th>leechers</th><th>completed</th></tr></thead><tbody id=top_swarms>{rows}</tbody></table>\
+<p><a href=\"stats.json\">JSON</a> · <a href=\"metrics\">Prometheus</a> · updated every {REFRESH_SECS} s</p>\
+<script>{script}</script></body></html>",
         n(s.swarms.map(|v| v as u64)),
         n(s.seeders.map(|v| v as u64)),
         n(s.leechers.map(|v| v as u64)),
         n(s.completed),
         s.announces_per_sec,
         s.announces_total,
+        s.scrapes_total,
+        s.failures_total,
+        uptime(s.uptime_secs),
+        html_escape(&store),
+        script = SCRIPT.replace("REFRESH_MS", &(REFRESH_SECS * 1000).to_string()),
+    ))
+}
+
+const REFRESH_SECS: u32 = 3;
+
+/// Refreshes the page's figures from /stats.json (text only: nothing from
+/// the JSON is parsed as HTML).
+const SCRIPT: &str = r#"
+const up = s => { const d = Math.floor(s / 86400), p = n => String(n).padStart(2, "0");
+  return `${d}d ${p(Math.floor(s / 3600) % 24)}:${p(Math.floor(s / 60) % 60)}:${p(s % 60)}`; };
+const cell = (row, text) => { const td = row.insertCell(); td.textContent = text; return td; };
+async function refresh() {
+  try {
+    const s = await (await fetch("stats.json", {cache: "no-store"})).json();
+    for (const k of ["swarms", "seeders", "leechers", "completed", "announces_total", "scrapes_total", "failures_total"])
+      document.getElementById(k).textContent = s[k] ?? "—";
+    document.getElementById("announces_per_sec").textContent = s.announces_per_sec.toFixed(1);
+    document.getElementById("uptime_secs").textContent = up(s.uptime_secs);
+    const body = document.getElementById("top_swarms");
+    body.replaceChildren();
+    for (const w of s.top_swarms) {
+      const row = body.insertRow();
+      const code = document.createElement("code");
+      code.textContent = w.info_hash;
+      row.insertCell().appendChild(code);
+      cell(row, w.seeders); cell(row, w.leechers); cell(row, w.completed);
+    }
+  } catch (e) { /* the tracker restarting: try again next time */ }
+}
+setInterval(refresh, REFRESH_MS);
+"#;
+
+/// `1d 02:03:04`, as the page's script writes it.
+fn uptime(up: u64) -> String {
+    format!(
+        "{}d {:02}:{:02}:{:02}",
         up / 86400,
         up / 3600 % 24,
         up / 60 % 60,
-        up % 60,
-        html_escape(&store),
-    ))
+        up % 60
+    )
 }
 
 pub async fn metrics(State(t): State<Arc<Tracker>>) -> Response {
@@ -282,6 +325,14 @@ pub async fn metrics(State(t): State<Arc<Tracker>>) -> Response {
         "Seconds since start.",
         &[("", s.uptime_secs as f64)],
     );
+    let version = format!("{{version=\"{}\"}}", env!("CARGO_PKG_VERSION"));
+    let _ = writeln!(
+        o,
+        "# HELP shoal_build_info The shoal version serving, as a label."
+    );
+    let _ = writeln!(o, "# TYPE shoal_build_info gauge");
+    let _ = writeln!(o, "shoal_build_info{version} 1");
+    process_metrics(&mut o);
     ([(CONTENT_TYPE, "text/plain; version=0.0.4")], o).into_response()
 }
 
@@ -290,4 +341,73 @@ fn html_escape(s: &str) -> String {
     s.replace('&', "&amp;")
         .replace('<', "&lt;")
         .replace('>', "&gt;")
+}
+
+/// The standard Prometheus process metrics, from /proc/self (left out
+/// where /proc cannot be read).
+fn process_metrics(o: &mut String) {
+    let mut metric = |name: &str, kind: &str, help: &str, v: f64| {
+        let _ = writeln!(o, "# HELP {name} {help}");
+        let _ = writeln!(o, "# TYPE {name} {kind}");
+        let _ = writeln!(o, "{name} {v}");
+    };
+    // SAFETY: sysconf only reads a configuration value.
+    let (tick, page) = unsafe {
+        (
+            libc::sysconf(libc::_SC_CLK_TCK) as f64,
+            libc::sysconf(libc::_SC_PAGESIZE) as f64,
+        )
+    };
+    if let Ok(stat) = std::fs::read_to_string("/proc/self/stat") {
+        // The fields after the command name, which may hold spaces.
+        let fields: Vec<&str> = stat
+            .rsplit_once(')')
+            .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+        let field = |n: usize| fields.get(n - 3).and_then(|v| v.parse::<f64>().ok());
+        if let (Some(utime), Some(stime)) = (field(14), field(15)) {
+            metric(
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time spent, in seconds.",
+                (utime + stime) / tick,
+            );
+        }
+        if let Some(rss) = field(24) {
+            metric(
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                rss * page,
+            );
+        }
+        if let Some(vsize) = field(23) {
+            metric(
+                "process_virtual_memory_bytes",
+                "gauge",
+                "Virtual memory size in bytes.",
+                vsize,
+            );
+        }
+        let boot = std::fs::read_to_string("/proc/stat").ok().and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("btime "))
+                .and_then(|v| v.trim().parse::<f64>().ok())
+        });
+        if let (Some(start), Some(boot)) = (field(22), boot) {
+            metric(
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since the Unix epoch, in seconds.",
+                boot + start / tick,
+            );
+        }
+    }
+    if let Ok(fds) = std::fs::read_dir("/proc/self/fd") {
+        metric(
+            "process_open_fds",
+            "gauge",
+            "Open file descriptors.",
+            fds.count() as f64,
+        );
+    }
 }

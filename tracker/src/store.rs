@@ -33,6 +33,8 @@ pub struct SwarmSummary {
     pub info_hash: String,
     pub seeders: usize,
     pub leechers: usize,
+    /// `completed` in JSON, as the stats page's column says.
+    #[serde(rename = "completed")]
     pub downloaded: u64,
 }
 
