@@ -94,7 +94,7 @@ pub struct Args {
     max_connections_per_ip: u64,
     /// Where swarms are kept: 'memory' (this process), or
     /// redis://HOST:PORT[/DB] to share them with every shoal tracker started
-    /// with the same URL (Redis 6.2 or newer; its maxmemory bounds the size)
+    /// with the same URL (Redis 5.0 or newer; its maxmemory bounds the size)
     #[arg(long, value_name = "URL", default_value = "memory")]
     store: String,
     /// With a Redis store: the longest an announce waits for Redis before

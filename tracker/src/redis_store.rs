@@ -47,8 +47,9 @@ pub const ANNOUNCE: &str = include_str!("redis/announce.lua");
 /// The scrape script (one swarm).
 pub const SCRAPE: &str = include_str!("redis/scrape.lua");
 
-/// The oldest Redis with everything the scripts use (`ZRANDMEMBER`).
-const MIN_VERSION: (u32, u32) = (6, 2);
+/// The oldest Redis that runs the scripts: one that replicates scripts by
+/// their effects (the default since 5.0), as reading `TIME` needs.
+const MIN_VERSION: (u32, u32) = (5, 0);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
@@ -64,7 +65,7 @@ pub enum StoreError {
 pub enum OpenError {
     #[error("{url}: not a Redis URL: {reason} (try redis://HOST:PORT or redis://HOST:PORT/DB)")]
     Url { url: String, reason: String },
-    #[error("{url}: Redis {found} is too old: 6.2 or newer is needed (for ZRANDMEMBER)")]
+    #[error("{url}: Redis {found} is too old: 5.0 or newer is needed")]
     TooOld { url: String, found: String },
 }
 

@@ -190,6 +190,43 @@ async fn samples_are_distinct_never_the_announcer_and_bounded() {
         .unwrap();
     assert_eq!(peers(&o).len(), 30);
     assert!(peers(&o).iter().all(|p| p.0 == v4("10.1.0.2", 0).0));
+
+    // A big swarm: samples are runs at random places, so over 40 replies
+    // of 50 most of the 1000 others turn up (a uniform sample would show
+    // 87% of them on average), and each reply has no repeats.
+    let big = InfoHash([5; 20]);
+    let joins = (0..1000u16).map(|i| {
+        let s = &s;
+        async move {
+            s.announce(
+                &big,
+                who("10.1.1.1", 1000 + i, false, Event::Started),
+                0,
+                true,
+            )
+            .await
+            .unwrap()
+        }
+    });
+    futures_util::future::join_all(joins).await;
+    let mut seen = std::collections::HashSet::new();
+    for _ in 0..40 {
+        let o = s
+            .announce(&big, who("10.1.1.1", 1000, false, Event::None), 50, true)
+            .await
+            .unwrap();
+        let got = peers(&o);
+        assert_eq!(got.len(), 50);
+        assert!(!got.contains(&v4("10.1.1.1", 1000)));
+        let distinct: std::collections::HashSet<_> = got.iter().collect();
+        assert_eq!(distinct.len(), 50);
+        seen.extend(got);
+    }
+    assert!(
+        seen.len() > 700,
+        "only {} of 999 peers ever handed out",
+        seen.len()
+    );
 }
 
 #[tokio::test]

@@ -85,16 +85,58 @@ if event == 3 or numwant <= 0 then
 end
 local s, l = n[1], n[2]
 
--- Up to `want` peers of `key` other than the announcer, appended to reply.
-local function take(key, want, holds_me)
-  if want <= 0 then
+-- A small random generator (Park-Miller), seeded by the caller: exact in
+-- Lua's doubles, and no reliance on Redis's own math.random.
+local state = rnd % 2147483646 + 1
+local function random(n)
+  state = state * 16807 % 2147483647
+  return state % n
+end
+
+-- Appends the members at ranks [from, to] of `key` (ZRANGE by rank) to
+-- `into`.
+local function range(key, from, to, into)
+  for _, p in ipairs(redis.call('ZRANGE', key, from, to)) do
+    into[#into + 1] = p
+  end
+end
+
+-- Up to `want` peers of `key` (of size `size`) other than the announcer,
+-- appended to reply. As the in-memory store does, a sample is a few runs
+-- of neighbouring members taken by rank at random places, one run in each
+-- of as many equal segments, so none overlap: ZRANGE costs O(log n + run)
+-- where ZRANDMEMBER with a count near a third of the set or more copies
+-- the whole set. When the sample is half the set or more, the whole set
+-- is read and shuffled instead.
+local RUN = 16
+local function take(key, want, size, holds_me)
+  if want <= 0 or size <= 0 then
     return
   end
-  local got
-  if holds_me then
-    got = redis.call('ZRANDMEMBER', key, want + 1)
+  local m = math.min(size, want + (holds_me and 1 or 0))
+  local got = {}
+  if 2 * m >= size then
+    range(key, 0, -1, got)
+    -- A partial Fisher-Yates shuffle: the first m are a random sample.
+    for i = 1, math.min(m, #got - 1) do
+      local j = i + random(#got - i + 1)
+      got[i], got[j] = got[j], got[i]
+    end
   else
-    got = redis.call('ZRANDMEMBER', key, want)
+    local k = math.ceil(m / RUN)
+    local seg = math.floor(size / k)
+    for r = 0, k - 1 do
+      local first = r * seg
+      local len = math.floor(m / k) + ((r < m % k) and 1 or 0)
+      local this_seg = (r == k - 1) and (size - first) or seg
+      len = math.min(len, this_seg)
+      local at = random(this_seg)
+      local tail = math.min(len, this_seg - at)
+      range(key, first + at, first + at + tail - 1, got)
+      if tail < len then
+        range(key, first, first + len - tail - 1, got)
+      end
+    end
   end
   for _, p in ipairs(got) do
     if want == 0 then
@@ -114,16 +156,16 @@ local lo = l - (seeder and 0 or 1)
 -- announces a magnet whose metadata it lacks with left=0, and would
 -- otherwise never hear of a seed.
 if seeder and event ~= 2 then
-  take(KEYS[2], math.min(numwant, lo), false)
+  take(KEYS[2], math.min(numwant, lo), l, false)
 elseif so + lo <= numwant then
-  take(KEYS[1], so, seeder)
-  take(KEYS[2], lo, not seeder)
+  take(KEYS[1], so, s, seeder)
+  take(KEYS[2], lo, l, not seeder)
 else
   -- Seeders in proportion to their share, rounded at random.
   local total = so + lo
-  local ts = math.floor((numwant * so + rnd % total) / total)
+  local ts = math.floor((numwant * so + random(total)) / total)
   ts = math.max(numwant - lo, math.min(ts, so))
-  take(KEYS[1], ts, seeder)
-  take(KEYS[2], numwant - ts, not seeder)
+  take(KEYS[1], ts, s, seeder)
+  take(KEYS[2], numwant - ts, l, not seeder)
 end
 return reply
