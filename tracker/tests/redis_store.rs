@@ -380,6 +380,33 @@ async fn an_outage_is_a_failure_reason_and_recovery_is_automatic() {
     let health = s.health();
     assert!(health.up);
     assert_eq!(health.outages_total, 1);
+
+    // A Redis that hangs: each request waits for its deadline and no
+    // longer, then the store is unavailable; when Redis wakes, the
+    // connection is still good and serving goes on.
+    redis.freeze();
+    let started = std::time::Instant::now();
+    let r = s
+        .announce(&h, who("10.5.0.3", 3, false, Event::Started), 5, true)
+        .await;
+    let waited = started.elapsed();
+    redis.thaw();
+    assert_eq!(r, Err(StoreError::Unavailable));
+    assert!(waited < Duration::from_secs(5), "waited {waited:?}");
+    assert_eq!(s.health().outages_total, 2);
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        match s.scrape(&[h]).await {
+            Ok(c) => {
+                // The announce that timed out was still queued in Redis's
+                // socket, and ran when it woke: 1 or 2 leechers.
+                assert!((1..=2).contains(&c[0].incomplete), "{c:?}");
+                break;
+            }
+            Err(_) => assert!(std::time::Instant::now() < deadline, "never recovered"),
+        }
+    }
+    assert!(s.health().up);
 }
 
 /// Serves a tracker over `store` on 127.0.0.1:0 (HTTP and UDP, two worker

@@ -140,6 +140,24 @@ impl RedisServer {
             .unwrap();
     }
 
+    /// Freezes the server (SIGSTOP): connections stay open, nothing is
+    /// answered, as with a Redis that hangs or a network that drops
+    /// everything.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    /// Lets a frozen server go on (SIGCONT).
+    pub fn thaw(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let pid = self.child.as_ref().expect("running").id().to_string();
+        let ok = Command::new("kill").args([sig, &pid]).status().unwrap();
+        assert!(ok.success(), "kill {sig} {pid}");
+    }
+
     /// Kills the server (SIGKILL: nothing saved, as a crash).
     pub fn stop(&mut self) {
         if let Some(mut child) = self.child.take() {
