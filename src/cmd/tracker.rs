@@ -93,9 +93,17 @@ pub struct Args {
           value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
     max_connections_per_ip: u64,
     /// Where swarms are kept: 'memory' (this process), or
-    /// redis://HOST:PORT[/DB] to share them with every shoal tracker started
-    /// with the same URL (Redis 5.0 or newer; its maxmemory bounds the size)
-    #[arg(long, value_name = "URL", default_value = "memory")]
+    /// redis://[:PASSWORD@]HOST:PORT[/DB] to share them with every shoal
+    /// tracker started with the same URL (Redis 5.0 or newer; set its
+    /// maxmemory: that bounds what announces can make it hold). Also read
+    /// from SHOAL_TRACKER_STORE, which keeps a password out of `ps`
+    #[arg(
+        long,
+        value_name = "URL",
+        default_value = "memory",
+        env = "SHOAL_TRACKER_STORE",
+        hide_env_values = true
+    )]
     store: String,
     /// With a Redis store: the longest an announce waits for Redis before
     /// it is answered with "store unavailable"
@@ -191,11 +199,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             }
             Store::Redis(Box::new(redis))
         }
-        url if url.starts_with("rediss://") => {
-            anyhow::bail!("--store {url}: TLS to Redis is not supported (use redis://, e.g. through a local stunnel)")
-        }
+        url if url.starts_with("rediss://") => anyhow::bail!(
+            "--store {}: TLS to Redis is not supported (use redis://, e.g. through a local stunnel)",
+            redis_store::redact(url)
+        ),
         other => anyhow::bail!(
-            "--store {other}: give 'memory' or a Redis URL (redis://HOST:PORT or redis://HOST:PORT/DB)"
+            "--store {}: give 'memory' or a Redis URL (redis://HOST:PORT or redis://HOST:PORT/DB)",
+            redis_store::redact(other)
         ),
     };
     let tracker = Arc::new(Tracker::with_store(config, store)?);

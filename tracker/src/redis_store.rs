@@ -53,10 +53,13 @@ const MIN_VERSION: (u32, u32) = (5, 0);
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum StoreError {
-    /// Redis could not be reached, or did not answer in time.
-    #[error("the tracker's swarm store is unavailable; try again later")]
+    /// Redis could not be reached, or did not answer in time. (Short: a
+    /// UDP error reply may be no longer than its request, 36 bytes for a
+    /// scrape of one hash.)
+    #[error("tracker store unavailable")]
     Unavailable,
-    #[error("tracker is full: too many peers in this swarm")]
+    /// The swarm is at its cap, or Redis at its `maxmemory`.
+    #[error("tracker is full")]
     Full,
 }
 
@@ -67,6 +70,22 @@ pub enum OpenError {
     Url { url: String, reason: String },
     #[error("{url}: Redis {found} is too old: 5.0 or newer is needed")]
     TooOld { url: String, found: String },
+    #[error("{url}: Redis refused the credentials: {reason}")]
+    Auth { url: String, reason: String },
+}
+
+/// A Redis URL as it may be shown: any user name and password left out.
+pub fn redact(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_string();
+    };
+    // The authority ends at the first '/', '?' or '#'; credentials end at
+    // its last '@'.
+    let end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..end].rfind('@') {
+        Some(at) => format!("{scheme}://***@{}", &rest[at + 1..]),
+        None => url.to_string(),
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -83,13 +102,19 @@ pub struct Options {
 /// Health figures for `/metrics` and `/stats`.
 #[derive(Debug, Clone, Default, serde::Serialize)]
 pub struct StoreHealth {
-    /// `redis://host:port/db`, without any password.
+    /// `redis://host:port/db`, without any password (for logs, not for
+    /// the public stats pages).
+    #[serde(skip)]
     pub url: String,
     pub up: bool,
     pub calls_total: u64,
     pub errors_total: u64,
-    /// Times the store went from up to down.
+    /// Times the store went from up to down: 3 failed calls in a row, or
+    /// failures for a second (a single failure is an error, not an outage).
     pub outages_total: u64,
+    /// Requests answered "unavailable" during an outage without asking
+    /// Redis (it is probed every 250 ms instead).
+    pub shed_total: u64,
     /// Sum of call latencies (seconds), for an average over calls.
     pub latency_seconds_sum: f64,
 }
@@ -107,8 +132,25 @@ pub struct RedisStore {
     calls: AtomicU64,
     errors: AtomicU64,
     outages: AtomicU64,
+    shed: AtomicU64,
     micros: AtomicU64,
+    /// Failed calls in a row (any thread); a success resets it.
+    failures: AtomicU64,
+    /// When the current run of failures began, in ms since `epoch` (0:
+    /// none).
+    failing_since: AtomicU64,
+    /// During an outage: when the last probe went (ms since `epoch`).
+    last_probe: AtomicU64,
+    epoch: Instant,
 }
+
+/// An outage begins after this many failed calls in a row ...
+const OUTAGE_AFTER_FAILURES: u64 = 3;
+/// ... or after failures for this long (ms).
+const OUTAGE_AFTER_MS: u64 = 1000;
+/// During an outage one request in this long (ms) asks Redis; the others
+/// are answered at once.
+const PROBE_EVERY_MS: u64 = 250;
 
 thread_local! {
     /// One connection per thread and store: each tracker worker thread
@@ -143,7 +185,7 @@ impl RedisStore {
     /// lazily: a Redis that is down at start is an outage like any other.
     pub fn open(url: &str, opts: Options) -> Result<RedisStore, OpenError> {
         let bad = |reason: String| OpenError::Url {
-            url: url.to_string(),
+            url: redact(url),
             reason,
         };
         use redis::IntoConnectionInfo;
@@ -177,7 +219,12 @@ impl RedisStore {
             calls: AtomicU64::new(0),
             errors: AtomicU64::new(0),
             outages: AtomicU64::new(0),
+            shed: AtomicU64::new(0),
             micros: AtomicU64::new(0),
+            failures: AtomicU64::new(0),
+            failing_since: AtomicU64::new(0),
+            last_probe: AtomicU64::new(0),
+            epoch: Instant::now(),
         })
     }
 
@@ -188,21 +235,39 @@ impl RedisStore {
 
     /// Checks the server at start-up: reachable (`Ok(Err(reason))` when
     /// not: the tracker starts anyway and recovers when Redis comes), new
-    /// enough (`Err` when not: that will not fix itself), scripts loaded.
+    /// enough and the credentials right (`Err` when not: that will not fix
+    /// itself), scripts loaded. Warns when nothing bounds Redis's memory.
     pub async fn check(&self) -> Result<Result<(), String>, OpenError> {
-        let info: String = match self
-            .call(|mut c| async move { redis::cmd("INFO").arg("server").query_async(&mut c).await })
-            .await
-        {
-            Ok(info) => info,
-            Err(_) => return Ok(Err("cannot reach it".into())),
+        let exchange = async {
+            let mut c = self.connection()?;
+            let server: String = redis::cmd("INFO").arg("server").query_async(&mut c).await?;
+            let memory: String = redis::cmd("INFO").arg("memory").query_async(&mut c).await?;
+            self.announce.load_async(&mut c).await?;
+            self.scrape.load_async(&mut c).await?;
+            RedisResult::Ok((server, memory))
         };
-        let version = info
-            .lines()
-            .find_map(|l| l.strip_prefix("redis_version:"))
-            .unwrap_or("")
-            .trim()
-            .to_string();
+        let (server, memory) = match tokio::time::timeout(self.opts.timeout, exchange).await {
+            Ok(Ok(info)) => info,
+            Ok(Err(e))
+                if e.kind() == redis::ErrorKind::AuthenticationFailed
+                    || matches!(e.code(), Some("NOAUTH" | "WRONGPASS")) =>
+            {
+                return Err(OpenError::Auth {
+                    url: self.url.clone(),
+                    reason: e.to_string(),
+                })
+            }
+            Ok(Err(e)) => return Ok(Err(e.to_string())),
+            Err(_) => return Ok(Err(format!("no answer within {:?}", self.opts.timeout))),
+        };
+        let field = |info: &str, name: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+                .unwrap_or("")
+                .trim()
+                .to_string()
+        };
+        let version = field(&server, "redis_version");
         let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
         let found = (parts.next().unwrap_or(0), parts.next().unwrap_or(0));
         if found < MIN_VERSION {
@@ -211,15 +276,15 @@ impl RedisStore {
                 found: version,
             });
         }
-        let loaded = self
-            .call(|mut c| async move {
-                self.announce.load_async(&mut c).await?;
-                self.scrape.load_async(&mut c).await
-            })
-            .await;
-        Ok(loaded
-            .map(drop)
-            .map_err(|_| "cannot load its scripts".into()))
+        if field(&memory, "maxmemory") == "0" {
+            tracing::warn!(
+                "swarm store {}: Redis has no maxmemory, so nothing bounds what announces \
+                 can make it hold; set maxmemory (with the noeviction policy, new peers then \
+                 get \"tracker is full\")",
+                self.url
+            );
+        }
+        Ok(Ok(()))
     }
 
     /// This thread's connection (made on first use, in this thread's
@@ -238,14 +303,32 @@ impl RedisStore {
     }
 
     /// Runs one exchange with Redis under the deadline, keeping the
-    /// health figures and logging the start and end of an outage. An
-    /// exchange that finds its connection dropped (Redis restarted since
-    /// this thread last used it) is tried once more on the new one.
+    /// health figures. An exchange that finds its connection dropped
+    /// (Redis restarted since this thread last used it) is tried once more
+    /// on the new one. Redis out of memory (`OOM`) is "full", not a
+    /// failure. Three failures in a row, or failures for a second, make
+    /// an outage, logged once at its start and once at its end; during
+    /// one, a request every 250 ms asks Redis and the others are answered
+    /// "unavailable" at once, so a hung Redis costs them no wait.
     async fn call<T, F, Fut>(&self, f: F) -> Result<T, StoreError>
     where
         F: Fn(ConnectionManager) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
+        // Never 0, which means "none" in the fields it goes into.
+        let now_ms = self.epoch.elapsed().as_millis() as u64 + 1;
+        if self.down.load(Ordering::Relaxed) {
+            let last = self.last_probe.load(Ordering::Relaxed);
+            let probe = now_ms >= last + PROBE_EVERY_MS
+                && self
+                    .last_probe
+                    .compare_exchange(last, now_ms, Ordering::Relaxed, Ordering::Relaxed)
+                    .is_ok();
+            if !probe {
+                self.shed.fetch_add(1, Ordering::Relaxed);
+                return Err(StoreError::Unavailable);
+            }
+        }
         let started = Instant::now();
         let exchange = async {
             let first = f(self.connection()?).await;
@@ -258,30 +341,58 @@ impl RedisStore {
         };
         let result = match tokio::time::timeout(self.opts.timeout, exchange).await {
             Ok(Ok(v)) => Ok(v),
-            Ok(Err(e)) => Err(e.to_string()),
-            Err(_) => Err(format!("no answer within {:?}", self.opts.timeout)),
+            Ok(Err(e)) if e.code() == Some("OOM") => Err(Ok(StoreError::Full)),
+            Ok(Err(e)) => Err(Err(e.to_string())),
+            Err(_) => Err(Err(format!("no answer within {:?}", self.opts.timeout))),
         };
         self.calls.fetch_add(1, Ordering::Relaxed);
         self.micros
             .fetch_add(started.elapsed().as_micros() as u64, Ordering::Relaxed);
-        match result {
+        let e = match result {
             Ok(v) => {
-                if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed) {
-                    tracing::info!("swarm store {} is back", self.url);
-                }
-                Ok(v)
+                self.answered();
+                return Ok(v);
             }
-            Err(e) => {
-                self.errors.fetch_add(1, Ordering::Relaxed);
-                if !self.down.swap(true, Ordering::Relaxed) {
-                    self.outages.fetch_add(1, Ordering::Relaxed);
-                    tracing::warn!(
-                        "swarm store {} unavailable: {e}; announces get a failure reason until it is back",
-                        self.url
-                    );
-                }
-                Err(StoreError::Unavailable)
+            Err(Ok(full)) => {
+                self.answered();
+                return Err(full);
             }
+            Err(Err(e)) => e,
+        };
+        self.errors.fetch_add(1, Ordering::Relaxed);
+        let failures = self.failures.fetch_add(1, Ordering::Relaxed) + 1;
+        let since = match self.failing_since.compare_exchange(
+            0,
+            now_ms,
+            Ordering::Relaxed,
+            Ordering::Relaxed,
+        ) {
+            Ok(_) => now_ms,
+            Err(since) => since,
+        };
+        let sustained = failures >= OUTAGE_AFTER_FAILURES || now_ms - since >= OUTAGE_AFTER_MS;
+        if sustained && !self.down.swap(true, Ordering::Relaxed) {
+            // The next probe is due a while after this call ended, not
+            // after it began (it may have waited for its whole deadline).
+            let ended_ms = self.epoch.elapsed().as_millis() as u64 + 1;
+            self.last_probe.store(ended_ms, Ordering::Relaxed);
+            self.outages.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(
+                "swarm store {} unavailable: {e}; announces get a failure reason until it is back",
+                self.url
+            );
+        } else {
+            tracing::debug!("swarm store {}: {e}", self.url);
+        }
+        Err(StoreError::Unavailable)
+    }
+
+    /// Redis answered: any run of failures (and outage) is over.
+    fn answered(&self) {
+        self.failures.store(0, Ordering::Relaxed);
+        self.failing_since.store(0, Ordering::Relaxed);
+        if self.down.load(Ordering::Relaxed) && self.down.swap(false, Ordering::Relaxed) {
+            tracing::info!("swarm store {} is back", self.url);
         }
     }
 
@@ -358,13 +469,15 @@ impl RedisStore {
                 Ok(values)
             })
             .await?;
-        if values.len() != hashes.len() {
-            return Err(StoreError::Unavailable);
-        }
-        values
-            .iter()
-            .map(|v| parse_counts(v).ok_or(StoreError::Unavailable))
-            .collect()
+        let counts: Option<Vec<ScrapeEntry>> = (values.len() == hashes.len())
+            .then(|| values.iter().map(parse_counts).collect())
+            .flatten();
+        counts.ok_or_else(|| {
+            // Only a script of another version could answer so.
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!("swarm store {}: unexpected scrape reply", self.url);
+            StoreError::Unavailable
+        })
     }
 
     pub fn health(&self) -> StoreHealth {
@@ -374,6 +487,7 @@ impl RedisStore {
             calls_total: self.calls.load(Ordering::Relaxed),
             errors_total: self.errors.load(Ordering::Relaxed),
             outages_total: self.outages.load(Ordering::Relaxed),
+            shed_total: self.shed.load(Ordering::Relaxed),
             latency_seconds_sum: self.micros.load(Ordering::Relaxed) as f64 / 1e6,
         }
     }
@@ -467,6 +581,28 @@ fn peer_of(e: &[u8], v6: bool) -> (IpAddr, u16) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn passwords_are_never_shown() {
+        assert_eq!(
+            redact("redis://:hunter2@db:6379/1"),
+            "redis://***@db:6379/1"
+        );
+        assert_eq!(redact("redis://u:p@ss@db:6379"), "redis://***@db:6379");
+        assert_eq!(redact("redis://db:6379/0"), "redis://db:6379/0");
+        assert_eq!(redact("redis://db/x@y"), "redis://db/x@y");
+        let e = RedisStore::open(
+            "redis://:hunter2@db:99999",
+            Options {
+                peer_timeout: 1,
+                timeout: Duration::from_secs(1),
+                max_swarm_peers: 1,
+            },
+        )
+        .err()
+        .unwrap();
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
 
     #[test]
     fn keys_share_the_hash_tag_and_put_the_family_first() {

@@ -17,7 +17,7 @@ const TOP: usize = 20;
 #[derive(Serialize)]
 pub struct Stats {
     pub uptime_secs: u64,
-    /// Where swarms are kept: "memory", or the Redis URL (no password).
+    /// Where swarms are kept: "memory" or "redis".
     pub store: String,
     /// The swarm counts below are kept only by the in-memory store: with
     /// Redis they are `null` (counting them would mean a scan of Redis).
@@ -80,9 +80,8 @@ pub fn collect(t: &Tracker, top: usize) -> Stats {
     let store = match &t.store {
         Store::Memory(store) => store,
         Store::Redis(redis) => {
-            let health = redis.health();
-            stats.store = health.url.clone();
-            stats.redis = Some(health);
+            stats.store = "redis".into();
+            stats.redis = Some(redis.health());
             return stats;
         }
     };
@@ -129,8 +128,7 @@ pub async fn html(State(t): State<Arc<Tracker>>) -> Html<String> {
     let store = match &s.redis {
         None => "memory".to_string(),
         Some(h) => format!(
-            "{} ({}; {} calls, {} errors, {:.2} ms on average)",
-            h.url,
+            "redis ({}; {} calls, {} errors, {:.2} ms on average)",
             if h.up { "up" } else { "unavailable" },
             h.calls_total,
             h.errors_total,
@@ -263,6 +261,12 @@ pub async fn metrics(State(t): State<Arc<Tracker>>) -> Response {
             "counter",
             "Store round trips that failed or timed out.",
             &[("", h.errors_total as f64)],
+        );
+        metric(
+            "store_shed_total",
+            "counter",
+            "Requests answered 'unavailable' during an outage without asking the store.",
+            &[("", h.shed_total as f64)],
         );
         metric(
             "store_outages_total",

@@ -146,13 +146,17 @@ impl Batch {
         }
     }
 
-    /// Answers the `n` datagrams read when the store must be awaited: the
-    /// store requests of the whole batch are issued together (so they go
-    /// to Redis in one pipelined write) and awaited together. Meanwhile
-    /// new datagrams wait in the socket's receive buffer, so the next
-    /// batch is bigger when the store is slower: the batch size follows
-    /// the store's latency, and memory stays bounded by [`BATCH`].
-    async fn answer_async(&mut self, n: usize, tracker: &Tracker, ids: &ConnectionIds, now: u64) {
+    /// The first half of answering the `n` datagrams read when the store
+    /// must be awaited: replies that need no store (connects, errors) are
+    /// written, to be sent at once; the store requests are returned, with
+    /// the datagram each answers.
+    fn begin_all(
+        &mut self,
+        n: usize,
+        tracker: &Tracker,
+        ids: &ConnectionIds,
+        now: u64,
+    ) -> Vec<(usize, udp::Job)> {
         self.to.clear();
         let mut jobs = Vec::new();
         for i in 0..n {
@@ -163,32 +167,43 @@ impl Batch {
                 continue;
             };
             let k = self.to.len();
-            let reply = &mut self.replies[k];
-            match udp::begin(tracker, ids, &self.bufs[i][..len], from, now, reply) {
-                udp::Begun::Done(o) => tracker.count_udp(o),
-                udp::Begun::Job(job) => jobs.push((k, job)),
-            }
-            // A slot whose job is pending stays taken; an empty reply
-            // (dropped) frees it.
-            if !self.replies[k].is_empty() || jobs.last().is_some_and(|(j, _)| *j == k) {
-                self.to.push(i);
+            match udp::begin(
+                tracker,
+                ids,
+                &self.bufs[i][..len],
+                from,
+                now,
+                &mut self.replies[k],
+            ) {
+                udp::Begun::Done(o) => {
+                    tracker.count_udp(o);
+                    if !self.replies[k].is_empty() {
+                        self.to.push(i);
+                    }
+                }
+                udp::Begun::Job(job) => jobs.push((i, job)),
             }
         }
+        jobs
+    }
+
+    /// The second half: the store requests of the whole batch are issued
+    /// together (so they go to Redis in one pipelined write) and awaited
+    /// together, and their replies written. At most [`BATCH`] are in
+    /// flight per socket, each bounded by the store's deadline; during an
+    /// outage the store answers at once.
+    async fn finish_all(&mut self, jobs: Vec<(usize, udp::Job)>, tracker: &Tracker) {
+        self.to.clear();
         let results =
             futures_util::future::join_all(jobs.iter().map(|(_, job)| job.run(tracker))).await;
-        let mut dropped = Vec::new();
-        for ((k, job), result) in jobs.iter().zip(results) {
-            let o = udp::finish(tracker, job, result, &mut self.replies[*k]);
+        for ((i, job), result) in jobs.iter().zip(results) {
+            let k = self.to.len();
+            let o = udp::finish(tracker, job, result, &mut self.replies[k]);
             tracker.count_udp(o);
-            if self.replies[*k].is_empty() {
-                dropped.push(*k);
+            // An error longer than its request is not sent.
+            if !self.replies[k].is_empty() {
+                self.to.push(*i);
             }
-        }
-        // Replies the store's answer left empty (an error longer than its
-        // request) are not sent.
-        for k in dropped.into_iter().rev() {
-            self.to.remove(k);
-            self.replies[k..].rotate_left(1);
         }
     }
 
@@ -272,27 +287,49 @@ pub(crate) async fn serve(
         drop(ready);
         let now = u64::from(tracker.now());
         if tracker.is_async() {
-            batch.answer_async(n, &tracker, &ids, now).await;
+            // Replies that need no store go before the store is awaited,
+            // so connects are answered however slow the store is.
+            let jobs = batch.begin_all(n, &tracker, &ids, now);
+            if !send_all(&mut batch, fd, &socket).await {
+                return;
+            }
+            if jobs.is_empty() {
+                continue;
+            }
+            batch.finish_all(jobs, &tracker).await;
         } else {
             batch.answer(n, &tracker, &ids, now);
         }
-        let mut sent = 0;
-        while sent < batch.to.len() {
-            match batch.send(fd, sent) {
-                Ok(k) => sent += k.max(1),
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
-                    // The send buffer is full: wait for room.
-                    match socket.writable().await {
-                        Ok(mut w) => w.clear_ready(),
-                        Err(_) => return,
-                    }
+        if !send_all(&mut batch, fd, &socket).await {
+            return;
+        }
+    }
+}
+
+/// Sends the batch's replies, waiting for room in the send buffer if need
+/// be; false when the socket is unusable.
+async fn send_all(
+    batch: &mut Batch,
+    fd: libc::c_int,
+    socket: &AsyncFd<std::net::UdpSocket>,
+) -> bool {
+    let mut sent = 0;
+    while sent < batch.to.len() {
+        match batch.send(fd, sent) {
+            Ok(k) => sent += k.max(1),
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                // The send buffer is full: wait for room.
+                match socket.writable().await {
+                    Ok(mut w) => w.clear_ready(),
+                    Err(_) => return false,
                 }
-                // One bad destination (no route, say): skip its reply.
-                Err(e) => {
-                    tracing::trace!("UDP send: {e}");
-                    sent += 1;
-                }
+            }
+            // One bad destination (no route, say): skip its reply.
+            Err(e) => {
+                tracing::trace!("UDP send: {e}");
+                sent += 1;
             }
         }
     }
+    true
 }

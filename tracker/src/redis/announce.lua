@@ -26,11 +26,6 @@ local rnd = tonumber(ARGV[6])
 local cap = tonumber(ARGV[7])
 local mine, other = seeder and KEYS[1] or KEYS[2], seeder and KEYS[2] or KEYS[1]
 
--- Expired peers go first, in every list the counts come from.
-for i = 1, 4 do
-  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. now)
-end
-
 -- Was the announcer a seeder (true), a leecher (false) or new (nil)?
 local was = nil
 if redis.call('ZSCORE', KEYS[1], me) then
@@ -39,38 +34,50 @@ elseif redis.call('ZSCORE', KEYS[2], me) then
   was = false
 end
 
--- Counts before the change, adjusted below as the change is made.
-local n = {}
+-- A new peer's ZADD is the script's first write: Redis refuses it (OOM)
+-- when it is at its maxmemory, and then the whole script, so that a
+-- flood of new peers cannot grow Redis past it. (Writes after a script's
+-- first are let through, and the cleanup below is not refused itself.)
+-- Known peers still refresh and leave when Redis is full.
+local new = was == nil and event ~= 3
+if new then
+  redis.call('ZADD', mine, now + timeout, me)
+end
+
+-- Expired peers go, in every list the counts come from.
 for i = 1, 4 do
-  n[i] = redis.call('ZCARD', KEYS[i])
+  redis.call('ZREMRANGEBYSCORE', KEYS[i], '-inf', '(' .. now)
 end
 
 local completed
 if event == 3 then
   if was ~= nil then
     redis.call('ZREM', was and KEYS[1] or KEYS[2], me)
-    if was then n[1] = n[1] - 1 else n[2] = n[2] - 1 end
   end
   -- Some clients go straight to stopped without completed.
   completed = seeder and was == false
 else
-  if was == nil and n[1] + n[2] + n[3] + n[4] >= cap then
-    return {-1}
-  end
-  redis.call('ZADD', mine, now + timeout, me)
-  redis.call('EXPIRE', mine, timeout + 60)
-  if was ~= seeder then
-    if seeder then n[1] = n[1] + 1 else n[2] = n[2] + 1 end
-    if was ~= nil then
+  if not new then
+    redis.call('ZADD', mine, now + timeout, me)
+    if was ~= seeder then
       redis.call('ZREM', other, me)
-      if was then n[1] = n[1] - 1 else n[2] = n[2] - 1 end
     end
   end
+  redis.call('EXPIRE', mine, timeout + 60)
   if event == 1 then
     completed = was ~= true
   else
     completed = seeder and was == false
   end
+end
+
+local n = {}
+for i = 1, 4 do
+  n[i] = redis.call('ZCARD', KEYS[i])
+end
+if new and n[1] + n[2] + n[3] + n[4] > cap then
+  redis.call('ZREM', mine, me)
+  return {-1}
 end
 if completed then
   redis.call('INCR', KEYS[5])
