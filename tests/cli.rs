@@ -818,3 +818,77 @@ fn only_public_torrents_start_the_dht() {
         assert_eq!(started, dht, "{torrent}: {said:#?}");
     }
 }
+
+/// `shoal seed` hashes data once: a second seed of unchanged files trusts
+/// what it remembered (as does a seed of what `shoal download` wrote), a
+/// changed file is hashed again, and `--recheck` always hashes.
+#[test]
+fn seed_trusts_data_it_checked_until_a_file_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_tree(&d.join("seed/tree"));
+    // 6 MiB more: 384 blocks.
+    write(&d.join("seed/tree/big.bin"), &bytes(4, 6 << 20));
+    shoal_ok(d, &["create", "seed/tree", "-l", "16", "-o", "t.torrent"]);
+    let state = d.join("state");
+    let env = [("XDG_STATE_HOME", state.as_path())];
+    let seed = |data: &str, extra: &[&str]| {
+        let mut args = vec!["seed", "t.torrent", data, "--port", "0"];
+        args.extend_from_slice(extra);
+        Shoal::start_with(d, "seed", &args, &env)
+    };
+    let trusted = |s: &Shoal| s.line_with("not hashed again");
+
+    let mut first = seed("seed/tree", &[]);
+    assert_eq!(trusted(&first), None, "nothing to trust yet");
+    first.interrupt(10);
+    let mut second = seed("seed/tree", &[]);
+    let line = trusted(&second).expect("the second seed trusts the first check");
+    assert!(line.contains("since the last check"), "{line}");
+    // What it seeds is right: a download from it is byte for byte.
+    let peer = second.addr();
+    let mut dl = Shoal::start_with(
+        d,
+        "download",
+        &[
+            "download",
+            "t.torrent",
+            "-o",
+            "out",
+            "--port",
+            "0",
+            "--peer",
+            &peer,
+            "-x",
+            "--json",
+        ],
+        &env,
+    );
+    let (status, _) = dl.finish(60);
+    assert!(status.success());
+    same_tree(&d.join("seed/tree"), &d.join("out/tree"));
+    second.interrupt(10);
+    // The download's own resume file vouches for what it wrote.
+    let mut downloaded = seed("out/tree", &[]);
+    let line = trusted(&downloaded).expect("the download's resume file is trusted");
+    assert!(line.contains("since the download"), "{line}");
+    downloaded.interrupt(10);
+    let mut again = seed("seed/tree", &["--recheck"]);
+    assert_eq!(trusted(&again), None, "--recheck hashes");
+    again.interrupt(10);
+
+    // A file changed since (its mtime with it): hashed again, and refused.
+    let big = d.join("seed/tree/big.bin");
+    let mut data = std::fs::read(&big).unwrap();
+    data[4 << 20] ^= 1;
+    std::fs::write(&big, &data).unwrap();
+    let out = shoal_command()
+        .envs(env.iter().map(|(k, v)| (*k, *v)))
+        .args(["seed", "t.torrent", "seed/tree", "--port", "0"])
+        .current_dir(d)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("refusing to seed"), "{stderr}");
+}

@@ -17,6 +17,12 @@ pub const SHOAL: &str = env!("CARGO_BIN_EXE_shoal");
 pub fn shoal_command() -> Command {
     let mut c = Command::new(SHOAL);
     c.env("SHOAL_NO_DHT", "1");
+    // Never the real home's state (what seeds remember having checked,
+    // the DHT table): tests that look at it give their own.
+    c.env(
+        "XDG_STATE_HOME",
+        std::env::temp_dir().join("shoal-tests-state"),
+    );
     c
 }
 
@@ -370,7 +376,13 @@ impl Shoal {
     /// Starts `shoal ARGS` in `cwd` (client debug logs on) and waits (bounded) for its "listening
     /// on" line.
     pub fn start(cwd: &Path, label: &str, args: &[&str]) -> Shoal {
+        Shoal::start_with(cwd, label, args, &[])
+    }
+
+    /// [`Shoal::start`] with extra environment variables.
+    pub fn start_with(cwd: &Path, label: &str, args: &[&str], env: &[(&str, &Path)]) -> Shoal {
         let mut child = shoal_command()
+            .envs(env.iter().map(|(k, v)| (*k, *v)))
             .args(args)
             .current_dir(cwd)
             .env("RUST_LOG", "info,client=debug")
