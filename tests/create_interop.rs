@@ -295,3 +295,53 @@ fn libtorrent_loads_shoal_torrents() {
         assert_eq!(lt_files, files, "case {i}");
     }
 }
+
+/// `--exclude` leaves junk out: the torrent of a tree with `.DS_Store`,
+/// `Thumbs.db` and a `.git` directory, made with those excluded, is the
+/// one mktorrent makes of the same tree without them. Without `--exclude`
+/// they are in, as in mktorrent's.
+#[test]
+fn exclusions_give_mktorrents_torrent_of_the_tree_without_them() {
+    if !have("mktorrent") {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    make_tree(&d.join("clean/album"));
+    make_tree(&d.join("messy/album"));
+    write(&d.join("messy/album/.DS_Store"), b"mac junk");
+    write(&d.join("messy/album/a/b/Thumbs.db"), b"windows junk");
+    write(&d.join("messy/album/.git/objects/ab/cdef"), &bytes(7, 5000));
+    write(&d.join("messy/album/a/notes.nfo"), b"release notes");
+    mktorrent(d, &["-d", "-l", "15", "-o", "clean.torrent", "clean/album"]);
+    shoal_ok(
+        d,
+        &[
+            "create",
+            "-d",
+            "-l",
+            "15",
+            "-o",
+            "excluded.torrent",
+            "--exclude",
+            ".DS_Store",
+            "--exclude",
+            "Thumbs.db",
+            "--exclude",
+            ".git",
+            "--exclude",
+            "*.nfo",
+            "messy/album",
+        ],
+    );
+    let clean = show_json(d, "clean.torrent");
+    let excluded = show_json(d, "excluded.torrent");
+    assert_eq!(excluded["info_hash"], clean["info_hash"]);
+    // By default nothing is left out: the same as mktorrent's of the mess.
+    same_as_mktorrent(d, "messy/album", &["-l", "15"]);
+    let all = show_json(d, "shoal.torrent");
+    assert_eq!(
+        all["files"].as_array().unwrap().len(),
+        clean["files"].as_array().unwrap().len() + 4
+    );
+}

@@ -60,6 +60,12 @@ pub struct Args {
     /// Web seed URL(s): URL[,URL]… (BEP 19; repeatable)
     #[arg(short = 'w', long = "web-seed", value_name = "URL[,URL]")]
     web_seed: Vec<String>,
+    /// Leave out files and directories whose name matches GLOB, e.g.
+    /// '.DS_Store', 'Thumbs.db', '*.nfo', '.git' (or, with a '/', whose
+    /// path from the top matches it: 'extras/*.jpg'); repeatable. Without
+    /// it every file is included, as mktorrent does
+    #[arg(long, value_name = "GLOB")]
+    exclude: Vec<String>,
     /// Overwrite the output file if it exists
     #[arg(short, long)]
     force: bool,
@@ -106,6 +112,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         name: args.name,
         private: args.private,
         source: args.source,
+        exclude: args.exclude,
     };
 
     let plan = create::plan(&args.path, &opts)?;

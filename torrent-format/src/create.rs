@@ -36,6 +36,8 @@ pub enum CreateError {
     NotFileOrDir(PathBuf),
     #[error("{} contains no files", .0.display())]
     NoFiles(PathBuf),
+    #[error("every file in {} is excluded", .0.display())]
+    AllExcluded(PathBuf),
     #[error("{} has a name that is not valid UTF-8", .0.display())]
     NotUtf8(PathBuf),
     #[error("cannot use {name:?} as the torrent name: {reason}")]
@@ -76,6 +78,89 @@ pub struct CreateOptions {
     pub name: Option<String>,
     pub private: bool,
     pub source: Option<String>,
+    /// Globs of files and directories to leave out ([`excluded`]); empty
+    /// (the default) includes everything, as mktorrent does.
+    pub exclude: Vec<String>,
+}
+
+/// Whether a file or directory at `rel` (its path from the torrent's top,
+/// by component) is left out by one of `globs`: a glob without a `/` is
+/// matched against each component's name (`.DS_Store`, `*.nfo`, `.git`
+/// leave those out wherever they are, and everything under such a
+/// directory), one with a `/` against the whole path (`extras/*.jpg`).
+/// In a glob, `*` matches any run of characters but `/`, `**` any run at
+/// all, `?` one character, `[abc]`, `[a-z]` and `[!abc]` one of a set.
+pub fn excluded(rel: &[String], globs: &[String]) -> bool {
+    globs.iter().any(|g| {
+        let g = g.trim_start_matches("./");
+        if g.contains('/') {
+            let path = rel.join("/");
+            glob_match(g.trim_end_matches('/').as_bytes(), path.as_bytes())
+        } else {
+            rel.iter().any(|c| glob_match(g.as_bytes(), c.as_bytes()))
+        }
+    })
+}
+
+/// Shell-style matching of all of `text` (see [`excluded`]).
+pub fn glob_match(pattern: &[u8], text: &[u8]) -> bool {
+    match pattern.split_first() {
+        None => text.is_empty(),
+        Some((b'*', rest)) => {
+            let (crosses, rest) = match rest.split_first() {
+                Some((b'*', r)) => (true, r.strip_prefix(b"/").unwrap_or(r)),
+                _ => (false, rest),
+            };
+            // Every split of the text, shortest run first.
+            (0..=text.len())
+                .take_while(|&i| crosses || !text[..i].contains(&b'/'))
+                .any(|i| glob_match(rest, &text[i..]))
+        }
+        Some((b'?', rest)) => {
+            matches!(text.split_first(), Some((&c, t)) if c != b'/' && glob_match(rest, t))
+        }
+        Some((b'[', rest)) => match (class(rest), text.split_first()) {
+            (Some((set, negated, after)), Some((&c, t))) => {
+                c != b'/' && in_set(set, c) != negated && glob_match(after, t)
+            }
+            // An unclosed '[' is a plain character.
+            (None, Some((&c, t))) => c == b'[' && glob_match(rest, t),
+            (_, None) => false,
+        },
+        Some((&p, rest)) => {
+            matches!(text.split_first(), Some((&c, t)) if c == p && glob_match(rest, t))
+        }
+    }
+}
+
+/// `[...]` after its '[': the set's bytes, whether it is negated, and the
+/// pattern after the ']'; `None` when there is no closing ']'.
+fn class(p: &[u8]) -> Option<(&[u8], bool, &[u8])> {
+    let (negated, p) = match p.first() {
+        Some(b'!' | b'^') => (true, &p[1..]),
+        _ => (false, p),
+    };
+    // A ']' first is a member, not the end.
+    let end = p.iter().skip(1).position(|&c| c == b']')? + 1;
+    Some((&p[..end], negated, &p[end + 1..]))
+}
+
+fn in_set(set: &[u8], c: u8) -> bool {
+    let mut i = 0;
+    while i < set.len() {
+        if i + 2 < set.len() && set[i + 1] == b'-' {
+            if (set[i]..=set[i + 2]).contains(&c) {
+                return true;
+            }
+            i += 3;
+        } else {
+            if set[i] == c {
+                return true;
+            }
+            i += 1;
+        }
+    }
+    false
 }
 
 /// The automatic piece length rule: the smallest 2^N, N in 15..=24, that
@@ -205,7 +290,22 @@ pub fn plan(path: &Path, opts: &CreateOptions) -> Result<Plan, CreateError> {
         )
     } else if meta.is_dir() {
         let mut files = Vec::new();
-        for entry in walkdir::WalkDir::new(path).follow_links(true) {
+        // Excluded directories are not even walked into.
+        let keep = |e: &walkdir::DirEntry| {
+            opts.exclude.is_empty() || e.depth() == 0 || {
+                let rel = e.path().strip_prefix(path).unwrap_or(e.path());
+                let rel: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                !excluded(&rel, &opts.exclude)
+            }
+        };
+        for entry in walkdir::WalkDir::new(path)
+            .follow_links(true)
+            .into_iter()
+            .filter_entry(keep)
+        {
             let entry = entry.map_err(|e| {
                 let at = e.path().unwrap_or(path).to_path_buf();
                 if e.loop_ancestor().is_some() {
@@ -238,6 +338,9 @@ pub fn plan(path: &Path, opts: &CreateOptions) -> Result<Plan, CreateError> {
                 })
                 .collect::<Result<Vec<_>, _>>()?;
             files.push((entry.path().to_path_buf(), components, len.len()));
+        }
+        if files.is_empty() && !opts.exclude.is_empty() {
+            return Err(CreateError::AllExcluded(path.to_path_buf()));
         }
         if files.is_empty() {
             return Err(CreateError::NoFiles(path.to_path_buf()));
@@ -302,6 +405,61 @@ fn default_name(path: &Path) -> Result<String, CreateError> {
 mod tests {
     use super::*;
     use crate::Metainfo;
+
+    #[test]
+    fn globs() {
+        let m = |p: &str, t: &str| glob_match(p.as_bytes(), t.as_bytes());
+        assert!(m("*.nfo", "a.nfo") && m("*.nfo", ".nfo") && !m("*.nfo", "a.nfo.txt"));
+        assert!(m(".DS_Store", ".DS_Store") && !m(".DS_Store", "x.DS_Store"));
+        assert!(m("Thumbs.db", "Thumbs.db") && m("?humbs.db", "thumbs.db"));
+        assert!(m("[Tt]humbs.db", "thumbs.db") && !m("[!Tt]humbs.db", "thumbs.db"));
+        assert!(m("cd[1-3]", "cd2") && !m("cd[1-3]", "cd4") && m("x[", "x["));
+        assert!(m("extras/*", "extras/a.jpg") && !m("extras/*", "extras/b/a.jpg"));
+        assert!(m("extras/**", "extras/b/a.jpg") && m("**/a.jpg", "x/y/a.jpg"));
+        assert!(m("**/a.jpg", "a.jpg") && !m("*", "a/b"));
+        let rel = |s: &str| s.split('/').map(String::from).collect::<Vec<_>>();
+        let globs = ["*.nfo".to_string(), ".git".into(), "extras/*.jpg".into()];
+        assert!(excluded(&rel("a/b/info.nfo"), &globs));
+        assert!(excluded(&rel(".git/objects/ab"), &globs));
+        assert!(excluded(&rel("extras/x.jpg"), &globs));
+        assert!(!excluded(&rel("b/extras/x.jpg"), &globs));
+        assert!(!excluded(&rel("a/b/movie.mkv"), &globs));
+    }
+
+    #[test]
+    fn exclusions_leave_out_files_and_whole_directories() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("album");
+        std::fs::create_dir_all(root.join(".git/objects")).unwrap();
+        std::fs::create_dir_all(root.join("cd1")).unwrap();
+        std::fs::write(root.join(".git/objects/x"), b"git").unwrap();
+        std::fs::write(root.join("cd1/01.flac"), vec![1u8; 5000]).unwrap();
+        std::fs::write(root.join("cd1/.DS_Store"), b"mac").unwrap();
+        std::fs::write(root.join("Thumbs.db"), b"win").unwrap();
+        let plan_with = |exclude: &[&str]| {
+            let opts = CreateOptions {
+                exclude: exclude.iter().map(|s| s.to_string()).collect(),
+                ..CreateOptions::default()
+            };
+            plan(&root, &opts).map(|p| {
+                p.layout
+                    .files
+                    .iter()
+                    .map(|f| f.path.join("/"))
+                    .collect::<Vec<_>>()
+            })
+        };
+        // Nothing is left out unless asked, as mktorrent does.
+        assert_eq!(plan_with(&[]).unwrap().len(), 4);
+        assert_eq!(
+            plan_with(&[".git", ".DS_Store", "Thumbs.db"]).unwrap(),
+            ["cd1/01.flac"]
+        );
+        assert!(matches!(
+            plan_with(&["*"]),
+            Err(CreateError::AllExcluded(_))
+        ));
+    }
 
     #[test]
     fn auto_piece_length_rule() {
