@@ -6,6 +6,7 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 mod cmd;
+mod log;
 mod ui;
 
 /// mimalloc: the tracker allocates a little per request on every core, and
@@ -36,6 +37,14 @@ Run 'shoal <command> --help' for the options of each command.";
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// Say more: the detailed log format (time, level, module) and shoal's
+    /// debug lines; -vv: debug lines of every part [RUST_LOG overrides]
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    verbose: u8,
+    /// Print only errors (and the command's results on stdout): no
+    /// progress, no summaries, no warnings
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    quiet: bool,
 }
 
 #[derive(Subcommand)]
@@ -53,15 +62,8 @@ enum Command {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     exit_cleanly_on_sigbus();
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| {
-                tracing_subscriber::EnvFilter::new("warn,shoal=info,tracker=info,client=info")
-            }),
-        )
-        .init();
+    log::init(cli.verbose, cli.quiet);
+    ui::set_quiet(cli.quiet);
     if matches!(
         cli.command,
         Command::Seed(_) | Command::Download(_) | Command::Demo(_)

@@ -2,13 +2,24 @@
 //! tolerates a closed pipe.
 
 use std::io::Write;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 
+static QUIET: AtomicBool = AtomicBool::new(false);
+
+/// `-q`: no progress bars (`bytes_bar` draws none).
+pub fn set_quiet(quiet: bool) {
+    QUIET.store(quiet, Ordering::Relaxed);
+}
+
 /// A byte-count progress bar on stderr. It draws nothing when stderr is not a
-/// terminal.
+/// terminal, or with `-q`.
 pub fn bytes_bar(total: u64, message: &'static str) -> ProgressBar {
+    if QUIET.load(Ordering::Relaxed) {
+        return ProgressBar::hidden();
+    }
     let bar = ProgressBar::with_draw_target(Some(total), ProgressDrawTarget::stderr());
     if let Ok(style) = ProgressStyle::with_template(
         "{msg:>8} [{bar:32.cyan/blue}] {binary_bytes:>10}/{binary_total_bytes} {binary_bytes_per_sec:>12}  ETA {eta}",

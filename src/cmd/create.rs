@@ -69,9 +69,9 @@ pub struct Args {
     /// Overwrite the output file if it exists
     #[arg(short, long)]
     force: bool,
-    /// Say what is being done on stderr
-    #[arg(short, long)]
-    verbose: bool,
+    /// -v (for every command): say what is being done on stderr
+    #[arg(from_global)]
+    verbose: u8,
     /// Read files through a buffer instead of mapping them (for comparison)
     #[arg(long, hide = true)]
     no_mmap: bool,
@@ -125,7 +125,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let threads = args
         .threads
         .map_or_else(ui::default_threads, |t| t as usize);
-    if args.verbose {
+    if args.verbose > 0 {
         for f in &plan.layout.files {
             eprintln!("adding {} ({})", f.display_path(), ui::short_size(f.length));
         }
@@ -151,7 +151,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     write_output(&output, &bytes, args.force)?;
 
     let m = Metainfo::from_bytes(&bytes)?;
-    if args.verbose {
+    if args.verbose > 0 {
         eprintln!(
             "hashed {} in {:.2} s ({}/s)",
             ui::short_size(plan.total_length()),

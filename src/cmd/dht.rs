@@ -48,8 +48,9 @@ pub struct Args {
     /// Neither load nor save the routing table
     #[arg(long, global = true)]
     no_state: bool,
-    /// Print nothing but errors (and get-peers' peers)
-    #[arg(short, long, global = true)]
+    /// -q (for every command): print nothing but errors (and get-peers'
+    /// peers)
+    #[arg(from_global)]
     quiet: bool,
 }
 

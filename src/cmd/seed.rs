@@ -210,7 +210,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             ),
             many => format!("{} torrents ({})", many.len(), ui::short_size(total)),
         };
-        tracing::info!("seeding {what}, listening on {};", engine.listen_addr());
+        tracing::info!("seeding {what}, listening on {}", engine.listen_addr());
         swarm::run(engine, torrents, &args.net, until).await
     })
 }

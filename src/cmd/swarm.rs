@@ -63,8 +63,9 @@ pub struct NetArgs {
     /// the rest (for a download: once it is complete)
     #[arg(long)]
     pub initial_seeding: bool,
-    /// No progress display and no summary
-    #[arg(short, long)]
+    /// -q (for every command): no progress display, no summary, no
+    /// warnings; only errors
+    #[arg(from_global)]
     pub quiet: bool,
     /// Print a JSON summary on stdout at the end
     #[arg(long)]
