@@ -33,7 +33,7 @@ use crate::extension::{self, ExtHandshake};
 use crate::metadata::{self, Fetch, MetaMsg, Outcome};
 use crate::peer::OUR_FEATURES;
 use crate::pex;
-use crate::tracker::{AnnounceParams, Event};
+use crate::tracker::{self, AnnounceParams, Event};
 use crate::wire::{self, Handshake, Message, HANDSHAKE_LEN};
 
 /// A peer that sends nothing for this long (or takes nothing we send) is
@@ -393,7 +393,7 @@ async fn announce_loop(ctx: Arc<Ctx>, url: String) {
     let client = match ctx.engine.tracker() {
         Ok(c) => c,
         Err(e) => {
-            tracing::warn!("cannot announce to {url}: {e}");
+            tracing::warn!("tracker {}: {e}", tracker::shown_url(&url));
             return;
         }
     };
@@ -426,7 +426,8 @@ async fn announce_loop(ctx: Arc<Ctx>, url: String) {
                 params.event = Event::Stopped;
                 let r = tokio::time::timeout(STOPPED_TIMEOUT, client.announce(&url, &params)).await;
                 tracing::debug!(
-                    "{url}: stopped ({})",
+                    "tracker {}: stopped ({})",
+                    tracker::shown_url(&url),
                     if r.is_ok() { "told" } else { "no answer" }
                 );
             }
@@ -439,7 +440,11 @@ async fn announce_loop(ctx: Arc<Ctx>, url: String) {
                 Ok(resp) => {
                     fails = 0;
                     announced = true;
-                    tracing::debug!("{url}: {} peers for the metadata", resp.peers.len());
+                    tracing::debug!(
+                        "tracker {}: {} peers for the metadata",
+                        tracker::shown_url(&url),
+                        resp.peers.len()
+                    );
                     ctx.add_candidates(resp.peers.iter().copied(), false);
                     resp.min_interval
                         .unwrap_or(resp.interval)
@@ -448,7 +453,7 @@ async fn announce_loop(ctx: Arc<Ctx>, url: String) {
                 }
                 Err(e) => {
                     fails += 1;
-                    tracing::info!("tracker {url}: {e}");
+                    tracing::info!("tracker {}: {e}", tracker::shown_url(&url));
                     Duration::from_secs(15 << fails.min(5))
                 }
             },

@@ -1370,6 +1370,9 @@ async fn announce(shared: Arc<Shared>) {
     let mut owe_completed = !*complete.borrow_and_update();
     let mut event = tracker::Event::Started;
     let mut failures = 0u32;
+    // What the last failed walk said: the same again is not repeated at
+    // the default level every few minutes.
+    let mut said: Option<String> = None;
     loop {
         // Ctrl-C does not wait for a walk through slow trackers.
         let p = params(event);
@@ -1380,13 +1383,17 @@ async fn announce(shared: Arc<Shared>) {
         let wait = match result {
             Ok((url, r)) => {
                 failures = 0;
+                let shown = tracker::shown_url(&url);
                 tracing::debug!(
-                    "{url}: {} peers, next announce in {:?}",
+                    "tracker {shown}: {} peers, next announce in {:?}",
                     r.peers.len(),
                     r.interval
                 );
+                if said.take().is_some() {
+                    tracing::info!("tracker {shown}: answering again");
+                }
                 if let Some(w) = &r.warning {
-                    tracing::warn!("tracker {url} warns: {w}");
+                    tracing::warn!("tracker {shown} warns: {w}");
                 }
                 shared.add_candidates(r.peers.iter().copied(), false);
                 event = tracker::Event::None;
@@ -1408,7 +1415,13 @@ async fn announce(shared: Arc<Shared>) {
             }
             Err(e) => {
                 failures += 1;
-                tracing::warn!("announce failed: {e}");
+                let text = e.to_string();
+                if said.as_deref() == Some(text.as_str()) {
+                    tracing::debug!("{text}");
+                } else {
+                    tracing::warn!("{text}");
+                    said = Some(text);
+                }
                 Duration::from_secs((15u64 << failures.min(5)).min(300))
             }
         };

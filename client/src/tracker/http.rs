@@ -187,7 +187,7 @@ async fn fetch(
         if e.is_timeout() {
             TrackerError::Timeout(timeout)
         } else {
-            TrackerError::Network(error_chain(&e))
+            TrackerError::Network(cause(&e.without_url()))
         }
     };
     let limit = config.max_response_bytes;
@@ -205,9 +205,35 @@ async fn fetch(
     Ok((response.status(), body))
 }
 
-/// An error with its causes, e.g. "error sending request for url (…):
+/// What went wrong, in a few words, never the URL (reqwest's own message
+/// holds the whole announce query): "DNS lookup failed", "connection
+/// refused", or else the innermost cause ("invalid peer certificate: …").
+fn cause(e: &reqwest::Error) -> String {
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut innermost = e.to_string();
+    let mut io = None;
+    while let Some(s) = source {
+        let text = s.to_string();
+        // hyper-util's resolver error; its cause is getaddrinfo's text.
+        if text.starts_with("dns error") {
+            tracing::debug!("DNS lookup failed: {}", chain(e));
+            return "DNS lookup failed".to_string();
+        }
+        if let Some(i) = s.downcast_ref::<std::io::Error>() {
+            io.get_or_insert(i);
+        }
+        innermost = text;
+        source = s.source();
+    }
+    match io {
+        Some(i) => super::io_cause(i),
+        None => innermost,
+    }
+}
+
+/// An error with its causes, for debug logs: "error sending request:
 /// client error (Connect): tcp connect error: Connection refused".
-fn error_chain(e: &dyn std::error::Error) -> String {
+fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {
@@ -477,10 +503,14 @@ pub(crate) mod tests {
         let url = format!("http://{}/announce", closed.local_addr().unwrap());
         drop(closed);
         let err = c.announce(&url, &params()).await.unwrap_err();
-        assert!(
-            matches!(&err, TrackerError::Network(m) if m.contains("refused")),
-            "{err}"
-        );
+        assert_eq!(err, TrackerError::Network("connection refused".into()));
+        // A name that does not resolve (.invalid never does, RFC 2606).
+        let err = c
+            .announce("http://shoal-test.invalid:6969/announce", &params())
+            .await
+            .unwrap_err();
+        assert_eq!(err, TrackerError::Network("DNS lookup failed".into()));
+        assert_eq!(TrackerError::Status(404).to_string(), "HTTP 404 Not Found");
     }
 
     #[tokio::test]

@@ -117,27 +117,31 @@ pub(crate) fn clamp_interval(secs: i64) -> Duration {
 
 /// Why an announce failed. Every variant says what to do: `Failure` is
 /// the tracker refusing (show it to the user, don't hammer), the others
-/// mean "try the next tracker, and this one again later".
+/// mean "try the next tracker, and this one again later". The messages
+/// are short and never hold the announce URL (its query is hundreds of
+/// percent-encoded bytes): they read after "tracker URL: ", which
+/// [`AllFailed`] and the callers put first.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum TrackerError {
     /// The tracker's own `failure reason` (HTTP) or error message (UDP).
-    #[error("tracker refused the announce: {0}")]
+    #[error("announce refused: {0}")]
     Failure(String),
     /// The HTTP tracker answered with a non-success status and no
     /// failure reason.
-    #[error("tracker answered HTTP status {0}")]
+    #[error("HTTP {}", http_status(*.0))]
     Status(u16),
     /// No complete answer within this time.
-    #[error("no answer from the tracker within {0:?}")]
+    #[error("timed out (no answer in {0:?})")]
     Timeout(Duration),
-    /// Name resolution, connection or socket error.
-    #[error("network error: {0}")]
+    /// Name resolution, connection or socket error, in a few words
+    /// ("DNS lookup failed", "connection refused").
+    #[error("{0}")]
     Network(String),
     /// The reply is not what the protocol allows; says what is wrong.
-    #[error("malformed tracker reply: {0}")]
+    #[error("malformed reply: {0}")]
     Malformed(String),
     /// The reply body was larger than [`TrackerConfig::max_response_bytes`].
-    #[error("tracker reply is larger than {limit} bytes")]
+    #[error("reply larger than {limit} bytes")]
     TooLarge { limit: usize },
     /// Not `http`, `https` or `udp` (e.g. WebTorrent's `wss`).
     #[error("unsupported tracker URL scheme {0:?} (http, https and udp are supported)")]
@@ -148,6 +152,99 @@ pub enum TrackerError {
     #[error("no trackers to announce to")]
     NoTrackers,
 }
+
+/// "404 Not Found".
+fn http_status(code: u16) -> String {
+    match reqwest::StatusCode::from_u16(code)
+        .ok()
+        .and_then(|s| s.canonical_reason())
+    {
+        Some(reason) => format!("{code} {reason}"),
+        None => code.to_string(),
+    }
+}
+
+/// An I/O error in a few lowercase words, without "(os error N)":
+/// "connection refused", "timed out", "network unreachable".
+pub(crate) fn io_cause(e: &std::io::Error) -> String {
+    use std::io::ErrorKind as K;
+    let short = match e.kind() {
+        K::ConnectionRefused => Some("connection refused"),
+        K::ConnectionReset => Some("connection reset"),
+        K::ConnectionAborted => Some("connection aborted"),
+        K::TimedOut => Some("timed out"),
+        K::AddrNotAvailable => Some("local address not available"),
+        K::PermissionDenied => Some("permission denied"),
+        _ => match e.raw_os_error() {
+            Some(libc::ENETUNREACH) => Some("network unreachable"),
+            Some(libc::EHOSTUNREACH) => Some("host unreachable"),
+            _ => None,
+        },
+    };
+    if let Some(s) = short {
+        return s.to_string();
+    }
+    let text = e.to_string();
+    let text = match text.rfind(" (os error ") {
+        Some(i) => &text[..i],
+        None => &text,
+    };
+    let mut chars = text.chars();
+    match chars.next() {
+        Some(c) => c.to_lowercase().chain(chars).collect(),
+        None => "I/O error".to_string(),
+    }
+}
+
+/// A tracker URL as it is shown to people: without its query (an
+/// announce URL's query can hold a passkey) or fragment, "?…" standing in
+/// for a query.
+pub fn shown_url(url: &str) -> String {
+    let end = url.find(['?', '#']).unwrap_or(url.len());
+    let mut shown = url[..end].to_string();
+    if url[end..].starts_with('?') {
+        shown.push_str("?…");
+    }
+    shown
+}
+
+/// No tracker of a walk answered: each one tried, in order, with its
+/// error (none tried: the list is empty). Shown as "tracker URL: cause",
+/// or each tracker's when several failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllFailed(pub Vec<(String, TrackerError)>);
+
+impl AllFailed {
+    /// The last tracker tried and its error.
+    pub fn last(&self) -> Option<&(String, TrackerError)> {
+        self.0.last()
+    }
+}
+
+impl std::fmt::Display for AllFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        /// Shown in full; the rest are counted.
+        const SHOWN: usize = 3;
+        match self.0.as_slice() {
+            [] => write!(f, "{}", TrackerError::NoTrackers),
+            [(url, e)] => write!(f, "tracker {}: {e}", shown_url(url)),
+            all => {
+                write!(f, "no tracker answered: ")?;
+                for (i, (url, e)) in all.iter().take(SHOWN).enumerate() {
+                    let sep = if i == 0 { "" } else { "; " };
+                    write!(f, "{sep}{}: {e}", shown_url(url))?;
+                }
+                match all.len().saturating_sub(SHOWN) {
+                    0 => Ok(()),
+                    1 => write!(f, "; and 1 more"),
+                    n => write!(f, "; and {n} more"),
+                }
+            }
+        }
+    }
+}
+
+impl std::error::Error for AllFailed {}
 
 /// Timeouts and limits. The defaults suit the Internet; tests shorten them.
 #[derive(Debug, Clone)]
@@ -307,12 +404,11 @@ impl TrackerList {
 
     /// Tries the trackers in tier order, each tier's URLs in order; the
     /// first that answers is moved to the front of its tier. Returns that
-    /// URL with its answer, or the last error when all fail (each failure
-    /// is logged).
+    /// URL with its answer, or every tracker's error when all fail.
     pub async fn announce(
         &mut self,
         params: &AnnounceParams,
-    ) -> Result<(String, AnnounceResponse), TrackerError> {
+    ) -> Result<(String, AnnounceResponse), AllFailed> {
         let client = &self.client;
         announce_tiers(&mut self.tiers, |url| async move {
             client.announce(&url, params).await
@@ -326,12 +422,12 @@ impl TrackerList {
 async fn announce_tiers<F, Fut>(
     tiers: &mut [Vec<String>],
     mut announce: F,
-) -> Result<(String, AnnounceResponse), TrackerError>
+) -> Result<(String, AnnounceResponse), AllFailed>
 where
     F: FnMut(String) -> Fut,
     Fut: Future<Output = Result<AnnounceResponse, TrackerError>>,
 {
-    let mut last = TrackerError::NoTrackers;
+    let mut failed = Vec::new();
     for tier in tiers.iter_mut() {
         for i in 0..tier.len() {
             let url = tier[i].clone();
@@ -343,17 +439,13 @@ where
                     return Ok((url, response));
                 }
                 Err(error) => {
-                    if matches!(error, TrackerError::Failure(_)) {
-                        tracing::warn!(%url, %error, "tracker refused the announce");
-                    } else {
-                        tracing::debug!(%url, %error, "tracker did not answer");
-                    }
-                    last = error;
+                    tracing::debug!("tracker {}: {error}", shown_url(&url));
+                    failed.push((url, error));
                 }
             }
         }
     }
-    Err(last)
+    Err(AllFailed(failed))
 }
 
 #[cfg(test)]
@@ -380,7 +472,7 @@ mod tests {
 
     /// Runs the BEP 12 walk with `alive` answering and the rest failing;
     /// returns the result and the URLs tried in order.
-    fn walk(t: &mut [Vec<String>], alive: &[&str]) -> (Result<String, TrackerError>, Vec<String>) {
+    fn walk(t: &mut [Vec<String>], alive: &[&str]) -> (Result<String, AllFailed>, Vec<String>) {
         let tried = RefCell::new(Vec::new());
         let result = block_on(announce_tiers(t, |url| {
             tried.borrow_mut().push(url.clone());
@@ -427,13 +519,59 @@ mod tests {
     fn all_failing_returns_the_last_error_and_keeps_the_order() {
         let mut t = tiers(&[&["a1", "a2"], &["b1"]]);
         let (got, tried) = walk(&mut t, &[]);
-        assert_eq!(got, Err(TrackerError::Network("b1 is down".into())));
+        let failed = got.unwrap_err();
+        assert_eq!(
+            failed.last(),
+            Some(&("b1".to_string(), TrackerError::Network("b1 is down".into())))
+        );
+        assert_eq!(failed.0.len(), 3);
         assert_eq!(tried, ["a1", "a2", "b1"]);
         assert_eq!(t, tiers(&[&["a1", "a2"], &["b1"]]));
 
         let (got, tried) = walk(&mut [], &[]);
-        assert_eq!(got, Err(TrackerError::NoTrackers));
+        assert_eq!(got.unwrap_err().to_string(), "no trackers to announce to");
         assert!(tried.is_empty());
+    }
+
+    #[test]
+    fn failures_name_the_tracker_first_and_briefly() {
+        let long = format!(
+            "http://t.example:6969/announce?{}",
+            "info_hash=%AB".repeat(40)
+        );
+        let one = AllFailed(vec![(
+            long,
+            TrackerError::Network("DNS lookup failed".into()),
+        )]);
+        assert_eq!(
+            one.to_string(),
+            "tracker http://t.example:6969/announce?…: DNS lookup failed"
+        );
+        let err = |n: u16| TrackerError::Status(n);
+        let many = AllFailed(
+            (0..5)
+                .map(|i| (format!("http://t{i}/announce"), err(404)))
+                .collect(),
+        );
+        assert_eq!(
+            many.to_string(),
+            "no tracker answered: http://t0/announce: HTTP 404 Not Found; \
+             http://t1/announce: HTTP 404 Not Found; http://t2/announce: HTTP 404 Not Found; \
+             and 2 more"
+        );
+        assert_eq!(shown_url("udp://t:80/announce#x"), "udp://t:80/announce");
+        assert_eq!(
+            TrackerError::Timeout(Duration::from_secs(15)).to_string(),
+            "timed out (no answer in 15s)"
+        );
+        assert_eq!(
+            io_cause(&std::io::Error::from_raw_os_error(libc::ECONNREFUSED)),
+            "connection refused"
+        );
+        assert_eq!(
+            io_cause(&std::io::Error::from_raw_os_error(libc::ENOSPC)),
+            "no space left on device"
+        );
     }
 
     #[test]

@@ -246,13 +246,22 @@ async fn exchange(
 ) -> Result<AnnounceResponse, TrackerError> {
     let parsed = parse_url(url)?;
     let net = |what: &str, e: std::io::Error| {
-        TrackerError::Network(format!("{what} {}:{}: {e}", parsed.host, parsed.port))
+        let cause = super::io_cause(&e);
+        TrackerError::Network(if what.is_empty() {
+            cause
+        } else {
+            format!("{what}: {cause}")
+        })
+    };
+    let dns = |e: std::io::Error| {
+        tracing::debug!("DNS lookup of {}: {e}", parsed.host);
+        TrackerError::Network("DNS lookup failed".to_string())
     };
     let tracker = tokio::net::lookup_host((parsed.host, parsed.port))
         .await
-        .map_err(|e| net("cannot resolve", e))?
+        .map_err(dns)?
         .next()
-        .ok_or_else(|| net("no address for", std::io::ErrorKind::NotFound.into()))?;
+        .ok_or_else(|| dns(std::io::ErrorKind::NotFound.into()))?;
     let ipv6 = tracker.is_ipv6();
     let local: SocketAddr = match config.local_address {
         Some(ip) if ip.is_ipv6() == ipv6 => (ip, 0).into(),
@@ -261,13 +270,10 @@ async fn exchange(
     };
     let socket = UdpSocket::bind(local)
         .await
-        .map_err(|e| net("cannot open a socket for", e))?;
+        .map_err(|e| net("cannot open a UDP socket", e))?;
     // Connected: the kernel drops datagrams from anyone else, and an ICMP
     // "port unreachable" fails the receive at once.
-    socket
-        .connect(tracker)
-        .await
-        .map_err(|e| net("cannot reach", e))?;
+    socket.connect(tracker).await.map_err(|e| net("", e))?;
 
     let mut buf = vec![0u8; 65536];
     let mut timeouts = 0;
@@ -283,14 +289,11 @@ async fn exchange(
         // answered, so a late answer to an earlier copy still counts.
         let reply = loop {
             let wait = retransmit_wait(config.udp_timeout, timeouts);
-            socket
-                .send(&request)
-                .await
-                .map_err(|e| net("cannot send to", e))?;
+            socket.send(&request).await.map_err(|e| net("", e))?;
             match receive(&socket, &mut buf, transaction_id, ipv6, wait).await {
                 Ok(Some(reply)) => break Some(reply),
                 Ok(None) => {}
-                Err(ReceiveError::Io(e)) => return Err(net("no answer from", e)),
+                Err(ReceiveError::Io(e)) => return Err(net("", e)),
                 Err(ReceiveError::Tracker(e)) => return Err(e),
             }
             timeouts += 1;
@@ -605,7 +608,7 @@ mod tests {
         let client = client(Duration::from_secs(10), 3);
         let started = std::time::Instant::now();
         let err = client.announce(&url, &params()).await.unwrap_err();
-        assert!(matches!(err, TrackerError::Network(_)), "{err}");
+        assert_eq!(err, TrackerError::Network("connection refused".into()));
         assert!(
             started.elapsed() < Duration::from_secs(10),
             "ICMP refusal ends it"
