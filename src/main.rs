@@ -84,7 +84,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(e) => {
             eprintln!("shoal: error: {}", one_line(&e));
-            ExitCode::FAILURE
+            if e.downcast_ref::<cmd::Usage>().is_some() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }

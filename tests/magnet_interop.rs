@@ -340,7 +340,7 @@ fn metadata_only_saves_the_torrent_and_downloads_nothing() {
     assert!(!d.join("out/data.bin").exists(), "data was downloaded");
     // And --metadata-only with a .torrent file is a usage error.
     let out = shoal(d, &["download", "t.torrent", "--metadata-only"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("magnet"));
 }
 

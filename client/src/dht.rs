@@ -107,15 +107,26 @@ pub async fn resolve(names: &[String]) -> Vec<SocketAddr> {
             (name, r)
         });
     }
+    let mut failed = Vec::new();
     while let Some(done) = lookups.join_next().await {
         let Ok((name, r)) = done else { continue };
         match r {
             Ok(Ok(addrs)) => out.extend(addrs),
-            Ok(Err(e)) => tracing::warn!("DHT bootstrap {name}: {e}"),
+            Ok(Err(e)) => {
+                tracing::debug!("DHT bootstrap {name}: {e}");
+                failed.push(name);
+            }
             Err(_) => {
-                tracing::warn!("DHT bootstrap {name}: no answer from DNS in {RESOLVE_TIMEOUT:?}")
+                tracing::debug!("DHT bootstrap {name}: no answer from DNS in {RESOLVE_TIMEOUT:?}");
+                failed.push(name);
             }
         }
+    }
+    // One line, and only when it matters: no bootstrap node at all (one
+    // name of several failing is no news).
+    if out.is_empty() && !failed.is_empty() {
+        failed.sort_unstable();
+        tracing::warn!("DHT bootstrap: DNS lookup failed for {}", failed.join(", "));
     }
     out.sort_unstable();
     out.dedup();

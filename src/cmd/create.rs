@@ -39,8 +39,7 @@ pub struct Args {
     no_date: bool,
     /// Piece length 2^N bytes, N in 15..=28 [default: the smallest 2^N in
     /// 32 KiB..=16 MiB that gives at most 1500 pieces]
-    #[arg(short = 'l', long = "piece-length", value_name = "N",
-          value_parser = clap::value_parser!(u32).range(15..=28))]
+    #[arg(short = 'l', long = "piece-length", value_name = "N", value_parser = parse_piece_exp)]
     piece_length: Option<u32>,
     /// Torrent name [default: the last component of PATH]
     #[arg(short, long)]
@@ -75,6 +74,30 @@ pub struct Args {
     /// Read files through a buffer instead of mapping them (for comparison)
     #[arg(long, hide = true)]
     no_mmap: bool,
+}
+
+/// `-l N`: the piece length's exponent, as mktorrent takes it; a length in
+/// bytes (as other tools take it) gets a hint with its exponent.
+fn parse_piece_exp(s: &str) -> Result<u32, String> {
+    const RANGE: std::ops::RangeInclusive<u32> = 15..=28;
+    let range = format!(
+        "piece length exponent must be between {} and {} (2^15 = 32 KiB to 2^28 = 256 MiB)",
+        RANGE.start(),
+        RANGE.end()
+    );
+    let n: u64 = s
+        .trim()
+        .parse()
+        .map_err(|_| format!("'{s}' is not a number; {range}"))?;
+    match u32::try_from(n) {
+        Ok(n) if RANGE.contains(&n) => Ok(n),
+        _ if n.is_power_of_two() && RANGE.contains(&n.trailing_zeros()) => Err(format!(
+            "{range}; for {} pieces give -l {}",
+            ui::short_size(n),
+            n.trailing_zeros()
+        )),
+        _ => Err(range),
+    }
 }
 
 fn split_urls(arg: &str) -> anyhow::Result<Vec<String>> {

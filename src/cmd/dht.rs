@@ -35,7 +35,7 @@ pub struct Args {
     /// UDP address to serve on; once more with an address of the other
     /// family for a dual-stack node (BEP 32), e.g. --listen 0.0.0.0:6881
     /// --listen [::]:6881 [default: 0.0.0.0:6881; get-peers: any free port]
-    #[arg(long, value_name = "ADDR", global = true)]
+    #[arg(long, value_name = "ADDR", global = true, value_parser = super::parse_listen)]
     listen: Vec<SocketAddr>,
     /// A node to join the DHT through (HOST:PORT, repeatable); 'none' for
     /// no bootstrap node [default: the public routers libtorrent and

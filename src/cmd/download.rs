@@ -16,6 +16,7 @@ use torrent_format::{Magnet, Metainfo};
 
 use super::magnet;
 use super::swarm::{self, NetArgs, Torrent, Until};
+use super::usage;
 use crate::ui;
 
 const EXAMPLES: &str = "\
@@ -132,16 +133,29 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         .filter(|s| matches!(s, Source::Magnet(_)))
         .count();
     if args.metadata_only && magnets != sources.len() {
-        bail!("--metadata-only fetches the metadata of magnets: give only magnet links with it");
+        usage!("--metadata-only fetches the metadata of magnets: give only magnet links with it");
     }
     if args.save_torrent.is_some() && (magnets != 1 || sources.len() != 1) {
-        bail!("--save-torrent writes one magnet's torrent: give a single magnet link with it");
+        usage!("--save-torrent writes one magnet's torrent: give a single magnet link with it");
+    }
+    if !args.only.is_empty() && sources.len() > 1 {
+        usage!("--only names files of one torrent: give a single torrent with it");
+    }
+    if args.output.exists() && !args.output.is_dir() {
+        bail!(
+            "{} is not a directory (-o names the directory to download into)",
+            args.output.display()
+        );
     }
     // Files first: a typo in a path is an error before any network work.
     let mut loaded = Vec::new();
     for s in &sources {
         loaded.push(match s {
-            Source::File(p) => Some(super::load_torrent(p)?),
+            Source::File(p) => {
+                let meta = super::load_torrent(p)?;
+                check_only(&args.only, &meta.info)?;
+                Some(meta)
+            }
             Source::Magnet(_) => None,
         });
     }
@@ -280,7 +294,7 @@ fn prepare_all(args: &Args, metas: Vec<(Metainfo, Learned)>) -> anyhow::Result<V
         );
     }
     if !args.only.is_empty() && metas.len() > 1 {
-        bail!("--only names files of one torrent: give a single torrent with it");
+        usage!("--only names files of one torrent: give a single torrent with it");
     }
     std::fs::create_dir_all(&args.output)
         .with_context(|| format!("cannot create {}", args.output.display()))?;
@@ -305,12 +319,8 @@ type Ready = (Arc<torrent_format::Info>, Storage, Bitfield, client::Config);
 fn prepare(args: &Args, meta: Metainfo, extra_peers: &[SocketAddr]) -> anyhow::Result<Ready> {
     let info = Arc::new(meta.info.clone());
     let files = info.files().len();
-    if let Some(bad) = args.only.iter().find(|&&i| i >= files) {
-        bail!(
-            "--only {bad}: the torrent has {files} file(s), numbered 0 to {}",
-            files - 1
-        );
-    }
+    // A magnet's torrent is only known here.
+    check_only(&args.only, &info)?;
     let wanted_files = (!args.only.is_empty()).then(|| {
         let only: HashSet<usize> = args.only.iter().copied().collect();
         (0..files).map(|i| only.contains(&i)).collect::<Vec<bool>>()
@@ -389,6 +399,22 @@ fn prepare(args: &Args, meta: Metainfo, extra_peers: &[SocketAddr]) -> anyhow::R
         );
     }
     Ok((info, storage, have, config))
+}
+
+/// `--only` indices must name files of the torrent: a usage error (exit
+/// status 2) otherwise, before any file is touched.
+fn check_only(only: &[usize], info: &torrent_format::Info) -> anyhow::Result<()> {
+    let files = info.files().len();
+    if let Some(bad) = only.iter().find(|&&i| i >= files) {
+        if files == 1 {
+            usage!("--only {bad}: the torrent has 1 file, numbered 0");
+        }
+        usage!(
+            "--only {bad}: the torrent has {files} files, numbered 0 to {}",
+            files - 1
+        );
+    }
+    Ok(())
 }
 
 #[cfg(test)]

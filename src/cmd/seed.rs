@@ -130,6 +130,13 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let mut ready = Vec::new();
     for job in jobs {
         let info = Arc::new(job.meta.info.clone());
+        if let Err(e) = super::verify::check_content_kind(&info, &job.content) {
+            if !several {
+                return Err(e.context("refusing to seed"));
+            }
+            tracing::warn!("not seeding {}: {e}", info.name());
+            continue;
+        }
         // Stamps before any reading: a file changed while it is hashed has
         // a newer mtime than the one remembered, so it is checked next time.
         let stamps = storage::stamps_at(&info, &job.content);
@@ -168,7 +175,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
                 if !several {
                     bail!("refusing to seed: {why}");
                 }
-                eprintln!("shoal: not seeding {}: {why}", info.name());
+                tracing::warn!("not seeding {}: {why}", info.name());
                 continue;
             }
             remember_checked(&info, &job.content, &stamps);

@@ -38,8 +38,8 @@ SIGHUP re-reads --whitelist and --keys; Ctrl-C or SIGTERM stops gracefully.";
 #[command(after_help = EXAMPLES)]
 pub struct Args {
     /// Address to listen on, HTTP on TCP and BEP 15 on UDP (repeatable, e.g.
-    /// once for IPv4 and once for IPv6)
-    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:6969")]
+    /// once for IPv4 and once for IPv6); a host name is resolved now
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:6969", value_parser = super::parse_listen)]
     listen: Vec<SocketAddr>,
     /// Serve no UDP tracker (BEP 15)
     #[arg(long, conflicts_with = "no_http")]

@@ -53,10 +53,27 @@ pub fn content_path(info: &Info, path: Option<PathBuf>) -> PathBuf {
     path
 }
 
+/// Fails when the content's kind cannot match the torrent's: a file for
+/// a torrent of a directory (every file would be "unreadable").
+pub fn check_content_kind(info: &Info, content: &Path) -> anyhow::Result<()> {
+    if info.is_multi_file() && content.is_file() {
+        let files = info.files().len();
+        anyhow::bail!(
+            "{} is a file, but this torrent is a directory ('{}', {} file{}): give that directory, or the one that holds it",
+            content.display(),
+            info.name(),
+            files,
+            if files == 1 { "" } else { "s" }
+        );
+    }
+    Ok(())
+}
+
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let m = super::load_torrent(&args.torrent)?;
     let info = &m.info;
     let content = content_path(info, args.path);
+    check_content_kind(info, &content)?;
     let threads = args
         .threads
         .map_or_else(ui::default_threads, |t| t as usize);
