@@ -31,6 +31,24 @@ pub fn bytes_bar(total: u64, message: &'static str) -> ProgressBar {
     bar
 }
 
+/// "1 file", "4 files": a count and its noun, singular for one.
+pub fn count<T: std::fmt::Display + PartialEq + From<u8>>(n: T, noun: &str) -> String {
+    count_as(n, noun, &format!("{noun}s"))
+}
+
+/// A count with an irregular plural: "1 address", "2 addresses".
+pub fn count_as<T: std::fmt::Display + PartialEq + From<u8>>(
+    n: T,
+    one: &str,
+    many: &str,
+) -> String {
+    if n == T::from(1) {
+        format!("{n} {one}")
+    } else {
+        format!("{n} {many}")
+    }
+}
+
 /// "1.50 MiB (1572864 bytes)".
 pub fn size(bytes: u64) -> String {
     format!("{} ({bytes} bytes)", indicatif::BinaryBytes(bytes))

@@ -598,7 +598,7 @@ impl Connection {
         let learned = pex_in.take_candidates(&msg, self.ident.addr.ip());
         let added = st.add_pex_candidates(&learned);
         tracing::debug!(
-            "{}: ut_pex: {} added, {} dropped; {added} new candidate(s)",
+            "{}: ut_pex: {} added, {} dropped; new candidates: {added}",
             self.ident.addr,
             msg.added.len(),
             msg.dropped.len()

@@ -1318,7 +1318,9 @@ async fn dht_announce(shared: Arc<Shared>, dht: Arc<crate::dht::Dht>) {
                 }) => {
                     answered_by = answered;
                     tracing::debug!(
-                        "DHT: {found} peer(s), {answered} node(s) answered, announced to {announced}"
+                        "DHT: {found} peer{}, {answered} node{} answered, announced to {announced}",
+                        if found == 1 { "" } else { "s" },
+                        if answered == 1 { "" } else { "s" }
                     );
                     break;
                 }

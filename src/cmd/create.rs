@@ -153,11 +153,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
             eprintln!("adding {} ({})", f.display_path(), ui::short_size(f.length));
         }
         eprintln!(
-            "{} in {} file(s); {} pieces of {}; hashing on {threads} thread(s)",
+            "{} in {}; {} of {}; hashing on {}",
             ui::size(plan.total_length()),
-            plan.layout.files.len(),
-            plan.piece_count(),
+            ui::count(plan.layout.files.len(), "file"),
+            ui::count(plan.piece_count(), "piece"),
             ui::short_size(plan.piece_length()),
+            ui::count(threads, "thread"),
         );
     }
 
@@ -183,12 +184,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     ui::print_out(&format!(
-        "{}: {} ({} in {} file(s), {} pieces of {})\n",
+        "{}: {} ({} in {}, {} of {})\n",
         output.display(),
         m.info_hash(),
         ui::short_size(m.info.total_length()),
-        m.info.files().len(),
-        m.info.piece_count(),
+        ui::count(m.info.files().len(), "file"),
+        ui::count(m.info.piece_count(), "piece"),
         ui::short_size(m.info.piece_length()),
     ))?;
     Ok(ExitCode::SUCCESS)

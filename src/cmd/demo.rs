@@ -186,17 +186,17 @@ async fn demo(args: Args, dir: PathBuf, content: PathBuf) -> anyhow::Result<Exit
     };
     let quiet = !std::io::stderr().is_terminal();
     eprintln!(
-        "shoal demo: {} ({}, {} pieces of {}) from 1 {}seeder to {} leechers on loopback",
+        "shoal demo: {} ({}, {} of {}) from 1 {}seeder to {} on loopback",
         info.name(),
         ui::short_size(total),
-        info.piece_count(),
+        ui::count(info.piece_count(), "piece"),
         ui::short_size(info.piece_length()),
         if args.no_initial_seeding {
             ""
         } else {
             "initial "
         },
-        args.leechers,
+        ui::count(args.leechers, "leecher"),
     );
     eprintln!(
         "tracker: http://{tracker_addr}/stats   upload limit per peer: {}   files: {}",
@@ -319,10 +319,10 @@ async fn demo(args: Args, dir: PathBuf, content: PathBuf) -> anyhow::Result<Exit
     let ratio = seed_up as f64 / total.max(1) as f64;
     let traded: u64 = rows.iter().map(|r| r.3).sum();
     out.push_str(&format!(
-        "\nThe seed uploaded {} = {ratio:.2} × the content. The {} leechers got the rest, \
+        "\nThe seed uploaded {} = {ratio:.2} × the content. The {} got the rest, \
          {:.2} × the content, from each other.\n",
         ui::short_size(seed_up),
-        rows.len(),
+        ui::count(rows.len(), "leecher"),
         traded as f64 / total.max(1) as f64,
     ));
     // Every copy checked against the torrent's piece hashes.
@@ -336,10 +336,18 @@ async fn demo(args: Args, dir: PathBuf, content: PathBuf) -> anyhow::Result<Exit
         }
     }
     if bad == 0 {
+        let copies = match rows.len() {
+            1 => "The copy matches".to_string(),
+            n => format!("All {n} copies match"),
+        };
         out.push_str(&format!(
-            "All {} copies match the torrent's {} piece hashes.\n",
-            rows.len(),
-            info.piece_count()
+            "{copies} the torrent's {} piece {}.\n",
+            info.piece_count(),
+            if info.piece_count() == 1 {
+                "hash"
+            } else {
+                "hashes"
+            }
         ));
     }
     ui::print_out(&out)?;

@@ -183,7 +183,7 @@ async fn get_peers(
                     }
                     if let Some(a) = announce {
                         if !quiet {
-                            eprintln!("shoal: dht: announced port {} to {announced} node(s)", a.port);
+                            eprintln!("shoal: dht: announced port {} to {}", a.port, crate::ui::count(announced, "node"));
                         }
                         if announced > 0 {
                             return Ok(ExitCode::SUCCESS);
@@ -191,7 +191,9 @@ async fn get_peers(
                     }
                     if !quiet && (found > 0 || status.nodes > 0) {
                         eprintln!(
-                            "shoal: dht: {found} peer(s) for {hash}; {answered} node(s) answered the lookup, {} in the routing table",
+                            "shoal: dht: {} for {hash}; {} answered the lookup, {} in the routing table",
+                            crate::ui::count(found, "peer"),
+                            crate::ui::count(answered, "node"),
                             status.nodes
                         );
                     }

@@ -141,9 +141,9 @@ pub async fn resolve(
                 (false, false) => "no tracker, and the DHT is off",
             };
             bail!(
-                "no peers found for {} while fetching the metadata of magnet {hash} ({} address(es) tried); {sources} (name a peer with --peer HOST:PORT; try 'shoal dht get-peers {hash}')",
+                "no peers found for {} while fetching the metadata of magnet {hash} ({} tried); {sources} (name a peer with --peer HOST:PORT; try 'shoal dht get-peers {hash}')",
                 humantime::format_duration(opts.no_peers),
-                s.known
+                ui::count_as(s.known, "address", "addresses")
             );
         }
         view.show(&s);
@@ -163,10 +163,10 @@ pub async fn resolve(
         .with_context(|| format!("magnet {hash}: the fetched metadata makes no valid torrent"))?;
     if !quiet {
         eprintln!(
-            "shoal: metadata: {} in {} piece(s) from {} peer(s) in {:.1} s: {}",
+            "shoal: metadata: {} in {} from {} in {:.1} s: {}",
             ui::short_size(fetched.info.raw_bytes().len() as u64),
-            fetched.pieces,
-            fetched.senders,
+            ui::count(fetched.pieces, "piece"),
+            ui::count(fetched.senders, "peer"),
             started.elapsed().as_secs_f64(),
             meta.info.name()
         );
@@ -234,7 +234,7 @@ impl View {
             bar
         });
         if !quiet {
-            let name = magnet.name.as_deref().unwrap_or("(no name given)");
+            let name = magnet.name.as_deref().unwrap_or("no name given");
             eprintln!(
                 "shoal: fetching the metadata of magnet {} ({})",
                 magnet.info_hash,
@@ -254,16 +254,18 @@ impl View {
         }
         let got = match s.size {
             Some(size) => format!(
-                ", {}/{} piece(s) of {}",
+                ", {}/{} of {}",
                 s.got,
-                s.pieces,
+                ui::count(s.pieces, "piece"),
                 ui::short_size(size as u64)
             ),
             None => String::new(),
         };
         let line = format!(
-            "fetching metadata from {} peer(s) ({} connected, {} known){got}",
-            s.peers, s.connected, s.known
+            "fetching metadata from {} ({} connected, {} known){got}",
+            ui::count(s.peers, "peer"),
+            s.connected,
+            s.known
         );
         if let Some(bar) = &self.bar {
             bar.set_message(line);

@@ -136,9 +136,9 @@ fn text(s: &Shown) -> String {
     let _ = writeln!(o, "Magnet:       {}", s.magnet);
     let _ = writeln!(
         o,
-        "Size:         {} in {} file(s)",
+        "Size:         {} in {}",
         ui::size(s.total_size),
-        s.files.len()
+        ui::count(s.files.len(), "file")
     );
     let _ = writeln!(
         o,

@@ -500,8 +500,9 @@ fn summary(s: &Stats, elapsed: Duration, was_complete: bool) -> String {
     );
     if s.hash_fails > 0 {
         line.push_str(&format!(
-            ", {} piece(s) failed the hash check, {} peer(s) banned",
-            s.hash_fails, s.banned
+            ", {} failed the hash check, {} banned",
+            ui::count(s.hash_fails, "piece"),
+            ui::count(s.banned, "peer")
         ));
     }
     line
@@ -629,8 +630,17 @@ fn done(s: &Stats) -> u64 {
     s.wanted_bytes - s.left.min(s.wanted_bytes)
 }
 
+/// "3 peers (1 seed)".
+fn peers(s: &Stats) -> String {
+    format!(
+        "{} ({})",
+        ui::count(s.peers, "peer"),
+        ui::count(s.seeds, "seed")
+    )
+}
+
 fn message(s: &Stats, seeding: bool) -> String {
-    let peers = format!("{} peers ({} seeds)", s.peers, s.seeds);
+    let peers = peers(s);
     if seeding {
         format!(
             "up {}  uploaded {}  {peers}",
@@ -647,7 +657,7 @@ fn message(s: &Stats, seeding: bool) -> String {
 }
 
 fn plain_line(s: &Stats) -> String {
-    let peers = format!("{} peers ({} seeds)", s.peers, s.seeds);
+    let peers = peers(s);
     if s.complete {
         return format!(
             "seeding, up {}, uploaded {}, {peers}",

@@ -94,9 +94,10 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     let total = info.piece_count();
     if report.all_ok() {
         out.push_str(&format!(
-            "OK: {} matches {} ({total} pieces, {})\n",
+            "OK: {} matches {} ({}, {})\n",
             content.display(),
             args.torrent.display(),
+            ui::count(total, "piece"),
             ui::short_size(info.total_length())
         ));
         ui::print_out(&out)?;
@@ -104,8 +105,11 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     } else {
         let bad_files = report.files.iter().filter(|s| **s != FileState::Ok).count();
         out.push_str(&format!(
-            "FAILED: {good} of {total} pieces match; {bad_files} of {} file(s) have problems\n",
-            info.files().len()
+            "FAILED: {good} of {} {}; {bad_files} of {} {} problems\n",
+            ui::count(total, "piece"),
+            if total == 1 { "matches" } else { "match" },
+            ui::count(info.files().len(), "file"),
+            if bad_files == 1 { "has" } else { "have" }
         ));
         ui::print_out(&out)?;
         Ok(ExitCode::FAILURE)
