@@ -259,8 +259,16 @@ fn create_refuses_bad_input_with_one_clear_line() {
         (&["create", "nothing"], 1, "nothing contains no files"),
         (&["create", "dangling"], 1, "cannot read dangling"),
         (&["create", "withbad"], 1, "withbad/broken"),
-        (&["create", "f.txt", "-l", "14"], 2, "14 is not in 15..=28"),
-        (&["create", "f.txt", "-l", "29"], 2, "29 is not in 15..=28"),
+        (
+            &["create", "f.txt", "-l", "14"],
+            2,
+            "piece length exponent must be between 15 and 28",
+        ),
+        (
+            &["create", "f.txt", "-l", "29"],
+            2,
+            "piece length exponent must be between 15 and 28",
+        ),
         (
             &["create", "f.txt", "-n", "../evil"],
             1,
@@ -313,10 +321,7 @@ fn create_is_quiet_unless_verbose() {
     let out = shoal(d, &["create", "x", "-o", "v.torrent", "-v"]);
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("adding f.txt"), "{err}");
-    assert!(
-        err.contains("1 pieces of 32.00 KiB") || err.contains("pieces of 32.00 KiB"),
-        "{err}"
-    );
+    assert!(err.contains("in 1 file; 1 piece of 32.00 KiB"), "{err}");
 }
 
 #[test]
@@ -543,8 +548,8 @@ fn seed_and_download_refuse_bad_input_clearly() {
         ),
         (
             &["download", "t.torrent", "--only", "5"],
-            1,
-            "--only 5: the torrent has 1 file(s)",
+            2,
+            "--only 5: the torrent has 1 file, numbered 0",
         ),
         (
             &["download", "t.torrent", "--no-trackers"],
@@ -891,4 +896,249 @@ fn seed_trusts_data_it_checked_until_a_file_changes() {
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("refusing to seed"), "{stderr}");
+}
+
+/// The one line on stderr of a failed run: "shoal: error: …" (ours) or
+/// clap's "error: …" for usage, never a repeated cause or a bare
+/// "No such file or directory".
+fn one_error_line(args: &[&str], err: &str) {
+    let lines: Vec<&str> = err
+        .lines()
+        .filter(|l| !l.is_empty() && !l.starts_with("For more information"))
+        .collect();
+    assert_eq!(lines.len(), 1, "{args:?}: one line please:\n{err}");
+    assert!(
+        lines[0].starts_with("shoal: error: ") || lines[0].starts_with("error: "),
+        "{args:?}: {err}"
+    );
+    assert!(!err.contains("No such file"), "{args:?}: {err}");
+    assert!(err.matches("os error").count() <= 1, "{args:?}: {err}");
+}
+
+/// #16: each mistake a new user made is answered with what is wrong, and
+/// the exit status scripts expect: 2 for usage, 1 for the rest.
+#[test]
+fn mistakes_get_an_error_that_names_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("album/a.flac"), &bytes(1, 40_000));
+    write(&d.join("album/b.flac"), &bytes(2, 30_000));
+    let dead = format!("http://127.0.0.1:{}/announce", free_port());
+    shoal_ok(d, &["create", "album", "-a", &dead, "-o", "album.torrent"]);
+    write(&d.join("afile"), b"not a directory");
+    write(
+        &d.join("page.torrent"),
+        b"\n<!DOCTYPE html>\n<html><head><title>Login</title></head><body>sign in</body></html>\n",
+    );
+    let magnet = "magnet:?xt=urn:btih:0123456789abcdef0123456789abcdef01234567&dn=x";
+    let url = "https://tracker.example/download.php?id=7";
+    let cases: &[(&[&str], i32, &str)] = &[
+        (
+            &["download", "album.torrent", "-o", "afile", "--port", "0"],
+            1,
+            "afile is not a directory",
+        ),
+        (
+            &["verify", "album.torrent", "album/a.flac"],
+            1,
+            "this torrent is a directory",
+        ),
+        (
+            &["seed", "album.torrent", "album/a.flac", "--port", "0"],
+            1,
+            "this torrent is a directory",
+        ),
+        (
+            &["create", "album", "-l", "40"],
+            2,
+            "piece length exponent must be between 15 and 28",
+        ),
+        (
+            &["tracker", "--listen", "no-such-host.invalid:6969"],
+            2,
+            "give an IP address",
+        ),
+        (
+            &["download", "album.torrent", "--only", "9", "--port", "0"],
+            2,
+            "--only 9: the torrent has 2 files, numbered 0 to 1",
+        ),
+        (
+            &["show", "page.torrent"],
+            1,
+            "page.torrent: this looks like a web page (HTML), not a .torrent",
+        ),
+        (&["verify", magnet], 1, "is a magnet link"),
+        (
+            &["seed", magnet, "album", "--port", "0"],
+            1,
+            "is a magnet link",
+        ),
+        (&["show", url], 1, "is a URL"),
+        (&["verify", url], 1, "is a URL"),
+        (&["seed", url, "--port", "0"], 1, "is a URL"),
+        (&["download", url, "--port", "0"], 1, "is a URL"),
+    ];
+    for (args, code, needle) in cases {
+        let (got, err) = stderr_of(d, args);
+        assert_eq!(got, *code, "{args:?}:\n{err}");
+        assert!(err.contains(needle), "{args:?}: want {needle:?} in:\n{err}");
+        one_error_line(args, &err);
+    }
+    // Nothing was started, written or touched by the refused download.
+    assert_eq!(std::fs::read(d.join("afile")).unwrap(), b"not a directory");
+}
+
+/// #16: a port in use is said once ("Address already in use (os error
+/// 98)" used to come twice), for the peer port and the DHT's.
+#[test]
+fn a_port_in_use_is_said_once() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("data.bin"), &bytes(3, 50_000));
+    shoal_ok(d, &["create", "data.bin", "-o", "t.torrent"]);
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = tcp.local_addr().unwrap().port().to_string();
+    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let udp_port = udp.local_addr().unwrap().port().to_string();
+    // -q: the error alone (a second seed also says it trusts its check).
+    let peer = ["seed", "t.torrent", "data.bin", "--bind", "127.0.0.1", "-q"];
+    for extra in [
+        &["--port", port.as_str()][..],
+        &["--port", "0", "--dht-port", udp_port.as_str()],
+    ] {
+        let args = [&peer[..], extra].concat();
+        let out = shoal_command()
+            .args(&args)
+            .env_remove("SHOAL_NO_DHT")
+            .args(["--dht-bootstrap", "none"])
+            .env("XDG_STATE_HOME", d.join("state"))
+            .current_dir(d)
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(1), "{args:?}: {err}");
+        assert!(err.contains("cannot listen on"), "{args:?}: {err}");
+        assert_eq!(err.matches("in use").count(), 1, "{args:?}: {err}");
+        one_error_line(&args, &err);
+    }
+}
+
+/// #16: `--listen localhost:PORT` is resolved, not refused as "invalid
+/// socket address syntax".
+#[test]
+fn tracker_listen_takes_a_host_name() {
+    let (_tracker, addr) = start_tracker("localhost:0", &[]);
+    assert!(addr.ip().is_loopback(), "{addr}");
+    let (status, _) = http_get(addr, "/stats.json");
+    assert_eq!(status, 200);
+}
+
+/// #16: without -v or RUST_LOG, stderr is plain "shoal: …" lines — no
+/// timestamps, levels or module paths; a tracker that is down is named
+/// with its cause, not a 400-character announce URL; -q leaves the
+/// error alone; -v brings back the detailed format.
+#[test]
+fn logs_are_plain_lines_and_quiet_means_errors_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("data.bin"), &bytes(4, 50_000));
+    // Two tiers, both down: a UDP port and an HTTP one nobody serves; the
+    // HTTP URL carries a passkey, which is not shown.
+    let udp = format!("udp://127.0.0.1:{}", free_port());
+    let http = format!("http://127.0.0.1:{}/announce", free_port());
+    let with_key = format!("{http}?passkey=s3cret");
+    shoal_ok(
+        d,
+        &[
+            "create",
+            "data.bin",
+            "-a",
+            &udp,
+            "-a",
+            &with_key,
+            "-o",
+            "t.torrent",
+        ],
+    );
+    let run = |flags: &[&str]| {
+        let out = shoal_command()
+            .env_remove("RUST_LOG")
+            .args(["download", "t.torrent", "-o", "out", "--port", "0"])
+            .args(["--no-peers-timeout", "2s"])
+            .args(flags)
+            .current_dir(d)
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{flags:?}");
+        String::from_utf8(out.stderr).unwrap()
+    };
+
+    let err = run(&[]);
+    for line in err.lines() {
+        assert!(
+            line.starts_with("shoal: "),
+            "not a plain line: {line:?}\n{err}"
+        );
+        assert!(
+            !line.contains(" INFO ") && !line.contains(" WARN ") && !line.contains("::"),
+            "{line:?}"
+        );
+        assert!(
+            !line.starts_with("shoal: 20") && !line.contains("Z "),
+            "a timestamp: {line:?}"
+        );
+    }
+    assert!(
+        err.contains("shoal: downloading data.bin into out"),
+        "{err}"
+    );
+    assert!(
+        err.contains(&format!(
+            "shoal: warning: no tracker answered: {udp}: connection refused; {http}?…: connection refused"
+        )),
+        "{err}"
+    );
+    assert!(
+        !err.contains("s3cret") && !err.contains("info_hash"),
+        "{err}"
+    );
+    assert!(
+        err.lines()
+            .last()
+            .unwrap()
+            .starts_with("shoal: error: no peers found"),
+        "{err}"
+    );
+    assert!(!err.lines().any(|l| l.trim_end().ends_with(';')), "{err}");
+
+    let err = run(&["-q"]);
+    assert_eq!(err.lines().count(), 1, "{err}");
+    assert!(err.starts_with("shoal: error: no peers found"), "{err}");
+
+    let err = run(&["-v"]);
+    assert!(
+        err.contains(" INFO shoal::cmd::download: downloading data.bin"),
+        "{err}"
+    );
+}
+
+/// #16: counts say "1 file", "1 piece", never "file(s)".
+#[test]
+fn counts_are_singular_for_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("one.txt"), b"one");
+    let out = shoal_ok(d, &["create", "one.txt"]);
+    assert!(
+        out.contains("(3 B in 1 file, 1 piece of 32.00 KiB)"),
+        "{out}"
+    );
+    let show = shoal_ok(d, &["show", "one.txt.torrent"]);
+    assert!(show.contains("in 1 file\n"), "{show}");
+    let ok = shoal_ok(d, &["verify", "one.txt.torrent", "one.txt"]);
+    assert!(ok.contains("(1 piece, 3 B)"), "{ok}");
+    for text in [&out, &show, &ok] {
+        assert!(!text.contains("(s)"), "{text}");
+    }
 }
