@@ -4,7 +4,9 @@
 //! store, no sockets; bytes per peer = RSS growth / peers. Quicker than
 //! the script for trying a layout, and close to what it measures; RSS grows
 //! in 2 MiB steps here (mimalloc backs its arenas with transparent huge
-//! pages), so figures move by about 2 bytes/peer at a time.
+//! pages), so figures move by about 2 bytes/peer at a time. Also prints
+//! the fill's time per announce: joins to small swarms, where
+//! `store_bench` times big ones.
 //!
 //!   cargo run --release -p tracker --example store_mem [SWARMS]
 use std::net::{IpAddr, Ipv4Addr};
@@ -37,6 +39,7 @@ fn main() {
     let hashes: Vec<InfoHash> = (0..swarms).map(|_| InfoHash(rng.random())).collect();
     let store = MemoryStore::default();
     let r0 = rss_kib();
+    let t0 = std::time::Instant::now();
     for h in &hashes {
         for j in 0..per {
             let who = Announcer {
@@ -48,11 +51,12 @@ fn main() {
             store.announce(*h, who, 0, 50, true).unwrap();
         }
     }
+    let ns = t0.elapsed().as_nanos() as f64 / (swarms * per) as f64;
     let r1 = rss_kib();
     let st = store.stats(1);
     let peers = (st.seeders + st.leechers) as f64;
     println!(
-        "{} swarms, {peers} peers: RSS +{:.1} MiB = {:.1} bytes/peer (peer_heap_bytes {:.1} bytes/peer)",
+        "{} swarms, {peers} peers: RSS +{:.1} MiB = {:.1} bytes/peer (peer_heap_bytes {:.1} bytes/peer); {ns:.0} ns/announce",
         st.swarms,
         (r1 - r0) as f64 / 1024.0,
         (r1 - r0) as f64 * 1024.0 / peers,
