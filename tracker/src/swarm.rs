@@ -13,9 +13,10 @@
 //! download count). Sets of more than [`INDEX_AT`] peers also keep a hash
 //! index, 8–32 bytes per peer (a `u32` per bucket, at most half full).
 //! With bench/tracker.sh's 1 M peers in 100 k swarms of 10 a peer costs
-//! 16.8 bytes of RSS in all (swarm map included), opentracker 25.3: 0.66 ×
-//! (it was 34–37.5, 1.35–1.48 ×, with two vectors per swarm and 12-byte
-//! peers).
+//! 14.2 bytes of RSS in all, swarm map included (median of 7 runs,
+//! 13.9–17.2: mimalloc's RSS grows in 2 MiB steps), opentracker 25.4:
+//! 0.56 × (it was 33.5–37.5 bytes, 1.35–1.48 ×, with a 104-byte swarm, two
+//! vectors per swarm and 12-byte peers).
 
 use std::hash::Hash;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
