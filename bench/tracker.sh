@@ -7,6 +7,7 @@
 #        TRACKER_CPUS=0 WRK_CPUS=1 SHOAL_THREADS=(1 if pinned, else cores)
 #        FILL_SWARMS=100000 FILL_PER=10 FILL_TIMEOUT=180 OT_MEMORY=1 MEMORY=1
 #        CPU_CAP=50 CAP_ROUNDS=5 CEILING=1
+#   ROUNDS=0 CAP_ROUNDS=0: the memory part only (no throughput runs).
 #
 # Throughput: HASHES random info hashes (opentracker's whitelist; shoal
 # gets the same file as --whitelist so both check every announce against
@@ -341,9 +342,11 @@ bench() {
     stop_pid "$pid"
 }
 
-echo "== throughput: $ROUNDS round(s) of ${WARMUP} s warm-up + ${DURATION} s, 1 wrk thread, $CONNS connections"
-echo "   (opentracker closes each connection without a 'Connection: close' header, so wrk learns it"
-echo "    only when its next request on that socket fails: ~1 read error per announce is expected there)"
+if [ "$ROUNDS" -gt 0 ]; then
+    echo "== throughput: $ROUNDS round(s) of ${WARMUP} s warm-up + ${DURATION} s, 1 wrk thread, $CONNS connections"
+    echo "   (opentracker closes each connection without a 'Connection: close' header, so wrk learns it"
+    echo "    only when its next request on that socket fails: ~1 read error per announce is expected there)"
+fi
 # One round: the three runs, in an order that rotates from round to round
 # (back-to-back runs on this VM are not independent: which one goes first
 # in a round must not favour one tracker).
@@ -363,6 +366,8 @@ done
 
 summary() { # SUFFIX TITLE
     local x=$1
+    # No rounds of this kind ran (ROUNDS=0 or CAP_ROUNDS=0): nothing to sum up.
+    [ -s "$TMP/shoal-close$x.rps" ] || return 0
     local sc oc sk scu ocu sku
     sc=$(median <"$TMP/shoal-close$x.rps")
     oc=$(median <"$TMP/opentracker-close$x.rps")
@@ -405,7 +410,7 @@ summary() { # SUFFIX TITLE
 # loopback the client pays for most of each TCP handshake and teardown),
 # and announces/s then measures the client. With the cap, announces/s
 # measures what a tracker gets done with a given amount of CPU.
-if [ -n "$CPU_CAP" ] && [ -n "$TRACKER_CPUS" ]; then
+if [ -n "$CPU_CAP" ] && [ -n "$TRACKER_CPUS" ] && [ "$CAP_ROUNDS" -gt 0 ]; then
     echo
     echo "== throughput with each tracker held to ${CPU_CAP}% of its core: $CAP_ROUNDS round(s)"
     make_cgroup

@@ -19,7 +19,7 @@ use rand::SeedableRng;
 use serde::Serialize;
 use torrent_format::InfoHash;
 
-use crate::swarm::{AnnounceOutcome, Announcer, Swarm};
+use crate::swarm::{AnnounceOutcome, Announcer, Swarm, MAX_PEER_AGE};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 pub struct ScrapeEntry {
@@ -85,6 +85,16 @@ const SHARDS: usize = 64;
 
 type SwarmMap = HashMap<InfoHash, Swarm, RandomState>;
 
+/// One shard's swarms.
+#[derive(Default)]
+struct Shard {
+    swarms: SwarmMap,
+    /// The latest `now` an announce brought here: no peer in this shard
+    /// was last seen after it. Peers keep their last-seen second in 16
+    /// bits, so a sweep measures ages from here (see `sweep`).
+    now: u32,
+}
+
 /// Bounds on what hostile (or just many) clients can make the store hold.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -102,7 +112,7 @@ impl Default for Limits {
 }
 
 pub struct MemoryStore {
-    shards: Box<[Mutex<SwarmMap>]>,
+    shards: Box<[Mutex<Shard>]>,
     /// Keyed at random, so clients cannot aim their swarms at one shard.
     shard_hasher: RandomState,
     limits: Limits,
@@ -133,9 +143,7 @@ fn adjust(counter: &AtomicUsize, before: usize, after: usize) {
 impl MemoryStore {
     pub fn new(limits: Limits) -> MemoryStore {
         MemoryStore {
-            shards: (0..SHARDS)
-                .map(|_| Mutex::new(SwarmMap::default()))
-                .collect(),
+            shards: (0..SHARDS).map(|_| Mutex::default()).collect(),
             shard_hasher: RandomState::default(),
             limits,
             swarms: AtomicUsize::new(0),
@@ -144,7 +152,7 @@ impl MemoryStore {
         }
     }
 
-    fn shard(&self, h: &InfoHash) -> std::sync::MutexGuard<'_, SwarmMap> {
+    fn shard(&self, h: &InfoHash) -> std::sync::MutexGuard<'_, Shard> {
         let i = self.shard_hasher.hash_one(h) as usize % SHARDS;
         // A poisoned shard only means a panic elsewhere mid-update; the
         // swarm data is still structurally valid, so keep serving.
@@ -165,10 +173,12 @@ impl SwarmStore for MemoryStore {
         numwant: usize,
         compact: bool,
     ) -> Result<AnnounceOutcome, Full> {
-        let mut shard = self.shard(&info_hash);
+        let mut guard = self.shard(&info_hash);
+        let shard = &mut *guard;
+        shard.now = shard.now.max(now);
         let stopping = who.event == crate::request::Event::Stopped;
         // One hash lookup for the swarm, found or made.
-        let (swarm, new_swarm) = match shard.entry(info_hash) {
+        let (swarm, new_swarm) = match shard.swarms.entry(info_hash) {
             std::collections::hash_map::Entry::Occupied(o) => (o.into_mut(), false),
             std::collections::hash_map::Entry::Vacant(v) => {
                 if stopping {
@@ -187,7 +197,7 @@ impl SwarmStore for MemoryStore {
             && !swarm.contains(who.ip, who.port)
         {
             if new_swarm {
-                shard.remove(&info_hash);
+                shard.swarms.remove(&info_hash);
             }
             return Err(Full::Peers);
         }
@@ -197,7 +207,7 @@ impl SwarmStore for MemoryStore {
         adjust(&self.leechers, l0, swarm.incomplete());
         let empty = swarm.is_empty();
         if empty {
-            shard.remove(&info_hash);
+            shard.swarms.remove(&info_hash);
         }
         match (new_swarm, empty) {
             (true, false) => self.swarms.fetch_add(1, Ordering::Relaxed),
@@ -212,7 +222,7 @@ impl SwarmStore for MemoryStore {
             .iter()
             .map(|h| {
                 let shard = self.shard(h);
-                shard.get(h).map_or(
+                shard.swarms.get(h).map_or(
                     ScrapeEntry {
                         complete: 0,
                         incomplete: 0,
@@ -221,30 +231,44 @@ impl SwarmStore for MemoryStore {
                     |s| ScrapeEntry {
                         complete: s.complete(),
                         incomplete: s.incomplete(),
-                        downloaded: s.downloaded,
+                        downloaded: s.downloaded(),
                     },
                 )
             })
             .collect()
     }
 
+    /// Peers hold their last-seen second modulo 2^16, so ages are
+    /// measured from each shard's latest announce (no peer there is
+    /// newer): a peer is older than `cutoff` when its age exceeds
+    /// `shard.now - cutoff`, and if the shard has heard nothing since
+    /// `cutoff`, every peer in it is. Exact while that age limit is under
+    /// [`MAX_PEER_AGE`] (a timeout of 16 h; longer ones are cut to it) and
+    /// sweeps come at least every 2.2 h (the server's come every minute).
     fn sweep(&self, cutoff: u32) -> usize {
         let mut dropped = 0;
         for shard in self.shards.iter() {
-            let mut shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            let before = shard.len();
-            shard.retain(|_, swarm| {
-                let (s, l) = swarm.expire(cutoff);
+            let mut guard = shard.lock().unwrap_or_else(|p| p.into_inner());
+            let shard = &mut *guard;
+            let swarms = &mut shard.swarms;
+            let before = swarms.len();
+            let now = shard.now;
+            let max_age = now.checked_sub(cutoff).map(|age| age.min(MAX_PEER_AGE));
+            swarms.retain(|_, swarm| {
+                let (s, l) = match max_age {
+                    Some(max_age) => swarm.expire(now, max_age),
+                    None => (swarm.complete(), swarm.incomplete()),
+                };
                 self.seeders.fetch_sub(s, Ordering::Relaxed);
                 self.leechers.fetch_sub(l, Ordering::Relaxed);
                 dropped += s + l;
-                !swarm.is_empty()
+                max_age.is_some() && !swarm.is_empty()
             });
             self.swarms
-                .fetch_sub(before - shard.len(), Ordering::Relaxed);
-            if shard.capacity() > 64 && shard.len() < shard.capacity() / 4 {
-                let target = shard.capacity() / 2;
-                shard.shrink_to(target);
+                .fetch_sub(before - swarms.len(), Ordering::Relaxed);
+            if swarms.capacity() > 64 && swarms.len() < swarms.capacity() / 4 {
+                let target = swarms.capacity() / 2;
+                swarms.shrink_to(target);
             }
         }
         dropped
@@ -267,15 +291,15 @@ impl SwarmStore for MemoryStore {
         };
         for shard in self.shards.iter() {
             let shard = shard.lock().unwrap_or_else(|p| p.into_inner());
-            for (h, s) in shard.iter() {
-                st.downloaded += s.downloaded;
+            for (h, s) in shard.swarms.iter() {
+                st.downloaded += s.downloaded();
                 st.peer_heap_bytes += s.heap_bytes();
                 biggest.push((
                     s.peer_count(),
                     *h,
                     s.complete(),
                     s.incomplete(),
-                    s.downloaded,
+                    s.downloaded(),
                 ));
                 if biggest.len() >= top * 4 {
                     biggest.sort_unstable_by(by_size);
@@ -379,6 +403,36 @@ mod tests {
             .unwrap();
         let st = store.stats(0);
         assert_eq!((st.swarms, st.seeders, st.leechers), (0, 0, 0));
+    }
+
+    /// Peers keep their last-seen second in 16 bits: sweeps are exact
+    /// across a wrap of that clock, a shard that has heard nothing since
+    /// the cutoff loses everyone, and no peer outlives MAX_PEER_AGE.
+    #[test]
+    fn sweeps_are_exact_across_the_16_bit_clock() {
+        let store = MemoryStore::default();
+        let (a, b) = (InfoHash([1; 20]), InfoHash([2; 20]));
+        let ann = |h, port, seeder, now| {
+            store
+                .announce(h, who(port, seeder, Event::Started), now, 50, true)
+                .unwrap()
+        };
+        let t = 5 * 65536 - 20;
+        ann(a, 1, false, t);
+        ann(a, 2, false, t + 30);
+        ann(b, 3, true, t + 10);
+        assert_eq!(store.sweep(t + 5), 1);
+        assert_eq!(store.sweep(t + 20), 1);
+        let st = store.stats(0);
+        assert_eq!((st.swarms, st.seeders, st.leechers), (1, 0, 1));
+        assert_eq!(store.sweep(t + 1_000_000), 1);
+        let st = store.stats(0);
+        assert_eq!((st.swarms, st.seeders, st.leechers), (0, 0, 0));
+        // A timeout beyond MAX_PEER_AGE is cut to it.
+        ann(a, 1, false, 100);
+        ann(a, 2, false, 100 + MAX_PEER_AGE + 1);
+        assert_eq!(store.sweep(0), 1);
+        assert_eq!(store.scrape(&[a])[0].incomplete, 1);
     }
 
     #[test]
