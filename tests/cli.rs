@@ -1142,3 +1142,21 @@ fn counts_are_singular_for_one() {
         assert!(!text.contains("(s)"), "{text}");
     }
 }
+
+/// The in-memory store keeps peers' ages in 16 bits: a longer timeout is a
+/// usage error, not silently cut.
+#[test]
+fn a_peer_timeout_beyond_the_memory_stores_reach_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    for args in [&["--peer-timeout", "17h"][..], &["--interval", "10h"][..]] {
+        let out = shoal_command()
+            .args(["tracker", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .current_dir(dir.path())
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(stderr.contains("16h or less"), "{stderr}");
+    }
+}

@@ -153,6 +153,22 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         );
     }
     let peer_timeout = args.peer_timeout.unwrap_or(args.interval.saturating_mul(2));
+    // The in-memory store keeps peers' ages in 16 bits of seconds (8-byte
+    // IPv4 peers); Redis scores them by absolute time.
+    let max_age = tracker::swarm::MAX_PEER_AGE;
+    if args.store == "memory" && peer_timeout > max_age {
+        super::usage!(
+            "--peer-timeout {} is longer than the in-memory store keeps peers ({} h): give {}h or less{}",
+            humantime::format_duration(Duration::from_secs(peer_timeout.into())),
+            max_age / 3600,
+            max_age / 3600,
+            if args.peer_timeout.is_none() {
+                " (it is 2 × --interval unless given)"
+            } else {
+                ""
+            }
+        );
+    }
     if peer_timeout <= args.interval {
         tracing::warn!(
             "--peer-timeout ({peer_timeout} s) is not longer than --interval ({} s): \
