@@ -137,10 +137,12 @@ run() {
     redis-2) rcli flushall >/dev/null; start_shoal "$STORE"; urls=("$URL"); start_shoal "$STORE"; urls+=("$URL") ;;
     esac
     local conns=$((CONNS / ${#urls[@]}))
-    [ "$round" = 1 ] && for url in "${urls[@]}"; do
-        printf '  %-8s sample announces (the 2nd peer of each swarm must be told of the 1st): ' "$name"
-        "${HELPER[@]}" verify "$url" "$HASHFILE" 20
-    done
+    if [ "$round" = 1 ]; then
+        for url in "${urls[@]}"; do
+            printf '  %-8s sample announces (the 2nd peer of each swarm must be told of the 1st): ' "$name"
+            "${HELPER[@]}" verify "$url" "$HASHFILE" 20
+        done
+    fi
     local i=0
     for url in "${urls[@]}"; do
         "${WRK_PIN[@]}" wrk -t1 -c"$conns" -d"${WARMUP}s" -s "$HERE/announce.lua" "$url" \
@@ -204,7 +206,9 @@ run() {
         printf '  round %d %-8s %8d announces/s; per announce: %s EVALSHA, %s store round trips (instances'"'"' count)\n' \
             "$round" "$name" "$rps" "$(awk -v e="$evalsha" -v a="$ann" 'BEGIN { printf "%.3f", e / a }')" \
             "$(awk -v c=$((c1 - c0)) -v a="$ann" 'BEGIN { printf "%.3f", c / a }')"
-        [ "$round" = 1 ] && echo "           run inside Redis by the script (no round trips): ${inside%, }"
+        if [ "$round" = 1 ]; then
+            echo "           run inside Redis by the script (no round trips): ${inside%, }"
+        fi
     fi
 }
 
