@@ -39,7 +39,7 @@ pub fn init(verbose: u8, quiet: bool) {
         })
     };
     let builder = tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
+        .with_writer(|| LineOverBars(Vec::new()))
         .with_env_filter(filter);
     if from_env || verbose > 0 {
         builder.with_ansi(std::io::stderr().is_terminal()).init();
@@ -74,5 +74,33 @@ where
         write!(writer, "shoal: {level}")?;
         ctx.field_format().format_fields(writer.by_ref(), event)?;
         writeln!(writer)
+    }
+}
+
+/// A log line on stderr, written whole with any progress bar cleared
+/// first and drawn again after (so no stale copy of a bar stays on
+/// screen, and no line is cut into one).
+struct LineOverBars(Vec<u8>);
+
+impl std::io::Write for LineOverBars {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.extend_from_slice(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl Drop for LineOverBars {
+    fn drop(&mut self) {
+        if self.0.is_empty() {
+            return;
+        }
+        let line = std::mem::take(&mut self.0);
+        crate::ui::suspend(|| {
+            let _ = std::io::Write::write_all(&mut std::io::stderr().lock(), &line);
+        });
     }
 }

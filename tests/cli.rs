@@ -5,6 +5,7 @@
 mod common;
 
 use std::path::Path;
+use std::process::Command;
 
 use common::*;
 
@@ -1159,4 +1160,115 @@ fn a_peer_timeout_beyond_the_memory_stores_reach_is_refused() {
         assert_eq!(out.status.code(), Some(2), "{args:?}: {stderr}");
         assert!(stderr.contains("16h or less"), "{stderr}");
     }
+}
+
+/// What a user sees on an 80-column terminal: `shoal download` under
+/// tmux, its tracker refusing connections. The bar stays one intact line
+/// that says why nothing moves, the tracker's warning is a line of its own
+/// (not cut into the bar, no stale bar copies), and after Ctrl-C no
+/// fragment of the bar remains.
+#[test]
+fn the_bar_on_an_80_column_terminal_says_why_nothing_moves() {
+    if !have("tmux") {
+        assert!(!interop_required(), "tmux is missing (Debian package tmux)");
+        eprintln!("SKIPPED: tmux is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("data.bin"), &bytes(3, 3 << 20));
+    // A port nobody listens on: connections are refused.
+    let refused = free_port();
+    let announce = format!("http://127.0.0.1:{refused}/announce");
+    shoal_ok(
+        d,
+        &["create", "data.bin", "-a", &announce, "-o", "t.torrent"],
+    );
+    let sock = d.join("tmux.sock");
+    let tmux = |args: &[&str]| {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("run tmux");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let command = format!(
+        "cd '{}' && env SHOAL_NO_DHT=1 XDG_STATE_HOME='{}' '{}' download t.torrent -o out --port 0; echo EXITED $?; sleep 30",
+        d.display(),
+        d.join("state").display(),
+        SHOAL
+    );
+    tmux(&[
+        "new-session",
+        "-d",
+        "-x",
+        "80",
+        "-y",
+        "24",
+        "-s",
+        "t",
+        &command,
+    ]);
+    struct Kill<'a>(&'a Path);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .arg("-S")
+                .arg(self.0)
+                .arg("kill-server")
+                .status();
+        }
+    }
+    let _kill = Kill(&sock);
+    // Joined lines (-J): a line that wrapped comes back as one longer line.
+    let screen = || tmux(&["capture-pane", "-p", "-J", "-t", "t"]);
+    let mut shown = String::new();
+    wait_for(30, "the bar to say why nothing moves", || {
+        shown = screen();
+        shown
+            .lines()
+            .any(|l| l.contains("no peers yet: tracker connection refused; next try in"))
+    });
+    eprintln!("screen:\n{shown}");
+    let lines: Vec<&str> = shown.lines().filter(|l| !l.trim().is_empty()).collect();
+    for l in &lines {
+        assert!(l.chars().count() <= 80, "a line wrapped: {l:?}");
+    }
+    let bars: Vec<&&str> = lines
+        .iter()
+        .filter(|l| l.contains("no peers yet"))
+        .collect();
+    assert_eq!(bars.len(), 1, "one bar, no stale copies:\n{shown}");
+    assert!(bars[0].trim_start().starts_with("0% ["), "{}", bars[0]);
+    let warnings: Vec<&&str> = lines.iter().filter(|l| l.contains("warning:")).collect();
+    assert_eq!(warnings.len(), 1, "{shown}");
+    assert!(
+        warnings[0].starts_with("shoal: warning: tracker http://127.0.0.1:"),
+        "the warning is a line of its own: {}",
+        warnings[0]
+    );
+    assert!(!warnings[0].contains('%'), "{}", warnings[0]);
+    // Ctrl-C: the bar goes, the summary stays.
+    tmux(&["send-keys", "-t", "t", "C-c"]);
+    wait_for(20, "shoal to exit", || {
+        shown = screen();
+        shown.contains("EXITED")
+    });
+    eprintln!("after Ctrl-C:\n{shown}");
+    assert!(shown.contains("EXITED 130"), "{shown}");
+    assert!(
+        !shown.contains("no peers yet"),
+        "a bar fragment remains:\n{shown}"
+    );
+    assert!(
+        shown.contains("shoal: incomplete: 0 B of 3.00 MiB"),
+        "{shown}"
+    );
 }

@@ -610,6 +610,9 @@ pub(crate) struct Shared {
     pub wanted_bytes: u64,
     fatal: Mutex<Option<String>>,
     saving: AtomicBool,
+    /// Why the trackers gave no peers last time, and when they are asked
+    /// again (for the progress display); `None` after an answer.
+    tracker_problem: Mutex<Option<(String, std::time::Instant)>>,
 }
 
 impl Shared {
@@ -782,6 +785,9 @@ pub struct Stats {
     pub hash_fails: u64,
     pub banned: usize,
     pub complete: bool,
+    /// Why no tracker answered the last announce, and how long until the
+    /// next try; `None` when the last one answered (or none was asked).
+    pub tracker_problem: Option<(String, Duration)>,
 }
 
 /// One connected peer, for the user.
@@ -860,6 +866,7 @@ impl Session {
             config,
             fatal: Mutex::new(None),
             saving: AtomicBool::new(false),
+            tracker_problem: Mutex::new(None),
             engine,
         });
         shared.add_candidates(shared.config.peers.clone(), true);
@@ -946,6 +953,18 @@ impl Session {
             hash_fails: st.hash_fails,
             banned: st.banned_ids.len(),
             complete: st.is_complete(),
+            tracker_problem: self
+                .shared
+                .tracker_problem
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .as_ref()
+                .map(|(why, at)| {
+                    (
+                        why.clone(),
+                        at.saturating_duration_since(std::time::Instant::now()),
+                    )
+                }),
         }
     }
 
@@ -1385,6 +1404,10 @@ async fn announce(shared: Arc<Shared>) {
         let wait = match result {
             Ok((url, r)) => {
                 failures = 0;
+                *shared
+                    .tracker_problem
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) = None;
                 let shown = tracker::shown_url(&url);
                 tracing::debug!(
                     "tracker {shown}: {} peers, next announce in {:?}",
@@ -1418,13 +1441,19 @@ async fn announce(shared: Arc<Shared>) {
             Err(e) => {
                 failures += 1;
                 let text = e.to_string();
+                let wait = Duration::from_secs((15u64 << failures.min(5)).min(300));
+                *shared
+                    .tracker_problem
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner()) =
+                    Some((text.clone(), std::time::Instant::now() + wait));
                 if said.as_deref() == Some(text.as_str()) {
                     tracing::debug!("{text}");
                 } else {
                     tracing::warn!("{text}");
                     said = Some(text);
                 }
-                Duration::from_secs((15u64 << failures.min(5)).min(300))
+                wait
             }
         };
         tokio::select! {

@@ -258,16 +258,21 @@ pub struct Torrent {
     pub was_complete: bool,
     /// When it completed in this run.
     pub completed: Option<Duration>,
+    /// Bytes of wanted pieces already verified when the run started (a
+    /// resume): not fetched by this run, so not in its rate.
+    pub already: u64,
 }
 
 impl Torrent {
     pub fn new(session: Session) -> Torrent {
         let was_complete = session.is_complete();
+        let s = session.stats();
         Torrent {
             name: session.info().name().to_string(),
             session,
             was_complete,
             completed: None,
+            already: s.wanted_bytes - s.left.min(s.wanted_bytes),
         }
     }
 }
@@ -308,11 +313,7 @@ pub async fn run(
         for (t, s) in torrents.iter_mut().zip(&stats) {
             if s.complete && t.completed.is_none() && !t.was_complete {
                 t.completed = Some(started.elapsed());
-                let line = format!(
-                    "download complete: {} in {}",
-                    ui::short_size(s.wanted_bytes),
-                    secs(started.elapsed())
-                );
+                let line = format!("download complete: {}", fetched(t, s));
                 view.println(&if stats.len() > 1 {
                     format!("{}: {line}", t.name)
                 } else {
@@ -373,15 +374,24 @@ pub async fn run(
     for t in torrents {
         let stats = t.session.stats();
         let info_hash = t.session.info_hash();
+        let line = summary(&t, &stats, elapsed);
+        let download_secs = t.completed.unwrap_or(elapsed).as_secs_f64();
         let result = t.session.shutdown().await;
-        results.push((t.name, t.was_complete, info_hash, stats, result));
+        results.push((
+            t.name,
+            info_hash,
+            stats,
+            result,
+            line,
+            download_secs,
+            t.already,
+        ));
     }
     engine.shutdown().await;
     let mut errors = Vec::new();
     let mut incomplete = false;
-    for (name, was_complete, info_hash, stats, result) in &results {
+    for (name, info_hash, stats, result, line, download_secs, already) in &results {
         if !net.quiet {
-            let line = summary(stats, elapsed, *was_complete);
             if several {
                 eprintln!("shoal: {name}: {line}");
             } else {
@@ -396,7 +406,9 @@ pub async fn run(
                 "downloaded": stats.downloaded,
                 "uploaded": stats.uploaded,
                 "size": stats.wanted_bytes,
+                "already": already,
                 "seconds": elapsed.as_secs_f64(),
+                "download_seconds": download_secs,
                 "hash_fails": stats.hash_fails,
                 "banned": stats.banned,
             });
@@ -484,20 +496,52 @@ fn rate(bytes_per_sec: u64) -> String {
     format!("{}/s", ui::short_size(bytes_per_sec))
 }
 
-fn summary(s: &Stats, elapsed: Duration, was_complete: bool) -> String {
+/// "394.50 MiB fetched in 14.1 s (27.98 MiB/s), 205.50 MiB already here":
+/// what this run fetched of a torrent completed in it, in the time it
+/// took (not counting the seeding after).
+fn fetched(t: &Torrent, s: &Stats) -> String {
+    let took = t.completed.unwrap_or_default();
+    let got = s.wanted_bytes.saturating_sub(t.already);
+    let mut line = format!(
+        "{} fetched in {} ({})",
+        ui::short_size(got),
+        secs(took),
+        rate((got as f64 / took.as_secs_f64().max(1e-3)) as u64)
+    );
+    if t.already > 0 {
+        line.push_str(&format!(", {} already here", ui::short_size(t.already)));
+    }
+    line
+}
+
+/// The one summary of a torrent's run: the download (its own time and
+/// rate, what this run fetched and what was already there), then the
+/// seeding part.
+fn summary(t: &Torrent, s: &Stats, elapsed: Duration) -> String {
     let ratio = s.uploaded as f64 / s.wanted_bytes.max(1) as f64;
     let up = format!("uploaded {} (ratio {ratio:.2})", ui::short_size(s.uploaded));
-    if was_complete {
-        return format!("seeded for {}, {up}", secs(elapsed));
-    }
-    let avg = (s.downloaded as f64 / elapsed.as_secs_f64().max(1e-3)) as u64;
-    let state = if s.complete { "complete" } else { "incomplete" };
-    let mut line = format!(
-        "{state}: downloaded {} in {} ({}), {up}",
-        ui::short_size(s.downloaded),
-        secs(elapsed),
-        rate(avg)
-    );
+    let mut line = match t.completed {
+        _ if t.was_complete => format!("complete, seeded for {}, {up}", secs(elapsed)),
+        Some(took) => format!(
+            "complete: {}; then seeded for {}, {up}",
+            fetched(t, s),
+            secs(elapsed.saturating_sub(took))
+        ),
+        None => {
+            let got = (s.wanted_bytes - s.left.min(s.wanted_bytes)).saturating_sub(t.already);
+            let mut line = format!(
+                "incomplete: {} of {} fetched in {} ({})",
+                ui::short_size(got),
+                ui::short_size(s.wanted_bytes),
+                secs(elapsed),
+                rate((got as f64 / elapsed.as_secs_f64().max(1e-3)) as u64)
+            );
+            if t.already > 0 {
+                line.push_str(&format!(", {} already here", ui::short_size(t.already)));
+            }
+            format!("{line}, {up}")
+        }
+    };
     if s.hash_fails > 0 {
         line.push_str(&format!(
             ", {} failed the hash check, {} banned",
@@ -518,37 +562,53 @@ struct View {
     plain: bool,
     last_line: Instant,
     seeding: Vec<bool>,
+    /// The terminal's columns (what a bar's message may take).
+    width: usize,
 }
 
-fn bar_style(several: bool) -> ProgressStyle {
-    let name = if several { "{prefix:20!} " } else { "" };
-    ProgressStyle::with_template(&format!(
-        "{name}{{percent:>3}}% [{{bar:30.cyan/blue}}] {{binary_bytes:>10}}/{{binary_total_bytes}}  {{msg}}  ETA {{eta}}"
-    ))
-    .expect("valid template")
-    .progress_chars("=> ")
+/// Terminals narrower than this get the compact bar (the bytes go into
+/// the message, which drops them while nothing moves).
+const WIDE: usize = 130;
+
+/// The bar's layout. No `{eta}` of indicatif's (it would count a resume's
+/// bytes as speed): the message carries an ETA from the bytes moving now.
+fn bar_style(several: bool, narrow: bool) -> ProgressStyle {
+    let template = match (several, narrow) {
+        (false, false) => "{percent:>3}% [{bar:30.cyan/blue}] {binary_bytes:>10}/{binary_total_bytes}  {msg}",
+        (true, false) => "{prefix:20!} {percent:>3}% [{bar:30.cyan/blue}] {binary_bytes:>10}/{binary_total_bytes}  {msg}",
+        (false, true) => "{percent:>3}% [{bar:10.cyan/blue}] {msg}",
+        (true, true) => "{prefix:12!} {percent:>3}% [{bar:10.cyan/blue}] {msg}",
+    };
+    ProgressStyle::with_template(template)
+        .expect("valid template")
+        .progress_chars("=> ")
 }
 
 impl View {
     fn new(quiet: bool, torrents: &[Torrent]) -> View {
         let tty = std::io::stderr().is_terminal();
         let several = torrents.len() > 1;
+        let width = ui::term_width().unwrap_or(80);
         let mut view = View {
             multi: None,
             bars: Vec::new(),
             total: None,
+            // Lines every 10 s into a log file; nothing on a terminal that
+            // cannot have a bar (in the background, the prompt's).
             plain: !quiet && !tty,
             last_line: Instant::now(),
             seeding: vec![false; torrents.len()],
+            width,
         };
-        if quiet || !tty {
+        if !ui::draws_bars() {
             return view;
         }
-        let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr());
+        let narrow = width < WIDE;
+        let multi = MultiProgress::with_draw_target(ui::stderr_target());
         for t in torrents {
             let s = t.session.stats();
             let bar = multi.add(ProgressBar::new(s.wanted_bytes));
-            bar.set_style(bar_style(several));
+            bar.set_style(bar_style(several, narrow));
             bar.set_prefix(t.name.clone());
             view.bars.push(bar);
         }
@@ -558,10 +618,11 @@ impl View {
                 .map(|t| t.session.stats().wanted_bytes)
                 .sum();
             let bar = multi.add(ProgressBar::new(total));
-            bar.set_style(bar_style(true));
+            bar.set_style(bar_style(true, narrow));
             bar.set_prefix(format!("total ({} torrents)", torrents.len()));
             view.total = Some(bar);
         }
+        ui::drawing_bars(&multi);
         view.multi = Some(multi);
         view
     }
@@ -580,12 +641,15 @@ impl View {
                     );
                 }
                 bar.set_position(done(s));
-                bar.set_message(message(s, self.seeding[i]));
+                bar.set_message(fit(
+                    message(s, self.seeding[i], self.width < WIDE),
+                    self.room(),
+                ));
             }
             if let Some(total) = &self.total {
                 let t = totals(stats);
                 total.set_position(done(&t));
-                total.set_message(message(&t, false));
+                total.set_message(fit(message(&t, false, self.width < WIDE), self.room()));
             }
             return;
         }
@@ -616,12 +680,29 @@ impl View {
         }
     }
 
+    /// Columns left for a bar's message: the terminal's, less the bar's
+    /// fixed parts (so that a line never wraps).
+    fn room(&self) -> usize {
+        let fixed = match (self.total.is_some(), self.width < WIDE) {
+            (false, false) => 61,
+            (true, false) => 82,
+            (false, true) => 18,
+            (true, true) => 31,
+        };
+        // Two columns are kept free (see `ui::stderr_target`).
+        self.width.saturating_sub(fixed + 3).max(10)
+    }
+
     fn clear(&mut self) {
+        ui::not_drawing();
         if let Some(m) = self.multi.take() {
+            // Cleared while the bars are still in it (a bar finished first
+            // leaves the set, and the set then no longer erases its line).
+            let _ = m.clear();
             for b in self.bars.drain(..).chain(self.total.take()) {
                 b.finish_and_clear();
             }
-            let _ = m.clear();
+            m.set_draw_target(ProgressDrawTarget::hidden());
         }
     }
 }
@@ -639,21 +720,76 @@ fn peers(s: &Stats) -> String {
     )
 }
 
-fn message(s: &Stats, seeding: bool) -> String {
+/// What a bar says besides its progress: rates, peers and an ETA from
+/// the bytes moving now — or, while nothing moves, why.
+fn message(s: &Stats, seeding: bool, narrow: bool) -> String {
     let peers = peers(s);
     if seeding {
-        format!(
+        return format!(
             "up {}  uploaded {}  {peers}",
             rate(s.up_rate),
             ui::short_size(s.uploaded)
+        );
+    }
+    if s.peers == 0 {
+        return match &s.tracker_problem {
+            Some((why, next)) => format!(
+                "no peers yet: {}; next try in {}",
+                tracker_cause(why, narrow),
+                humantime::format_duration(Duration::from_secs(next.as_secs()))
+            ),
+            None => "no peers yet".to_string(),
+        };
+    }
+    let eta = ui::eta(s.left, s.down_rate);
+    if narrow {
+        format!(
+            "{}/{} {} {} ETA {eta}",
+            ui::short_size(done(s)),
+            ui::short_size(s.wanted_bytes),
+            rate(s.down_rate),
+            ui::count(s.peers, "peer")
         )
     } else {
         format!(
-            "down {}  up {}  {peers}",
+            "down {}  up {}  {peers}  ETA {eta}",
             rate(s.down_rate),
             rate(s.up_rate)
         )
     }
+}
+
+/// A tracker failure as the bar says it: "tracker HOST:PORT: connection
+/// refused", or on a narrow terminal "tracker connection refused" (the
+/// full line, with the URL, is in the log).
+fn tracker_cause(why: &str, narrow: bool) -> String {
+    let Some((what, cause)) = why
+        .strip_prefix("tracker ")
+        .and_then(|rest| rest.rsplit_once(": "))
+    else {
+        return why.to_string();
+    };
+    if narrow {
+        return format!("tracker {cause}");
+    }
+    // The URL's host and port: what tells one tracker from another.
+    let host = what
+        .split_once("://")
+        .map_or(what, |(_, rest)| rest)
+        .split(['/', '?'])
+        .next()
+        .unwrap_or(what);
+    format!("tracker {host}: {cause}")
+}
+
+/// `text` cut to `room` columns (with "…"), so a bar never wraps.
+fn fit(text: String, room: usize) -> String {
+    if text.chars().count() <= room {
+        return text;
+    }
+    let mut cut: String = text.chars().take(room.saturating_sub(1)).collect();
+    cut.push('…');
+    cut
 }
 
 fn plain_line(s: &Stats) -> String {
@@ -666,10 +802,14 @@ fn plain_line(s: &Stats) -> String {
         );
     }
     let pct = done(s) as f64 * 100.0 / s.wanted_bytes.max(1) as f64;
-    let eta = s
-        .left
-        .checked_div(s.down_rate)
-        .map_or(String::new(), |t| format!(", ETA {t} s"));
+    let eta = match (&s.tracker_problem, s.peers) {
+        (Some((why, next)), 0) => format!(
+            ", no peers yet: {}; next try in {}",
+            tracker_cause(why, false),
+            humantime::format_duration(Duration::from_secs(next.as_secs()))
+        ),
+        _ => format!(", ETA {}", ui::eta(s.left, s.down_rate)),
+    };
     format!(
         "{pct:.1}% ({} of {}), down {}, up {}, {peers}{eta}",
         ui::short_size(done(s)),
