@@ -11,7 +11,13 @@ pub struct RateMeter {
     at_last_tick: u64,
     last_tick: Option<Instant>,
     rate: f64,
+    /// Since when nothing has moved (ticks with no bytes).
+    idle_since: Option<Instant>,
 }
+
+/// Silence this long makes the rate 0, not a tail that decays for a minute
+/// (a peer that finished moves nothing, and must say so).
+const IDLE_IS_ZERO: Duration = Duration::from_secs(3);
 
 impl Default for RateMeter {
     fn default() -> Self {
@@ -20,6 +26,7 @@ impl Default for RateMeter {
             at_last_tick: 0,
             last_tick: None,
             rate: 0.0,
+            idle_since: None,
         }
     }
 }
@@ -47,6 +54,11 @@ impl RateMeter {
                 } else {
                     self.rate + (sample - self.rate) * (dt / 3.0).min(1.0)
                 };
+            }
+            if self.total > self.at_last_tick {
+                self.idle_since = None;
+            } else if now.duration_since(*self.idle_since.get_or_insert(last)) >= IDLE_IS_ZERO {
+                self.rate = 0.0;
             }
         }
         self.last_tick = Some(now);
@@ -147,11 +159,17 @@ mod tests {
         }
         assert_eq!(m.rate(), 1000);
         assert_eq!(m.total(), 10_000);
-        // Silence decays the rate.
-        for s in 11..=20 {
-            m.tick(t0 + Duration::from_secs(s));
-        }
-        assert!(m.rate() < 100, "{}", m.rate());
+        // Silence decays the rate, and after 3 s of it the rate is 0.
+        m.tick(t0 + Duration::from_secs(11));
+        assert!((1..1000).contains(&m.rate()), "{}", m.rate());
+        m.tick(t0 + Duration::from_secs(12));
+        assert!(m.rate() > 0);
+        m.tick(t0 + Duration::from_secs(13));
+        assert_eq!(m.rate(), 0);
+        // And it picks up again at once.
+        m.add(2000);
+        m.tick(t0 + Duration::from_secs(14));
+        assert_eq!(m.rate(), 2000);
     }
 
     #[test]

@@ -185,24 +185,29 @@ async fn demo(args: Args, dir: PathBuf, content: PathBuf) -> anyhow::Result<Exit
         c
     };
     let quiet = !std::io::stderr().is_terminal();
+    // Short lines: an 80-column terminal shows each whole.
     eprintln!(
-        "shoal demo: {} ({}, {} of {}) from 1 {}seeder to {} on loopback",
+        "shoal demo: {} ({}, {} of {})",
         info.name(),
         ui::short_size(total),
         ui::count(info.piece_count(), "piece"),
         ui::short_size(info.piece_length()),
+    );
+    eprintln!(
+        "1 {}seeder, {} on loopback, each uploading at most {}",
         if args.no_initial_seeding {
             ""
         } else {
             "initial "
         },
         ui::count(args.leechers, "leecher"),
+        limit.map_or("without a limit".into(), |l| format!(
+            "{}/s",
+            ui::short_size(l)
+        )),
     );
-    eprintln!(
-        "tracker: http://{tracker_addr}/stats   upload limit per peer: {}   files: {}",
-        limit.map_or("none".into(), |l| format!("{}/s", ui::short_size(l))),
-        dir.display()
-    );
+    eprintln!("tracker: http://{tracker_addr}/stats");
+    eprintln!("files: {}", dir.display());
 
     // The seeder, then the leechers, all at once.
     let mut full = Bitfield::new(info.piece_count());
@@ -243,6 +248,12 @@ async fn demo(args: Args, dir: PathBuf, content: PathBuf) -> anyhow::Result<Exit
     let mut sigint = signal(SignalKind::interrupt())?;
     let mut sigterm = signal(SignalKind::terminate())?;
     let mut view = View::new(quiet, peers.len());
+    if !quiet {
+        eprintln!(
+            "map: a column is 1/{} of the pieces; ' ' none, ░ some, ▒ half, ▓ most, █ all",
+            view.map_width
+        );
+    }
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let deadline = Duration::from_secs(300);
     let mut interrupted = false;
@@ -364,16 +375,28 @@ struct View {
     plain: bool,
     drawn: usize,
     last_line: Option<Instant>,
+    /// Columns of the piece map: as many as the terminal leaves room for,
+    /// up to [`MAP_WIDTH`].
+    map_width: usize,
+    /// Rates written short ("↓1.2 MiB/s"), for terminals under 112 columns.
+    compact: bool,
 }
 
 const MAP_WIDTH: usize = 48;
 
 impl View {
     fn new(plain: bool, _rows: usize) -> View {
+        let width = ui::term_width().unwrap_or(120);
+        // A row is 64 (57 compact) columns besides its map; one more is
+        // kept free so that no row fills the last column.
+        let compact = width < 112;
+        let fixed = if compact { 58 } else { 65 };
         View {
             plain,
             drawn: 0,
             last_line: None,
+            map_width: width.saturating_sub(fixed).clamp(10, MAP_WIDTH),
+            compact,
         }
     }
 
@@ -404,18 +427,27 @@ impl View {
         for p in peers {
             let have = p.session.have();
             let s = p.session.stats();
-            let map = piece_map(&have, pieces);
+            let map = piece_map(&have, pieces, self.map_width);
             let state = match p.done_at {
                 Some(_) if p.name == "seed" => "seed".to_string(),
                 Some(d) => format!("seed after {:.1} s", d.as_secs_f64()),
                 None => format!("{:>3}%", have.count() * 100 / pieces.max(1)),
             };
-            out.push_str(&format!(
-                "\x1b[2K{:<7} |{map}| down {:>10}/s  up {:>10}/s  {state}\n",
-                p.name,
-                ui::short_size(s.down_rate),
-                ui::short_size(s.up_rate),
-            ));
+            out.push_str(&if self.compact {
+                format!(
+                    "\x1b[2K{:<7} |{map}| ↓{:>9}/s ↑{:>9}/s  {state}\n",
+                    p.name,
+                    ui::short_size(s.down_rate),
+                    ui::short_size(s.up_rate),
+                )
+            } else {
+                format!(
+                    "\x1b[2K{:<7} |{map}| down {:>10}/s  up {:>10}/s  {state}\n",
+                    p.name,
+                    ui::short_size(s.down_rate),
+                    ui::short_size(s.up_rate),
+                )
+            });
         }
         self.drawn = peers.len();
         let mut err = std::io::stderr().lock();
@@ -428,11 +460,10 @@ impl View {
     }
 }
 
-/// The pieces as MAP_WIDTH characters, each shaded by how much of its share
+/// The pieces as `width` characters, each shaded by how much of its share
 /// of pieces is there.
-fn piece_map(have: &Bitfield, pieces: usize) -> String {
+fn piece_map(have: &Bitfield, pieces: usize, width: usize) -> String {
     const SHADES: [char; 5] = [' ', '░', '▒', '▓', '█'];
-    let width = MAP_WIDTH;
     let pieces = pieces.max(1);
     (0..width)
         .map(|c| {
