@@ -63,7 +63,7 @@ pub fn open_download(
     // missing or short cannot be complete, so they are not checked.
     let before = storage::stamps_at(info, &root);
     let storage = Storage::create(info.clone(), root.clone(), wanted_files)?;
-    let state = resume::load(&resume_path, info, &before);
+    let state = resume::load(&resume_path, info, &before, storage.selected());
     let paths = Layout::for_torrent(info, &root).paths;
     let short = state
         .short

@@ -13,7 +13,13 @@
 //! pieces     the torrent's piece count
 //! have       the bitfield of pieces complete at the save (as on the wire)
 //! files      per file, [length, mtime in ns], or [] when it was missing
+//! selected   (a download of some files, `--only`) per file '1' or '0'
 //! ```
+//!
+//! With a selection, a file not selected that is missing is not counted
+//! as changed when it was missing at the save too: the bytes of it that
+//! pieces shared with selected files need are in the part file
+//! ([`part_path`]).
 //!
 //! The engine calls [`save`] after [`Storage::sync`](crate::storage::Storage::sync),
 //! so every piece it lists was on disk. On start, [`load`] compares the saved
@@ -79,8 +85,22 @@ pub fn resume_path(out_dir: &Path, info: &Info) -> PathBuf {
         .join(format!("{}.resume", info.info_hash()))
 }
 
+/// `out_dir/.shoal/<info hash hex>.parts`: the part file, where a download
+/// of some of a torrent's files keeps the bytes of the others that pieces
+/// shared with the chosen ones need ([`Storage`](crate::storage::Storage)).
+pub fn part_path(out_dir: &Path, info: &Info) -> PathBuf {
+    out_dir
+        .join(STATE_DIR)
+        .join(format!("{}.parts", info.info_hash()))
+}
+
 /// The bencoded resume file for this state.
-pub fn encode(info_hash: InfoHash, have: &Bitfield, stamps: &[Option<FileStamp>]) -> Vec<u8> {
+pub fn encode(
+    info_hash: InfoHash,
+    have: &Bitfield,
+    stamps: &[Option<FileStamp>],
+    selected: Option<&[bool]>,
+) -> Vec<u8> {
     let int = |v: u64| Value::Int(i64::try_from(v).unwrap_or(i64::MAX));
     let files = stamps
         .iter()
@@ -96,9 +116,14 @@ pub fn encode(info_hash: InfoHash, have: &Bitfield, stamps: &[Option<FileStamp>]
         ("have", Value::Bytes(have.as_bytes().to_vec())),
         ("files", Value::List(files)),
     ];
+    let selected = selected.map(|s| {
+        let flags = s.iter().map(|&on| if on { b'1' } else { b'0' }).collect();
+        ("selected", Value::Bytes(flags))
+    });
     Value::Dict(
         entries
             .into_iter()
+            .chain(selected)
             .map(|(k, v)| (k.as_bytes().to_vec(), v))
             .collect(),
     )
@@ -149,8 +174,16 @@ pub fn save(
     info_hash: InfoHash,
     have: &Bitfield,
     stamps: &[Option<FileStamp>],
+    selected: Option<&[bool]>,
 ) -> io::Result<()> {
-    save_state(path, &encode(info_hash, have, stamps))
+    save_state(path, &encode(info_hash, have, stamps, selected))
+}
+
+/// The file selection a download recorded in its resume file at `path`
+/// (`None`: no usable resume file, or all files were chosen).
+pub fn saved_selection(path: &Path, info: &Info) -> Option<Vec<bool>> {
+    let saved = read(path).and_then(|bytes| parse(&bytes, info)).ok()?;
+    saved.selected
 }
 
 /// `out_dir/.shoal/<info hash hex>.torrent`: the metadata a magnet link's
@@ -234,12 +267,19 @@ fn is_full(e: &io::Error) -> bool {
 /// file a fresh download would re-hash all of its zeros. Never fails: an unusable file
 /// (missing, too large, corrupt, another torrent's, another version) falls
 /// back to re-hashing, with the reason.
-pub fn load(path: &Path, info: &Info, current: &[Option<FileStamp>]) -> ResumeState {
+///
+/// `selected` is the download's file selection now (`None`: all files).
+pub fn load(
+    path: &Path,
+    info: &Info,
+    current: &[Option<FileStamp>],
+    selected: Option<&[bool]>,
+) -> ResumeState {
     match read(path).and_then(|bytes| parse(&bytes, info)) {
-        Ok(saved) => decide(info, Some(&saved), current, None),
+        Ok(saved) => decide(info, Some(&saved), current, selected, None),
         Err(why) => {
             let reason = format!("resume file {}: {why}", path.display());
-            decide(info, None, current, Some(reason))
+            decide(info, None, current, selected, Some(reason))
         }
     }
 }
@@ -248,6 +288,7 @@ pub fn load(path: &Path, info: &Info, current: &[Option<FileStamp>]) -> ResumeSt
 struct Saved {
     have: Bitfield,
     stamps: Vec<Option<FileStamp>>,
+    selected: Option<Vec<bool>>,
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, String> {
@@ -340,13 +381,31 @@ fn parse(bytes: &[u8], info: &Info) -> Result<Saved, String> {
             _ => Err(format!("corrupt ('files' entry {i})")),
         })
         .collect::<Result<_, _>>()?;
-    Ok(Saved { have, stamps })
+    let selected = match v.get("selected") {
+        None => None,
+        Some(Value::Bytes(b)) if b.len() == info.files().len() => Some(
+            b.iter()
+                .map(|c| match c {
+                    b'1' => Ok(true),
+                    b'0' => Ok(false),
+                    _ => Err("corrupt ('selected')".to_string()),
+                })
+                .collect::<Result<_, _>>()?,
+        ),
+        Some(_) => return Err("corrupt ('selected')".into()),
+    };
+    Ok(Saved {
+        have,
+        stamps,
+        selected,
+    })
 }
 
 fn decide(
     info: &Info,
     saved: Option<&Saved>,
     current: &[Option<FileStamp>],
+    selected: Option<&[bool]>,
     reason: Option<String>,
 ) -> ResumeState {
     let count = info.piece_count();
@@ -360,6 +419,15 @@ fn decide(
             continue;
         }
         let now = current.get(i).copied().flatten();
+        let unselected = selected.is_some_and(|s| s.get(i) == Some(&false));
+        if unselected && now.is_none() {
+            // In the part file, unless it was on disk at the save (and
+            // so its bytes were there, not in the part file).
+            if saved.is_none_or(|s| s.stamps.get(i) != Some(&None)) {
+                changed[pieces].fill(true);
+            }
+            continue;
+        }
         let left = now.map_or(0, |s| s.length);
         if left < f.length {
             // What is left of it may hold some pieces whole; the rest
@@ -429,7 +497,7 @@ mod tests {
             have.set(p);
         }
         let path = resume_path(&out, &info);
-        save(&path, info.info_hash(), &have, &storage.stamps()).unwrap();
+        save(&path, info.info_hash(), &have, &storage.stamps(), None).unwrap();
         Fixture {
             _dir: dir,
             out,
@@ -441,7 +509,12 @@ mod tests {
 
     impl Fixture {
         fn load(&self) -> ResumeState {
-            load(&self.path, &self.info, &stamps_at(&self.info, &self.root))
+            load(
+                &self.path,
+                &self.info,
+                &stamps_at(&self.info, &self.root),
+                None,
+            )
         }
         fn all(&self) -> Vec<u32> {
             (0..self.info.piece_count() as u32).collect()
@@ -504,7 +577,7 @@ mod tests {
         std::fs::remove_file(&fx.path).unwrap();
         std::os::unix::fs::symlink(&target, &fx.path).unwrap();
         assert!(fx.load().reason.unwrap().contains("cannot open"));
-        save(&fx.path, fx.info.info_hash(), &have, &stamps).unwrap();
+        save(&fx.path, fx.info.info_hash(), &have, &stamps, None).unwrap();
         assert!(!fx.path.is_symlink());
         assert_eq!(std::fs::read(&target).unwrap(), b"keep");
 
@@ -512,7 +585,7 @@ mod tests {
         let state = fx.out.join(".shoal");
         std::fs::remove_dir_all(&state).unwrap();
         std::os::unix::fs::symlink(&elsewhere, &state).unwrap();
-        let e = save(&fx.path, fx.info.info_hash(), &have, &stamps).unwrap_err();
+        let e = save(&fx.path, fx.info.info_hash(), &have, &stamps, None).unwrap_err();
         assert!(e.to_string().contains(".shoal is a symbolic link"), "{e}");
         assert!(fx.load().reason.unwrap().contains("symbolic link"));
         assert!(matches!(
@@ -565,7 +638,7 @@ mod tests {
         have.set(3);
         have.set(12);
         let stamps = stamps_at(&fx.info, &fx.root);
-        save(&fx.path, fx.info.info_hash(), &have, &stamps).unwrap();
+        save(&fx.path, fx.info.info_hash(), &have, &stamps, None).unwrap();
         let state = fx.load();
         assert_eq!(state.reason, None);
         assert_eq!(state.trusted, have);
@@ -609,7 +682,7 @@ mod tests {
         let (info, _) = torrent(FILES, 100);
         let root = dir.path().join(info.name());
         let path = resume_path(dir.path(), &info);
-        let state = load(&path, &info, &stamps_at(&info, &root));
+        let state = load(&path, &info, &stamps_at(&info, &root), None);
         assert!(state.reason.is_some());
         assert!(state.to_check.is_empty());
         assert_eq!(state.trusted.count(), 0);
@@ -629,13 +702,20 @@ mod tests {
         std::fs::write(&fx.path, b"le").unwrap();
         fx.assert_fallback("not a dictionary");
 
-        save(&fx.path, InfoHash([1; 20]), &have, &stamps).unwrap();
+        save(&fx.path, InfoHash([1; 20]), &have, &stamps, None).unwrap();
         fx.assert_fallback("another torrent");
 
-        save(&fx.path, fx.info.info_hash(), &Bitfield::new(13), &stamps).unwrap();
+        save(
+            &fx.path,
+            fx.info.info_hash(),
+            &Bitfield::new(13),
+            &stamps,
+            None,
+        )
+        .unwrap();
         fx.assert_fallback("records 13 pieces, the torrent has 14");
 
-        save(&fx.path, fx.info.info_hash(), &have, &stamps[1..]).unwrap();
+        save(&fx.path, fx.info.info_hash(), &have, &stamps[1..], None).unwrap();
         fx.assert_fallback("records 5 files");
 
         let edit = |key: &str, value: Value| {
@@ -671,7 +751,7 @@ mod tests {
     #[test]
     fn missing_stamps_count_as_missing_files() {
         let fx = complete();
-        let state = load(&fx.path, &fx.info, &[]);
+        let state = load(&fx.path, &fx.info, &[], None);
         assert!(state.to_check.is_empty());
         assert_eq!(state.trusted.count(), 0);
     }
@@ -688,7 +768,7 @@ mod tests {
             let stamps: Vec<_> = (0..6u64)
                 .map(|i| (i != 1).then_some(FileStamp { length: i * 100, mtime_ns: 1 << 60 }))
                 .collect();
-            let mut bytes = encode(info.info_hash(), &have, &stamps);
+            let mut bytes = encode(info.info_hash(), &have, &stamps, None);
             for (at, byte) in edits {
                 let i = at % bytes.len();
                 bytes[i] = byte;
@@ -698,7 +778,7 @@ mod tests {
                 prop_assert_eq!(saved.have.len(), 14);
                 prop_assert_eq!(saved.stamps.len(), 6);
             }
-            let state = decide(&info, parse(&bytes, &info).ok().as_ref(), &stamps, None);
+            let state = decide(&info, parse(&bytes, &info).ok().as_ref(), &stamps, None, None);
             prop_assert_eq!(state.trusted.len(), 14);
         }
     }

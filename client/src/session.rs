@@ -1052,8 +1052,14 @@ impl Session {
             let info_hash = shared.info_hash;
             tokio::task::spawn_blocking(move || {
                 storage.sync().map_err(|e| e.to_string())?;
-                crate::resume::save(&path, info_hash, &have, &storage.stamps())
-                    .map_err(|e| format!("saving {}: {e}", path.display()))
+                crate::resume::save(
+                    &path,
+                    info_hash,
+                    &have,
+                    &storage.stamps(),
+                    storage.selected(),
+                )
+                .map_err(|e| format!("saving {}: {e}", path.display()))
             })
             .await
             .map_err(|e| e.to_string())
@@ -1295,8 +1301,14 @@ fn write_resume(shared: &Shared, have: &Bitfield) {
     let storage = shared.disk.storage();
     // Sync first: the resume file must only list pieces that are on disk.
     let r = storage.sync().map_err(|e| e.to_string()).and_then(|()| {
-        crate::resume::save(path, shared.info_hash, have, &storage.stamps())
-            .map_err(|e| format!("saving {}: {e}", path.display()))
+        crate::resume::save(
+            path,
+            shared.info_hash,
+            have,
+            &storage.stamps(),
+            storage.selected(),
+        )
+        .map_err(|e| format!("saving {}: {e}", path.display()))
     });
     if let Err(e) = r {
         tracing::warn!("resume file not saved: {e}");

@@ -125,6 +125,8 @@ pub enum StorageError {
     },
     #[error("the file selection has {got} entries but the torrent has {expected} files")]
     WantedLength { got: usize, expected: usize },
+    #[error("{} was not selected (--only), and this piece lies wholly inside it", path.display())]
+    NotSelected { path: PathBuf },
 }
 
 /// Most files one [`Storage`] keeps open at once (well under the usual
@@ -152,6 +154,87 @@ struct Slot {
     file: Mutex<Option<Arc<File>>>,
     /// Written to since the last [`Storage::sync`].
     dirty: AtomicBool,
+    /// Not selected and missing at the start: the bytes of it that pieces
+    /// shared with other files need live in the part file ([`Parts`]).
+    parted: bool,
+}
+
+/// The part file, `OUT/.shoal/<info hash>.parts` (as libtorrent's partfile):
+/// where a download with a file selection keeps the bytes of files not
+/// selected that its pieces need, so that those files are never created.
+/// Piece `shared[n]` (a piece spanning more than one file) has bytes
+/// `n * piece length ..` of it, at the same offsets as in the piece; only
+/// the parts of files not selected are ever written there, so the file
+/// stays sparse and no larger than the shared pieces. Its layout does not
+/// depend on the selection.
+struct Parts {
+    path: PathBuf,
+    piece_len: u64,
+    shared: Vec<u32>,
+    file: Mutex<Option<Arc<File>>>,
+    dirty: AtomicBool,
+}
+
+impl Parts {
+    fn new(info: &Info, path: PathBuf) -> Parts {
+        let piece_len = info.piece_length();
+        let mut shared: Vec<u32> = info
+            .files()
+            .iter()
+            .scan(0u64, |start, f| {
+                let at = *start;
+                *start += f.length;
+                Some((at, f.length))
+            })
+            .filter(|&(at, len)| len > 0 && at % piece_len != 0)
+            // Piece indexes fit u32 (the wire numbers them so).
+            .map(|(at, _)| (at / piece_len) as u32)
+            .collect();
+        shared.dedup();
+        Parts {
+            path,
+            piece_len,
+            shared,
+            file: Mutex::new(None),
+            dirty: AtomicBool::new(false),
+        }
+    }
+
+    /// Where byte `pos` of the torrent (in a file not selected) is kept.
+    fn offset(&self, pos: u64) -> Option<u64> {
+        let piece = u32::try_from(pos / self.piece_len).ok()?;
+        let slot = self.shared.binary_search(&piece).ok()? as u64;
+        Some(slot * self.piece_len + pos % self.piece_len)
+    }
+
+    /// The part file, opened (created when missing and `create`) in the
+    /// state directory without following a link.
+    fn handle(&self, create: bool) -> Result<Arc<File>> {
+        let mut held = lock(&self.file);
+        if let Some(f) = held.as_ref() {
+            return Ok(Arc::clone(f));
+        }
+        let dir = crate::resume::state_dir(&self.path, create)?;
+        let name = self.path.file_name().unwrap_or(self.path.as_os_str());
+        let mut flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        if create {
+            flags |= OFlags::CREATE;
+        }
+        let fd = rustix::fs::openat(&dir, name, flags, Mode::from_raw_mode(0o666))
+            .map_err(|e| in_the_way(&self.path, false, "opening", e))?;
+        let file = File::from(fd);
+        let meta = file
+            .metadata()
+            .map_err(|e| io_err(&self.path, "opening", e))?;
+        if !meta.is_file() {
+            return Err(StorageError::NotAFile {
+                path: self.path.clone(),
+            });
+        }
+        let file = Arc::new(file);
+        *held = Some(Arc::clone(&file));
+        Ok(file)
+    }
 }
 
 enum Access {
@@ -176,6 +259,10 @@ pub struct Storage {
     max_open: usize,
     /// Read buffers for hashing, reused across calls and threads.
     bufs: Mutex<Vec<Vec<u8>>>,
+    /// The files selected (`None`: all).
+    selected: Option<Vec<bool>>,
+    /// Set when some file is `parted`.
+    parts: Option<Parts>,
 }
 
 impl std::fmt::Debug for Storage {
@@ -193,8 +280,10 @@ impl Storage {
     /// directories and every file whose `wanted[i]` is true (`None`: all),
     /// empty ones included, keeping any data already there, and extends
     /// shorter files to their full length (sparse). A longer file is left as
-    /// it is. Files not wanted are created (the same way) only when a write
-    /// touches them, which happens for pieces they share with wanted files.
+    /// it is. Files not wanted are never created: those already there are
+    /// used as they are, and the bytes of missing ones that pieces shared
+    /// with wanted files need go to the part file ([`part_path`]: the
+    /// state directory `.shoal` beside `root`).
     ///
     /// For the resume logic, take [`stamps_at`] before calling this.
     pub fn create(info: Arc<Info>, root: PathBuf, wanted: Option<Vec<bool>>) -> Result<Storage> {
@@ -217,10 +306,7 @@ impl Storage {
             }
         }
         // The directory that holds the root is the caller's, used as given.
-        let parent = match root.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
-            _ => PathBuf::from("."),
-        };
+        let parent = parent_of(&root);
         if let Err(e) = std::fs::create_dir_all(&parent) {
             return Err(match std::fs::metadata(&parent) {
                 Ok(m) if !m.is_dir() => StorageError::NotADirectory { path: parent },
@@ -247,8 +333,21 @@ impl Storage {
         } else {
             (parent_fd, parent)
         };
+        let part_path = crate::resume::part_path(&parent_of(&root), &info);
         let mut storage = Storage::new(info, root, Access::Write { base, base_path });
         storage.max_open = max_open.max(1);
+        if let Some(w) = &wanted {
+            let mut any = false;
+            for (slot, _) in storage.slots.iter_mut().zip(w).filter(|(_, &on)| !on) {
+                slot.parted = matches!(std::fs::symlink_metadata(&slot.path),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound);
+                any |= slot.parted;
+            }
+            if any {
+                storage.parts = Some(Parts::new(&storage.info, part_path));
+            }
+        }
+        storage.selected = wanted.clone();
         for i in 0..count {
             if wanted.as_ref().map_or(true, |w| w[i]) {
                 // Created, sized, and kept open (room permitting) for the
@@ -286,6 +385,7 @@ impl Storage {
                 len: f.length,
                 file: Mutex::new(None),
                 dirty: AtomicBool::new(false),
+                parted: false,
             })
             .collect();
         Storage {
@@ -296,7 +396,32 @@ impl Storage {
             open: Mutex::new(VecDeque::new()),
             max_open: MAX_OPEN_FILES,
             bufs: Mutex::new(Vec::new()),
+            selected: None,
+            parts: None,
         }
+    }
+
+    /// The files selected for download (`None`: all of them).
+    pub fn selected(&self) -> Option<&[bool]> {
+        self.selected.as_deref()
+    }
+
+    /// Whether file `i` is kept in the part file: not selected, and missing
+    /// when the download started.
+    pub fn is_parted(&self, i: usize) -> bool {
+        self.slots.get(i).is_some_and(|s| s.parted)
+    }
+
+    /// Where the part file's bytes for file `i`'s byte `at` are, with the
+    /// part file; an error when this piece is not shared with another file.
+    fn part_at(&self, i: usize, at: u64) -> Result<(&Parts, u64)> {
+        let slot = &self.slots[i];
+        self.parts
+            .as_ref()
+            .and_then(|p| Some((p, p.offset(slot.start + at)?)))
+            .ok_or_else(|| StorageError::NotSelected {
+                path: slot.path.clone(),
+            })
     }
 
     pub fn root(&self) -> &Path {
@@ -320,6 +445,15 @@ impl Storage {
         }
         self.each_span(piece, offset, data.len(), |i, at, range| {
             let slot = &self.slots[i];
+            if slot.parted {
+                let (parts, at) = self.part_at(i, at)?;
+                parts
+                    .handle(true)?
+                    .write_all_at(&data[range], at)
+                    .map_err(|e| io_err(&parts.path, "writing", e))?;
+                parts.dirty.store(true, Ordering::Release);
+                return Ok(());
+            }
             let file = self.handle(i, true)?;
             file.write_all_at(&data[range], at)
                 .map_err(|e| io_err(&slot.path, "writing", e))?;
@@ -338,6 +472,21 @@ impl Storage {
     pub fn read(&self, piece: u32, offset: u32, buf: &mut [u8]) -> Result<()> {
         self.each_span(piece, offset, buf.len(), |i, at, range| {
             let slot = &self.slots[i];
+            if slot.parted {
+                let (parts, at) = self.part_at(i, at)?;
+                return parts
+                    .handle(false)?
+                    .read_exact_at(&mut buf[range], at)
+                    .map_err(|e| {
+                        if e.kind() == io::ErrorKind::UnexpectedEof {
+                            StorageError::ShortFile {
+                                path: parts.path.clone(),
+                            }
+                        } else {
+                            io_err(&parts.path, "reading", e)
+                        }
+                    });
+            }
             let file = self.handle(i, false)?;
             file.read_exact_at(&mut buf[range], at).map_err(|e| {
                 if e.kind() == io::ErrorKind::UnexpectedEof {
@@ -404,6 +553,18 @@ impl Storage {
     /// the failed ones stay due for the next call.
     pub fn sync(&self) -> Result<()> {
         let mut first_error = None;
+        if let Some(parts) = &self.parts {
+            if parts.dirty.swap(false, Ordering::AcqRel) {
+                let synced = parts.handle(false).and_then(|file| {
+                    file.sync_data()
+                        .map_err(|e| io_err(&parts.path, "syncing", e))
+                });
+                if let Err(e) = synced {
+                    parts.dirty.store(true, Ordering::Release);
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
         for (i, slot) in self.slots.iter().enumerate() {
             if !slot.dirty.swap(false, Ordering::AcqRel) {
                 continue;
@@ -429,6 +590,9 @@ impl Storage {
     pub fn start_writeback(&self, piece: u32) {
         #[cfg(target_os = "linux")]
         for seg in self.info.piece_segments(piece as usize) {
+            if self.slots[seg.file].parted {
+                continue;
+            }
             if let Ok(file) = self.handle(seg.file, false) {
                 use std::os::fd::AsRawFd;
                 // SAFETY: a valid open descriptor and a byte range; the call
@@ -548,6 +712,14 @@ impl Storage {
                 open_below(base, base_path, &components, slot.len, create)
             }
         }
+    }
+}
+
+/// The directory that holds `root`.
+fn parent_of(root: &Path) -> PathBuf {
+    match root.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
     }
 }
 
@@ -871,25 +1043,68 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn only_wanted_files_are_created_and_neighbours_lazily() {
+    fn files_not_wanted_are_never_created_and_shared_bytes_go_to_the_part_file() {
         let dir = tempfile::tempdir().unwrap();
         let (info, contents) = torrent(FILES, 100);
         let root = dir.path().join("root");
-        // Only z.bin (bytes 1038..1371, pieces 10..=13); piece 10 starts in d/b.bin.
+        let parts = crate::resume::part_path(dir.path(), &info);
+        // Only z.bin (bytes 1038..1371, pieces 10..=13); piece 10 starts
+        // with 37 bytes of d/b.bin and d/e/c.bin's one byte.
         let wanted = vec![false, false, false, false, false, true];
-        let storage = Storage::create(info.clone(), root.clone(), Some(wanted)).unwrap();
+        let storage = Storage::create(info.clone(), root.clone(), Some(wanted.clone())).unwrap();
+        assert_eq!(storage.selected(), Some(&wanted[..]));
         assert!(root.join("z.bin").is_file());
         assert!(!root.join("a.bin").exists());
         assert!(!root.join("empty").exists());
         assert!(!root.join("d").exists());
+        assert!(!parts.exists(), "made only when needed");
         let all = contents.concat();
         storage.write(10, 0, &all[1000..1100]).unwrap();
-        assert!(storage.verify_piece(10).unwrap());
-        assert_eq!(std::fs::metadata(root.join("d/b.bin")).unwrap().len(), 1000);
-        assert_eq!(std::fs::read(root.join("d/e/c.bin")).unwrap(), contents[3]);
-        assert!(!root.join("a.bin").exists());
+        for p in 11..=13 {
+            let range = p * 100..(p * 100 + 100).min(all.len());
+            storage.write(p as u32, 0, &all[range]).unwrap();
+        }
+        storage.sync().unwrap();
+        assert!((10..=13).all(|p| storage.verify_piece(p).unwrap()));
+        assert!(!root.join("d").exists() && !root.join("a.bin").exists());
+        assert_eq!(std::fs::read(root.join("z.bin")).unwrap(), contents[5]);
+        // Pieces 0 and 10 span several files: slot 1 holds piece 10's
+        // bytes of the files not wanted (its first 38), and nothing else.
+        let kept = std::fs::read(&parts).unwrap();
+        assert_eq!(kept.len(), 138);
+        assert_eq!(&kept[100..], &all[1000..1038]);
+        // A piece wholly inside a file not wanted is nowhere.
+        assert!(matches!(
+            storage.read(5, 0, &mut [0; 10]),
+            Err(StorageError::NotSelected { .. })
+        ));
         let stamps = storage.stamps();
-        assert!(stamps[0].is_none() && stamps[2].is_some() && stamps[5].is_some());
+        assert!(stamps[0].is_none() && stamps[2].is_none() && stamps[5].is_some());
+        drop(storage);
+        // Opened again, the part file is found; a file not wanted that is
+        // on disk is used in place.
+        std::fs::write(root.join("a.bin"), &contents[0]).unwrap();
+        let storage = Storage::create(info.clone(), root.clone(), Some(wanted)).unwrap();
+        assert!(storage.verify_piece(10).unwrap());
+        assert!(!storage.is_parted(0) && storage.is_parted(2));
+        // The state directory is no link to follow.
+        drop(storage);
+        std::fs::remove_file(&parts).unwrap();
+        let elsewhere = tempfile::tempdir().unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), parts.parent().unwrap().join("x")).unwrap();
+        std::fs::remove_dir_all(parts.parent().unwrap()).unwrap();
+        std::os::unix::fs::symlink(elsewhere.path(), parts.parent().unwrap()).unwrap();
+        let storage = Storage::create(
+            info.clone(),
+            root.clone(),
+            Some(vec![false, false, false, false, false, true]),
+        )
+        .unwrap();
+        assert!(matches!(
+            storage.write(10, 0, &all[1000..1100]),
+            Err(StorageError::Symlink { .. })
+        ));
+        assert_eq!(std::fs::read_dir(elsewhere.path()).unwrap().count(), 0);
         assert!(matches!(
             Storage::create(info, root, Some(vec![true])),
             Err(StorageError::WantedLength {

@@ -369,8 +369,14 @@ fn prepare(args: &Args, meta: Metainfo, extra_peers: &[SocketAddr]) -> anyhow::R
     bar.finish_and_clear();
     // Saved now, while there is room: every later save can then take the
     // place of this one, should the disk fill up.
-    client::resume::save(&resume_path, info.info_hash(), &have, &storage.stamps())
-        .with_context(|| format!("saving {}", resume_path.display()))?;
+    client::resume::save(
+        &resume_path,
+        info.info_hash(),
+        &have,
+        &storage.stamps(),
+        storage.selected(),
+    )
+    .with_context(|| format!("saving {}", resume_path.display()))?;
     if have.count() > 0 && !args.net.quiet {
         eprintln!(
             "shoal: {}{} of {} pieces already here",

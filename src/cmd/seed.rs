@@ -260,7 +260,7 @@ fn trusted_by(
         if !path.exists() {
             return None;
         }
-        let state = resume::load(&path, info, stamps);
+        let state = resume::load(&path, info, stamps, None);
         (state.reason.is_none() && state.to_check.is_empty() && state.trusted.is_complete())
             .then_some(by)
     })
@@ -282,7 +282,7 @@ fn remember_checked(info: &torrent_format::Info, content: &Path, stamps: &[Optio
         .parent()
         .and_then(Path::parent)
         .map_or(Ok(()), std::fs::create_dir_all)
-        .and_then(|()| resume::save(&path, info.info_hash(), &have, stamps));
+        .and_then(|()| resume::save(&path, info.info_hash(), &have, stamps, None));
     if let Err(e) = saved {
         tracing::debug!("not remembered as checked: {}: {e}", path.display());
     }
