@@ -25,6 +25,8 @@ Examples:
   shoal download album.torrent --exit-on-complete          stop once it is all here
   shoal download album.torrent --seed-ratio 2              seed until uploaded = 2 × size
   shoal download big.torrent --only 0,3 --download-limit 5M
+  shoal download album.torrent --only '*.flac' --only 'cd1/*'   files by name
+  shoal download big.torrent --list                        its files, numbered; no download
   shoal download t.torrent --no-trackers --peer 192.0.2.7:6881
   shoal download a.torrent b.torrent -o ~/Downloads        several at once, one port
   shoal download 'magnet:?xt=urn:btih:…&tr=…' -o ~/Downloads
@@ -66,10 +68,17 @@ pub struct Args {
     /// (suffixes K, M, G)
     #[arg(long, value_name = "RATE", value_parser = swarm::parse_rate)]
     download_limit: Option<u64>,
-    /// Download only these files (indices as 'shoal show' lists them, from
-    /// 0; one torrent only)
-    #[arg(long, value_name = "INDEX", value_delimiter = ',', num_args = 1..)]
-    only: Vec<usize>,
+    /// Download only these files: indices as 'shoal show' and --list
+    /// number them (from 0), paths inside the torrent, or globs ('*.flac'
+    /// matches names anywhere, 'cd1/*' whole paths; '*' stays within a
+    /// directory, '**' crosses them). Files not chosen are not created.
+    /// One torrent only
+    #[arg(long, value_name = "INDEX|PATH|GLOB", value_delimiter = ',', num_args = 1..)]
+    only: Vec<String>,
+    /// Print the torrents' files (index, size, path) and exit without
+    /// downloading
+    #[arg(long)]
+    list: bool,
     /// Give up when no peer is found for this long
     #[arg(long, value_name = "DURATION", default_value = "5m", value_parser = humantime::parse_duration)]
     no_peers_timeout: Duration,
@@ -141,6 +150,9 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     if !args.only.is_empty() && sources.len() > 1 {
         usage!("--only names files of one torrent: give a single torrent with it");
     }
+    if args.list {
+        return list(&sources);
+    }
     if args.output.exists() && !args.output.is_dir() {
         bail!(
             "{} is not a directory (-o names the directory to download into)",
@@ -153,7 +165,7 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         loaded.push(match s {
             Source::File(p) => {
                 let meta = super::load_torrent(p)?;
-                check_only(&args.only, &meta.info)?;
+                select_files(&args.only, &meta.info)?;
                 Some(meta)
             }
             Source::Magnet(_) => None,
@@ -318,13 +330,8 @@ type Ready = (Arc<torrent_format::Info>, Storage, Bitfield, client::Config);
 /// configuration.
 fn prepare(args: &Args, meta: Metainfo, extra_peers: &[SocketAddr]) -> anyhow::Result<Ready> {
     let info = Arc::new(meta.info.clone());
-    let files = info.files().len();
     // A magnet's torrent is only known here.
-    check_only(&args.only, &info)?;
-    let wanted_files = (!args.only.is_empty()).then(|| {
-        let only: HashSet<usize> = args.only.iter().copied().collect();
-        (0..files).map(|i| only.contains(&i)).collect::<Vec<bool>>()
-    });
+    let wanted_files = select_files(&args.only, &info)?;
     let wanted_pieces = wanted_files.as_ref().map(|w| {
         let mut b = Bitfield::new(info.piece_count());
         for (i, _) in w.iter().enumerate().filter(|(_, &on)| on) {
@@ -407,20 +414,87 @@ fn prepare(args: &Args, meta: Metainfo, extra_peers: &[SocketAddr]) -> anyhow::R
     Ok((info, storage, have, config))
 }
 
-/// `--only` indices must name files of the torrent: a usage error (exit
-/// status 2) otherwise, before any file is touched.
-fn check_only(only: &[usize], info: &torrent_format::Info) -> anyhow::Result<()> {
-    let files = info.files().len();
-    if let Some(bad) = only.iter().find(|&&i| i >= files) {
-        if files == 1 {
-            usage!("--only {bad}: the torrent has 1 file, numbered 0");
+/// `--list`: each torrent's files, numbered as `--only` takes them, and
+/// no download.
+fn list(sources: &[Source]) -> anyhow::Result<ExitCode> {
+    let mut out = String::new();
+    for (n, s) in sources.iter().enumerate() {
+        let Source::File(path) = s else {
+            usage!("--list reads a .torrent file; a magnet link's file list comes with its metadata (fetch it with --metadata-only --save-torrent FILE, then --list FILE)");
+        };
+        let meta = super::load_torrent(path)?;
+        let info = &meta.info;
+        if sources.len() > 1 {
+            if n > 0 {
+                out.push('\n');
+            }
+            out.push_str(&format!("{}:\n", path.display()));
         }
-        usage!(
-            "--only {bad}: the torrent has {files} files, numbered 0 to {}",
-            files - 1
-        );
+        let width = info.files().len().saturating_sub(1).to_string().len();
+        for (i, f) in info.files().iter().enumerate() {
+            out.push_str(&format!(
+                "{i:>width$}  {:>10}  {}\n",
+                ui::short_size(f.length),
+                f.display_path()
+            ));
+        }
     }
-    Ok(())
+    ui::print_out(&out)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Which files `--only` chooses (`None`: all): each entry an index, a path
+/// inside the torrent or a glob (as `create --exclude` takes them: without
+/// a `/` matched against every component's name, with one against the
+/// whole path; the torrent's name in front is allowed, as `show` prints
+/// it). An index out of range, or a name or glob that matches no file, is a
+/// usage error (exit status 2) naming it, before any file is touched.
+fn select_files(only: &[String], info: &torrent_format::Info) -> anyhow::Result<Option<Vec<bool>>> {
+    if only.is_empty() {
+        return Ok(None);
+    }
+    let files = info.files();
+    let mut chosen = vec![false; files.len()];
+    for item in only {
+        let item = item.trim();
+        if let Ok(i) = item.parse::<usize>() {
+            if i >= files.len() {
+                if files.len() == 1 {
+                    usage!("--only {i}: the torrent has 1 file, numbered 0");
+                }
+                usage!(
+                    "--only {i}: the torrent has {} files, numbered 0 to {}",
+                    files.len(),
+                    files.len() - 1
+                );
+            }
+            chosen[i] = true;
+            continue;
+        }
+        let glob = item.trim_start_matches("./");
+        let glob = if info.is_multi_file() {
+            glob.strip_prefix(info.name())
+                .and_then(|g| g.strip_prefix('/'))
+                .filter(|g| !g.is_empty())
+                .unwrap_or(glob)
+        } else {
+            glob
+        };
+        let globs = [glob.to_string()];
+        let mut matched = false;
+        for (i, f) in files.iter().enumerate() {
+            if torrent_format::create::excluded(&f.path, &globs) {
+                chosen[i] = true;
+                matched = true;
+            }
+        }
+        if !matched {
+            usage!(
+                "--only '{item}': no file of the torrent matches it (shoal download --list TORRENT shows them)"
+            );
+        }
+    }
+    Ok(Some(chosen))
 }
 
 #[cfg(test)]
