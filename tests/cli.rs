@@ -1272,3 +1272,130 @@ fn the_bar_on_an_80_column_terminal_says_why_nothing_moves() {
         "{shown}"
     );
 }
+
+/// `--only` by name and glob: the chosen files arrive byte-identical, the
+/// others are never created (their bytes in shared pieces sit in
+/// `.shoal/<hash>.parts`), and `verify` calls them "not selected", not
+/// corrupt. `--list` prints the files without connecting anywhere; a name
+/// or glob that matches nothing is a usage error. ~2000 blocks of 16 KiB,
+/// 64 KiB pieces, every file boundary inside a piece.
+#[test]
+fn only_by_name_creates_only_the_chosen_files() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let tree = d.join("seed/album");
+    let files = [
+        ("cd1/01.flac", 9_000_001),
+        ("cd1/02.flac", 7_000_003),
+        ("cd1/notes.txt", 1_234),
+        ("cd2/01.flac", 12_000_007),
+        ("cover.jpg", 5_000_011),
+    ];
+    for (n, (name, len)) in files.iter().enumerate() {
+        write(&tree.join(name), &bytes(40 + n as u64, *len));
+    }
+    shoal_ok(d, &["create", "seed/album", "-l", "16", "-o", "t.torrent"]);
+
+    // --list: index, size, path; exit 0; nobody dialed.
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let peer = listener.local_addr().unwrap().to_string();
+    let out = shoal(d, &["download", "t.torrent", "--list", "--peer", &peer]);
+    assert_eq!(out.status.code(), Some(0), "{out:?}");
+    let listed = String::from_utf8_lossy(&out.stdout).into_owned();
+    for (i, (name, _)) in files.iter().enumerate() {
+        let line = listed.lines().nth(i).unwrap_or_default();
+        assert!(
+            line.trim_start().starts_with(&format!("{i} ")) && line.ends_with(&format!("  {name}")),
+            "line {i}: {listed}"
+        );
+    }
+    assert!(listener.accept().is_err(), "--list connected to a peer");
+    assert!(!d.join("album").exists() && !d.join(".shoal").exists());
+
+    // Unknown names and empty globs: exit 2, naming what was given.
+    for bad in ["nope.mp3", "*.ogg", "cd3/*"] {
+        let (code, err) = stderr_of(d, &["download", "t.torrent", "--only", bad, "--port", "0"]);
+        assert_eq!(code, 2, "{bad}: {err}");
+        assert!(err.contains(&format!("--only '{bad}'")), "{err}");
+        assert!(!err.contains("panicked"), "{err}");
+    }
+    assert!(!d.join("album").exists());
+
+    let seed = Shoal::seed(d, "seed/album", &[]);
+    let mut dl = Shoal::download(
+        d,
+        "download",
+        "out",
+        &[
+            "--no-trackers",
+            "--peer",
+            &seed.addr(),
+            "--only",
+            "cd1/02.*",
+            "--only",
+            "cover.jpg",
+            "-x",
+        ],
+    );
+    let (status, json) = dl.finish(120);
+    assert!(status.success(), "download: {status}");
+    assert_eq!(json["complete"], true, "{json}");
+    for name in ["cd1/02.flac", "cover.jpg"] {
+        same_file(&tree.join(name), &d.join("out/album").join(name));
+    }
+    assert_eq!(
+        listing(&d.join("out/album")),
+        listing(&d.join("out/album")) // the whole tree, for the message
+            .into_iter()
+            .filter(|f| ["cd1", "cd1/02.flac", "cover.jpg"].contains(&f.as_str()))
+            .collect::<Vec<_>>(),
+        "files not chosen were created"
+    );
+    for name in ["cd1/01.flac", "cd1/notes.txt", "cd2/01.flac"] {
+        assert!(!d.join("out/album").join(name).exists(), "{name} created");
+    }
+    assert!(!d.join("out/album/cd2").exists());
+    // The shared pieces' other bytes: a few pieces' worth, out of the way.
+    let state: Vec<_> = std::fs::read_dir(d.join("out/.shoal"))
+        .unwrap()
+        .map(|e| e.unwrap())
+        .collect();
+    let parts = state
+        .iter()
+        .find(|e| e.file_name().to_string_lossy().ends_with(".parts"))
+        .expect("no part file");
+    let used = parts.metadata().unwrap().len();
+    assert!(used <= 5 * 65536, "part file of {used} bytes");
+
+    // verify: the chosen files match, the others are "not selected".
+    let out = shoal(d, &["verify", "t.torrent", "out"]);
+    let said = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert_eq!(out.status.code(), Some(0), "{said}");
+    assert_eq!(said.matches("not selected").count(), 3, "{said}");
+    assert!(
+        !said.contains("corrupt") && !said.contains("missing"),
+        "{said}"
+    );
+    assert!(said.contains("OK:"), "{said}");
+
+    // Run again: everything is already here, trusted from the resume file.
+    let mut again = Shoal::download(
+        d,
+        "again",
+        "out",
+        &[
+            "--no-trackers",
+            "--peer",
+            &seed.addr(),
+            "--only",
+            "1,cover.jpg",
+            "-x",
+        ],
+    );
+    let (status, json) = again.finish(60);
+    assert!(status.success(), "again: {status}");
+    assert_eq!(json["complete"], true, "{json}");
+    assert_eq!(json["downloaded"].as_u64(), Some(0), "{json}");
+    drop(seed);
+}

@@ -663,7 +663,12 @@ fn a_full_disk_is_a_clear_error() {
     let info = std::sync::Arc::new(meta.info);
     let content = d.join("after/data.bin");
     let resume = client::resume::resume_path(&d.join("after"), &info);
-    let state = client::resume::load(&resume, &info, &client::storage::stamps_at(&info, &content));
+    let state = client::resume::load(
+        &resume,
+        &info,
+        &client::storage::stamps_at(&info, &content),
+        None,
+    );
     assert_eq!(state.reason, None, "the resume file was not saved");
     let kept = state.trusted.count();
     assert!(kept > 0, "the resume file lists no piece");

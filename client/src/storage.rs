@@ -169,6 +169,7 @@ struct Slot {
 /// depend on the selection.
 struct Parts {
     path: PathBuf,
+    writable: bool,
     piece_len: u64,
     shared: Vec<u32>,
     file: Mutex<Option<Arc<File>>>,
@@ -176,7 +177,7 @@ struct Parts {
 }
 
 impl Parts {
-    fn new(info: &Info, path: PathBuf) -> Parts {
+    fn new(info: &Info, path: PathBuf, writable: bool) -> Parts {
         let piece_len = info.piece_length();
         let mut shared: Vec<u32> = info
             .files()
@@ -193,6 +194,7 @@ impl Parts {
         shared.dedup();
         Parts {
             path,
+            writable,
             piece_len,
             shared,
             file: Mutex::new(None),
@@ -214,9 +216,15 @@ impl Parts {
         if let Some(f) = held.as_ref() {
             return Ok(Arc::clone(f));
         }
+        let create = create && self.writable;
         let dir = crate::resume::state_dir(&self.path, create)?;
         let name = self.path.file_name().unwrap_or(self.path.as_os_str());
-        let mut flags = OFlags::RDWR | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
+        let access = if self.writable {
+            OFlags::RDWR
+        } else {
+            OFlags::RDONLY
+        };
+        let mut flags = access | OFlags::NOFOLLOW | OFlags::CLOEXEC | OFlags::NONBLOCK;
         if create {
             flags |= OFlags::CREATE;
         }
@@ -344,7 +352,7 @@ impl Storage {
                 any |= slot.parted;
             }
             if any {
-                storage.parts = Some(Parts::new(&storage.info, part_path));
+                storage.parts = Some(Parts::new(&storage.info, part_path, true));
             }
         }
         storage.selected = wanted.clone();
@@ -371,6 +379,33 @@ impl Storage {
             return Err(StorageError::NotAFile { path: root });
         }
         Ok(Storage::new(info, root, Access::ReadOnly))
+    }
+
+    /// Opens a download made with a file selection (`selected`, as its
+    /// resume file recorded it) for reading, as `verify` does: files not
+    /// selected and missing are read, where pieces need them, from the
+    /// part file ([`part_path`](crate::resume::part_path)) beside `root`.
+    pub fn open_selection(info: Arc<Info>, root: PathBuf, selected: Vec<bool>) -> Result<Storage> {
+        if selected.len() != info.files().len() {
+            return Err(StorageError::WantedLength {
+                got: selected.len(),
+                expected: info.files().len(),
+            });
+        }
+        let part_path = crate::resume::part_path(&parent_of(&root), &info);
+        let mut storage = Storage::new(info, root, Access::ReadOnly);
+        for (slot, _) in storage
+            .slots
+            .iter_mut()
+            .zip(&selected)
+            .filter(|(_, &on)| !on)
+        {
+            slot.parted = matches!(std::fs::symlink_metadata(&slot.path),
+                Err(e) if e.kind() == io::ErrorKind::NotFound);
+        }
+        storage.parts = Some(Parts::new(&storage.info, part_path, false));
+        storage.selected = Some(selected);
+        Ok(storage)
     }
 
     fn new(info: Arc<Info>, root: PathBuf, access: Access) -> Storage {

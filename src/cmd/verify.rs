@@ -44,7 +44,11 @@ pub fn content_path(info: &Info, path: Option<PathBuf>) -> PathBuf {
     let nested = path.join(name);
     let first_file = |root: &Path| root.join(info.file_path(0).iter().skip(1).collect::<PathBuf>());
     if info.is_multi_file() {
-        if nested.is_dir() && !first_file(&path).exists() && first_file(&nested).exists() {
+        // A download with --only may lack the first file; its resume file
+        // says it is one.
+        let downloaded =
+            first_file(&nested).exists() || client::resume::resume_path(&path, info).exists();
+        if nested.is_dir() && !first_file(&path).exists() && downloaded {
             return nested;
         }
     } else if path.is_dir() {
@@ -83,8 +87,12 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         threads,
         mmap: !args.no_mmap,
     };
-    let report = pieces::verify(info, &content, hashing, &|n| bar.inc(n));
+    let mut report = pieces::verify(info, &content, hashing, &|n| bar.inc(n));
     bar.finish_and_clear();
+    let selected = selection(info, &content, &mut report);
+    if let Some(selected) = &selected {
+        return report_selection(&args.torrent, info, &content, &report, selected);
+    }
 
     let mut out: String = problems(info, &content, &report)
         .iter()
@@ -114,6 +122,97 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         ui::print_out(&out)?;
         Ok(ExitCode::FAILURE)
     }
+}
+
+/// The file selection of a download made with `--only`, from its resume
+/// file (`DIR/.shoal/`, beside the content), when there is one; pieces
+/// shared with files not chosen are then checked again with those files'
+/// bytes from the part file, and the chosen files' states follow.
+fn selection(info: &Info, content: &Path, report: &mut pieces::VerifyReport) -> Option<Vec<bool>> {
+    let out_dir = match content.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    if content.file_name()? != std::ffi::OsStr::new(&client::check::content_name(info)) {
+        return None;
+    }
+    let resume = client::resume::resume_path(out_dir, info);
+    let selected = client::resume::saved_selection(&resume, info)?;
+    let info_arc = std::sync::Arc::new(info.clone());
+    let storage =
+        client::storage::Storage::open_selection(info_arc, content.to_path_buf(), selected.clone())
+            .ok()?;
+    for p in 0..info.piece_count() {
+        let touches_parted = info
+            .piece_segments(p)
+            .iter()
+            .any(|s| storage.is_parted(s.file));
+        if !report.piece_ok[p] && touches_parted {
+            report.piece_ok[p] = storage.verify_piece(p as u32).unwrap_or(false);
+        }
+    }
+    for (i, state) in report.files.iter_mut().enumerate() {
+        if let FileState::Corrupt { .. } = state {
+            let bad = info.file_pieces(i).filter(|&p| !report.piece_ok[p]).count();
+            *state = if bad == 0 {
+                FileState::Ok
+            } else {
+                FileState::Corrupt { bad_pieces: bad }
+            };
+        }
+    }
+    Some(selected)
+}
+
+/// `verify` of a download made with `--only`: the files not chosen are
+/// "not selected", not problems; the chosen ones must match.
+fn report_selection(
+    torrent: &Path,
+    info: &Info,
+    content: &Path,
+    report: &pieces::VerifyReport,
+    selected: &[bool],
+) -> anyhow::Result<ExitCode> {
+    let mut out = String::new();
+    let problems = problems(info, content, report);
+    let mut bad_files = 0;
+    let mut shown = 0;
+    for (i, state) in report.files.iter().enumerate() {
+        if !selected[i] {
+            let path = if info.is_multi_file() {
+                content.join(info.files()[i].path.iter().collect::<PathBuf>())
+            } else {
+                content.to_path_buf()
+            };
+            out.push_str(&format!("{}: not selected\n", path.display()));
+        } else if *state != FileState::Ok {
+            out.push_str(&format!("{}\n", problems[shown]));
+            bad_files += 1;
+        }
+        if *state != FileState::Ok {
+            shown += 1;
+        }
+    }
+    let chosen = selected.iter().filter(|&&s| s).count();
+    let wanted: Vec<usize> = (0..info.piece_count())
+        .filter(|&p| info.piece_segments(p).iter().any(|s| selected[s.file]))
+        .collect();
+    let good = wanted.iter().filter(|&&p| report.piece_ok[p]).count();
+    let ok = good == wanted.len() && bad_files == 0;
+    out.push_str(&format!(
+        "{}: {good} of {} of the selected files match; {} of {} selected ({})\n",
+        if ok { "OK" } else { "FAILED" },
+        ui::count(wanted.len(), "piece"),
+        ui::count(chosen, "file"),
+        info.files().len(),
+        torrent.display()
+    ));
+    ui::print_out(&out)?;
+    Ok(if ok {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
 }
 
 /// One line per file that does not match: "PATH: what is wrong".
