@@ -423,7 +423,7 @@ fn decide(
         if unselected && now.is_none() {
             // In the part file, unless it was on disk at the save (and
             // so its bytes were there, not in the part file).
-            if saved.is_none_or(|s| s.stamps.get(i) != Some(&None)) {
+            if !saved.is_some_and(|s| s.stamps.get(i) == Some(&None)) {
                 changed[pieces].fill(true);
             }
             continue;
