@@ -1378,6 +1378,18 @@ fn only_by_name_creates_only_the_chosen_files() {
         "{said}"
     );
     assert!(said.contains("OK:"), "{said}");
+    // show, given the download directory, knows the selection too.
+    let shown = shoal_ok(d, &["show", "t.torrent", "out"]);
+    assert_eq!(shown.matches("(not selected)").count(), 3, "{shown}");
+    let json = show_json_with(d, &["show", "t.torrent", "out", "--json"]);
+    let flags: Vec<bool> = json["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["selected"].as_bool().unwrap())
+        .collect();
+    assert_eq!(flags.iter().filter(|&&f| !f).count(), 3, "{json}");
+    assert!(!shoal_ok(d, &["show", "t.torrent"]).contains("not selected"));
 
     // Run again: everything is already here, trusted from the resume file.
     let mut again = Shoal::download(
@@ -1398,4 +1410,8 @@ fn only_by_name_creates_only_the_chosen_files() {
     assert_eq!(json["complete"], true, "{json}");
     assert_eq!(json["downloaded"].as_u64(), Some(0), "{json}");
     drop(seed);
+}
+
+fn show_json_with(cwd: &Path, args: &[&str]) -> serde_json::Value {
+    serde_json::from_str(&shoal_ok(cwd, args)).unwrap()
 }

@@ -24,6 +24,10 @@ pub struct Args {
     /// in the shell: it holds '&')
     #[arg(value_name = "TORRENT|MAGNET")]
     torrent: PathBuf,
+    /// A directory a `shoal download -o DIR --only …` of this torrent went
+    /// into: files it did not choose are marked "not selected"
+    #[arg(value_name = "DIR")]
+    download_dir: Option<PathBuf>,
     /// Print one JSON object instead of text
     #[arg(long)]
     json: bool,
@@ -53,9 +57,13 @@ struct Shown<'a> {
 struct ShownFile {
     path: String,
     size: u64,
+    /// With a download directory whose download chose some files: whether
+    /// this one was chosen.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    selected: Option<bool>,
 }
 
-fn shown(m: &Metainfo) -> Shown<'_> {
+fn shown<'a>(m: &'a Metainfo, selected: Option<&[bool]>) -> Shown<'a> {
     let info = &m.info;
     Shown {
         name: info.name(),
@@ -75,9 +83,11 @@ fn shown(m: &Metainfo) -> Shown<'_> {
         files: info
             .files()
             .iter()
-            .map(|f| ShownFile {
+            .enumerate()
+            .map(|(i, f)| ShownFile {
                 path: f.display_path(),
                 size: f.length,
+                selected: selected.map(|s| s.get(i).copied().unwrap_or(true)),
             })
             .collect(),
     }
@@ -108,6 +118,9 @@ fn shown_magnet(m: &Magnet) -> ShownMagnet<'_> {
 pub fn run(args: Args) -> anyhow::Result<ExitCode> {
     // A link without its '?' is still meant as one: parsing says what is wrong.
     if let Some(link) = args.torrent.to_str().filter(|a| a.starts_with("magnet:")) {
+        if args.download_dir.is_some() {
+            super::usage!("a download directory goes with a .torrent file, not a magnet link");
+        }
         let m = Magnet::parse(link)?;
         let s = shown_magnet(&m);
         let text = if args.json {
@@ -119,7 +132,19 @@ pub fn run(args: Args) -> anyhow::Result<ExitCode> {
         return Ok(ExitCode::SUCCESS);
     }
     let m = super::load_torrent(&args.torrent)?;
-    let s = shown(&m);
+    let selected = match &args.download_dir {
+        Some(dir) => {
+            if !dir.is_dir() {
+                super::usage!(
+                    "{} is not a directory (give the directory download -o wrote into)",
+                    dir.display()
+                );
+            }
+            client::resume::saved_selection(&client::resume::resume_path(dir, &m.info), &m.info)
+        }
+        None => None,
+    };
+    let s = shown(&m, selected.as_deref());
     let text = if args.json {
         serde_json::to_string_pretty(&s)? + "\n"
     } else {
@@ -187,7 +212,16 @@ fn text(s: &Shown) -> String {
         } else {
             f.path.clone()
         };
-        let _ = writeln!(o, "  {i:>width$}  {:>10}  {path}", ui::short_size(f.size));
+        let mark = if f.selected == Some(false) {
+            "  (not selected)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            o,
+            "  {i:>width$}  {:>10}  {path}{mark}",
+            ui::short_size(f.size)
+        );
     }
     o
 }
