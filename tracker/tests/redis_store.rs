@@ -13,7 +13,7 @@ use common::*;
 use torrent_format::InfoHash;
 use tracker::redis_store::{Options, StoreError};
 use tracker::request::Event;
-use tracker::server::{self, ServeOptions};
+use tracker::server::ServeOptions;
 use tracker::swarm::{AnnounceOutcome, Announcer};
 use tracker::{Config, RedisStore, Store, Tracker};
 
@@ -493,12 +493,17 @@ async fn wait_until_up(s: &RedisStore) {
 }
 
 /// Serves a tracker over `store` on 127.0.0.1:0 (HTTP and UDP, two worker
-/// threads); returns the address and a guard that stops it.
+/// threads).
 struct Server {
-    addr: SocketAddr,
     tracker: Arc<Tracker>,
-    stop: tokio_util::sync::CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
+    running: Running,
+}
+
+impl std::ops::Deref for Server {
+    type Target = Running;
+    fn deref(&self) -> &Running {
+        &self.running
+    }
 }
 
 impl Server {
@@ -506,39 +511,14 @@ impl Server {
         let tracker = Arc::new(
             Tracker::with_store(Config::default(), Store::Redis(Box::new(store))).unwrap(),
         );
-        let bound = server::bind(ServeOptions {
-            listen: vec!["127.0.0.1:0".parse().unwrap()],
-            threads: 2,
-            ..ServeOptions::default()
-        })
-        .unwrap();
-        let addr = bound.local_addrs()[0];
-        let stop = tokio_util::sync::CancellationToken::new();
-        let token = stop.clone();
-        let t = tracker.clone();
-        let thread = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(bound.run(t, token))
-                .unwrap()
-        });
-        Server {
-            addr,
-            tracker,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        let running = Running::serve(
+            tracker.clone(),
+            ServeOptions {
+                threads: 2,
+                ..ServeOptions::default()
+            },
+        );
+        Server { tracker, running }
     }
 }
 

@@ -9,7 +9,7 @@ use std::time::Duration;
 
 mod common;
 
-use common::udp_announce;
+use common::{udp_announce, Running};
 use tokio_util::sync::CancellationToken;
 use tracker::server::{self, ServeOptions};
 use tracker::{Config, MemoryStore, Tracker};
@@ -91,13 +91,7 @@ async fn serves_caps_connections_per_ip_and_shuts_down() {
 }
 
 /// A server with a short idle timeout, on its own runtime thread.
-struct Server {
-    addr: SocketAddr,
-    /// Every address served, in the order given.
-    addrs: Vec<SocketAddr>,
-    stop: CancellationToken,
-    thread: Option<std::thread::JoinHandle<()>>,
-}
+type Server = Running;
 
 impl Server {
     fn start(idle_timeout: Duration) -> Server {
@@ -113,45 +107,7 @@ impl Server {
     fn with(opts: ServeOptions) -> Server {
         let tracker =
             Arc::new(Tracker::new(Config::default(), Box::<MemoryStore>::default()).unwrap());
-        // 127.0.0.1:0 unless the options name other addresses.
-        let listen = if opts.listen == ServeOptions::default().listen {
-            vec!["127.0.0.1:0".parse().unwrap()]
-        } else {
-            opts.listen.clone()
-        };
-        let bound = server::bind(ServeOptions {
-            listen,
-            threads: 1,
-            ..opts
-        })
-        .unwrap();
-        let addr = bound.local_addrs()[0];
-        let addrs = bound.local_addrs().to_vec();
-        let stop = CancellationToken::new();
-        let token = stop.clone();
-        let thread = std::thread::spawn(move || {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap()
-                .block_on(bound.run(tracker, token))
-                .unwrap()
-        });
-        Server {
-            addr,
-            addrs,
-            stop,
-            thread: Some(thread),
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        self.stop.cancel();
-        if let Some(t) = self.thread.take() {
-            let _ = t.join();
-        }
+        Running::serve(tracker, ServeOptions { threads: 1, ..opts })
     }
 }
 

@@ -5,7 +5,61 @@
 
 use std::net::SocketAddr;
 use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use tokio_util::sync::CancellationToken;
+use tracker::server::{self, ServeOptions};
+use tracker::Tracker;
+
+/// A tracker served on a runtime thread of its own, stopped when dropped.
+pub struct Running {
+    /// The first address served.
+    pub addr: SocketAddr,
+    /// Every address served, in the order given.
+    pub addrs: Vec<SocketAddr>,
+    stop: CancellationToken,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Running {
+    /// Binds `opts` (127.0.0.1:0 unless they name other addresses) and
+    /// serves `tracker` there.
+    pub fn serve(tracker: Arc<Tracker>, opts: ServeOptions) -> Running {
+        let listen = if opts.listen == ServeOptions::default().listen {
+            vec!["127.0.0.1:0".parse().unwrap()]
+        } else {
+            opts.listen.clone()
+        };
+        let bound = server::bind(ServeOptions { listen, ..opts }).unwrap();
+        let addrs = bound.local_addrs().to_vec();
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let thread = std::thread::spawn(move || {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(bound.run(tracker, token))
+                .unwrap()
+        });
+        Running {
+            addr: addrs[0],
+            addrs,
+            stop,
+            thread: Some(thread),
+        }
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
 
 /// Whether CI asked for every peer program (then a missing one fails).
 pub fn interop_required() -> bool {
