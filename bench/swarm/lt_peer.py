@@ -4,7 +4,8 @@
   lt_peer.py leech TORRENT SAVE_DIR
 
 One process, one session, one torrent; listens on 127.0.0.1 (any free
-port) and finds peers through the torrent's tracker. DHT, LSD, UPnP,
+port), or on $LT_LISTEN (e.g. "10.99.0.11:0" on a host of bench/wan.sh),
+and finds peers through the torrent's tracker. DHT, LSD, UPnP,
 NAT-PMP and uTP are off; everything else is libtorrent's stock settings
 (PEX on, 8 unchoke slots, ...), except allow_multiple_connections_per_ip,
 which loopback needs (every peer has the same IP).
@@ -39,7 +40,7 @@ want_super = len(sys.argv) > 4 and sys.argv[4] == "super"
 
 cat = lt.alert.category_t
 ses = lt.session({
-    "listen_interfaces": "127.0.0.1:0",
+    "listen_interfaces": os.environ.get("LT_LISTEN", "127.0.0.1:0"),
     "enable_dht": False,
     "enable_lsd": False,
     "enable_upnp": False,

@@ -1,10 +1,26 @@
-"""One swarm run for bench/swarm.sh: 1 seed + N leechers on loopback.
+"""One swarm run for bench/swarm.sh and bench/wan.sh: 1 seed + N leechers.
 
   run.py CONFIG SHOAL FILE WORKDIR LEECHERS TIMEOUT [TRACKER_INTERVAL]
+         [--piece-log L] [--hosts HOSTS.json]
 
-CONFIG: shoal | shoal-initial | lt | lt-super. FILE is the source file
-(single-file torrent; the seed serves it in place). WORKDIR is made fresh
-and removed at the end (unless KEEP=1 in the environment).
+CONFIG: shoal | shoal-initial | lt | lt-super | mixed | mixed-initial.
+mixed: a shoal seed, and every second leecher (l1, l3, ...) libtorrent, the
+others shoal; mixed-initial: the same with the seed's --initial-seeding.
+FILE is the source file (single-file torrent; the seed serves it in
+place). WORKDIR is made fresh and removed at the end (unless KEEP=1 in the
+environment). --piece-log: pieces of 2^L bytes (default 18: 256 KiB).
+
+Without --hosts every process listens on 127.0.0.1 (loopback). With
+--hosts (bench/wan.sh) each runs in its own network namespace through
+`ip netns exec NS` and binds its own address; run.py itself must then run
+in the namespace that reaches the tracker's address. HOSTS.json:
+  {"tracker": {"ns": NS, "ip": IP},
+   "seed": {"ns": NS, "ip": IP, "hub_dev": DEV, "up_mbit": U},
+   "leechers": [{"ns": ..., "ip": ..., "hub_dev": ..., "up_mbit": ...}, ...]}
+(at least LEECHERS of them). hub_dev is the far end of the host's link, in
+run.py's own namespace: its receive counter (/proc/net/dev) is what the
+host sent, bytes on the wire with headers, sampled every 0.1 s while the
+swarm runs for the link figures below.
 
 Steps: a fresh `shoal tracker` (every peer, shoal or libtorrent, finds the
 others through it); `shoal create -l 18` (256 KiB pieces); the seed (shoal
@@ -17,17 +33,24 @@ leecher keeps seeding to the others until the last one completes.
 
 Measured:
   last    seconds from t0 to the last leecher's completion (also first and
-          median);
+          median; "times" lists every leecher's, with its kind);
   seed_x  the seed's payload upload / size (from its JSON at the end);
   cpu     user+sys CPU seconds of every peer process, read from
           /proc/PID/stat when the last leecher completes: the leechers' whole
           lives (start-up included), the seed's since t0 (its data check is
           left out). The tracker's CPU is reported apart (not in cpu).
+  links   (--hosts only) over [t0, last]: the share of its upload cap each
+          host's link carried (seed_link_use, leechers_link_use: their mean,
+          swarm_link_use: all hosts' bytes / all caps), seed_idle_s: the
+          time the seed's link carried less than half its cap, and
+          seed_copy_s: when the seed's link had carried as many bytes as
+          the content (wire bytes: a little before its payload had).
 Then every process gets SIGINT, its JSON summary is read, and every
 leecher's file is compared with FILE byte for byte (a mismatch fails the
 run). Prints progress on stderr and one JSON result line on stdout.
 """
 
+import argparse
 import filecmp
 import json
 import os
@@ -38,17 +61,39 @@ import signal
 import subprocess
 import sys
 import time
+import types
 import urllib.request
 
-config, shoal, src, work, n, timeout = sys.argv[1:7]
-n = int(n)
-timeout = float(timeout)
-interval = sys.argv[7] if len(sys.argv) > 7 and sys.argv[7] else None
+ap = argparse.ArgumentParser()
+ap.add_argument("config", choices=["shoal", "shoal-initial", "lt", "lt-super", "mixed",
+                                   "mixed-initial"])
+for a in ["shoal", "src", "work"]:
+    ap.add_argument(a)
+ap.add_argument("n", type=int)
+ap.add_argument("timeout", type=float)
+ap.add_argument("interval", nargs="?", default="")
+ap.add_argument("--piece-log", default="18")
+ap.add_argument("--hosts")
+args = ap.parse_args()
+config, shoal, src, work, n, timeout = (args.config, args.shoal, args.src, args.work, args.n,
+                                        args.timeout)
+interval = args.interval or None
 HERE = os.path.dirname(os.path.abspath(__file__))
 LTPY = "/usr/bin/python3"
 HZ = os.sysconf("SC_CLK_TCK")
-is_lt = config.startswith("lt")
+seed_lt = config.startswith("lt")
+# Which leechers are libtorrent: all (lt*), every second one (mixed*), none.
+leecher_lt = [seed_lt or (config.startswith("mixed") and i % 2 == 1) for i in range(n)]
+initial = config in ("shoal-initial", "mixed-initial")
 name = os.path.basename(src)
+LOOPBACK = {"ns": None, "ip": "127.0.0.1"}
+if args.hosts:
+    with open(args.hosts) as f:
+        hosts = json.load(f)
+    if len(hosts["leechers"]) < n:
+        sys.exit(f"{args.hosts} has {len(hosts['leechers'])} leecher hosts, {n} wanted")
+else:
+    hosts = {"tracker": LOOPBACK, "seed": LOOPBACK, "leechers": [LOOPBACK] * n}
 
 procs = []  # every Popen we started, for cleanup
 
@@ -86,23 +131,30 @@ signal.signal(signal.SIGTERM, on_signal)
 signal.signal(signal.SIGINT, on_signal)
 
 
-def spawn(args, tag):
-    """Start a process with stdout and stderr piped (read by Peer.feed)."""
+def spawn(args, tag, host, lt=False):
+    """Start a process on `host` (in its network namespace, if it has one:
+    `ip netns exec` execs the program, so the PID is the program's) with
+    stdout and stderr piped (read by Peer.feed)."""
     env = dict(os.environ)
     env.pop("RUST_LOG", None)
+    if lt:
+        env["LT_LISTEN"] = f"{host['ip']}:0"
+    if host["ns"]:
+        args = ["ip", "netns", "exec", host["ns"]] + args
     p = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, env=env)
     procs.append(p)
-    return Peer(p, tag)
+    return Peer(p, tag, host, lt)
 
 
 class Peer:
-    def __init__(self, p, tag):
-        self.p, self.tag = p, tag
+    def __init__(self, p, tag, host, lt):
+        self.p, self.tag, self.host, self.is_lt = p, tag, host, lt
         self.out = b""
         self.err = b""
         self.complete_at = None
         self.errlog = open(os.path.join(work, tag + ".err"), "wb")
+        self.tx = []  # (time, bytes its host's link had carried), when sampled
 
     def feed(self, stream, data, now):
         if stream == "out":
@@ -111,7 +163,7 @@ class Peer:
             self.err += data
             self.errlog.write(data)
             self.errlog.flush()
-        if self.complete_at is None and b"download complete" in (self.out if is_lt else self.err):
+        if self.complete_at is None and b"download complete" in (self.out if self.is_lt else self.err):
             self.complete_at = now
 
     def cpu(self):
@@ -126,6 +178,22 @@ class Peer:
             if line.startswith("{"):
                 return json.loads(line)
         return None
+
+
+def sample_links(peers):
+    """Appends (now, bytes received so far) of each peer's hub_dev, i.e.
+    what its host has sent, to peer.tx."""
+    rx = {}
+    with open("/proc/net/dev") as f:
+        for line in f:
+            dev, _, rest = line.partition(":")
+            if rest:
+                rx[dev.strip()] = int(rest.split()[0])
+    now = time.monotonic()
+    for peer in peers:
+        if peer.host["hub_dev"] not in rx:
+            fail(f"no device {peer.host['hub_dev']} here: run run.py in the hub's namespace")
+        peer.tx.append((now, rx[peer.host["hub_dev"]]))
 
 
 sel = selectors.DefaultSelector()
@@ -165,16 +233,17 @@ os.makedirs(work)
 
 # --- tracker and torrent ------------------------------------------------------------
 
-targs = [shoal, "tracker", "--listen", "127.0.0.1:0"]
+targs = [shoal, "tracker", "--listen", f"{hosts['tracker']['ip']}:0"]
 if interval:
     targs += ["--interval", interval]
-tracker = spawn(targs, "tracker")
+tracker = spawn(targs, "tracker", hosts["tracker"])
 watch(tracker)
-addr_re = re.compile(rb"listening on (127\.0\.0\.1:\d+);")
+addr_re = re.compile(rb"listening on (\d+\.\d+\.\d+\.\d+:\d+);")
 wait_for(lambda: addr_re.search(tracker.err), 10, "the tracker", [tracker])
 taddr = addr_re.search(tracker.err).group(1).decode()
 torrent = os.path.join(work, "t.torrent")
-subprocess.run([shoal, "create", src, "-o", torrent, "-a", f"http://{taddr}/announce", "-l", "18"],
+subprocess.run([shoal, "create", src, "-o", torrent, "-a", f"http://{taddr}/announce", "-l",
+                args.piece_log],
                check=True, stdout=subprocess.DEVNULL)
 
 
@@ -186,18 +255,19 @@ def tracker_peers():
 
 # --- seed ---------------------------------------------------------------------------
 
-if is_lt:
+if seed_lt:
     sargs = [LTPY, os.path.join(HERE, "lt_peer.py"), "seed", torrent, os.path.dirname(src)]
     if config == "lt-super":
         sargs.append("super")
-    seed = spawn(sargs, "seed")
+    seed = spawn(sargs, "seed", hosts["seed"], lt=True)
     watch(seed)
     wait_for(lambda: b"ready" in seed.out, 120, "the libtorrent seed", [seed])
 else:
-    sargs = [shoal, "seed", torrent, src, "--port", "0", "--bind", "127.0.0.1", "-q", "--json"]
-    if config == "shoal-initial":
+    sargs = [shoal, "seed", torrent, src, "--port", "0", "--bind", hosts["seed"]["ip"], "-q",
+             "--json"]
+    if initial:
         sargs.append("--initial-seeding")
-    seed = spawn(sargs, "seed")
+    seed = spawn(sargs, "seed", hosts["seed"])
     watch(seed)
     wait_for(lambda: addr_re.search(seed.err), 120, "shoal seed", [seed])
 wait_for(lambda: tracker_peers()[0] >= 1, 30, "the seed's announce", [seed])
@@ -206,22 +276,30 @@ tracker_cpu0 = tracker.cpu()
 
 # --- leechers -----------------------------------------------------------------------
 
-t0 = time.monotonic()
+sampling = bool(args.hosts)
 leechers = []
+if sampling:
+    pre = [types.SimpleNamespace(host=hosts["leechers"][i], tx=[]) for i in range(n)]
+    sample_links([seed] + pre)
+t0 = time.monotonic()
 for i in range(n):
     out = os.path.join(work, f"l{i}")
     os.makedirs(out)
-    if is_lt:
+    host = hosts["leechers"][i]
+    if leecher_lt[i]:
         largs = [LTPY, os.path.join(HERE, "lt_peer.py"), "leech", torrent, out]
     else:
         # No -q: with stderr not a terminal shoal prints "shoal: download
         # complete: ..." on completion (plus a progress line every 10 s).
-        largs = [shoal, "download", torrent, "-o", out, "--port", "0", "--bind", "127.0.0.1",
+        largs = [shoal, "download", torrent, "-o", out, "--port", "0", "--bind", host["ip"],
                  "--json"]
-    leechers.append(spawn(largs, f"l{i}"))
+    leechers.append(spawn(largs, f"l{i}", host, lt=leecher_lt[i]))
     watch(leechers[-1])
+    if sampling:
+        leechers[-1].tx = pre[i].tx
 t_started = time.monotonic() - t0
 log(f"{n} leechers started in {t_started:.2f} s")
+next_sample = time.monotonic()
 
 
 def progress():
@@ -249,14 +327,62 @@ while progress() < n:
         log(f"{now - t0:5.1f} s: {progress()}/{n} leechers complete "
             f"(the tracker lists {seeders} seeders, {leeching} leechers)")
         next_report += 10
-    pump(0.25)
+    if sampling and now >= next_sample:
+        sample_links([seed] + leechers)
+        next_sample = now + 0.1
+    pump(0.1 if sampling else 0.25)
+if sampling:
+    sample_links([seed] + leechers)
 
 t_last = max(l.complete_at for l in leechers) - t0
+
+
+def link_figures():
+    """Link use over [t0, t0 + t_last] from the sampled counters."""
+    t_end = t0 + t_last
+
+    def sent(peer, t):
+        """Bytes its host sent from the last sample before t0 to t
+        (linear between samples)."""
+        (a0, b0), val = peer.tx[0], peer.tx[-1][1]
+        for (a, b), (c, d) in zip(peer.tx, peer.tx[1:]):
+            if c >= t:
+                val = b + (d - b) * (t - a) / (c - a) if c > a else d
+                break
+        return val - b0
+
+    def cap(peer):
+        return peer.host["up_mbit"] * 1e6 / 8
+
+    everyone = [seed] + leechers
+    use = {p.tag: sent(p, t_end) / (cap(p) * t_last) for p in everyone}
+    idle, copy_at = 0.0, None
+    base = seed.tx[0][1]
+    for (a0, b0), (a1, b1) in zip(seed.tx, seed.tx[1:]):
+        lo, hi = max(a0, t0), min(a1, t_end)
+        if hi > lo and a1 > a0 and (b1 - b0) / (a1 - a0) < cap(seed) / 2:
+            idle += hi - lo
+        if copy_at is None and b1 - base >= size_bytes:
+            copy_at = a0 + (a1 - a0) * (size_bytes - (b0 - base)) / max(b1 - b0, 1) - t0
+    lu = [use[l.tag] for l in leechers]
+    return {
+        "seed_link_use": round(use["seed"], 3),
+        "leechers_link_use": round(sum(lu) / len(lu), 3),
+        "swarm_link_use": round(sum(sent(p, t_end) for p in everyone)
+                                / (sum(cap(p) for p in everyone) * t_last), 3),
+        "seed_idle_s": round(idle, 2),
+        "seed_copy_s": None if copy_at is None else round(copy_at, 2),
+    }
+
+
+size_bytes = os.path.getsize(src)
+links = link_figures() if sampling else {}
 cpu_leech = sum(l.cpu() for l in leechers)
 cpu_seed = seed.cpu() - seed_cpu0
 cpu_tracker = tracker.cpu() - tracker_cpu0
 times = sorted(l.complete_at - t0 for l in leechers)
-log(f"all {n} complete: first {times[0]:.2f} s, median {times[n // 2]:.2f} s, last {t_last:.2f} s")
+log(f"all {n} complete: first {times[0]:.2f} s, median {times[n // 2]:.2f} s, last {t_last:.2f} s"
+    + (f"; links: {links}" if links else ""))
 
 # --- stop, collect, verify ------------------------------------------------------------
 
@@ -311,6 +437,7 @@ res = {
     "last": round(t_last, 3),
     "first": round(times[0], 3),
     "median": round(times[n // 2], 3),
+    "times": [[l.tag, "lt" if l.is_lt else "shoal", round(l.complete_at - t0, 3)] for l in leechers],
     "start_spread": round(t_started, 3),
     "seed_x": round(ssum["uploaded"] / size, 4),
     "leechers_up_x": round(sum(s["uploaded"] for s in lsums) / size, 4),
@@ -328,8 +455,9 @@ res = {
     "bad_exit": bad_exit,
     "stderr_notes": noise,
 }
-if is_lt:
+if seed_lt:
     res["super_seeding"] = ssum.get("super_seeding")
+res.update(links)
 print(json.dumps(res), flush=True)
 try:
     tracker.p.wait(10)
