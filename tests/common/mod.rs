@@ -159,10 +159,20 @@ impl Drop for Killed {
 /// Starts `shoal tracker --listen ADDR` (port 0) and waits for its
 /// "listening on" line; returns the process and the bound address.
 pub fn start_tracker(listen: &str, extra: &[&str]) -> (Killed, std::net::SocketAddr) {
-    use std::io::BufRead;
-    let mut child = shoal_command()
-        .args(["tracker", "--listen", listen])
-        .args(extra)
+    let mut cmd = shoal_command();
+    cmd.args(["tracker", "--listen", listen]).args(extra);
+    spawn_tracker(cmd)
+}
+
+/// [`start_tracker`] inside network namespace `ns`.
+pub fn start_tracker_in(ns: &str, listen: &str, extra: &[&str]) -> (Killed, SocketAddr) {
+    let mut cmd = shoal_command();
+    cmd.args(["tracker", "--listen", listen]).args(extra);
+    spawn_tracker(in_netns(ns, &cmd))
+}
+
+fn spawn_tracker(mut cmd: Command) -> (Killed, SocketAddr) {
+    let mut child = cmd
         .stderr(std::process::Stdio::piped())
         .stdout(std::process::Stdio::null())
         .spawn()
@@ -381,11 +391,25 @@ impl Shoal {
 
     /// [`Shoal::start`] with extra environment variables.
     pub fn start_with(cwd: &Path, label: &str, args: &[&str], env: &[(&str, &Path)]) -> Shoal {
-        let mut child = shoal_command()
-            .envs(env.iter().map(|(k, v)| (*k, *v)))
+        let mut cmd = shoal_command();
+        cmd.envs(env.iter().map(|(k, v)| (*k, *v)))
             .args(args)
             .current_dir(cwd)
-            .env("RUST_LOG", "info,client=debug")
+            .env("RUST_LOG", "info,client=debug");
+        Shoal::spawn(cmd, label)
+    }
+
+    /// [`Shoal::start`] inside network namespace `ns`.
+    pub fn start_in(ns: &str, cwd: &Path, label: &str, args: &[&str]) -> Shoal {
+        let mut cmd = shoal_command();
+        cmd.args(args)
+            .current_dir(cwd)
+            .env("RUST_LOG", "info,client=debug");
+        Shoal::spawn(in_netns(ns, &cmd), label)
+    }
+
+    fn spawn(mut cmd: Command, label: &str) -> Shoal {
+        let mut child = cmd
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
@@ -607,17 +631,87 @@ pub fn can_make_netns() -> bool {
     have("transmission-cli") && have("ss") && can_unshare_net()
 }
 
+/// Whether this process may make named network namespaces with capped
+/// links (`ip netns add`, veth pairs, `tc` qdiscs): root, the tools, and a
+/// kernel that lets it. If not: skip with a printed reason, or fail under
+/// SHOAL_REQUIRE_INTEROP=1.
+pub fn can_add_netns() -> bool {
+    if !have("ip") || !have("tc") {
+        return false;
+    }
+    let probe = format!("shoal-probe-{}", std::process::id());
+    let made = Command::new("ip")
+        .args(["netns", "add", &probe])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if made {
+        let _ = Command::new("ip").args(["netns", "del", &probe]).output();
+        return true;
+    }
+    let why = if is_root() {
+        "`ip netns add` failed"
+    } else {
+        "not root"
+    };
+    assert!(
+        !interop_required(),
+        "this test needs network namespaces ({why}), and SHOAL_REQUIRE_INTEROP=1 requires them"
+    );
+    eprintln!("SKIP: cannot make a network namespace ({why})");
+    false
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| o.stdout == b"0\n")
+}
+
+/// `cmd` (program, arguments, environment, directory) run inside network
+/// namespace `ns` by `ip netns exec`, which execs the program: the child's
+/// PID is the program's, so killing the child ends it.
+pub fn in_netns(ns: &str, cmd: &Command) -> Command {
+    let mut c = Command::new("ip");
+    c.args(["netns", "exec", ns])
+        .arg(cmd.get_program())
+        .args(cmd.get_args());
+    for (k, v) in cmd.get_envs() {
+        match v {
+            Some(v) => c.env(k, v),
+            None => c.env_remove(k),
+        };
+    }
+    if let Some(dir) = cmd.get_current_dir() {
+        c.current_dir(dir);
+    }
+    c
+}
+
+/// Runs `f` on a thread that has joined network namespace `ns` (to reach
+/// addresses that exist only there, such as a tracker's /stats.json).
+pub fn in_netns_thread<T: Send + 'static>(ns: &str, f: impl FnOnce() -> T + Send + 'static) -> T {
+    use std::os::fd::AsRawFd;
+    let path = format!("/run/netns/{ns}");
+    std::thread::spawn(move || {
+        let file = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        // SAFETY: setns(2) on an open namespace file; it moves only this
+        // thread, which ends with `f`.
+        let r = unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) };
+        assert_eq!(r, 0, "setns {path}: {}", std::io::Error::last_os_error());
+        f()
+    })
+    .join()
+    .unwrap()
+}
+
 /// Whether this process may make private network namespaces (`unshare -n`,
 /// entered by `nsenter`): root, and the tools.
 pub fn can_unshare_net() -> bool {
     if !have("unshare") || !have("nsenter") || !have("ip") {
         return false;
     }
-    let is_root = Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout == b"0\n")
-        .unwrap_or(false);
+    let is_root = is_root();
     if !is_root {
         assert!(
             !interop_required(),
