@@ -58,6 +58,11 @@
 #        TIMEOUT=300 (per run) DATA_DIR=/tmp/shoal-bench NET=201 (10.NET.0.0/24)
 #        RESULTS=FILE (keep every run's JSON line there) KEEP=1 (keep each
 #        run's directory: peers' stderr, the torrent, the copies)
+#        CAPTURE=1: also capture the seed's link (bench/wan/seedcap.py, a
+#        python AF_PACKET reader; costs some CPU) and print, per run, the
+#        blocks the seed sent more than once (split by whether the asker
+#        could have had the piece from a peer already) and, per second,
+#        what it sent and how many requests it had waiting
 # Everything it made (namespaces, their veths and qdiscs, processes: ended by
 # PID, since deleting a namespace does not end them) is removed on exit, on
 # failure and on Ctrl-C.
@@ -167,7 +172,7 @@ add_host() { # NAME IP UP_MBIT
     ip -n "$ns" link set eth0 up
     cap "$ns" eth0 "$3"
     cap "$HUB" "v$1" "$DOWN_MBIT"
-    printf '{"ns": "%s", "ip": "%s", "hub_dev": "v%s", "up_mbit": %s}' "$ns" "$2" "$1" "$3"
+    printf '{"ns": "%s", "ip": "%s", "dev": "eth0", "hub_dev": "v%s", "up_mbit": %s}' "$ns" "$2" "$1" "$3"
 }
 
 echo "== hosts: 1 seed + $N leechers in network namespaces $PREFIX-*, up $UP_MBIT Mbit/s (seed $SEED_UP_MBIT), down $DOWN_MBIT Mbit/s, queue ${QUEUE_MS} ms, tracker on the hub 10.$NET.0.1"

@@ -17,7 +17,8 @@ in the namespace that reaches the tracker's address. HOSTS.json:
   {"tracker": {"ns": NS, "ip": IP},
    "seed": {"ns": NS, "ip": IP, "hub_dev": DEV, "up_mbit": U},
    "leechers": [{"ns": ..., "ip": ..., "hub_dev": ..., "up_mbit": ...}, ...]}
-(at least LEECHERS of them). hub_dev is the far end of the host's link, in
+(at least LEECHERS of them; "dev": the host's end of its link, for
+CAPTURE=1). hub_dev is the far end of the host's link, in
 run.py's own namespace: its receive counter (/proc/net/dev) is what the
 host sent, bytes on the wire with headers, sampled every 0.1 s while the
 swarm runs for the link figures below.
@@ -45,6 +46,9 @@ Measured:
           time the seed's link carried less than half its cap, and
           seed_copy_s: when the seed's link had carried as many bytes as
           the content (wire bytes: a little before its payload had).
+  capture (--hosts and CAPTURE=1 in the environment) bench/wan/seedcap.py's
+          count of the seed's link, message by message, from t0 to the
+          last completion: blocks sent more than once, requests outstanding.
 Then every process gets SIGINT, its JSON summary is read, and every
 leecher's file is compared with FILE byte for byte (a mismatch fails the
 run). Prints progress on stderr and one JSON result line on stdout.
@@ -271,6 +275,16 @@ else:
     watch(seed)
     wait_for(lambda: addr_re.search(seed.err), 120, "shoal seed", [seed])
 wait_for(lambda: tracker_peers()[0] >= 1, 30, "the seed's announce", [seed])
+cap = None
+if args.hosts and os.environ.get("CAPTURE") == "1":
+    if seed_lt:
+        seed_port = re.search(rb"ready (\d+)", seed.out).group(1).decode()
+    else:
+        seed_port = addr_re.search(seed.err).group(1).decode().rsplit(":", 1)[1]
+    cap = spawn([LTPY, os.path.join(HERE, "..", "wan", "seedcap.py"), hosts["seed"]["dev"],
+                 seed_port, os.path.join(work, "capture.json")], "capture", hosts["seed"])
+    watch(cap)
+    wait_for(lambda: b"capturing" in cap.out, 10, "the capture", [cap])
 seed_cpu0 = seed.cpu()
 tracker_cpu0 = tracker.cpu()
 
@@ -335,6 +349,12 @@ if sampling:
     sample_links([seed] + leechers)
 
 t_last = max(l.complete_at for l in leechers) - t0
+capture = None
+if cap is not None:
+    cap.p.send_signal(signal.SIGINT)
+    wait_for(lambda: cap.p.poll() is not None, 60, "the capture to finish")
+    with open(os.path.join(work, "capture.json")) as f:
+        capture = json.load(f)
 
 
 def link_figures():
@@ -458,6 +478,8 @@ res = {
 if seed_lt:
     res["super_seeding"] = ssum.get("super_seeding")
 res.update(links)
+if capture is not None:
+    res["capture"] = capture
 print(json.dumps(res), flush=True)
 try:
     tracker.p.wait(10)

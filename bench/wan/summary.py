@@ -89,6 +89,19 @@ if args.what == "line":
     if r["config"].startswith("mixed"):
         print(f"    medians by kind: shoal leechers {fmt(kind_median(r, 'shoal'), '.2f')} s, "
               f"libtorrent leechers {fmt(kind_median(r, 'lt'), '.2f')} s")
+    c = r.get("capture")
+    if c:
+        cap_bytes = args.seed_up * 1e6 / 8
+        idle = [b for b in c["bins"] if b["sent"] < cap_bytes / 2]
+        starved = sum(1 for b in idle if b["outstanding_max"] == 0)
+        print(f"    capture: the seed sent {c['blocks_sent']} blocks, {c['distinct_blocks']} distinct; "
+              f"{c['dup_blocks']} again ({c['dup_concurrent']} while only the seed had the piece, "
+              f"{c['dup_after_have']} after a peer had announced it); {len(idle)} s under half the cap, "
+              f"{starved} of them with no request waiting"
+              + (f"; {c['broken_flows']} of {c['flows']} flows with capture gaps" if c["broken_flows"] else ""))
+        print("    per second: MiB sent (dup) / requests / offers / waiting min-max: "
+              + " ".join(f"{b['sent'] / 2**20:.1f}({b['dup'] / 2**20:.1f})/{b['requests']}/{b['offers']}/"
+                         f"{b['outstanding_min']}-{b['outstanding_max']}" for b in c["bins"]))
     if r.get("hash_fails"):
         print(f"    hash fails: {r['hash_fails']}")
     if r.get("bad_exit"):
