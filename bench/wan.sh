@@ -90,8 +90,12 @@ LTPY=/usr/bin/python3 # Debian's interpreter: the one with the libtorrent module
 
 die() { echo "error: $*" >&2; exit 1; }
 [ "$(id -u)" -eq 0 ] || die "run as root (network namespaces and tc need it)"
-command -v ip >/dev/null && command -v tc >/dev/null || die "ip and tc are required (apt-get install iproute2)"
-[ "$N" -ge 1 ] && [ "$N" -le 200 ] || die "N must be 1..200"
+if ! command -v ip >/dev/null || ! command -v tc >/dev/null; then
+    die "ip and tc are required (apt-get install iproute2)"
+fi
+if [ "$N" -lt 1 ] || [ "$N" -gt 200 ]; then
+    die "N must be 1..200"
+fi
 for m in $MODES; do
     case $m in
     shoal | shoal-initial) ;;
