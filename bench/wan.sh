@@ -4,13 +4,16 @@
 # swarms are) instead of by the CPU (as on loopback, bench/swarm.sh).
 #
 # Hosts are network namespaces this script makes: one veth pair per host
-# from its eth0 to a bridge in a hub namespace, addresses 10.$NET.0.x that
-# exist only inside these namespaces. Each host's link is capped with tc tbf
+# from its eth0 to a bridge in a hub namespace, addresses in 10.$NET.0.0/16
+# that exist only inside these namespaces. Each host is in a /24 of its own,
+# as peers on the internet are: BEP 6 derives a peer's allowed-fast pieces
+# from its /24, and peers sharing one would all be allowed (and, while
+# choked, ask the seed for) the same pieces. Each host's link is capped with tc tbf
 # on both ends of its veth: UP_MBIT out of the host (its eth0), DOWN_MBIT
 # into it (the hub's end). This kernel has no netem: no added delay or loss;
 # the only delay is the queue of a full link (at most QUEUE_MS). The
 # `shoal tracker` runs on the hub, uncapped (10.$NET.0.1); the seed is
-# 10.$NET.0.10, leecher i 10.$NET.0.(11 + i).
+# 10.$NET.1.1, leecher i 10.$NET.(2 + i).1.
 #
 # One round runs every mode in MODES, one after the other (bench/swarm/run.py
 # does each run, inside the hub namespace; every peer is one process started
@@ -55,7 +58,7 @@
 #        SEED_UP_MBIT=$UP_MBIT QUEUE_MS=100 (tbf latency: the most a full
 #        link queues) ROUNDS=1 (every mode ROUNDS times, interleaved; medians)
 #        MODES="shoal lt mixed shoal-initial lt-super mixed-initial"
-#        TIMEOUT=300 (per run) DATA_DIR=/tmp/shoal-bench NET=201 (10.NET.0.0/24)
+#        TIMEOUT=300 (per run) DATA_DIR=/tmp/shoal-bench NET=201 (10.NET.0.0/16)
 #        RESULTS=FILE (keep every run's JSON line there) KEEP=1 (keep each
 #        run's directory: peers' stderr, the torrent, the copies)
 #        CAPTURE=1: also capture the seed's link (bench/wan/seedcap.py, a
@@ -172,7 +175,7 @@ add_host() { # NAME IP UP_MBIT
     ip link add eth0 netns "$ns" type veth peer name "v$1" netns "$HUB"
     ip -n "$HUB" link set "v$1" master br0 up
     ip -n "$ns" link set lo up
-    ip -n "$ns" addr add "$2/24" dev eth0
+    ip -n "$ns" addr add "$2/16" dev eth0
     ip -n "$ns" link set eth0 up
     cap "$ns" eth0 "$3"
     cap "$HUB" "v$1" "$DOWN_MBIT"
@@ -184,16 +187,16 @@ NAMESPACES+=("$HUB")
 ip netns add "$HUB"
 ip -n "$HUB" link set lo up
 ip -n "$HUB" link add br0 type bridge
-ip -n "$HUB" addr add "10.$NET.0.1/24" dev br0
+ip -n "$HUB" addr add "10.$NET.0.1/16" dev br0
 ip -n "$HUB" link set br0 up
 HOSTS=$TMP/hosts.json
 {
     printf '{"tracker": {"ns": "%s", "ip": "10.%s.0.1"},\n "seed": ' "$HUB" "$NET"
-    add_host seed "10.$NET.0.10" "$SEED_UP_MBIT"
+    add_host seed "10.$NET.1.1" "$SEED_UP_MBIT"
     printf ',\n "leechers": ['
     for ((i = 0; i < N; i++)); do
         [ "$i" -eq 0 ] || printf ',\n  '
-        add_host "l$i" "10.$NET.0.$((11 + i))" "$UP_MBIT"
+        add_host "l$i" "10.$NET.$((2 + i)).1" "$UP_MBIT"
     done
     printf ']}\n'
 } >"$HOSTS"

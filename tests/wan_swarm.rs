@@ -25,7 +25,8 @@ const SIZE: usize = 4 << 20;
 const SHOAL_LEECHERS: usize = 3;
 const UP_MBIT: u32 = 40;
 const DOWN_MBIT: u32 = 100;
-/// 10.NET.0.0/24 inside the test's namespaces only.
+/// 10.NET.0.0/16 inside the test's namespaces only; each host in a /24 of
+/// its own (BEP 6 gives peers in one /24 the same allowed-fast pieces).
 const NET: u32 = 202;
 
 /// The hub (a bridge, the tracker at 10.NET.0.1) and the hosts hanging off
@@ -65,7 +66,7 @@ impl Testbed {
             &hub,
             "addr",
             "add",
-            &format!("10.{NET}.0.1/24"),
+            &format!("10.{NET}.0.1/16"),
             "dev",
             "br0",
         ]);
@@ -77,7 +78,7 @@ impl Testbed {
         format!("{}-hub", self.prefix)
     }
 
-    /// A host `name` at `addr` (10.NET.0.x), linked to the hub with UP_MBIT
+    /// A host `name` at `addr` (10.NET.x.1), linked to the hub with UP_MBIT
     /// out of it and DOWN_MBIT into it; returns its namespace.
     fn host(&mut self, name: &str, addr: &str) -> String {
         let (ns, hub, far) = (
@@ -98,7 +99,7 @@ impl Testbed {
             &ns,
             "addr",
             "add",
-            &format!("{addr}/24"),
+            &format!("{addr}/16"),
             "dev",
             "eth0",
         ]);
@@ -205,7 +206,7 @@ fn swarm_on_capped_links_completes_with_identical_data() {
         ],
     );
 
-    let seed_ip = format!("10.{NET}.0.10");
+    let seed_ip = format!("10.{NET}.1.1");
     let seed_ns = bed.host("seed", &seed_ip);
     let mut seed = Shoal::start_in(
         &seed_ns,
@@ -229,7 +230,7 @@ fn swarm_on_capped_links_completes_with_identical_data() {
     // Hosts first, then every leecher at once.
     let hosts: Vec<(String, String)> = (0..SHOAL_LEECHERS + 1)
         .map(|i| {
-            let addr = format!("10.{NET}.0.{}", 11 + i);
+            let addr = format!("10.{NET}.{}.1", 2 + i);
             (bed.host(&format!("l{i}"), &addr), addr)
         })
         .collect();
