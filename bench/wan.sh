@@ -150,7 +150,11 @@ cleanup() {
     for ns in "${NAMESPACES[@]}"; do
         ip netns del "$ns" 2>/dev/null
     done
-    rm -rf "$TMP"
+    if [ "${KEEP:-}" = 1 ]; then
+        echo "== kept $TMP (KEEP=1)"
+    else
+        rm -rf "$TMP"
+    fi
 }
 trap cleanup EXIT
 trap 'exit 130' INT TERM

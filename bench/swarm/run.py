@@ -45,7 +45,9 @@ Measured:
           swarm_link_use: all hosts' bytes / all caps), seed_idle_s: the
           time the seed's link carried less than half its cap, and
           seed_copy_s: when the seed's link had carried as many bytes as
-          the content (wire bytes: a little before its payload had).
+          the content (wire bytes: a little before its payload had);
+          timeline: per second, MiB on the seed's link and on all
+          leechers' links together.
   capture (--hosts and CAPTURE=1 in the environment) bench/wan/seedcap.py's
           count of the seed's link, message by message, from t0 to the
           last completion: blocks sent more than once, requests outstanding.
@@ -385,6 +387,12 @@ def link_figures():
         if copy_at is None and b1 - base >= size_bytes:
             copy_at = a0 + (a1 - a0) * (size_bytes - (b0 - base)) / max(b1 - b0, 1) - t0
     lu = [use[l.tag] for l in leechers]
+    # Per second: MiB the seed's link and all leechers' links carried.
+    timeline = []
+    for k in range(int(t_last) + 1):
+        a, b = t0 + k, min(t0 + k + 1, t_end)
+        timeline.append([round((sent(seed, b) - sent(seed, a)) / 2**20, 2),
+                         round(sum(sent(l, b) - sent(l, a) for l in leechers) / 2**20, 2)])
     return {
         "seed_link_use": round(use["seed"], 3),
         "leechers_link_use": round(sum(lu) / len(lu), 3),
@@ -392,6 +400,7 @@ def link_figures():
                                 / (sum(cap(p) for p in everyone) * t_last), 3),
         "seed_idle_s": round(idle, 2),
         "seed_copy_s": None if copy_at is None else round(copy_at, 2),
+        "timeline": timeline,
     }
 
 
@@ -426,7 +435,9 @@ tracker.p.send_signal(signal.SIGINT)
 bad_exit = [f"{p.tag}={p.p.returncode}" for p in leechers + [seed] if p.p.returncode not in (0, 130)]
 ssum = seed.summary()
 if ssum is None:
-    fail("no JSON summary from the seed: " + seed.out.decode(errors="replace")[-500:])
+    fail(f"no JSON summary from the seed (exit status {seed.p.returncode}); stdout: "
+         + seed.out.decode(errors="replace")[-500:] + "; stderr: "
+         + seed.err.decode(errors="replace")[-1500:])
 size = ssum["size"]
 lsums = [l.summary() for l in leechers]
 if any(s is None for s in lsums):

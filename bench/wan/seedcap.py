@@ -163,6 +163,8 @@ class Flow:
                         dup_concurrent += 1
             elif mid == 4 and n >= 4 and bn is not None:
                 bn["offers"] += 1
+            elif mid == 16 and n >= 12:  # reject_request
+                outstanding = max(0, outstanding - 1)
             elif mid == 0 and bn is not None:
                 bn["chokes"] += 1
             elif mid == 1 and bn is not None:
@@ -177,7 +179,7 @@ class Flow:
                 requested[(index, offset)].append((t, peer_flow))
                 outstanding += 1
                 bn["requests"] += 1
-            elif mid in (8, 16) and n >= 12:  # cancel, reject
+            elif mid == 8 and n >= 12:  # cancel
                 outstanding = max(0, outstanding - 1)
             elif mid == 4 and n >= 4:
                 (index,) = struct.unpack_from(">I", b, at)
@@ -228,7 +230,8 @@ res = {
     "dup_concurrent": dup_concurrent,
     "broken_flows": len(broken),
     "flows": len(flows),
-    "bins": [dict(bins[i], t=i * BIN) for i in sorted(bins)],
+    # Every bin up to the last, the quiet ones too.
+    "bins": [dict(bins[i], t=i * BIN) for i in range(max(bins) + 1 if bins else 0)],
 }
 with open(out_path, "w") as f:
     json.dump(res, f)

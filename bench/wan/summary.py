@@ -101,7 +101,10 @@ if args.what == "line":
               + (f"; {c['broken_flows']} of {c['flows']} flows with capture gaps" if c["broken_flows"] else ""))
         print("    per second: MiB sent (dup) / requests / offers / waiting min-max: "
               + " ".join(f"{b['sent'] / 2**20:.1f}({b['dup'] / 2**20:.1f})/{b['requests']}/{b['offers']}/"
-                         f"{b['outstanding_min']}-{b['outstanding_max']}" for b in c["bins"]))
+                         f"{fmt(b['outstanding_min'], 'd')}-{b['outstanding_max']}" for b in c["bins"]))
+    if c and r.get("timeline"):
+        print("    per second, MiB on the links, seed/leechers (all): "
+              + " ".join(f"{s:.1f}/{l:.1f}" for s, l in r["timeline"]))
     if r.get("hash_fails"):
         print(f"    hash fails: {r['hash_fails']}")
     if r.get("bad_exit"):
