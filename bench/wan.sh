@@ -125,14 +125,9 @@ HUB=$PREFIX-hub
 NAMESPACES=()
 RUN_PID=
 
-# Ends every process in our namespaces by PID (TERM, then KILL after 5 s),
-# then deletes the namespaces (which takes their veths and qdiscs along).
-cleanup() {
-    set +e
-    if [ -n "$RUN_PID" ]; then
-        kill "$RUN_PID" 2>/dev/null # run.py ends its own peers
-        wait "$RUN_PID" 2>/dev/null
-    fi
+# Ends every process left in our namespaces by PID (TERM, then KILL after
+# 5 s): run.py ends its own, but not if it was killed itself.
+end_processes() {
     local ns pids tries
     for ((tries = 0; tries < 50; tries++)); do
         pids=()
@@ -147,6 +142,18 @@ cleanup() {
         fi
         sleep 0.1
     done
+}
+# Ends our processes, then deletes the namespaces (which takes their veths
+# and qdiscs along).
+cleanup() {
+    set +e
+    trap '' INT TERM # a second Ctrl-C must not cut the clean-up short
+    if [ -n "$RUN_PID" ]; then
+        kill "$RUN_PID" 2>/dev/null # run.py ends its own peers
+        wait "$RUN_PID" 2>/dev/null
+    fi
+    end_processes
+    local ns
     for ns in "${NAMESPACES[@]}"; do
         ip netns del "$ns" 2>/dev/null
     done
@@ -235,6 +242,7 @@ for ((r = 1; r <= ROUNDS; r++)); do
         RUN_PID=$!
         wait "$RUN_PID" || true
         RUN_PID=
+        end_processes 2>/dev/null || true
         if ! tail -n1 "$TMP/run.out" | grep -q '^{'; then
             echo "{\"config\": \"$m\", \"ok\": false, \"error\": \"run.py printed no result\"}" >"$TMP/run.out"
         fi

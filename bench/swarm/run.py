@@ -411,7 +411,7 @@ cpu_seed = seed.cpu() - seed_cpu0
 cpu_tracker = tracker.cpu() - tracker_cpu0
 times = sorted(l.complete_at - t0 for l in leechers)
 log(f"all {n} complete: first {times[0]:.2f} s, median {times[n // 2]:.2f} s, last {t_last:.2f} s"
-    + (f"; links: {links}" if links else ""))
+    + (f"; links: { {k: v for k, v in links.items() if k != 'timeline'} }" if links else ""))
 
 # --- stop, collect, verify ------------------------------------------------------------
 
