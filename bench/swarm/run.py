@@ -244,7 +244,9 @@ if interval:
     targs += ["--interval", interval]
 tracker = spawn(targs, "tracker", hosts["tracker"])
 watch(tracker)
-addr_re = re.compile(rb"listening on (\d+\.\d+\.\d+\.\d+:\d+);")
+# The tracker's "listening on ADDR; announce URL …", the seed's "seeding …,
+# listening on ADDR" (a whole line: a read may end inside the port).
+addr_re = re.compile(rb"listening on (\d+\.\d+\.\d+\.\d+:\d+)[;\s]")
 wait_for(lambda: addr_re.search(tracker.err), 10, "the tracker", [tracker])
 taddr = addr_re.search(tracker.err).group(1).decode()
 torrent = os.path.join(work, "t.torrent")
@@ -269,8 +271,8 @@ if seed_lt:
     watch(seed)
     wait_for(lambda: b"ready" in seed.out, 120, "the libtorrent seed", [seed])
 else:
-    sargs = [shoal, "seed", torrent, src, "--port", "0", "--bind", hosts["seed"]["ip"], "-q",
-             "--json"]
+    # No -q: it would silence the "listening on" line too.
+    sargs = [shoal, "seed", torrent, src, "--port", "0", "--bind", hosts["seed"]["ip"], "--json"]
     if initial:
         sargs.append("--initial-seeding")
     seed = spawn(sargs, "seed", hosts["seed"])

@@ -159,15 +159,15 @@ print()
 for m in ["shoal", "shoal-initial"]:
     v = x(med(m, "last"))
     if v is not None:
-        print(f"{'PASS' if v <= GOAL_LIMIT_X else 'MISS'}: {m}: last leecher {v:.2f} x the limit <= {GOAL_LIMIT_X}")
+        print(f"{'PASS' if v <= GOAL_LIMIT_X else 'MISS'}: {m}: last leecher {v:.3f} x the limit <= {GOAL_LIMIT_X}")
 for a, b in [("shoal", "lt"), ("shoal-initial", "lt-super")]:
     v = ratio(a, b, "last")
     if v is not None:
-        print(f"{'PASS' if v <= GOAL_LT_X else 'MISS'}: {a}: last leecher {v:.2f} x {b}'s <= {GOAL_LT_X}")
+        print(f"{'PASS' if v <= GOAL_LT_X else 'MISS'}: {a}: last leecher {v:.3f} x {b}'s <= {GOAL_LT_X}")
 for a, b in [("mixed", "lt"), ("mixed-initial", "lt-super")]:
     v = ratio(a, b, "last")
     if v is not None:
-        print(f"{'PASS' if v <= 1 else 'MISS'}: {a}: last leecher {v:.2f} x {b}'s <= 1")
+        print(f"{'PASS' if v <= 1 else 'MISS'}: {a}: last leecher {v:.3f} x {b}'s <= 1")
 
 if failed:
     print()
