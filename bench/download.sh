@@ -121,7 +121,7 @@ free_port() {
 env -u RUST_LOG "$SHOAL" tracker --listen 127.0.0.1:0 2>"$TMP/tracker.log" &
 TRACKER_PID=$!
 PIDS+=("$TRACKER_PID")
-TRACKER=$(wait_for "$TMP/tracker.log" 's/.*listening on \([0-9.]*:[0-9]*\);.*/\1/p' "$TRACKER_PID" "shoal tracker")
+TRACKER=$(wait_for "$TMP/tracker.log" 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$TRACKER_PID" "shoal tracker")
 ANNOUNCE=http://$TRACKER/announce
 
 "$SHOAL" create "$FILE" -l 20 -a "$ANNOUNCE" -o "$TMP/t.torrent" >"$TMP/create.log" 2>&1 ||
@@ -141,7 +141,7 @@ env -u RUST_LOG "$SHOAL" seed "$TMP/t.torrent" "$FILE" --port 0 --bind 127.0.0.1
     2>"$TMP/shoal-seed.log" &
 SHOAL_SEED_PID=$!
 PIDS+=("$SHOAL_SEED_PID")
-SHOAL_SEED=$(wait_for "$TMP/shoal-seed.log" 's/.*listening on \([0-9.]*:[0-9]*\);.*/\1/p' "$SHOAL_SEED_PID" "shoal seed")
+SHOAL_SEED=$(wait_for "$TMP/shoal-seed.log" 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$SHOAL_SEED_PID" "shoal seed")
 echo "   listening on $SHOAL_SEED"
 
 # --- one timed download --------------------------------------------------------------

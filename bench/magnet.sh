@@ -71,7 +71,7 @@ free_port() { "$LTPY" -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 
 env -u RUST_LOG "$SHOAL" tracker --listen 127.0.0.1:0 2>"$TMP/tracker.log" &
 PIDS+=($!)
-TRACKER=$(wait_line "$TMP/tracker.log" 's/.*listening on \([0-9.]*:[0-9]*\);.*/\1/p' "$!" "shoal tracker")
+TRACKER=$(wait_line "$TMP/tracker.log" 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$!" "shoal tracker")
 ANNOUNCE=http://$TRACKER/announce
 
 CACHE=$DATA_DIR/t-$PIECES.torrent
