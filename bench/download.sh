@@ -137,7 +137,7 @@ LT_PORT=$(wait_for "$TMP/lt-seed.log" 's/^seeding \([0-9]*\)$/\1/p' "$LT_SEED_PI
 echo "   listening on 127.0.0.1:$LT_PORT"
 
 echo "== starting the shoal seed (checks the data first; --no-trackers, for shoal -> shoal)"
-env -u RUST_LOG "$SHOAL" seed "$TMP/t.torrent" "$FILE" --port 0 --bind 127.0.0.1 --no-trackers -q \
+env -u RUST_LOG "$SHOAL" seed "$TMP/t.torrent" "$FILE" --port 0 --bind 127.0.0.1 --no-trackers \
     2>"$TMP/shoal-seed.log" &
 SHOAL_SEED_PID=$!
 PIDS+=("$SHOAL_SEED_PID")

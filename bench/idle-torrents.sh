@@ -47,7 +47,7 @@ cp "$dir/torrents/t1.torrent" "$dir/one/"
 # few seconds have passed (announces done, buffers settled).
 rss_of() {
   local log="$dir/seed.log"
-  "$SHOAL" seed --data "$dir/data" "$1" --port 0 --bind 127.0.0.1 -q 2> "$log" &
+  "$SHOAL" seed --data "$dir/data" "$1" --port 0 --bind 127.0.0.1 2> "$log" &
   local pid=$!
   pids+=($pid)
   for _ in $(seq 600); do grep -q "listening on" "$log" && break; sleep 0.1; done
