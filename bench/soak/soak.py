@@ -33,7 +33,7 @@ info_hash = bytes.fromhex(meta["info_hash"])
 pieces = meta["piece_count"]
 
 seed_log = open(f"{WORK}/seed.log", "w")
-seed = subprocess.Popen([SHOAL, "seed", f"{WORK}/t.torrent", data, "--port", "0", "-q"],
+seed = subprocess.Popen([SHOAL, "seed", f"{WORK}/t.torrent", data, "--port", "0"],
                         stderr=subprocess.PIPE, text=True)
 port = None
 for line in seed.stderr:
