@@ -1415,3 +1415,91 @@ fn only_by_name_creates_only_the_chosen_files() {
 fn show_json_with(cwd: &Path, args: &[&str]) -> serde_json::Value {
     serde_json::from_str(&shoal_ok(cwd, args)).unwrap()
 }
+
+/// `shoal download … &` from an interactive shell draws no bar over the
+/// prompt (it is not in the terminal's foreground process group); its log
+/// lines still show. The same download in the foreground draws one.
+#[test]
+fn a_download_in_the_background_draws_no_bar() {
+    if !have("tmux") {
+        assert!(!interop_required(), "tmux is missing (Debian package tmux)");
+        eprintln!("SKIPPED: tmux is not installed");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    write(&d.join("data.bin"), &bytes(5, 1 << 20));
+    let refused = free_port();
+    let announce = format!("http://127.0.0.1:{refused}/announce");
+    shoal_ok(
+        d,
+        &["create", "data.bin", "-a", &announce, "-o", "t.torrent"],
+    );
+    let sock = d.join("tmux.sock");
+    let tmux = |args: &[&str]| {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&sock)
+            .args(args)
+            .output()
+            .expect("run tmux");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // An interactive shell: it puts a job started with & in a process
+    // group of its own, as a user's shell does.
+    tmux(&[
+        "new-session",
+        "-d",
+        "-x",
+        "100",
+        "-y",
+        "30",
+        "-s",
+        "b",
+        "bash --norc --noprofile -i",
+    ]);
+    struct Kill<'a>(&'a Path);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = Command::new("tmux")
+                .arg("-S")
+                .arg(self.0)
+                .arg("kill-server")
+                .status();
+        }
+    }
+    let _kill = Kill(&sock);
+    let run = |out: &str, background: bool| {
+        format!(
+            "cd '{}' && SHOAL_NO_DHT=1 XDG_STATE_HOME='{}' '{}' download t.torrent -o {out} --port 0{}",
+            d.display(),
+            d.join("state").display(),
+            SHOAL,
+            if background { " &" } else { "" }
+        )
+    };
+    let screen = || tmux(&["capture-pane", "-p", "-J", "-t", "b"]);
+    tmux(&["send-keys", "-t", "b", &run("bg", true), "Enter"]);
+    wait_for(30, "the background download's tracker warning", || {
+        screen().contains("warning: tracker")
+    });
+    // Its bar would be up within a tick (0.5 s) of the warning; watch for
+    // four ticks.
+    let until = std::time::Instant::now() + std::time::Duration::from_secs(2);
+    while std::time::Instant::now() < until {
+        let shown = screen();
+        assert!(
+            !shown.contains("no peers yet"),
+            "a bar over the prompt:\n{shown}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    tmux(&["send-keys", "-t", "b", "kill %1", "Enter"]);
+    // The control: in the foreground the same download draws its bar.
+    tmux(&["send-keys", "-t", "b", "clear", "Enter"]);
+    tmux(&["send-keys", "-t", "b", &run("fg", false), "Enter"]);
+    wait_for(30, "the foreground download's bar", || {
+        screen().contains("no peers yet")
+    });
+    tmux(&["send-keys", "-t", "b", "C-c", ""]);
+}
