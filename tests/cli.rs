@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
 
 use common::*;
 
@@ -1169,11 +1168,9 @@ fn a_peer_timeout_beyond_the_memory_stores_reach_is_refused() {
 /// fragment of the bar remains.
 #[test]
 fn the_bar_on_an_80_column_terminal_says_why_nothing_moves() {
-    if !have("tmux") {
-        assert!(!interop_required(), "tmux is missing (Debian package tmux)");
-        eprintln!("SKIPPED: tmux is not installed");
+    let Some(_) = Tmux::available() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write(&d.join("data.bin"), &bytes(3, 3 << 20));
@@ -1184,28 +1181,14 @@ fn the_bar_on_an_80_column_terminal_says_why_nothing_moves() {
         d,
         &["create", "data.bin", "-a", &announce, "-o", "t.torrent"],
     );
-    let sock = d.join("tmux.sock");
-    let tmux = |args: &[&str]| {
-        let out = Command::new("tmux")
-            .arg("-S")
-            .arg(&sock)
-            .args(args)
-            .output()
-            .expect("run tmux");
-        assert!(
-            out.status.success(),
-            "tmux {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let tmux = Tmux::new(d);
     let command = format!(
         "cd '{}' && env SHOAL_NO_DHT=1 XDG_STATE_HOME='{}' '{}' download t.torrent -o out --port 0; echo EXITED $?; sleep 30",
         d.display(),
         d.join("state").display(),
         SHOAL
     );
-    tmux(&[
+    tmux.run(&[
         "new-session",
         "-d",
         "-x",
@@ -1216,19 +1199,8 @@ fn the_bar_on_an_80_column_terminal_says_why_nothing_moves() {
         "t",
         &command,
     ]);
-    struct Kill<'a>(&'a Path);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("tmux")
-                .arg("-S")
-                .arg(self.0)
-                .arg("kill-server")
-                .status();
-        }
-    }
-    let _kill = Kill(&sock);
     // Joined lines (-J): a line that wrapped comes back as one longer line.
-    let screen = || tmux(&["capture-pane", "-p", "-J", "-t", "t"]);
+    let screen = || tmux.screen("t");
     let mut shown = String::new();
     wait_for(30, "the bar to say why nothing moves", || {
         shown = screen();
@@ -1256,7 +1228,7 @@ fn the_bar_on_an_80_column_terminal_says_why_nothing_moves() {
     );
     assert!(!warnings[0].contains('%'), "{}", warnings[0]);
     // Ctrl-C: the bar goes, the summary stays.
-    tmux(&["send-keys", "-t", "t", "C-c"]);
+    tmux.run(&["send-keys", "-t", "t", "C-c"]);
     wait_for(20, "shoal to exit", || {
         shown = screen();
         shown.contains("EXITED")
@@ -1421,11 +1393,9 @@ fn show_json_with(cwd: &Path, args: &[&str]) -> serde_json::Value {
 /// lines still show. The same download in the foreground draws one.
 #[test]
 fn a_download_in_the_background_draws_no_bar() {
-    if !have("tmux") {
-        assert!(!interop_required(), "tmux is missing (Debian package tmux)");
-        eprintln!("SKIPPED: tmux is not installed");
+    let Some(_) = Tmux::available() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
     write(&d.join("data.bin"), &bytes(5, 1 << 20));
@@ -1435,19 +1405,10 @@ fn a_download_in_the_background_draws_no_bar() {
         d,
         &["create", "data.bin", "-a", &announce, "-o", "t.torrent"],
     );
-    let sock = d.join("tmux.sock");
-    let tmux = |args: &[&str]| {
-        let out = Command::new("tmux")
-            .arg("-S")
-            .arg(&sock)
-            .args(args)
-            .output()
-            .expect("run tmux");
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    };
+    let tmux = Tmux::new(d);
     // An interactive shell: it puts a job started with & in a process
     // group of its own, as a user's shell does.
-    tmux(&[
+    tmux.run(&[
         "new-session",
         "-d",
         "-x",
@@ -1458,17 +1419,6 @@ fn a_download_in_the_background_draws_no_bar() {
         "b",
         "bash --norc --noprofile -i",
     ]);
-    struct Kill<'a>(&'a Path);
-    impl Drop for Kill<'_> {
-        fn drop(&mut self) {
-            let _ = Command::new("tmux")
-                .arg("-S")
-                .arg(self.0)
-                .arg("kill-server")
-                .status();
-        }
-    }
-    let _kill = Kill(&sock);
     let run = |out: &str, background: bool| {
         format!(
             "cd '{}' && SHOAL_NO_DHT=1 XDG_STATE_HOME='{}' '{}' download t.torrent -o {out} --port 0{}",
@@ -1478,8 +1428,8 @@ fn a_download_in_the_background_draws_no_bar() {
             if background { " &" } else { "" }
         )
     };
-    let screen = || tmux(&["capture-pane", "-p", "-J", "-t", "b"]);
-    tmux(&["send-keys", "-t", "b", &run("bg", true), "Enter"]);
+    let screen = || tmux.screen("b");
+    tmux.run(&["send-keys", "-t", "b", &run("bg", true), "Enter"]);
     wait_for(30, "the background download's tracker warning", || {
         screen().contains("warning: tracker")
     });
@@ -1494,12 +1444,12 @@ fn a_download_in_the_background_draws_no_bar() {
         );
         std::thread::sleep(std::time::Duration::from_millis(100));
     }
-    tmux(&["send-keys", "-t", "b", "kill %1", "Enter"]);
+    tmux.run(&["send-keys", "-t", "b", "kill %1", "Enter"]);
     // The control: in the foreground the same download draws its bar.
-    tmux(&["send-keys", "-t", "b", "clear", "Enter"]);
-    tmux(&["send-keys", "-t", "b", &run("fg", false), "Enter"]);
+    tmux.run(&["send-keys", "-t", "b", "clear", "Enter"]);
+    tmux.run(&["send-keys", "-t", "b", &run("fg", false), "Enter"]);
     wait_for(30, "the foreground download's bar", || {
         screen().contains("no peers yet")
     });
-    tmux(&["send-keys", "-t", "b", "C-c", ""]);
+    tmux.run(&["send-keys", "-t", "b", "C-c", ""]);
 }

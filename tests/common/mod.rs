@@ -721,3 +721,61 @@ pub fn can_unshare_net() -> bool {
     }
     is_root
 }
+
+/// A tmux server of a test's own (its socket in the test's directory),
+/// killed when dropped: a real terminal to run shoal in and read back.
+pub struct Tmux {
+    sock: PathBuf,
+}
+
+impl Tmux {
+    /// `Some` when tmux is installed; otherwise says why the test is
+    /// skipped (a failure when interop programs are required).
+    pub fn available() -> Option<()> {
+        if have("tmux") {
+            return Some(());
+        }
+        assert!(!interop_required(), "tmux is missing (Debian package tmux)");
+        eprintln!("SKIPPED: tmux is not installed");
+        None
+    }
+
+    pub fn new(dir: &Path) -> Tmux {
+        Tmux {
+            sock: dir.join("tmux.sock"),
+        }
+    }
+
+    /// `tmux ARGS` on this server; its stdout. Fails the test when tmux
+    /// does.
+    pub fn run(&self, args: &[&str]) -> String {
+        let out = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.sock)
+            .args(args)
+            .output()
+            .expect("run tmux");
+        assert!(
+            out.status.success(),
+            "tmux {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    /// What `target`'s window shows, wrapped lines joined (`-J`): a line
+    /// that wrapped comes back as one longer line.
+    pub fn screen(&self, target: &str) -> String {
+        self.run(&["capture-pane", "-p", "-J", "-t", target])
+    }
+}
+
+impl Drop for Tmux {
+    fn drop(&mut self) {
+        let _ = Command::new("tmux")
+            .arg("-S")
+            .arg(&self.sock)
+            .arg("kill-server")
+            .status();
+    }
+}
