@@ -556,7 +556,7 @@ fn parse_announce(
             sample.compact.extend_from_slice(e);
         }
     } else {
-        sample.dicts = entries.map(|e| peer_of(e, v6)).collect();
+        sample.dicts = entries.filter_map(|e| peer_of(e, v6)).collect();
     }
     Some(Ok(AnnounceOutcome {
         complete: count(c)?,
@@ -565,17 +565,14 @@ fn parse_announce(
     }))
 }
 
-/// A compact entry as an address and port.
-fn peer_of(e: &[u8], v6: bool) -> (IpAddr, u16) {
-    let (ip, port) = e.split_at(e.len() - 2);
-    let ip = if v6 {
-        let o: [u8; 16] = ip.try_into().expect("an 18-byte entry");
-        IpAddr::V6(Ipv6Addr::from(o))
-    } else {
-        let o: [u8; 4] = ip.try_into().expect("a 6-byte entry");
-        IpAddr::V4(Ipv4Addr::from(o))
+/// A compact entry as an address and port; `None` for any other length.
+fn peer_of(e: &[u8], v6: bool) -> Option<(IpAddr, u16)> {
+    let ip = match (v6, e.len()) {
+        (true, 18) => IpAddr::V6(Ipv6Addr::from(<[u8; 16]>::try_from(&e[..16]).ok()?)),
+        (false, 6) => IpAddr::V4(Ipv4Addr::from(<[u8; 4]>::try_from(&e[..4]).ok()?)),
+        _ => return None,
     };
-    (ip, u16::from_be_bytes([port[0], port[1]]))
+    Some((ip, u16::from_be_bytes([e[e.len() - 2], e[e.len() - 1]])))
 }
 
 #[cfg(test)]
