@@ -1173,14 +1173,7 @@ fn the_bar_on_an_80_column_terminal_says_why_nothing_moves() {
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(&d.join("data.bin"), &bytes(3, 3 << 20));
-    // A port nobody listens on: connections are refused.
-    let refused = free_port();
-    let announce = format!("http://127.0.0.1:{refused}/announce");
-    shoal_ok(
-        d,
-        &["create", "data.bin", "-a", &announce, "-o", "t.torrent"],
-    );
+    torrent_with_a_refusing_tracker(d, &bytes(3, 3 << 20));
     let tmux = Tmux::new(d);
     let command = format!(
         "cd '{}' && env SHOAL_NO_DHT=1 XDG_STATE_HOME='{}' '{}' download t.torrent -o out --port 0; echo EXITED $?; sleep 30",
@@ -1398,13 +1391,7 @@ fn a_download_in_the_background_draws_no_bar() {
     };
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    write(&d.join("data.bin"), &bytes(5, 1 << 20));
-    let refused = free_port();
-    let announce = format!("http://127.0.0.1:{refused}/announce");
-    shoal_ok(
-        d,
-        &["create", "data.bin", "-a", &announce, "-o", "t.torrent"],
-    );
+    torrent_with_a_refusing_tracker(d, &bytes(5, 1 << 20));
     let tmux = Tmux::new(d);
     // An interactive shell: it puts a job started with & in a process
     // group of its own, as a user's shell does.
@@ -1452,4 +1439,16 @@ fn a_download_in_the_background_draws_no_bar() {
         screen().contains("no peers yet")
     });
     tmux.run(&["send-keys", "-t", "b", "C-c", ""]);
+}
+
+/// `d/t.torrent` of `d/data.bin` (`data`), its tracker a port nobody
+/// listens on: every announce is refused.
+fn torrent_with_a_refusing_tracker(d: &Path, data: &[u8]) {
+    write(&d.join("data.bin"), data);
+    let refused = free_port();
+    let announce = format!("http://127.0.0.1:{refused}/announce");
+    shoal_ok(
+        d,
+        &["create", "data.bin", "-a", &announce, "-o", "t.torrent"],
+    );
 }
