@@ -529,14 +529,14 @@ impl State {
     }
 
     /// A peer's interest in us changed; free upload slots go to
-    /// interested peers at once.
+    /// interested peers at once — also the slot of a peer that just lost
+    /// interest (it took what it wanted), else that slot would sit idle
+    /// until the next choke round, up to 10 s of a capped link unused.
     pub fn set_interested(&mut self, key: PeerKey, interested: bool) {
         if let Some(p) = self.peers.get_mut(&key) {
             p.interested = interested;
         }
-        if interested {
-            self.fill_slots();
-        }
+        self.fill_slots();
     }
 
     /// Hands free upload slots to interested peers.
@@ -1526,6 +1526,27 @@ pub(crate) mod tests {
         let (tx, rx) = mpsc::unbounded_channel();
         let key = st.admit(addr.parse().unwrap(), [id; 20], false, tx, now, max, 8)?;
         Ok((key, rx))
+    }
+
+    #[test]
+    fn a_slot_given_up_by_a_peer_that_lost_interest_is_handed_on_at_once() {
+        let mut st = test_state(8, true);
+        st.choker = Choker::new(1);
+        let mut peers: Vec<_> = (1..=3).map(|n| add_peer(&mut st, n)).collect();
+        let unchoked = |rx: &mut mpsc::UnboundedReceiver<Cmd>| {
+            std::iter::from_fn(|| rx.try_recv().ok()).any(|c| matches!(c, Cmd::Unchoke))
+        };
+        // Two interested: both slots (the regular and the optimistic).
+        st.set_interested(peers[0].0, true);
+        st.set_interested(peers[1].0, true);
+        assert!(unchoked(&mut peers[0].1) && unchoked(&mut peers[1].1));
+        // The third waits: no slot is free.
+        st.set_interested(peers[2].0, true);
+        assert!(!unchoked(&mut peers[2].1));
+        // The first took what it wanted: its slot goes to the third now,
+        // not at the next round.
+        st.set_interested(peers[0].0, false);
+        assert!(unchoked(&mut peers[2].1));
     }
 
     #[test]
