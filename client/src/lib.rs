@@ -32,6 +32,7 @@ pub mod rate;
 pub mod resume;
 pub mod session;
 pub mod smartban;
+pub mod spread;
 pub mod storage;
 pub mod tracker;
 pub mod wire;

@@ -224,6 +224,32 @@ impl Picker {
         out
     }
 
+    /// Up to `max` blocks of `piece` to request from `key`, starting the
+    /// piece if it is not started yet: for a piece the peer suggested
+    /// (`suggest_piece`), which it knows is the one it should send. None
+    /// when we have it or it is being verified.
+    pub fn pick_piece(&mut self, key: PeerKey, piece: u32, max: usize) -> Vec<BlockRef> {
+        let mut out = Vec::new();
+        if (piece as usize) >= self.have.len()
+            || self.have.get(piece as usize)
+            || self.verifying.contains(&piece)
+        {
+            return out;
+        }
+        if !self.partial.contains_key(&piece) {
+            let blocks = vec![Block::default(); self.block_count(piece)];
+            self.partial.insert(
+                piece,
+                Partial {
+                    blocks,
+                    received: 0,
+                },
+            );
+        }
+        self.take_free(key, piece, max, &mut out);
+        out
+    }
+
     fn take_free(&mut self, key: PeerKey, piece: u32, max: usize, out: &mut Vec<BlockRef>) {
         let Some(p) = self.partial.get_mut(&piece) else {
             return;
@@ -350,6 +376,25 @@ mod tests {
             b.set(i);
         }
         b
+    }
+
+    #[test]
+    fn a_suggested_piece_is_started_and_shared_like_any_other() {
+        let mut p = Picker::new(40 * 1024, 90 * 1024, Bitfield::new(3));
+        let mut rng = SmallRng::seed_from_u64(9);
+        p.add_peer(&full(3));
+        // Two of piece 1's three blocks from peer 1...
+        let got = p.pick_piece(1, 1, 2);
+        assert_eq!(got.len(), 2);
+        assert!(got.iter().all(|b| b.index == 1));
+        // ...the third goes to the next asker first (started pieces first).
+        assert_eq!(p.pick(2, &full(3), 1, &mut rng)[0].index, 1);
+        // Out of range, or a piece we have: nothing.
+        assert!(p.pick_piece(1, 7, 5).is_empty());
+        let mut have = Bitfield::new(3);
+        have.set(0);
+        let mut q = Picker::new(40 * 1024, 90 * 1024, have);
+        assert!(q.pick_piece(1, 0, 5).is_empty());
     }
 
     #[test]

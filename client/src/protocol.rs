@@ -21,7 +21,7 @@
 //!   the block at once), and the peer's allowed-fast pieces are requested
 //!   while it chokes us.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
@@ -37,7 +37,10 @@ use crate::metadata;
 use crate::pex::{self, PexIn, PexMessage, PexOut, PexVerdict};
 use crate::picker::{PeerKey, Received};
 use crate::session::{Cmd, Ident, PeerCounters, State};
-use crate::wire::{Bitfield, BitfieldError, BlockRef, Features, Message, WireError, MAX_BLOCK};
+use crate::spread::Spread;
+use crate::wire::{
+    Bitfield, BitfieldError, BlockRef, Features, Message, WireError, BLOCK, MAX_BLOCK,
+};
 
 /// Close a connection that sent nothing (not even a keep-alive) this long.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(150);
@@ -50,6 +53,11 @@ pub const MAX_UPLOAD_QUEUE: usize = 2000;
 pub const METADATA_SERVES: usize = 4;
 /// Blocks cancelled or given up on, whose late arrival is forgiven.
 const MAX_FORGIVEN: usize = 2048;
+/// Pieces a peer suggested (`suggest_piece`) that we remember.
+const MAX_SUGGESTED: usize = 8;
+/// Pieces one peer is turned away from in favour of less-sent ones
+/// ([`crate::spread`]); past this, it gets what it asks for.
+const MAX_REDIRECTED: usize = 4096;
 /// Messages that carry neither data nor news of pieces (keep-alive,
 /// choke, unchoke, interested, not interested) a peer may send in a burst,
 /// and then how many a second. Each costs work under the torrent's lock
@@ -240,6 +248,16 @@ pub struct Connection {
     /// Pieces it rejected a request for since it last unchoked us: not
     /// asked of it again until then.
     rejected: HashSet<u32>,
+    /// Pieces it suggested, newest last: asked for first.
+    suggested: VecDeque<u32>,
+    /// Plain seeding ([`crate::spread`]): pieces it was served (counted
+    /// once each), made at its first request once we are complete...
+    served: Option<Bitfield>,
+    /// ... the requests turned away per piece (at most one per block, so
+    /// a peer that asks again anyway gets it)...
+    redirected: HashMap<u32, u16>,
+    /// ... and the piece we last suggested instead.
+    last_suggest: Option<u32>,
     /// Most requests it queues (its `reqq`).
     peer_reqq: usize,
     /// Its extended handshake, once received.
@@ -293,6 +311,10 @@ impl Connection {
             allowed_out: Vec::new(),
             allowed_in: Vec::new(),
             rejected: HashSet::new(),
+            suggested: VecDeque::new(),
+            served: None,
+            redirected: HashMap::new(),
+            last_suggest: None,
             peer_reqq: extension::DEFAULT_REQQ,
             ext: None,
             metadata_served: 0,
@@ -499,8 +521,19 @@ impl Connection {
                     }
                 }
             }
-            // Advice only; the picker's order stands.
-            Message::SuggestPiece(_) => {}
+            // A seed's advice (initial seeding, or the piece it sent to
+            // the fewest): asked for first, if it has it and we lack it.
+            Message::SuggestPiece(piece) => {
+                if (piece as usize) < self.bitfield.len()
+                    && !st.picker.have().get(piece as usize)
+                    && !self.suggested.contains(&piece)
+                {
+                    if self.suggested.len() >= MAX_SUGGESTED {
+                        self.suggested.pop_front();
+                    }
+                    self.suggested.push_back(piece);
+                }
+            }
             Message::Extended(extension::HANDSHAKE_ID, payload) => {
                 let h = ExtHandshake::decode(&payload).map_err(Violation::from)?;
                 self.peer_reqq = h.reqq.unwrap_or(extension::DEFAULT_REQQ);
@@ -852,7 +885,24 @@ impl Connection {
             &self.bitfield
         };
         let st = &mut *st;
-        let blocks = st.picker.pick(self.key, from, room, &mut st.rng);
+        // Suggested pieces first (not while it chokes us: then only its
+        // allowed-fast pieces may be asked for).
+        let mut blocks = Vec::new();
+        if !only_fast {
+            while let Some(&piece) = self.suggested.front() {
+                if blocks.len() >= room {
+                    break;
+                }
+                self.suggested.pop_front();
+                if from.get(piece as usize) {
+                    blocks.extend(st.picker.pick_piece(self.key, piece, room - blocks.len()));
+                }
+            }
+        }
+        blocks.extend(
+            st.picker
+                .pick(self.key, from, room - blocks.len(), &mut st.rng),
+        );
         if self.inflight.is_empty() && !blocks.is_empty() {
             // The snub clock starts with the first request, not with the
             // last block (which may be long ago if it kept us choked).
@@ -1010,11 +1060,18 @@ impl Connection {
             // dropped (it may have crossed our choke on the wire).
             return self.refuse(b, None);
         }
-        let mut q = self.uploads.lock();
-        if q.len() >= MAX_UPLOAD_QUEUE {
-            drop(q);
+        if self.uploads.lock().len() >= MAX_UPLOAD_QUEUE {
             return self.refuse(b, Some(Violation::TooManyRequests));
         }
+        if let Some(instead) = self.less_sent_instead(b.index, st) {
+            if self.last_suggest != Some(instead) {
+                self.last_suggest = Some(instead);
+                self.send(&Message::SuggestPiece(instead));
+            }
+            self.send(&Message::RejectRequest(b));
+            return Ok(());
+        }
+        let mut q = self.uploads.lock();
         q.push_back(b);
         drop(q);
         self.uploads.ready.notify_one();
@@ -1022,6 +1079,48 @@ impl Connection {
             init.requested(b.index, u64::from(b.length));
         }
         Ok(())
+    }
+
+    /// Plain seeding ([`crate::spread`]): a piece to send this peer rather
+    /// than `piece`, because `piece` already went to more peers; `None`
+    /// to serve the request (and count the peer for `piece` once).
+    fn less_sent_instead(&mut self, piece: u32, st: &mut State) -> Option<u32> {
+        if self.initial.is_some() || !st.is_complete() {
+            return None;
+        }
+        let pieces = self.info.piece_count();
+        let served = self.served.get_or_insert_with(|| Bitfield::new(pieces));
+        if served.get(piece as usize) {
+            return None;
+        }
+        let st = &mut *st;
+        let spread = st
+            .spread
+            .get_or_insert_with(|| Spread::new(pieces, &mut st.rng));
+        let blocks = self
+            .info
+            .piece_size(piece as usize)
+            .div_ceil(u64::from(BLOCK));
+        let turned = self.redirected.get(&piece).copied().unwrap_or(0);
+        let may_turn = self.fast
+            && u64::from(turned) < blocks
+            && (turned > 0 || self.redirected.len() < MAX_REDIRECTED);
+        if may_turn {
+            let (has, ours) = (&self.bitfield, &st.have);
+            let lacks = |p: u32| !has.get(p as usize) && ours.get(p as usize);
+            // The piece suggested last, while it still qualifies: one
+            // suggestion for all the blocks of a piece turned away.
+            let again = self
+                .last_suggest
+                .filter(|&q| lacks(q) && spread.copies(q) < spread.copies(piece));
+            if let Some(instead) = again.or_else(|| spread.less_sent(piece, lacks, &mut st.rng)) {
+                *self.redirected.entry(piece).or_default() += 1;
+                return Some(instead);
+            }
+        }
+        served.set(piece as usize);
+        spread.sent(piece);
+        None
     }
 
     fn rejected(&mut self, b: BlockRef, now: Instant, st: &mut State) -> Result<(), Close> {

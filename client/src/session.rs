@@ -37,6 +37,7 @@ use crate::engine::{AddError, Engine, EngineConfig, EngineShared};
 use crate::picker::{PeerKey, Picker};
 use crate::rate::RateMeter;
 use crate::smartban::SmartBan;
+use crate::spread::Spread;
 use crate::storage::Storage;
 use crate::tracker;
 use crate::wire::{Bitfield, BlockRef, BLOCK};
@@ -319,6 +320,9 @@ pub(crate) struct State {
     pub hash_fails: u64,
     /// Initial seeding: how often each piece was offered.
     pub offers: Vec<u32>,
+    /// Plain seeding: how many peers each piece went to (made at the
+    /// first request once complete).
+    pub spread: Option<Spread>,
     /// Byte counts of peers that disconnected, by peer id.
     gone: HashMap<[u8; 20], (u64, u64)>,
 }
@@ -584,6 +588,7 @@ impl State {
             resume_dirty: false,
             hash_fails: 0,
             offers: vec![0; info.piece_count()],
+            spread: None,
             gone: HashMap::new(),
             info,
         }

@@ -38,30 +38,8 @@ impl T {
     }
 
     fn with_dht(mut st: State, f: Features, initial_seeding: bool, dht_port: Option<u16>) -> T {
-        let (key, rx) = add_peer(&mut st, 9);
         let now = Instant::now();
-        let info = st.info.clone();
-        let mut conn = Connection::new(
-            Setup {
-                key,
-                ident: Ident {
-                    peer_id: [9; 20],
-                    addr: ([10, 0, 0, 9], 6881).into(),
-                },
-                info_hash: info.info_hash(),
-                info,
-                features: f,
-                port: 6881,
-                dht_port,
-                counters: Arc::default(),
-                totals: Arc::default(),
-                poked: Arc::default(),
-                snub_after: Duration::from_secs(60),
-                initial_seeding,
-            },
-            now,
-        );
-        conn.start(&mut st, now);
+        let (conn, rx) = connect(&mut st, 9, f, initial_seeding, dht_port, now);
         T { st, conn, now, rx }
     }
 
@@ -100,6 +78,41 @@ impl T {
         self.recv(Message::Unchoke).unwrap();
         requests(&self.out())
     }
+}
+
+/// A started connection to peer 10.0.0.`n` on `st`.
+fn connect(
+    st: &mut State,
+    n: u8,
+    f: Features,
+    initial_seeding: bool,
+    dht_port: Option<u16>,
+    now: Instant,
+) -> (Connection, tokio::sync::mpsc::UnboundedReceiver<Cmd>) {
+    let (key, rx) = add_peer(st, n);
+    let info = st.info.clone();
+    let mut conn = Connection::new(
+        Setup {
+            key,
+            ident: Ident {
+                peer_id: [n; 20],
+                addr: ([10, 0, 0, n], 6881).into(),
+            },
+            info_hash: info.info_hash(),
+            info,
+            features: f,
+            port: 6881,
+            dht_port,
+            counters: Arc::default(),
+            totals: Arc::default(),
+            poked: Arc::default(),
+            snub_after: Duration::from_secs(60),
+            initial_seeding,
+        },
+        now,
+    );
+    conn.start(st, now);
+    (conn, rx)
 }
 
 fn block(index: u32, n: u32) -> BlockRef {
@@ -514,6 +527,128 @@ fn allowed_fast_pieces_are_requested_while_choked() {
     t.recv(Message::HaveAll).unwrap();
     t.recv(Message::AllowedFast(7)).unwrap();
     assert!(requests(&t.out()).is_empty());
+}
+
+/// A second peer 10.0.0.`n` of `t`'s torrent that has nothing, unchoked
+/// by us; its first messages are taken.
+fn second_leecher(t: &mut T, n: u8, fast: bool) -> Connection {
+    let (mut c, _rx) = connect(&mut t.st, n, features(fast, false), false, None, t.now);
+    c.handle(
+        if fast {
+            Message::HaveNone
+        } else {
+            Message::Bitfield(vec![0; PIECES.div_ceil(8)])
+        },
+        t.now,
+        &mut t.st,
+    )
+    .unwrap();
+    c.command(Cmd::Unchoke, t.now, &mut t.st).unwrap();
+    c.take_output();
+    c
+}
+
+fn sent(c: &mut Connection) -> Vec<Message> {
+    let bytes = c.take_output();
+    let mut b = bytes.as_slice();
+    let mut v = Vec::new();
+    while let Some((m, n)) = Message::decode(b).unwrap() {
+        v.push(m);
+        b = &b[n..];
+    }
+    v
+}
+
+#[test]
+fn a_seed_points_a_second_asker_at_a_piece_nobody_got_yet() {
+    let mut t = T::new(true, features(true, false));
+    t.recv(Message::HaveNone).unwrap();
+    t.cmd(Cmd::Unchoke).unwrap();
+    t.out();
+    t.recv(Message::Request(block(0, 0))).unwrap();
+    assert_eq!(t.queued(), [block(0, 0)]);
+    let mut b = second_leecher(&mut t, 2, true);
+    // Piece 0 already went to the first peer: rejected, and another piece
+    // suggested (once per piece turned away).
+    b.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
+        .unwrap();
+    b.handle(Message::Request(block(0, 1)), t.now, &mut t.st)
+        .unwrap();
+    let msgs = sent(&mut b);
+    assert_eq!(rejects(&msgs), [block(0, 0), block(0, 1)]);
+    let suggested: Vec<u32> = msgs
+        .iter()
+        .filter_map(|m| match m {
+            Message::SuggestPiece(p) => Some(*p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(suggested.len(), 1, "{msgs:?}");
+    assert_ne!(suggested[0], 0);
+    // The suggested piece is served...
+    b.handle(Message::Request(block(suggested[0], 0)), t.now, &mut t.st)
+        .unwrap();
+    assert_eq!(b.uploads().lock().len(), 1);
+    // ...and so is piece 0 to a peer that asks again regardless: a peer is
+    // turned away at most once per block.
+    b.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
+        .unwrap();
+    assert!(rejects(&sent(&mut b)).is_empty());
+    assert_eq!(b.uploads().lock().len(), 2);
+    // The first peer gets the rest of piece 0 without question.
+    t.recv(Message::Request(block(0, 1))).unwrap();
+    assert_eq!(t.queued(), [block(0, 0), block(0, 1)]);
+}
+
+#[test]
+fn without_fast_a_seed_serves_every_asker() {
+    let mut t = T::new(true, features(true, false));
+    t.recv(Message::HaveNone).unwrap();
+    t.cmd(Cmd::Unchoke).unwrap();
+    t.recv(Message::Request(block(0, 0))).unwrap();
+    let mut b = second_leecher(&mut t, 2, false);
+    b.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
+        .unwrap();
+    assert_eq!(sent(&mut b), []);
+    assert_eq!(b.uploads().lock().len(), 1);
+}
+
+#[test]
+fn a_seed_turns_nobody_away_for_a_piece_it_lacks_others_of() {
+    // The second peer has every piece but 0: nothing less sent to offer.
+    let mut t = T::new(true, features(true, false));
+    t.recv(Message::HaveNone).unwrap();
+    t.cmd(Cmd::Unchoke).unwrap();
+    t.recv(Message::Request(block(0, 0))).unwrap();
+    let (mut b, _rx) = connect(&mut t.st, 2, features(true, false), false, None, t.now);
+    let mut bits = Bitfield::new(PIECES);
+    (1..PIECES).for_each(|i| {
+        bits.set(i);
+    });
+    b.handle(
+        Message::Bitfield(bits.as_bytes().to_vec()),
+        t.now,
+        &mut t.st,
+    )
+    .unwrap();
+    b.command(Cmd::Unchoke, t.now, &mut t.st).unwrap();
+    b.take_output();
+    b.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
+        .unwrap();
+    assert!(rejects(&sent(&mut b)).is_empty());
+    assert_eq!(b.uploads().lock().len(), 1);
+}
+
+#[test]
+fn a_suggested_piece_is_asked_for_first() {
+    let mut t = T::new(false, features(true, false));
+    t.recv(Message::SuggestPiece(17)).unwrap();
+    t.recv(Message::SuggestPiece(23)).unwrap();
+    let asked = t.seeded_and_unchoked();
+    assert_eq!(
+        &asked[..4],
+        [block(17, 0), block(17, 1), block(23, 0), block(23, 1)]
+    );
 }
 
 #[test]
