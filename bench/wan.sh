@@ -59,6 +59,7 @@
 #        link queues) ROUNDS=1 (every mode ROUNDS times, interleaved; medians)
 #        MODES="shoal lt mixed shoal-initial lt-super mixed-initial"
 #        TIMEOUT=300 (per run) DATA_DIR=/tmp/shoal-bench NET=201 (10.NET.0.0/16)
+#        SEED_ARGS="..." (more options for a shoal seed, e.g. --upload-slots 8)
 #        RESULTS=FILE (keep every run's JSON line there) KEEP=1 (keep each
 #        run's directory: peers' stderr, the torrent, the copies)
 #        CAPTURE=1: also capture the seed's link (bench/wan/seedcap.py, a

@@ -275,6 +275,8 @@ else:
     sargs = [shoal, "seed", torrent, src, "--port", "0", "--bind", hosts["seed"]["ip"], "--json"]
     if initial:
         sargs.append("--initial-seeding")
+    # SEED_ARGS: more options for a shoal seed, e.g. "--upload-slots 8".
+    sargs += os.environ.get("SEED_ARGS", "").split()
     seed = spawn(sargs, "seed", hosts["seed"])
     watch(seed)
     wait_for(lambda: addr_re.search(seed.err), 120, "shoal seed", [seed])
