@@ -53,6 +53,11 @@ pub const MAX_UPLOAD_QUEUE: usize = 2000;
 pub const METADATA_SERVES: usize = 4;
 /// Blocks cancelled or given up on, whose late arrival is forgiven.
 const MAX_FORGIVEN: usize = 2048;
+/// A peer that rejected requests while unchoking us is asked for those
+/// pieces again after this long: a seed may turn a request away for now
+/// (it would rather send a piece fewer peers have, see
+/// [`crate::spread`]), and the piece may be had nowhere else.
+pub const REJECTED_RETRY: Duration = Duration::from_secs(3);
 /// Pieces a peer suggested (`suggest_piece`) that we remember.
 const MAX_SUGGESTED: usize = 8;
 /// Pieces one peer is turned away from in favour of less-sent ones
@@ -245,9 +250,11 @@ pub struct Connection {
     allowed_out: Vec<u32>,
     /// Pieces we may get from it while it chokes us.
     allowed_in: Vec<u32>,
-    /// Pieces it rejected a request for since it last unchoked us: not
-    /// asked of it again until then.
+    /// Pieces it rejected a request for since it last unchoked us (or
+    /// since [`REJECTED_RETRY`]): not asked of it again until then...
     rejected: HashSet<u32>,
+    /// ... when the first of them was rejected.
+    rejected_at: Option<Instant>,
     /// Pieces it suggested, newest last: asked for first.
     suggested: VecDeque<u32>,
     /// Plain seeding ([`crate::spread`]): pieces it was served (counted
@@ -311,6 +318,7 @@ impl Connection {
             allowed_out: Vec::new(),
             allowed_in: Vec::new(),
             rejected: HashSet::new(),
+            rejected_at: None,
             suggested: VecDeque::new(),
             served: None,
             redirected: HashMap::new(),
@@ -454,6 +462,7 @@ impl Connection {
             Message::Unchoke => {
                 self.peer_choking = false;
                 self.rejected.clear();
+                self.rejected_at = None;
                 self.request_more(st, now);
             }
             Message::Interested => st.set_interested(self.key, true),
@@ -787,6 +796,16 @@ impl Connection {
                 },
                 sent_all,
             );
+        }
+        if self
+            .rejected_at
+            .is_some_and(|at| now.duration_since(at) >= REJECTED_RETRY)
+        {
+            self.rejected.clear();
+            self.rejected_at = None;
+            if !self.peer_choking {
+                self.request_more(st, now);
+            }
         }
         self.send_pex(now, st);
         Ok(())
@@ -1128,9 +1147,11 @@ impl Connection {
             self.inflight.swap_remove(i);
             st.picker.release(self.key, b);
             // Others may take it; this peer is not asked for that piece
-            // again until it unchokes us anew (else a peer that rejects
-            // everything gets the same requests back at network speed).
+            // again until it unchokes us anew or REJECTED_RETRY passed
+            // (else a peer that rejects everything gets the same requests
+            // back at network speed).
             self.rejected.insert(b.index);
+            self.rejected_at.get_or_insert(now);
             st.poke_all();
             self.forgive([b]);
             if !self.peer_choking {

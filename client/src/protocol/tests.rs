@@ -814,6 +814,34 @@ fn a_rejected_piece_is_not_asked_of_that_peer_again_until_it_unchokes() {
 }
 
 #[test]
+fn a_piece_rejected_by_a_peer_that_still_unchokes_us_is_asked_again_later() {
+    // A seed may turn a request away for now (it prefers to send a piece
+    // fewer peers have); when that piece is all we still need, we must
+    // come back for it, or the download stalls.
+    let mut st = test_state(PIECES, false);
+    let mut have = Bitfield::new(PIECES);
+    (1..PIECES).for_each(|i| {
+        have.set(i);
+    });
+    st.picker = crate::picker::Picker::new(st.info.piece_length(), st.info.total_length(), have);
+    let mut t = T::with(st, features(true, false), false);
+    t.out();
+    let reqs = t.seeded_and_unchoked();
+    assert!(
+        !reqs.is_empty() && reqs.iter().all(|b| b.index == 0),
+        "{reqs:?}"
+    );
+    for b in &reqs {
+        t.recv(Message::RejectRequest(*b)).unwrap();
+    }
+    assert_eq!(requests(&t.out()), []);
+    t.pass(REJECTED_RETRY - Duration::from_millis(500)).unwrap();
+    assert_eq!(requests(&t.out()), []);
+    t.pass(Duration::from_millis(500)).unwrap();
+    assert_eq!(requests(&t.out()), reqs);
+}
+
+#[test]
 fn a_snubbed_peer_cannot_hold_its_one_block_forever() {
     let mut t = T::new(false, features(false, false));
     t.out();
