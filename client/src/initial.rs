@@ -181,13 +181,6 @@ impl Initial {
             .duration_since(*self.waiting_since.get_or_insert(cx.now));
         let alone = cx.st.peers.len() <= 1;
         if waited < SPREAD_WAIT && !alone {
-            // The end: every piece went out once, so no offer would ever
-            // be fresh, and waiting would leave our link idle while the
-            // swarm trades the last pieces. The rarest one it lacks helps
-            // them finish.
-            if !fresh_left(cx.st) && self.offer(cx, Offer::Any) {
-                self.prune(cx.st);
-            }
             return;
         }
         let which = if alone {
@@ -230,13 +223,6 @@ impl Initial {
         }
         self.pending.clear();
     }
-}
-
-/// Whether some piece was neither offered to anyone nor announced by a
-/// peer (stops at the first: cheap while there are many).
-fn fresh_left(st: &State) -> bool {
-    (0..st.have.len())
-        .any(|i| st.have.get(i) && st.offers[i] == 0 && st.picker.availability(i as u32) == 0)
 }
 
 /// The piece to offer a peer that has `has` and may already request
@@ -287,7 +273,7 @@ pub fn piece_to_offer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::tests::{add_peer, test_state};
+    use crate::session::tests::test_state;
 
     fn decode_all(mut b: &[u8]) -> Vec<Message> {
         let mut v = Vec::new();
@@ -346,35 +332,6 @@ mod tests {
         assert!(a.allows(offered[0]), "still allowed once offered");
         a.withdraw(&mut st);
         assert!(a.pending().is_empty());
-    }
-
-    #[test]
-    fn once_every_piece_went_out_a_peer_that_took_its_offers_gets_another_at_once() {
-        for (pieces, at_once) in [(8, false), (4, true)] {
-            let mut st = test_state(pieces, true);
-            let _peers = [add_peer(&mut st, 1), add_peer(&mut st, 2)];
-            let has = Bitfield::new(pieces);
-            let (mut out, now) = (Vec::new(), Instant::now());
-            let mut cx = Ctx {
-                st: &mut st,
-                has: &has,
-                out: &mut out,
-                now,
-            };
-            let (mut a, mut b) = (Initial::new(false), Initial::new(false));
-            a.start(&mut cx);
-            b.start(&mut cx);
-            for &p in &a.pending().to_vec() {
-                a.requested(p, cx.st.info.piece_size(p as usize));
-            }
-            a.tick(&mut cx, true);
-            // 8 pieces: 4 never offered, so it waits for its pieces to
-            // spread. 4: all offered once, so waiting would idle the link.
-            assert_eq!(a.pending().len(), if at_once { 3 } else { 2 }, "{pieces}");
-            if at_once {
-                assert!(b.pending().contains(&a.pending()[2]));
-            }
-        }
     }
 
     #[test]
