@@ -26,6 +26,10 @@ OUT.json with:
                                  and unchokes sent
   broken_flows                   connections whose capture had a gap (their
                                  remaining messages are not counted)
+  one_copy_out_s                 when every piece had left the seed once
+  last_pieces*                   the last pieces to leave once (1/16 of
+                                 them, at least 8): from when, to how many
+                                 peers, and the most to one peer
 """
 
 import json
@@ -222,7 +226,23 @@ while not stop:
     flow.segment(seq, flags, payload, t)
 
 blocks = sum(len(v) for v in sent.values())
+# When each piece had left the seed once (its last block's first send), and
+# to whom: the pieces that leave last decide how long the swarm's tail is.
+first_out = {}
+for (index, _), sends in sent.items():
+    t, flow = sends[0]
+    if index not in first_out or t > first_out[index][0]:
+        first_out[index] = (t, flow)
+last = sorted(first_out.values())[-max(8, len(first_out) // 16):]
+last_to = defaultdict(int)
+for _, flow in last:
+    last_to[flow] += 1
 res = {
+    "one_copy_out_s": round(last[-1][0] - t_first, 2) if last and t_first else None,
+    "last_pieces": len(last),
+    "last_pieces_peers": len(last_to),
+    "last_pieces_most_to_one": max(last_to.values(), default=0),
+    "last_pieces_from_s": round(last[0][0] - t_first, 2) if last and t_first else None,
     "blocks_sent": blocks,
     "distinct_blocks": len(sent),
     "dup_blocks": blocks - len(sent),

@@ -99,6 +99,10 @@ if args.what == "line":
               f"{c['dup_after_have']} after a peer had announced it); {len(idle)} s under half the cap, "
               f"{starved} of them with no request waiting"
               + (f"; {c['broken_flows']} of {c['flows']} flows with capture gaps" if c["broken_flows"] else ""))
+        if c.get("one_copy_out_s") is not None:
+            print(f"    every piece had left the seed once by {c['one_copy_out_s']:.1f} s; the last "
+                  f"{c['last_pieces']} (from {c['last_pieces_from_s']:.1f} s) went to "
+                  f"{c['last_pieces_peers']} peers, at most {c['last_pieces_most_to_one']} to one")
         print("    per second: MiB sent (dup) / requests / offers / waiting min-max: "
               + " ".join(f"{b['sent'] / 2**20:.1f}({b['dup'] / 2**20:.1f})/{b['requests']}/{b['offers']}/"
                          f"{fmt(b['outstanding_min'], 'd')}-{b['outstanding_max']}" for b in c["bins"]))

@@ -180,7 +180,11 @@ impl Initial {
             .now
             .duration_since(*self.waiting_since.get_or_insert(cx.now));
         let alone = cx.st.peers.len() <= 1;
-        if waited < SPREAD_WAIT && !alone {
+        // Nobody wants anything from us: every peer took its offers and
+        // waits for them to spread, so our link stands idle. A fresh offer
+        // now costs nothing.
+        let idle = !cx.st.peers.values().any(|p| p.interested);
+        if waited < SPREAD_WAIT && !alone && !idle {
             return;
         }
         let which = if alone {
@@ -273,7 +277,7 @@ pub fn piece_to_offer(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::session::tests::test_state;
+    use crate::session::tests::{add_peer, test_state};
 
     fn decode_all(mut b: &[u8]) -> Vec<Message> {
         let mut v = Vec::new();
@@ -332,6 +336,33 @@ mod tests {
         assert!(a.allows(offered[0]), "still allowed once offered");
         a.withdraw(&mut st);
         assert!(a.pending().is_empty());
+    }
+
+    #[test]
+    fn a_peer_that_took_its_offers_gets_a_fresh_one_at_once_when_nobody_wants_anything() {
+        let mut st = test_state(16, true);
+        let peers = [add_peer(&mut st, 1).0, add_peer(&mut st, 2).0];
+        let has = Bitfield::new(16);
+        let (mut out, now) = (Vec::new(), Instant::now());
+        let mut a = Initial::new(false);
+        let mut cx = Ctx {
+            st: &mut st,
+            has: &has,
+            out: &mut out,
+            now,
+        };
+        a.start(&mut cx);
+        for &p in &a.pending().to_vec() {
+            a.requested(p, cx.st.info.piece_size(p as usize));
+        }
+        // The other peer still fetches from us: wait for a spread.
+        cx.st.set_interested(peers[1], true);
+        a.tick(&mut cx, true);
+        assert_eq!(a.pending().len(), 2);
+        // Nobody does: our link is idle, so offer now.
+        cx.st.set_interested(peers[1], false);
+        a.tick(&mut cx, true);
+        assert_eq!(a.pending().len(), 3);
     }
 
     #[test]

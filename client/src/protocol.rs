@@ -54,7 +54,8 @@ pub const METADATA_SERVES: usize = 4;
 /// Blocks cancelled or given up on, whose late arrival is forgiven.
 const MAX_FORGIVEN: usize = 2048;
 /// A peer that rejected requests while unchoking us is asked for those
-/// pieces again after this long: a seed may turn a request away for now
+/// pieces again after this long, once we ask it for nothing else: a seed
+/// may turn a request away for now
 /// (it would rather send a piece fewer peers have, see
 /// [`crate::spread`]), and the piece may be had nowhere else.
 pub const REJECTED_RETRY: Duration = Duration::from_secs(3);
@@ -709,6 +710,16 @@ impl Connection {
                         *q = keep;
                         drop.into()
                     };
+                    // Pieces it will not get from us after all count as
+                    // not sent to it (crate::spread), or they would wait
+                    // for it, turning everyone else away.
+                    if let (Some(spread), Some(served)) = (&mut st.spread, &mut self.served) {
+                        for b in &dropped {
+                            if served.unset(b.index as usize) {
+                                spread.unsent(b.index);
+                            }
+                        }
+                    }
                     if self.fast {
                         for b in dropped {
                             self.send(&Message::RejectRequest(b));
@@ -797,9 +808,12 @@ impl Connection {
                 sent_all,
             );
         }
-        if self
-            .rejected_at
-            .is_some_and(|at| now.duration_since(at) >= REJECTED_RETRY)
+        // Only once nothing else is asked of it: while it sends us other
+        // pieces, those it rejected may come from elsewhere.
+        if self.inflight.is_empty()
+            && self
+                .rejected_at
+                .is_some_and(|at| now.duration_since(at) >= REJECTED_RETRY)
         {
             self.rejected.clear();
             self.rejected_at = None;

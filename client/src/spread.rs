@@ -71,6 +71,19 @@ impl Spread {
         }
     }
 
+    /// `piece` will not go to a peer after all (it was choked before we
+    /// sent it): one copy fewer. Counts at [`LEVELS`] stay (beyond it all
+    /// pieces are alike).
+    pub fn unsent(&mut self, piece: u32) {
+        let Some(c) = self.copies.get_mut(piece as usize) else {
+            return;
+        };
+        if *c > 0 && *c < LEVELS {
+            *c -= 1;
+            self.levels[usize::from(*c)].push(piece);
+        }
+    }
+
     /// A piece that went out fewer times than `piece` and that `lacks`
     /// (the asking peer does not have it), if one is found among at most
     /// [`SCAN`] entries per level: fewest copies first.
@@ -187,6 +200,23 @@ mod tests {
             }
         }
         assert_eq!(s.less_sent(0, |_| true, &mut rng), None);
+    }
+
+    #[test]
+    fn a_piece_that_did_not_go_out_after_all_is_offered_again() {
+        let mut rng = SmallRng::seed_from_u64(6);
+        let mut s = Spread::new(2, &mut rng);
+        s.sent(0);
+        s.sent(1);
+        s.sent(1);
+        assert_eq!(s.less_sent(1, |_| true, &mut rng), Some(0));
+        s.unsent(0);
+        assert_eq!(s.copies(0), 0);
+        // Back among the never-sent: suggested instead of 1, still.
+        assert_eq!(s.less_sent(1, |_| true, &mut rng), Some(0));
+        s.unsent(0);
+        assert_eq!(s.copies(0), 0);
+        s.unsent(9);
     }
 
     #[test]

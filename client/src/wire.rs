@@ -395,6 +395,16 @@ impl Bitfield {
         true
     }
 
+    /// Clears piece `i`; returns whether it was set.
+    pub fn unset(&mut self, i: usize) -> bool {
+        if !self.get(i) {
+            return false;
+        }
+        self.bits[i / 8] &= !(0x80 >> (i % 8));
+        self.ones -= 1;
+        true
+    }
+
     pub fn count(&self) -> usize {
         self.ones
     }

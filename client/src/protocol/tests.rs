@@ -601,6 +601,23 @@ fn a_seed_points_a_second_asker_at_a_piece_nobody_got_yet() {
 }
 
 #[test]
+fn a_piece_dropped_by_a_choke_is_not_held_for_that_peer() {
+    let mut t = T::new(true, features(true, false));
+    t.recv(Message::HaveNone).unwrap();
+    t.cmd(Cmd::Unchoke).unwrap();
+    t.recv(Message::Request(block(0, 0))).unwrap();
+    // Choked before we sent it: the request is rejected, and piece 0 is
+    // as unsent as before.
+    t.cmd(Cmd::Choke).unwrap();
+    assert_eq!(rejects(&t.out()), [block(0, 0)]);
+    let mut b = second_leecher(&mut t, 2, true);
+    b.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
+        .unwrap();
+    assert!(rejects(&sent(&mut b)).is_empty());
+    assert_eq!(b.uploads().lock().len(), 1);
+}
+
+#[test]
 fn without_fast_a_seed_serves_every_asker() {
     let mut t = T::new(true, features(true, false));
     t.recv(Message::HaveNone).unwrap();
