@@ -64,7 +64,7 @@ t_first = None
 sent = defaultdict(list)         # (index, offset) -> [(t, flow)]
 requested = defaultdict(list)    # (index, offset) -> [(t, flow)]
 have_at = {}                     # (flow, index) -> t the peer on flow announced index
-dup_after_have = dup_concurrent = 0
+dup_after_have = dup_concurrent = dup_same_peer = 0
 bins = defaultdict(lambda: {"sent": 0, "dup": 0, "requests": 0, "offers": 0, "chokes": 0,
                             "unchokes": 0, "outstanding_max": 0, "outstanding_min": None})
 outstanding = 0
@@ -143,7 +143,7 @@ class Flow:
         self.buf = b[pos:]
 
     def message(self, mid, b, at, n, t):
-        global outstanding, dup_after_have, dup_concurrent, t_first
+        global outstanding, dup_after_have, dup_concurrent, dup_same_peer, t_first
         bn = bins[int((t - (t_first or t)) / BIN)] if t_first is not None else None
         if self.outgoing:
             if mid == 7 and n >= 8:  # piece
@@ -158,6 +158,8 @@ class Flow:
                         bn["dup"] += n - 8
                 if before:
                     first_flow = before[0][1]
+                    if any(f == self.key for _, f in before):
+                        dup_same_peer += 1
                     asked = [r for r, f in requested[key] if f == self.key]
                     asked_at = asked[-1] if asked else t
                     had = have_at.get((first_flow, index))
@@ -248,6 +250,7 @@ res = {
     "dup_blocks": blocks - len(sent),
     "dup_after_have": dup_after_have,
     "dup_concurrent": dup_concurrent,
+    "dup_same_peer": dup_same_peer,
     "broken_flows": len(broken),
     "flows": len(flows),
     # Every bin up to the last, the quiet ones too.

@@ -96,7 +96,8 @@ if args.what == "line":
         starved = sum(1 for b in idle if b["outstanding_max"] == 0)
         print(f"    capture: the seed sent {c['blocks_sent']} blocks, {c['distinct_blocks']} distinct; "
               f"{c['dup_blocks']} again ({c['dup_concurrent']} while only the seed had the piece, "
-              f"{c['dup_after_have']} after a peer had announced it); {len(idle)} s under half the cap, "
+              f"{c['dup_after_have']} after a peer had announced it; {c.get('dup_same_peer', 0)} to the same peer again); "
+              f"{len(idle)} s under half the cap, "
               f"{starved} of them with no request waiting"
               + (f"; {c['broken_flows']} of {c['flows']} flows with capture gaps" if c["broken_flows"] else ""))
         if c.get("one_copy_out_s") is not None:

@@ -58,9 +58,13 @@ const MAX_FORGIVEN: usize = 2048;
 /// may turn a request away for now
 /// (it would rather send a piece fewer peers have, see
 /// [`crate::spread`]), and the piece may be had nowhere else.
-pub const REJECTED_RETRY: Duration = Duration::from_secs(3);
+pub const REJECTED_RETRY: Duration = Duration::from_secs(1);
 /// Pieces a peer suggested (`suggest_piece`) that we remember.
 const MAX_SUGGESTED: usize = 8;
+/// How long a peer may be turned away from a piece ([`crate::spread`]),
+/// and how many requests per block of it at most.
+const TURN_AWAY_FOR: Duration = Duration::from_secs(10);
+const TURN_AWAY_ROUNDS: u64 = 4;
 /// Pieces one peer is turned away from in favour of less-sent ones
 /// ([`crate::spread`]); past this, it gets what it asks for.
 const MAX_REDIRECTED: usize = 4096;
@@ -261,9 +265,9 @@ pub struct Connection {
     /// Plain seeding ([`crate::spread`]): pieces it was served (counted
     /// once each), made at its first request once we are complete...
     served: Option<Bitfield>,
-    /// ... the requests turned away per piece (at most one per block, so
-    /// a peer that asks again anyway gets it)...
-    redirected: HashMap<u32, u16>,
+    /// ... the requests turned away per piece, and since when (bounded:
+    /// a peer that asks again long enough gets it)...
+    redirected: HashMap<u32, (u16, Instant)>,
     /// ... and the piece we last suggested instead.
     last_suggest: Option<u32>,
     /// Most requests it queues (its `reqq`).
@@ -501,7 +505,7 @@ impl Connection {
                 self.set_bitfield(all, now, st)?;
             }
             Message::HaveNone => self.got_bitfield = true,
-            Message::Request(b) => self.requested(b, st)?,
+            Message::Request(b) => self.requested(b, now, st)?,
             Message::Cancel(b) => {
                 let mut q = self.uploads.lock();
                 if let Some(i) = q.iter().position(|x| *x == b) {
@@ -834,6 +838,15 @@ impl Connection {
         for b in std::mem::take(&mut self.inflight) {
             st.picker.release(self.key, b);
         }
+        // Pieces that went to it and it never announced will not spread
+        // from it (crate::spread).
+        if let (Some(spread), Some(served)) = (&mut st.spread, &self.served) {
+            for p in 0..served.len() {
+                if served.get(p) && !self.bitfield.get(p) {
+                    spread.unsent(p as u32);
+                }
+            }
+        }
     }
 
     fn count_lacking(&self, st: &State) -> usize {
@@ -1071,7 +1084,7 @@ impl Connection {
         }
     }
 
-    fn requested(&mut self, b: BlockRef, st: &mut State) -> Result<(), Close> {
+    fn requested(&mut self, b: BlockRef, now: Instant, st: &mut State) -> Result<(), Close> {
         let info = &self.info;
         if b.index as usize >= info.piece_count()
             || b.length == 0
@@ -1096,10 +1109,10 @@ impl Connection {
         if self.uploads.lock().len() >= MAX_UPLOAD_QUEUE {
             return self.refuse(b, Some(Violation::TooManyRequests));
         }
-        if let Some(instead) = self.less_sent_instead(b.index, st) {
-            if self.last_suggest != Some(instead) {
-                self.last_suggest = Some(instead);
-                self.send(&Message::SuggestPiece(instead));
+        if let Some(instead) = self.turn_away(b.index, now, st) {
+            if let Some(q) = instead.filter(|&q| self.last_suggest != Some(q)) {
+                self.last_suggest = Some(q);
+                self.send(&Message::SuggestPiece(q));
             }
             self.send(&Message::RejectRequest(b));
             return Ok(());
@@ -1114,10 +1127,15 @@ impl Connection {
         Ok(())
     }
 
-    /// Plain seeding ([`crate::spread`]): a piece to send this peer rather
-    /// than `piece`, because `piece` already went to more peers; `None`
-    /// to serve the request (and count the peer for `piece` once).
-    fn less_sent_instead(&mut self, piece: u32, st: &mut State) -> Option<u32> {
+    /// Plain seeding ([`crate::spread`]): whether to turn a request for
+    /// `piece` away — `Some` with the piece to suggest instead, if any —
+    /// because `piece` went to more peers than another piece this peer
+    /// lacks, or because it went out before while the first copy of some
+    /// piece is still on its way (nobody announced it yet): a second copy
+    /// would take link from it, and the peer can have `piece` from the
+    /// peers that got it. `None`: serve it, and count the peer for `piece`
+    /// once.
+    fn turn_away(&mut self, piece: u32, now: Instant, st: &mut State) -> Option<Option<u32>> {
         if self.initial.is_some() || !st.is_complete() {
             return None;
         }
@@ -1134,9 +1152,13 @@ impl Connection {
             .info
             .piece_size(piece as usize)
             .div_ceil(u64::from(BLOCK));
-        let turned = self.redirected.get(&piece).copied().unwrap_or(0);
+        // A peer is turned away from a piece for TURN_AWAY_FOR at most, and
+        // at most TURN_AWAY_ROUNDS times per block (a client that asks
+        // again at once would otherwise ping-pong with us that long).
+        let (turned, since) = self.redirected.get(&piece).copied().unwrap_or((0, now));
         let may_turn = self.fast
-            && u64::from(turned) < blocks
+            && u64::from(turned) < blocks * TURN_AWAY_ROUNDS
+            && now.duration_since(since) < TURN_AWAY_FOR
             && (turned > 0 || self.redirected.len() < MAX_REDIRECTED);
         if may_turn {
             let (has, ours) = (&self.bitfield, &st.have);
@@ -1146,8 +1168,14 @@ impl Connection {
             let again = self
                 .last_suggest
                 .filter(|&q| lacks(q) && spread.copies(q) < spread.copies(piece));
-            if let Some(instead) = again.or_else(|| spread.less_sent(piece, lacks, &mut st.rng)) {
-                *self.redirected.entry(piece).or_default() += 1;
+            let instead = again.or_else(|| spread.less_sent(piece, lacks, &mut st.rng));
+            // A second copy of `piece` would take link from first copies
+            // still on their way (this one among them, or others).
+            let arrived = |p: u32| st.picker.availability(p) > 0;
+            let second = spread.copies(piece) > 0
+                && (!arrived(piece) || spread.first_copy_on_its_way(arrived));
+            if instead.is_some() || second {
+                self.redirected.entry(piece).or_insert((0, now)).0 += 1;
                 return Some(instead);
             }
         }

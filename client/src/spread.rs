@@ -35,6 +35,9 @@ pub struct Spread {
     /// piece stays in a lower level until a scan meets it there and sees
     /// that its count moved on.
     levels: Vec<Vec<u32>>,
+    /// Pieces whose first copy went out, oldest first, until a scan sees
+    /// that one arrived (a peer announced it).
+    first_copies: std::collections::VecDeque<u32>,
 }
 
 impl Spread {
@@ -50,6 +53,7 @@ impl Spread {
         Spread {
             copies: vec![0; pieces],
             levels,
+            first_copies: std::collections::VecDeque::new(),
         }
     }
 
@@ -65,10 +69,26 @@ impl Spread {
         };
         if *c < LEVELS {
             *c += 1;
+            if *c == 1 {
+                self.first_copies.push_back(piece);
+            }
             if *c < LEVELS {
                 self.levels[usize::from(*c)].push(piece);
             }
         }
+    }
+
+    /// Whether the first copy of some piece is still on its way (went out,
+    /// and no peer announced it yet, by `arrived`). While one is, a second
+    /// copy of anything would take link from it.
+    pub fn first_copy_on_its_way(&mut self, arrived: impl Fn(u32) -> bool) -> bool {
+        while let Some(&p) = self.first_copies.front() {
+            if self.copies[p as usize] > 0 && !arrived(p) {
+                return true;
+            }
+            self.first_copies.pop_front();
+        }
+        false
     }
 
     /// `piece` will not go to a peer after all (it was choked before we
@@ -217,6 +237,24 @@ mod tests {
         s.unsent(0);
         assert_eq!(s.copies(0), 0);
         s.unsent(9);
+    }
+
+    #[test]
+    fn first_copies_are_on_their_way_until_they_arrive() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let mut s = Spread::new(4, &mut rng);
+        assert!(!s.first_copy_on_its_way(|_| false));
+        s.sent(2);
+        s.sent(2);
+        s.sent(0);
+        assert!(s.first_copy_on_its_way(|_| false));
+        assert!(s.first_copy_on_its_way(|p| p == 2));
+        assert!(!s.first_copy_on_its_way(|p| p == 0 || p == 2));
+        // A piece given back (unsent) is not waited for.
+        s.sent(3);
+        s.unsent(3);
+        assert!(!s.first_copy_on_its_way(|_| true));
+        assert!(!s.first_copy_on_its_way(|_| false));
     }
 
     #[test]

@@ -589,12 +589,29 @@ fn a_seed_points_a_second_asker_at_a_piece_nobody_got_yet() {
     b.handle(Message::Request(block(suggested[0], 0)), t.now, &mut t.st)
         .unwrap();
     assert_eq!(b.uploads().lock().len(), 1);
-    // ...and so is piece 0 to a peer that asks again regardless: a peer is
-    // turned away at most once per block.
+    // ...and so is piece 0 to a peer that asks again regardless, at the
+    // latest after TURN_AWAY_FOR...
     b.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
+        .unwrap();
+    assert_eq!(rejects(&sent(&mut b)), [block(0, 0)]);
+    let later = t.now + TURN_AWAY_FOR;
+    b.handle(Message::Request(block(0, 0)), later, &mut t.st)
         .unwrap();
     assert!(rejects(&sent(&mut b)).is_empty());
     assert_eq!(b.uploads().lock().len(), 2);
+    // ...or after TURN_AWAY_ROUNDS requests per block: a client that asks
+    // again at once does not ping-pong with us for long.
+    let mut c = second_leecher(&mut t, 3, true);
+    let mut turned = 0;
+    loop {
+        c.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
+            .unwrap();
+        if rejects(&sent(&mut c)).is_empty() {
+            break;
+        }
+        turned += 1;
+    }
+    assert_eq!(turned, 2 * TURN_AWAY_ROUNDS);
     // The first peer gets the rest of piece 0 without question.
     t.recv(Message::Request(block(0, 1))).unwrap();
     assert_eq!(t.queued(), [block(0, 0), block(0, 1)]);
@@ -631,8 +648,10 @@ fn without_fast_a_seed_serves_every_asker() {
 }
 
 #[test]
-fn a_seed_turns_nobody_away_for_a_piece_it_lacks_others_of() {
-    // The second peer has every piece but 0: nothing less sent to offer.
+fn a_piece_on_its_way_to_one_peer_is_not_sent_to_another_until_it_arrived() {
+    // The second peer has every piece but 0, which is on its way to the
+    // first: nothing less sent to offer, but 0 will soon be at the first
+    // peer, so the second is turned away (no suggestion)...
     let mut t = T::new(true, features(true, false));
     t.recv(Message::HaveNone).unwrap();
     t.cmd(Cmd::Unchoke).unwrap();
@@ -652,8 +671,24 @@ fn a_seed_turns_nobody_away_for_a_piece_it_lacks_others_of() {
     b.take_output();
     b.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
         .unwrap();
+    assert_eq!(sent(&mut b), [Message::RejectRequest(block(0, 0))]);
+    // ...until the first announces it: then nobody holds it back (it may
+    // not share it with this peer).
+    t.recv(Message::Have(0)).unwrap();
+    b.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
+        .unwrap();
     assert!(rejects(&sent(&mut b)).is_empty());
     assert_eq!(b.uploads().lock().len(), 1);
+}
+
+#[test]
+fn a_piece_that_went_to_a_peer_that_left_without_it_is_not_waited_for() {
+    let mut t = T::new(true, features(true, false));
+    t.recv(Message::HaveNone).unwrap();
+    t.cmd(Cmd::Unchoke).unwrap();
+    t.recv(Message::Request(block(0, 0))).unwrap();
+    t.conn.closed(&mut t.st);
+    assert_eq!(t.st.spread.as_ref().unwrap().copies(0), 0);
 }
 
 #[test]
