@@ -67,7 +67,7 @@ const TURN_AWAY_FOR: Duration = Duration::from_secs(10);
 const TURN_AWAY_ROUNDS: u64 = 4;
 /// Pieces one peer is turned away from in favour of less-sent ones
 /// ([`crate::spread`]); past this, it gets what it asks for.
-const MAX_REDIRECTED: usize = 4096;
+const MAX_REDIRECTED: usize = 1024;
 /// Messages that carry neither data nor news of pieces (keep-alive,
 /// choke, unchoke, interested, not interested) a peer may send in a burst,
 /// and then how many a second. Each costs work under the torrent's lock

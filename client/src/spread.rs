@@ -69,12 +69,36 @@ impl Spread {
         };
         if *c < LEVELS {
             *c += 1;
-            if *c == 1 {
+            let c = *c;
+            if c == 1 {
                 self.first_copies.push_back(piece);
             }
-            if *c < LEVELS {
-                self.levels[usize::from(*c)].push(piece);
+            if c < LEVELS {
+                self.levels[usize::from(c)].push(piece);
             }
+            self.bound();
+        }
+    }
+
+    /// The lazy lists keep stale entries until a scan meets them; a peer
+    /// that makes pieces go back and forth (asks, then leaves) must not
+    /// grow them without end: past twice the piece count, a list is made
+    /// anew from the counts.
+    fn bound(&mut self) {
+        let most = 2 * self.copies.len() + 64;
+        for (level, list) in self.levels.iter_mut().enumerate() {
+            if list.len() > most {
+                list.clear();
+                list.extend(
+                    (0..self.copies.len() as u32)
+                        .filter(|&p| usize::from(self.copies[p as usize]) == level),
+                );
+            }
+        }
+        if self.first_copies.len() > most {
+            self.first_copies.clear();
+            self.first_copies
+                .extend((0..self.copies.len() as u32).filter(|&p| self.copies[p as usize] > 0));
         }
     }
 
@@ -100,7 +124,9 @@ impl Spread {
         };
         if *c > 0 && *c < LEVELS {
             *c -= 1;
-            self.levels[usize::from(*c)].push(piece);
+            let c = usize::from(*c);
+            self.levels[c].push(piece);
+            self.bound();
         }
     }
 
@@ -255,6 +281,29 @@ mod tests {
         s.unsent(3);
         assert!(!s.first_copy_on_its_way(|_| true));
         assert!(!s.first_copy_on_its_way(|_| false));
+    }
+
+    #[test]
+    fn pieces_going_back_and_forth_do_not_grow_the_lists() {
+        let mut rng = SmallRng::seed_from_u64(8);
+        let mut s = Spread::new(100, &mut rng);
+        for _ in 0..10_000 {
+            for p in 0..100 {
+                s.sent(p);
+                s.unsent(p);
+            }
+        }
+        assert!(
+            s.levels.iter().all(|l| l.len() <= 264),
+            "{:?}",
+            s.levels.iter().map(Vec::len).collect::<Vec<_>>()
+        );
+        assert!(s.first_copies.len() <= 264);
+        // Still right: nothing went out.
+        s.sent(5);
+        s.sent(5);
+        let q = s.less_sent(5, |_| true, &mut rng).unwrap();
+        assert_eq!(s.copies(q), 0);
     }
 
     #[test]
