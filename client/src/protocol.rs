@@ -838,11 +838,13 @@ impl Connection {
         for b in std::mem::take(&mut self.inflight) {
             st.picker.release(self.key, b);
         }
-        // Pieces that went to it and it never announced will not spread
-        // from it (crate::spread).
+        // What went to it is no longer in the swarm through it, got or not
+        // (crate::spread): not counted, and not waited for. (A seed that
+        // serves one downloader after another would otherwise turn the
+        // next one away from every piece the last one took.)
         if let (Some(spread), Some(served)) = (&mut st.spread, &self.served) {
             for p in 0..served.len() {
-                if served.get(p) && !self.bitfield.get(p) {
+                if served.get(p) {
                     spread.unsent(p as u32);
                 }
             }

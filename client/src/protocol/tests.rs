@@ -682,13 +682,27 @@ fn a_piece_on_its_way_to_one_peer_is_not_sent_to_another_until_it_arrived() {
 }
 
 #[test]
-fn a_piece_that_went_to_a_peer_that_left_without_it_is_not_waited_for() {
+fn pieces_that_went_to_a_peer_that_left_are_not_counted_or_waited_for() {
     let mut t = T::new(true, features(true, false));
     t.recv(Message::HaveNone).unwrap();
     t.cmd(Cmd::Unchoke).unwrap();
     t.recv(Message::Request(block(0, 0))).unwrap();
+    t.recv(Message::Request(block(1, 0))).unwrap();
+    t.recv(Message::Have(1)).unwrap();
     t.conn.closed(&mut t.st);
-    assert_eq!(t.st.spread.as_ref().unwrap().copies(0), 0);
+    let spread = t.st.spread.as_ref().unwrap();
+    assert_eq!((spread.copies(0), spread.copies(1)), (0, 0));
+    // The next downloader gets both at once, with or without the first
+    // one's have (a seed serving one downloader after another).
+    let st = &mut t.st;
+    st.picker.remove_peer(t.conn.key(), t.conn.bitfield());
+    let mut b = second_leecher(&mut t, 2, true);
+    for p in [0, 1] {
+        b.handle(Message::Request(block(p, 0)), t.now, &mut t.st)
+            .unwrap();
+    }
+    assert!(rejects(&sent(&mut b)).is_empty());
+    assert_eq!(b.uploads().lock().len(), 2);
 }
 
 #[test]
