@@ -106,10 +106,12 @@ extern "C" {
 /// A peer's memory stays small (issue 18: at most 32 MiB whatever the
 /// torrent): without transparent huge pages, which mimalloc asks for on its
 /// arenas and which make the resident size grow in 2 MiB steps, and with
-/// freed pages given back after 1 ms instead of mimalloc's 10 (100 for
+/// freed pages given back after 5 ms instead of mimalloc's 10 (100 for
 /// whole arena ranges). A 1 GiB download of 16 KiB pieces peaked at
-/// ~50 MiB with both, ~33 without huge pages and ~22 with neither; the
-/// tracker, where huge pages may pay, keeps the defaults.
+/// ~50 MiB with both, 30-36 without huge pages and 21-25 with neither
+/// (1 ms: the same, but ~0.1 s more system time refaulting pages at
+/// 1 MiB pieces); the tracker, where huge pages may pay, keeps the
+/// defaults.
 fn small_heap() {
     // SAFETY: prctl with PR_SET_THP_DISABLE takes integer arguments only;
     // mi_option_set is called before any thread other than main exists
@@ -117,7 +119,7 @@ fn small_heap() {
     unsafe {
         #[cfg(target_os = "linux")]
         libc::prctl(libc::PR_SET_THP_DISABLE, 1, 0, 0, 0);
-        mi_option_set(MI_OPTION_PURGE_DELAY, 1);
+        mi_option_set(MI_OPTION_PURGE_DELAY, 5);
     }
 }
 
