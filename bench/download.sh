@@ -8,10 +8,17 @@
 #   shoal's peak RSS <= 32 MiB.
 #
 # Usage: bench/download.sh
-#   env: REPS=3 SIZE_MB=1024 DATA_DIR=/tmp/shoal-bench TIMEOUT=120
+#   env: REPS=3 SIZE_MB=1024 DATA_DIR=/tmp/shoal-bench TIMEOUT=120 (per download;
+#          default 120 s per GiB)
+#        PIECE_KB=1024 (piece size in KiB, a power of two from 16 to 262144;
+#          `shoal create` makes the torrent, or python3-libtorrent below 32 KiB,
+#          which `shoal create` does not make)
+#        CLIENTS="shoal libtorrent aria2c" (the leechers compared, in this order;
+#          rqbit is added when installed and CLIENTS is not set)
 #        LT_SEED=high_performance (lt.high_performance_seed(), so that the seed
 #          is not what limits the leechers) or default (libtorrent's stock settings)
 #        VERIFY=1 (cmp every download with the source, untimed)
+#        SHOAL_BIN=path (a shoal binary to time instead of building this tree's)
 #
 # Rules (the same for every client):
 # - Peers: every leecher in the comparison finds the seed through a local
@@ -31,7 +38,9 @@
 #   so for every BitTorrent piece received); VERIFY=1 also compares the result.
 # - The libtorrent seed runs in seed_mode (no check up front; it hashes each
 #   piece when first asked for it), so one untimed libtorrent download warms
-#   it first. 1 MiB pieces for all.
+#   it first. The same torrent (PIECE_KB pieces) for all.
+# bench/download-scale.sh runs this at 1 GiB and 10 GiB and compares shoal's
+# peak RSS.
 set -euo pipefail
 # Loopback runs: no DHT (its default routers are on the internet).
 export SHOAL_NO_DHT=1
@@ -39,7 +48,8 @@ export SHOAL_NO_DHT=1
 REPS=${REPS:-3}
 SIZE_MB=${SIZE_MB:-1024}
 DATA_DIR=${DATA_DIR:-/tmp/shoal-bench}
-TIMEOUT=${TIMEOUT:-120}
+TIMEOUT=${TIMEOUT:-$(((SIZE_MB + 1023) / 1024 * 120))}
+PIECE_KB=${PIECE_KB:-1024}
 LT_SEED=${LT_SEED:-high_performance}
 VERIFY=${VERIFY:-1}
 
@@ -48,7 +58,7 @@ GOAL_S2S_SECONDS=2
 GOAL_RSS_MIB=32
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-SHOAL=$ROOT/target/release/shoal
+SHOAL=${SHOAL_BIN:-$ROOT/target/release/shoal}
 HERE=$ROOT/bench/download
 LTPY=/usr/bin/python3 # Debian's interpreter: the one with the libtorrent module
 
@@ -59,9 +69,30 @@ done
     { echo "error: $LTPY has no libtorrent module (apt-get install python3-libtorrent)" >&2; exit 1; }
 HAVE_RQBIT=0
 command -v rqbit >/dev/null && HAVE_RQBIT=1
+CLIENTS_SET=${CLIENTS:+1}
+if [ -n "$CLIENTS_SET" ]; then
+    read -ra CLIENTS <<<"$CLIENTS"
+    HAVE_RQBIT=0
+    for c in "${CLIENTS[@]}"; do
+        case $c in
+        shoal | libtorrent | aria2c) ;;
+        rqbit) HAVE_RQBIT=1 ;;
+        *) echo "error: CLIENTS: unknown client '$c' (shoal libtorrent aria2c rqbit)" >&2; exit 1 ;;
+        esac
+    done
+else
+    CLIENTS=(shoal libtorrent aria2c)
+    [ "$HAVE_RQBIT" = 1 ] && CLIENTS+=(rqbit)
+fi
+# Piece size: 2^PIECE_EXP bytes.
+PIECE_EXP=$(awk -v k="$PIECE_KB" 'BEGIN { n = k * 1024; e = 0; while (n > 1 && n % 2 == 0) { n /= 2; e++ } print (n == 1 && e >= 14 && e <= 28) ? e : -1 }')
+[ "$PIECE_EXP" -ge 0 ] || { echo "error: PIECE_KB=$PIECE_KB: a power of two from 16 to 262144" >&2; exit 1; }
+if [ "$PIECE_KB" -ge 1024 ]; then PIECES="$((PIECE_KB / 1024)) MiB"; else PIECES="$PIECE_KB KiB"; fi
 
-echo "== building shoal (release)"
-(cd "$ROOT" && cargo build --release --quiet)
+if [ -z "${SHOAL_BIN:-}" ]; then
+    echo "== building shoal (release)"
+    (cd "$ROOT" && cargo build --release --quiet)
+fi
 
 echo "== machine: $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== versions: $("$SHOAL" --version), libtorrent $("$LTPY" -c 'import libtorrent; print(libtorrent.__version__)'), $(aria2c --version | head -n1)"
@@ -124,8 +155,13 @@ PIDS+=("$TRACKER_PID")
 TRACKER=$(wait_for "$TMP/tracker.log" 's/.*listening on \([0-9.]*:[0-9]*\).*/\1/p' "$TRACKER_PID" "shoal tracker")
 ANNOUNCE=http://$TRACKER/announce
 
-"$SHOAL" create "$FILE" -l 20 -a "$ANNOUNCE" -o "$TMP/t.torrent" >"$TMP/create.log" 2>&1 ||
-    { cat "$TMP/create.log" >&2; exit 1; }
+if [ "$PIECE_EXP" -ge 15 ]; then
+    "$SHOAL" create "$FILE" -l "$PIECE_EXP" -a "$ANNOUNCE" -o "$TMP/t.torrent" >"$TMP/create.log" 2>&1 ||
+        { cat "$TMP/create.log" >&2; exit 1; }
+else
+    "$LTPY" "$HERE/lt_create.py" "$FILE" "$((PIECE_KB * 1024))" "$ANNOUNCE" "$TMP/t.torrent" >"$TMP/create.log" 2>&1 ||
+        { cat "$TMP/create.log" >&2; exit 1; }
+fi
 NAME=$(basename "$FILE")
 echo "== torrent: $(tail -n1 "$TMP/create.log" | sed 's/^[^:]*: //'), tracker $ANNOUNCE"
 
@@ -228,9 +264,7 @@ if [ -s "$TMP/failures" ]; then
 fi
 rm -f "$TMP"/libtorrent.*
 
-CLIENTS=(shoal libtorrent aria2c)
-[ "$HAVE_RQBIT" = 1 ] && CLIENTS+=(rqbit)
-[ "$HAVE_RQBIT" = 1 ] || echo "rqbit: not installed, skipped"
+[ -n "$CLIENTS_SET" ] || [ "$HAVE_RQBIT" = 1 ] || echo "rqbit: not installed, skipped"
 
 echo "== $REPS rounds; each: ${CLIENTS[*]} from the libtorrent seed (peers from the tracker), then shoal -> shoal (--peer)"
 echo "   per run: wall time of the process (own: the client's figure), peak RSS"
@@ -253,7 +287,7 @@ SEED_CPU=$(sed 's/^.*) //' "/proc/$SHOAL_SEED_PID/stat" | awk -v hz="$(getconf C
 # --- summary ---------------------------------------------------------------------------
 
 echo
-echo "== summary: ${SIZE_MB} MiB, 1 MiB pieces, $REPS rounds, loopback, libtorrent seed: $LT_SEED settings"
+echo "== summary: ${SIZE_MB} MiB, $PIECES pieces, $REPS rounds, loopback, libtorrent seed: $LT_SEED settings"
 for c in "${CLIENTS[@]}" shoal2shoal; do
     label=$c
     [ "$c" = shoal2shoal ] && label="shoal->shoal"
@@ -283,7 +317,7 @@ RSS_SHOAL=$(cat "$TMP/shoal.rss" "$TMP/shoal2shoal.rss" 2>/dev/null | sort -g | 
 
 ratio() { [ -n "$1" ] && [ -n "$2" ] && awk -v a="$1" -v b="$2" 'BEGIN { printf "%.3f", a / b }' || echo "n/a"; }
 echo "  ratio shoal / libtorrent: $(ratio "$M_SHOAL" "$M_LT")  (wall-time medians; below 1: shoal faster)"
-echo "  ratio shoal / aria2c:     $(ratio "$M_SHOAL" "$M_ARIA")"
+[ -n "$M_ARIA" ] && echo "  ratio shoal / aria2c:     $(ratio "$M_SHOAL" "$M_ARIA")"
 [ "$HAVE_RQBIT" = 1 ] && echo "  ratio shoal / rqbit:      $(ratio "$M_SHOAL" "$M_RQ")"
 
 verdict() { [ "$1" = 1 ] && echo PASS || echo MISS; }

@@ -10,8 +10,16 @@
 //!   wins and the other requests are cancelled.
 //!
 //! Peers are named by a `PeerKey` the connection layer hands out.
+//!
+//! The cost of a pick follows the blocks it returns, not the piece count
+//! (a 1 GiB torrent of 16 KiB pieces has 65 536 of them): pieces we lack
+//! and have not started sit in one bucket per availability (`free`, with
+//! each piece's slot kept, so moving a piece between buckets is O(1)); a
+//! new piece is found by scanning the lowest buckets from a random slot;
+//! started pieces with unrequested blocks are kept apart (`open`); and the
+//! endgame test is two counters.
 
-use std::collections::HashMap;
+use std::collections::{BTreeSet, HashMap, HashSet};
 
 use rand::Rng;
 
@@ -21,6 +29,9 @@ pub type PeerKey = u32;
 
 /// In endgame, how many peers may be asked for the same block.
 pub const ENDGAME_COPIES: usize = 2;
+
+/// `slot` of a piece in no `free` bucket.
+const NOWHERE: u32 = u32::MAX;
 
 #[derive(Debug, Default, Clone)]
 struct Block {
@@ -33,6 +44,8 @@ struct Block {
 struct Partial {
     blocks: Vec<Block>,
     received: usize,
+    /// Blocks neither received nor requested from anyone.
+    unrequested: usize,
 }
 
 /// What a received block meant.
@@ -56,21 +69,43 @@ pub struct Picker {
     have: Bitfield,
     /// How many connected peers have each piece.
     availability: Vec<u32>,
+    /// Pieces we lack, not started and not being verified, by
+    /// availability: `free[a]` holds those `a` peers have, in no order.
+    free: Vec<Vec<u32>>,
+    /// Each piece's index in its `free` bucket, or [`NOWHERE`].
+    slot: Vec<u32>,
+    /// Pieces in all `free` buckets.
+    free_count: usize,
     partial: HashMap<u32, Partial>,
+    /// Started pieces with an unrequested block, lowest index first.
+    open: BTreeSet<u32>,
+    /// Unrequested blocks over all started pieces.
+    unrequested: usize,
     /// All blocks received, hash not yet known.
-    verifying: Vec<u32>,
+    verifying: HashSet<u32>,
 }
 
 impl Picker {
     /// A picker for a torrent whose verified pieces are `have`.
     pub fn new(piece_length: u64, total_length: u64, have: Bitfield) -> Picker {
+        let n = have.len();
+        let lacking: Vec<u32> = (0..n as u32).filter(|&i| !have.get(i as usize)).collect();
+        let mut slot = vec![NOWHERE; n];
+        for (k, &piece) in lacking.iter().enumerate() {
+            slot[piece as usize] = k as u32;
+        }
         Picker {
             piece_length,
             total_length,
-            availability: vec![0; have.len()],
+            availability: vec![0; n],
+            free_count: lacking.len(),
+            free: vec![lacking],
+            slot,
             have,
             partial: HashMap::new(),
-            verifying: Vec::new(),
+            open: BTreeSet::new(),
+            unrequested: 0,
+            verifying: HashSet::new(),
         }
     }
 
@@ -107,46 +142,108 @@ impl Picker {
         self.availability.get(piece as usize).copied().unwrap_or(0)
     }
 
+    /// Puts a piece we lack and have not started into its bucket.
+    fn free_insert(&mut self, piece: u32) {
+        let i = piece as usize;
+        if self.slot[i] != NOWHERE {
+            return;
+        }
+        let a = self.availability[i] as usize;
+        if self.free.len() <= a {
+            self.free.resize_with(a + 1, Vec::new);
+        }
+        self.slot[i] = self.free[a].len() as u32;
+        self.free[a].push(piece);
+        self.free_count += 1;
+    }
+
+    /// Takes a piece out of its bucket (started, had or verifying now).
+    fn free_remove(&mut self, piece: u32) {
+        let i = piece as usize;
+        let at = self.slot[i];
+        if at == NOWHERE {
+            return;
+        }
+        let bucket = &mut self.free[self.availability[i] as usize];
+        bucket.swap_remove(at as usize);
+        if let Some(&moved) = bucket.get(at as usize) {
+            self.slot[moved as usize] = at;
+        }
+        self.slot[i] = NOWHERE;
+        self.free_count -= 1;
+    }
+
+    /// One peer more (`up`) or fewer has `piece`.
+    fn change_availability(&mut self, piece: usize, up: bool) {
+        let Some(&a) = self.availability.get(piece) else {
+            return;
+        };
+        let new = if up { a + 1 } else { a.saturating_sub(1) };
+        if new == a {
+            return;
+        }
+        let listed = self.slot[piece] != NOWHERE;
+        if listed {
+            self.free_remove(piece as u32);
+        }
+        self.availability[piece] = new;
+        if listed {
+            self.free_insert(piece as u32);
+        }
+    }
+
     /// A peer connected with these pieces.
     pub fn add_peer(&mut self, has: &Bitfield) {
-        for (i, a) in self.availability.iter_mut().enumerate() {
+        for i in 0..self.availability.len() {
             if has.get(i) {
-                *a += 1;
+                self.change_availability(i, true);
             }
         }
     }
 
     /// A peer announced a piece with `have`.
     pub fn peer_has(&mut self, piece: u32) {
-        if let Some(a) = self.availability.get_mut(piece as usize) {
-            *a += 1;
-        }
+        self.change_availability(piece as usize, true);
     }
 
     /// A peer went away: forget its pieces and free its requests.
     pub fn remove_peer(&mut self, key: PeerKey, has: &Bitfield) {
-        for (i, a) in self.availability.iter_mut().enumerate() {
+        for i in 0..self.availability.len() {
             if has.get(i) {
-                *a = a.saturating_sub(1);
+                self.change_availability(i, false);
             }
         }
-        for p in self.partial.values_mut() {
-            for b in &mut p.blocks {
-                b.requested_by.retain(|&k| k != key);
+        let pieces: Vec<u32> = self.partial.keys().copied().collect();
+        for piece in pieces {
+            let count = self.partial[&piece].blocks.len();
+            for b in 0..count {
+                self.unask(key, piece, b);
             }
+        }
+    }
+
+    /// `key` will not deliver block `b` of `piece`: if nobody else is
+    /// asked for it, it is unrequested again.
+    fn unask(&mut self, key: PeerKey, piece: u32, b: usize) {
+        let Some(p) = self.partial.get_mut(&piece) else {
+            return;
+        };
+        let Some(block) = p.blocks.get_mut(b) else {
+            return;
+        };
+        let before = block.requested_by.len();
+        block.requested_by.retain(|&k| k != key);
+        if before > 0 && block.requested_by.is_empty() && !block.received {
+            p.unrequested += 1;
+            self.unrequested += 1;
+            self.open.insert(piece);
         }
     }
 
     /// A request to `key` will not be answered (choked, rejected, timed
     /// out): the block is free for others again.
     pub fn release(&mut self, key: PeerKey, block: BlockRef) {
-        if let Some(b) = self
-            .partial
-            .get_mut(&block.index)
-            .and_then(|p| p.blocks.get_mut((block.offset / BLOCK) as usize))
-        {
-            b.requested_by.retain(|&k| k != key);
-        }
+        self.unask(key, block.index, (block.offset / BLOCK) as usize);
     }
 
     /// Does `peer` have a piece we still need?
@@ -162,37 +259,42 @@ impl Picker {
         max: usize,
         rng: &mut R,
     ) -> Vec<BlockRef> {
+        self.pick_where(key, |i| peer.get(i), max, rng)
+    }
+
+    /// [`Picker::pick`] for a peer that has the pieces `has` says it has.
+    pub fn pick_where<R: Rng>(
+        &mut self,
+        key: PeerKey,
+        has: impl Fn(usize) -> bool,
+        max: usize,
+        rng: &mut R,
+    ) -> Vec<BlockRef> {
         let mut out = Vec::new();
-        // 1. Free blocks of started pieces the peer has.
-        let mut started: Vec<u32> = self
-            .partial
-            .keys()
-            .copied()
-            .filter(|&i| peer.get(i as usize))
-            .collect();
-        started.sort_unstable();
-        for piece in started {
+        // 1. Free blocks of started pieces the peer has, lowest first.
+        let mut from = 0u32;
+        while out.len() < max {
+            let Some(&piece) = self.open.range(from..).next() else {
+                break;
+            };
+            if has(piece as usize) {
+                self.take_free(key, piece, max, &mut out);
+            }
+            let Some(next) = piece.checked_add(1) else {
+                break;
+            };
+            from = next;
+        }
+        if out.len() >= max {
+            return out;
+        }
+        // 2. New pieces, rarest first, random among equals: as many as
+        // the request needs.
+        for piece in self.rarest_new(&has, max - out.len(), rng) {
+            self.start(piece);
             self.take_free(key, piece, max, &mut out);
             if out.len() >= max {
-                return out;
-            }
-        }
-        // 2. New pieces, rarest first, random among equals: one pass over
-        // the pieces for as many as the request needs.
-        if out.len() < max {
-            for piece in self.rarest_new(peer, max - out.len(), rng) {
-                let blocks = vec![Block::default(); self.block_count(piece)];
-                self.partial.insert(
-                    piece,
-                    Partial {
-                        blocks,
-                        received: 0,
-                    },
-                );
-                self.take_free(key, piece, max, &mut out);
-                if out.len() >= max {
-                    break;
-                }
+                break;
             }
         }
         // 3. Endgame: nothing left unrequested, so double up on blocks
@@ -200,7 +302,7 @@ impl Picker {
         if out.len() < max && self.all_requested() {
             let mut pieces: Vec<u32> = self.partial.keys().copied().collect();
             pieces.sort_unstable();
-            for piece in pieces.into_iter().filter(|&i| peer.get(i as usize)) {
+            for piece in pieces.into_iter().filter(|&i| has(i as usize)) {
                 let count = self.partial[&piece].blocks.len();
                 for b in 0..count {
                     if out.len() >= max {
@@ -237,17 +339,26 @@ impl Picker {
             return out;
         }
         if !self.partial.contains_key(&piece) {
-            let blocks = vec![Block::default(); self.block_count(piece)];
-            self.partial.insert(
-                piece,
-                Partial {
-                    blocks,
-                    received: 0,
-                },
-            );
+            self.start(piece);
         }
         self.take_free(key, piece, max, &mut out);
         out
+    }
+
+    /// A piece we lack, not started and not being verified, is started.
+    fn start(&mut self, piece: u32) {
+        self.free_remove(piece);
+        let blocks = self.block_count(piece);
+        self.partial.insert(
+            piece,
+            Partial {
+                blocks: vec![Block::default(); blocks],
+                received: 0,
+                unrequested: blocks,
+            },
+        );
+        self.unrequested += blocks;
+        self.open.insert(piece);
     }
 
     fn take_free(&mut self, key: PeerKey, piece: u32, max: usize, out: &mut Vec<BlockRef>) {
@@ -256,59 +367,62 @@ impl Picker {
         };
         let mut picked = Vec::new();
         for (b, block) in p.blocks.iter_mut().enumerate() {
-            if out.len() + picked.len() >= max {
+            if out.len() + picked.len() >= max || p.unrequested == 0 {
                 break;
             }
             if !block.received && block.requested_by.is_empty() {
                 block.requested_by.push(key);
+                p.unrequested -= 1;
                 picked.push(b);
             }
+        }
+        self.unrequested -= picked.len();
+        if p.unrequested == 0 {
+            self.open.remove(&piece);
         }
         for b in picked {
             out.push(self.block_ref(piece, b));
         }
     }
 
-    /// Enough of the rarest pieces `peer` has that we neither have nor
+    /// Enough of the rarest pieces the peer has that we neither have nor
     /// have started to fill `blocks` requests, rarest first; ties broken
-    /// at random.
-    fn rarest_new<R: Rng>(&self, peer: &Bitfield, blocks: usize, rng: &mut R) -> Vec<u32> {
+    /// at random (each bucket is scanned from a random slot). Pieces no
+    /// connected peer has come last: the caller's `has` may name pieces
+    /// of a peer that is not counted in the availability.
+    fn rarest_new<R: Rng>(
+        &self,
+        has: impl Fn(usize) -> bool,
+        blocks: usize,
+        rng: &mut R,
+    ) -> Vec<u32> {
         let per_piece = self.piece_length.div_ceil(u64::from(BLOCK)).max(1) as usize;
         let want = blocks.div_ceil(per_piece).max(1);
-        let mut candidates: Vec<(u32, u32, u32)> = Vec::new();
-        for (i, &avail) in self.availability.iter().enumerate() {
-            let piece = i as u32;
-            if !peer.get(i)
-                || self.have.get(i)
-                || self.partial.contains_key(&piece)
-                || self.verifying.contains(&piece)
-            {
+        let mut out = Vec::new();
+        let buckets = (1..self.free.len()).chain(std::iter::once(0));
+        for a in buckets {
+            let bucket = &self.free[a];
+            let n = bucket.len();
+            if n == 0 {
                 continue;
             }
-            candidates.push((avail, rng.random(), piece));
+            let start = rng.random_range(0..n);
+            let (tail, head) = bucket.split_at(start);
+            for &piece in head.iter().chain(tail) {
+                if has(piece as usize) {
+                    out.push(piece);
+                    if out.len() == want {
+                        return out;
+                    }
+                }
+            }
         }
-        if candidates.len() > want {
-            candidates.select_nth_unstable(want - 1);
-            candidates.truncate(want);
-        }
-        candidates.sort_unstable();
-        candidates.into_iter().map(|(_, _, piece)| piece).collect()
+        out
     }
 
     /// True when every block we lack is either received or requested.
     fn all_requested(&self) -> bool {
-        let missing_unstarted = (0..self.have.len()).any(|i| {
-            let piece = i as u32;
-            !self.have.get(i)
-                && !self.partial.contains_key(&piece)
-                && !self.verifying.contains(&piece)
-        });
-        !missing_unstarted
-            && self.partial.values().all(|p| {
-                p.blocks
-                    .iter()
-                    .all(|b| b.received || !b.requested_by.is_empty())
-            })
+        self.free_count == 0 && self.unrequested == 0
     }
 
     /// `key` sent `block`.
@@ -340,7 +454,8 @@ impl Picker {
         p.received += 1;
         if p.received == p.blocks.len() {
             self.partial.remove(&block.index);
-            self.verifying.push(block.index);
+            self.open.remove(&block.index);
+            self.verifying.insert(block.index);
             Received::PieceDone { cancel }
         } else {
             Received::Block { cancel }
@@ -349,10 +464,52 @@ impl Picker {
 
     /// The hash of a finished piece: kept if right, fetched again if not.
     pub fn verified(&mut self, piece: u32, ok: bool) {
-        self.verifying.retain(|&p| p != piece);
+        if piece as usize >= self.have.len() {
+            return;
+        }
+        self.verifying.remove(&piece);
         if ok {
             self.have.set(piece as usize);
+            self.free_remove(piece);
+        } else if !self.have.get(piece as usize) && !self.partial.contains_key(&piece) {
+            self.free_insert(piece);
         }
+    }
+
+    /// Checks the bookkeeping against a full recount (tests).
+    #[cfg(test)]
+    fn check(&self) {
+        let mut listed = 0;
+        for (a, bucket) in self.free.iter().enumerate() {
+            for (k, &piece) in bucket.iter().enumerate() {
+                let i = piece as usize;
+                assert_eq!(self.slot[i], k as u32, "slot of {piece}");
+                assert_eq!(self.availability[i] as usize, a, "bucket of {piece}");
+                assert!(!self.have.get(i) && !self.partial.contains_key(&piece));
+                assert!(!self.verifying.contains(&piece));
+                listed += 1;
+            }
+        }
+        assert_eq!(listed, self.free_count);
+        let missing = (0..self.have.len())
+            .filter(|&i| !self.have.get(i))
+            .filter(|&i| !self.partial.contains_key(&(i as u32)))
+            .filter(|&i| !self.verifying.contains(&(i as u32)))
+            .count();
+        assert_eq!(missing, self.free_count, "every free piece is listed");
+        let mut unrequested = 0;
+        for (&piece, p) in &self.partial {
+            let n = p
+                .blocks
+                .iter()
+                .filter(|b| !b.received && b.requested_by.is_empty())
+                .count();
+            assert_eq!(n, p.unrequested, "unrequested blocks of {piece}");
+            assert_eq!(n > 0, self.open.contains(&piece), "open: {piece}");
+            unrequested += n;
+        }
+        assert_eq!(unrequested, self.unrequested);
+        assert!(self.open.iter().all(|p| self.partial.contains_key(p)));
     }
 }
 
@@ -387,8 +544,10 @@ mod tests {
         let got = p.pick_piece(1, 1, 2);
         assert_eq!(got.len(), 2);
         assert!(got.iter().all(|b| b.index == 1));
+        p.check();
         // ...the third goes to the next asker first (started pieces first).
         assert_eq!(p.pick(2, &full(3), 1, &mut rng)[0].index, 1);
+        p.check();
         // Out of range, or a piece we have: nothing.
         assert!(p.pick_piece(1, 7, 5).is_empty());
         let mut have = Bitfield::new(3);
@@ -539,6 +698,106 @@ mod tests {
         assert_eq!(p.received(1, far), Received::Unexpected);
     }
 
+    /// 65 536 one-block pieces (1 GiB of 16 KiB pieces): a seed and a
+    /// peer with every even piece. The seed's requests take the odd
+    /// (rarer) pieces first, no block is asked twice before everything
+    /// is requested, and the download completes with the bookkeeping
+    /// consistent throughout.
+    #[test]
+    fn many_one_block_pieces_go_rarest_first_and_complete() {
+        const N: usize = 65_536;
+        let mut p = Picker::new(16384, 16384 * N as u64, Bitfield::new(N));
+        let mut rng = SmallRng::seed_from_u64(7);
+        let seed = full(N);
+        let evens = only(N, &(0..N).step_by(2).collect::<Vec<_>>());
+        p.add_peer(&seed);
+        p.add_peer(&evens);
+        p.check();
+        let mut asked = vec![0u8; N];
+        let mut order = Vec::new();
+        let mut rounds = 0;
+        while !p.is_complete() {
+            rounds += 1;
+            assert!(rounds < 1000, "stuck");
+            let got = p.pick(1, &seed, 500, &mut rng);
+            for b in &got {
+                assert_eq!((b.offset, b.length), (0, 16384));
+                asked[b.index as usize] += 1;
+                order.push(b.index);
+            }
+            if order.len() < N {
+                assert!(
+                    got.iter().all(|b| asked[b.index as usize] == 1),
+                    "asked twice"
+                );
+            }
+            for b in got {
+                assert_eq!(p.received(1, b), Received::PieceDone { cancel: vec![] });
+                p.verified(b.index, true);
+            }
+            if rounds % 16 == 0 {
+                p.check();
+            }
+        }
+        p.check();
+        assert_eq!(order.len(), N, "every piece asked once");
+        assert!(
+            order[..N / 2].iter().all(|&i| i % 2 == 1),
+            "odd (rarer) first"
+        );
+        // Random among equals: not simply in index order.
+        assert!(order[..N / 2].windows(2).any(|w| w[0] > w[1]));
+    }
+
+    /// A peer with three of 65 536 pieces is asked for exactly those; one
+    /// that announces a piece later makes it less rare, one that leaves
+    /// makes its pieces rarer again.
+    #[test]
+    fn availability_moves_pieces_between_buckets() {
+        const N: usize = 65_536;
+        let mut p = Picker::new(16384, 16384 * N as u64, Bitfield::new(N));
+        let mut rng = SmallRng::seed_from_u64(8);
+        let sparse = only(N, &[7, 40_000, N - 1]);
+        p.add_peer(&full(N));
+        p.add_peer(&sparse);
+        let mut got: Vec<u32> = p
+            .pick(2, &sparse, 10, &mut rng)
+            .iter()
+            .map(|b| b.index)
+            .collect();
+        got.sort_unstable();
+        assert_eq!(got, [7, 40_000, N as u32 - 1]);
+        p.check();
+        // Piece 9 is the only one with availability 1 once everyone else
+        // has the rest.
+        let mut most = Bitfield::new(N);
+        (0..N).filter(|&i| i != 9).for_each(|i| {
+            most.set(i);
+        });
+        p.add_peer(&most);
+        p.check();
+        assert_eq!(p.pick(1, &full(N), 1, &mut rng)[0].index, 9);
+        // 11 gains a holder, then loses the peer: back with the others.
+        p.peer_has(11);
+        assert_eq!(p.availability(11), 3);
+        p.remove_peer(3, &most);
+        assert_eq!(p.availability(11), 2);
+        p.check();
+    }
+
+    /// `pick_where` asks only for what the predicate allows (the
+    /// connection's own exclusions, such as pieces the peer rejected).
+    #[test]
+    fn pick_where_respects_the_predicate() {
+        let mut p = Picker::new(16384, 16384 * 100, Bitfield::new(100));
+        let mut rng = SmallRng::seed_from_u64(9);
+        p.add_peer(&full(100));
+        let got = p.pick_where(1, |i| i % 10 == 3, 100, &mut rng);
+        assert_eq!(got.len(), 10);
+        assert!(got.iter().all(|b| b.index % 10 == 3));
+        p.check();
+    }
+
     proptest::proptest! {
         /// Peers with random piece sets, answering in random order, some
         /// leaving: the download always completes, with every block
@@ -588,6 +847,7 @@ mod tests {
                         p.verified(b.index, true);
                     }
                 }
+                p.check();
             }
         }
     }

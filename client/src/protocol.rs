@@ -914,23 +914,13 @@ impl Connection {
         if room == 0 || (room < depth / 4 && !self.inflight.is_empty()) {
             return;
         }
-        let restricted;
-        let from = if only_fast || !self.rejected.is_empty() {
-            let mut b = Bitfield::new(self.bitfield.len());
-            let candidates: Box<dyn Iterator<Item = u32>> = if only_fast {
-                Box::new(self.allowed_in.iter().copied())
-            } else {
-                Box::new(0..self.bitfield.len() as u32)
-            };
-            for p in candidates {
-                if self.bitfield.get(p as usize) && !self.rejected.contains(&p) {
-                    b.set(p as usize);
-                }
-            }
-            restricted = b;
-            &restricted
-        } else {
-            &self.bitfield
+        // Only its allowed-fast pieces while it chokes us, and never one
+        // it rejected: a predicate, not a bitfield built per call.
+        let (bitfield, rejected, allowed) = (&self.bitfield, &self.rejected, &self.allowed_in);
+        let has = |i: usize| {
+            bitfield.get(i)
+                && (rejected.is_empty() || !rejected.contains(&(i as u32)))
+                && (!only_fast || allowed.contains(&(i as u32)))
         };
         let st = &mut *st;
         // Suggested pieces first (not while it chokes us: then only its
@@ -942,14 +932,14 @@ impl Connection {
                     break;
                 }
                 self.suggested.pop_front();
-                if from.get(piece as usize) {
+                if has(piece as usize) {
                     blocks.extend(st.picker.pick_piece(self.key, piece, room - blocks.len()));
                 }
             }
         }
         blocks.extend(
             st.picker
-                .pick(self.key, from, room - blocks.len(), &mut st.rng),
+                .pick_where(self.key, has, room - blocks.len(), &mut st.rng),
         );
         if self.inflight.is_empty() && !blocks.is_empty() {
             // The snub clock starts with the first request, not with the

@@ -45,6 +45,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 
+use torrent_format::metainfo::Segment;
+
 use rustix::fs::{Mode, OFlags};
 use rustix::io::Errno;
 use sha1::{Digest, Sha1};
@@ -132,6 +134,47 @@ pub enum StorageError {
 /// Most files one [`Storage`] keeps open at once (well under the usual
 /// `ulimit -n` of 1024, leaving room for sockets).
 pub const MAX_OPEN_FILES: usize = 256;
+
+/// Verified bytes gathered before their writeback is started: one
+/// `sync_file_range` per piece of 16 KiB costs more than the writes
+/// themselves (each starts a tiny I/O), one per few MiB does not.
+pub const WRITEBACK_BATCH: u64 = 4 << 20;
+
+/// Verified pieces whose writeback has not been started yet: per file
+/// the byte range that covers them.
+#[derive(Debug, Default)]
+struct Writeback {
+    bytes: u64,
+    files: Vec<(usize, u64, u64)>,
+}
+
+impl Writeback {
+    /// Takes note of a verified piece's segments (of files not parted);
+    /// once `batch` bytes are gathered, the ranges to write back, one per
+    /// file: `(file, from, to)`.
+    fn add(
+        &mut self,
+        segments: impl IntoIterator<Item = Segment>,
+        batch: u64,
+    ) -> Option<Vec<(usize, u64, u64)>> {
+        for seg in segments {
+            let (lo, hi) = (seg.file_offset, seg.file_offset + seg.len);
+            match self.files.iter_mut().find(|f| f.0 == seg.file) {
+                Some(f) => {
+                    f.1 = f.1.min(lo);
+                    f.2 = f.2.max(hi);
+                }
+                None => self.files.push((seg.file, lo, hi)),
+            }
+            self.bytes += seg.len;
+        }
+        if self.bytes < batch {
+            return None;
+        }
+        self.bytes = 0;
+        Some(std::mem::take(&mut self.files))
+    }
+}
 
 type Result<T, E = StorageError> = std::result::Result<T, E>;
 
@@ -267,6 +310,8 @@ pub struct Storage {
     max_open: usize,
     /// Read buffers for hashing, reused across calls and threads.
     bufs: Mutex<Vec<Vec<u8>>>,
+    /// Verified pieces not yet handed to writeback.
+    writeback: Mutex<Writeback>,
     /// The files selected (`None`: all).
     selected: Option<Vec<bool>>,
     /// Set when some file is `parted`.
@@ -431,6 +476,7 @@ impl Storage {
             open: Mutex::new(VecDeque::new()),
             max_open: MAX_OPEN_FILES,
             bufs: Mutex::new(Vec::new()),
+            writeback: Mutex::new(Writeback::default()),
             selected: None,
             parts: None,
         }
@@ -620,30 +666,36 @@ impl Storage {
 
     /// Starts writing `piece` back to disk without waiting (Linux:
     /// `sync_file_range(SYNC_FILE_RANGE_WRITE)`), so that a later
-    /// [`Storage::sync`] has little left to wait for. Best effort: errors
-    /// surface at the sync.
+    /// [`Storage::sync`] has little left to wait for — once
+    /// [`WRITEBACK_BATCH`] bytes of verified pieces are gathered, for the
+    /// range of each file that covers them (pages in it that are not
+    /// dirty cost nothing). Best effort: errors surface at the sync.
     pub fn start_writeback(&self, piece: u32) {
+        let segments = self.info.piece_segments(piece as usize);
+        let segments = segments
+            .into_iter()
+            .filter(|seg| !self.slots[seg.file].parted);
+        let Some(due) = lock(&self.writeback).add(segments, WRITEBACK_BATCH) else {
+            return;
+        };
         #[cfg(target_os = "linux")]
-        for seg in self.info.piece_segments(piece as usize) {
-            if self.slots[seg.file].parted {
-                continue;
-            }
-            if let Ok(file) = self.handle(seg.file, false) {
+        for (file, lo, hi) in due {
+            if let Ok(f) = self.handle(file, false) {
                 use std::os::fd::AsRawFd;
                 // SAFETY: a valid open descriptor and a byte range; the call
                 // only schedules writeback.
                 unsafe {
                     libc::sync_file_range(
-                        file.as_raw_fd(),
-                        seg.file_offset as libc::off64_t,
-                        seg.len as libc::off64_t,
+                        f.as_raw_fd(),
+                        lo as libc::off64_t,
+                        (hi - lo) as libc::off64_t,
                         libc::SYNC_FILE_RANGE_WRITE,
                     );
                 }
             }
         }
         #[cfg(not(target_os = "linux"))]
-        let _ = piece;
+        let _ = due;
     }
 
     /// Each file's stamp as it is on disk now (`None`: missing or not a
@@ -991,6 +1043,25 @@ pub(crate) mod tests {
         assert_eq!(buf, contents.concat()[1300..]);
         assert!(storage.stamps().iter().all(|s| s.is_some()));
         assert_eq!(storage.stamps(), stamps_at(&info, &root));
+    }
+
+    /// Writeback of small pieces is started in batches, over the range of
+    /// each file that covers them.
+    #[test]
+    fn writeback_is_gathered_into_ranges_per_file() {
+        let (info, _) = torrent(FILES, 100);
+        let mut w = Writeback::default();
+        let segs = |p: usize| info.piece_segments(p);
+        assert_eq!(w.add(segs(5), 250), None);
+        assert_eq!(w.add(segs(0), 250), None);
+        // a.bin is file 0 (bytes 0..37 of piece 0), d/b.bin file 2 (piece
+        // 0's last 63 bytes, then pieces 1..=9 and some of 10).
+        assert_eq!(w.add(segs(1), 250), Some(vec![(2, 0, 563), (0, 0, 37)]));
+        // Then it starts over.
+        assert_eq!(w.add(segs(9), 250), None);
+        assert_eq!(w.files, [(2, 863, 963)]);
+        // Reaching the batch takes what was pending too.
+        assert_eq!(w.add(segs(3), 100), Some(vec![(2, 263, 963)]));
     }
 
     #[test]

@@ -38,7 +38,7 @@ pub const MB_STEP: usize = CHUNK / LANES;
 /// together take about as long as 4.6 pieces hashed one at a time with
 /// SHA-NI, so from five pieces on the unused lanes (which repeat lane 0's
 /// data) are paid for.
-const MB_MIN_PIECES: usize = 5;
+pub const MB_MIN_PIECES: usize = 5;
 
 /// Files on disk laid end to end, cut into pieces.
 #[derive(Debug, Clone)]
