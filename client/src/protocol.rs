@@ -65,6 +65,9 @@ const MAX_SUGGESTED: usize = 8;
 /// and how many requests per block of it at most.
 const TURN_AWAY_FOR: Duration = Duration::from_secs(10);
 const TURN_AWAY_ROUNDS: u64 = 4;
+/// Suggestions a peer may pass over before it is no longer turned away
+/// in favour of less-sent pieces.
+const MAX_DECLINED: u8 = 3;
 /// Pieces one peer is turned away from in favour of less-sent ones
 /// ([`crate::spread`]); past this, it gets what it asks for.
 const MAX_REDIRECTED: usize = 1024;
@@ -267,9 +270,16 @@ pub struct Connection {
     served: Option<Bitfield>,
     /// ... the requests turned away per piece, and since when (bounded:
     /// a peer that asks again long enough gets it)...
-    redirected: HashMap<u32, (u16, Instant)>,
-    /// ... and the piece we last suggested instead.
+    redirected: HashMap<u32, (u32, Instant)>,
+    /// ... the piece we last suggested instead, and the one we turned
+    /// away for it...
     last_suggest: Option<u32>,
+    suggested_at: Option<Instant>,
+    last_turned: Option<u32>,
+    /// ... and how often it asked for yet another piece rather than the
+    /// one suggested: a peer that ignores suggestions (or does not want
+    /// those pieces: a partial selection) is not turned away for them.
+    declined: u8,
     /// Most requests it queues (its `reqq`).
     peer_reqq: usize,
     /// Its extended handshake, once received.
@@ -328,6 +338,9 @@ impl Connection {
             served: None,
             redirected: HashMap::new(),
             last_suggest: None,
+            suggested_at: None,
+            last_turned: None,
+            declined: 0,
             peer_reqq: extension::DEFAULT_REQQ,
             ext: None,
             metadata_served: 0,
@@ -510,7 +523,17 @@ impl Connection {
                 let mut q = self.uploads.lock();
                 if let Some(i) = q.iter().position(|x| *x == b) {
                     q.remove(i);
+                    let rest = q.iter().any(|x| x.index == b.index);
                     drop(q);
+                    // Nothing more of that piece goes to it: if it was a
+                    // first copy, it may never arrive (crate::spread).
+                    if !rest && !self.bitfield.get(b.index as usize) {
+                        if let (Some(spread), Some(served)) = (&mut st.spread, &mut self.served) {
+                            if served.unset(b.index as usize) {
+                                spread.unsent(b.index);
+                            }
+                        }
+                    }
                     // Fast extension: even a cancelled request is answered.
                     if self.fast {
                         self.send(&Message::RejectRequest(b));
@@ -1104,6 +1127,7 @@ impl Connection {
         if let Some(instead) = self.turn_away(b.index, now, st) {
             if let Some(q) = instead.filter(|&q| self.last_suggest != Some(q)) {
                 self.last_suggest = Some(q);
+                self.suggested_at = Some(now);
                 self.send(&Message::SuggestPiece(q));
             }
             self.send(&Message::RejectRequest(b));
@@ -1128,7 +1152,9 @@ impl Connection {
     /// peers that got it. `None`: serve it, and count the peer for `piece`
     /// once.
     fn turn_away(&mut self, piece: u32, now: Instant, st: &mut State) -> Option<Option<u32>> {
-        if self.initial.is_some() || !st.is_complete() {
+        // (Allowed-fast requests while we choke it: it could not take a
+        // suggestion now anyway.)
+        if self.initial.is_some() || !st.is_complete() || self.am_choking {
             return None;
         }
         let pieces = self.info.piece_count();
@@ -1147,32 +1173,59 @@ impl Connection {
         // A peer is turned away from a piece for TURN_AWAY_FOR at most, and
         // at most TURN_AWAY_ROUNDS times per block (a client that asks
         // again at once would otherwise ping-pong with us that long).
+        if self.redirected.len() >= MAX_REDIRECTED {
+            self.redirected
+                .retain(|_, (_, since)| now.duration_since(*since) < TURN_AWAY_FOR);
+        }
         let (turned, since) = self.redirected.get(&piece).copied().unwrap_or((0, now));
         let may_turn = self.fast
             && u64::from(turned) < blocks * TURN_AWAY_ROUNDS
             && now.duration_since(since) < TURN_AWAY_FOR
             && (turned > 0 || self.redirected.len() < MAX_REDIRECTED);
         if may_turn {
-            let (has, ours) = (&self.bitfield, &st.have);
-            let lacks = |p: u32| !has.get(p as usize) && ours.get(p as usize);
-            // The piece suggested last, while it still qualifies: one
-            // suggestion for all the blocks of a piece turned away.
-            let again = self
-                .last_suggest
-                .filter(|&q| lacks(q) && spread.copies(q) < spread.copies(piece));
-            let instead = again.or_else(|| spread.less_sent(piece, lacks, &mut st.rng));
+            // A second after our suggestion it asks for yet another piece,
+            // not the one we suggested (requests already on their way when
+            // it got the suggestion do not count).
+            if self.last_turned.is_some_and(|t| t != piece)
+                && self
+                    .last_suggest
+                    .is_some_and(|q| q != piece && !served.get(q as usize))
+                && self
+                    .suggested_at
+                    .is_some_and(|at| now.duration_since(at) >= Duration::from_secs(1))
+            {
+                self.declined = self.declined.saturating_add(1);
+                self.last_suggest = None;
+            }
+            let (has, ours, mine) = (&self.bitfield, &st.have, &*served);
+            let lacks =
+                |p: u32| !has.get(p as usize) && ours.get(p as usize) && !mine.get(p as usize);
+            let instead = if self.declined >= MAX_DECLINED {
+                None
+            } else {
+                // The piece suggested last, while it still qualifies: one
+                // suggestion for all the blocks of a piece turned away.
+                let again = self
+                    .last_suggest
+                    .filter(|&q| lacks(q) && spread.copies(q) < spread.copies(piece));
+                again.or_else(|| spread.less_sent(piece, lacks, &mut st.rng))
+            };
             // A second copy of `piece` would take link from first copies
-            // still on their way (this one among them, or others).
+            // still on their way (this one among them, or others) — for a
+            // while: a receiver may be slow or silent.
             let arrived = |p: u32| st.picker.availability(p) > 0;
             let second = spread.copies(piece) > 0
-                && (!arrived(piece) || spread.first_copy_on_its_way(arrived));
+                && ((!arrived(piece) && spread.first_copy_recent(piece, now))
+                    || spread.first_copy_on_its_way(arrived, now));
             if instead.is_some() || second {
-                self.redirected.entry(piece).or_insert((0, now)).0 += 1;
+                let e = self.redirected.entry(piece).or_insert((0, now));
+                e.0 = e.0.saturating_add(1);
+                self.last_turned = Some(piece);
                 return Some(instead);
             }
         }
         served.set(piece as usize);
-        spread.sent(piece);
+        spread.sent(piece, now);
         None
     }
 

@@ -18,10 +18,17 @@
 //! is only turned away while a piece it lacks has gone out fewer times,
 //! and such a piece the seed then serves it.
 
+use std::time::{Duration, Instant};
+
 use rand::Rng;
 
-/// Copies counted apart; beyond it all pieces are alike.
+/// Copies told apart when choosing what to suggest; beyond it all pieces
+/// are alike (the counts themselves are exact, up to 255).
 pub const LEVELS: u8 = 3;
+/// A first copy not announced by its receiver within this long no longer
+/// holds back second copies (a slow or silent receiver, one that batches
+/// its `have`s, or one that cancelled).
+pub const FIRST_COPY_WAIT: Duration = Duration::from_secs(5);
 /// Entries of a level looked at per question: bounded work per request
 /// however many pieces there are (the levels are shuffled, so a peer that
 /// has the first entries it meets does not hide the rest for long).
@@ -29,8 +36,11 @@ const SCAN: usize = 64;
 
 #[derive(Debug, Clone)]
 pub struct Spread {
-    /// Peers each piece was sent to (asked of us by), at most [`LEVELS`].
+    /// Peers each piece was sent to (asked of us by), up to 255.
     copies: Vec<u8>,
+    /// When each piece's first copy went out, in ms since `epoch`.
+    first_at: Vec<u32>,
+    epoch: Instant,
     /// `levels[c]`: pieces sent to `c` peers, in random order. Lazy: a
     /// piece stays in a lower level until a scan meets it there and sees
     /// that its count moved on.
@@ -52,32 +62,51 @@ impl Spread {
         levels[0] = first;
         Spread {
             copies: vec![0; pieces],
+            first_at: vec![0; pieces],
+            epoch: Instant::now(),
             levels,
             first_copies: std::collections::VecDeque::new(),
         }
     }
 
-    /// Peers `piece` went to (at most [`LEVELS`]).
+    /// Peers `piece` went to (255 out of range: never less sent).
     pub fn copies(&self, piece: u32) -> u8 {
-        self.copies.get(piece as usize).copied().unwrap_or(LEVELS)
+        self.copies.get(piece as usize).copied().unwrap_or(u8::MAX)
     }
 
     /// `piece` is going to one more peer.
-    pub fn sent(&mut self, piece: u32) {
+    pub fn sent(&mut self, piece: u32, now: Instant) {
         let Some(c) = self.copies.get_mut(piece as usize) else {
             return;
         };
-        if *c < LEVELS {
-            *c += 1;
-            let c = *c;
-            if c == 1 {
-                self.first_copies.push_back(piece);
-            }
-            if c < LEVELS {
-                self.levels[usize::from(c)].push(piece);
-            }
-            self.bound();
+        if *c == u8::MAX {
+            return;
         }
+        *c += 1;
+        let c = *c;
+        if c == 1 {
+            self.first_copies.push_back(piece);
+            self.first_at[piece as usize] = self.ms(now);
+        }
+        if c < LEVELS {
+            self.levels[usize::from(c)].push(piece);
+        }
+        self.bound();
+    }
+
+    fn ms(&self, now: Instant) -> u32 {
+        now.saturating_duration_since(self.epoch)
+            .as_millis()
+            .min(u128::from(u32::MAX)) as u32
+    }
+
+    /// Whether `piece`'s first copy went out less than [`FIRST_COPY_WAIT`]
+    /// ago (and went out at all).
+    pub fn first_copy_recent(&self, piece: u32, now: Instant) -> bool {
+        self.copies(piece) > 0
+            && (piece as usize) < self.first_at.len()
+            && self.ms(now).saturating_sub(self.first_at[piece as usize])
+                < FIRST_COPY_WAIT.as_millis() as u32
     }
 
     /// The lazy lists keep stale entries until a scan meets them; a peer
@@ -105,9 +134,10 @@ impl Spread {
     /// Whether the first copy of some piece is still on its way (went out,
     /// and no peer announced it yet, by `arrived`). While one is, a second
     /// copy of anything would take link from it.
-    pub fn first_copy_on_its_way(&mut self, arrived: impl Fn(u32) -> bool) -> bool {
+    /// One that took longer than [`FIRST_COPY_WAIT`] holds nothing back.
+    pub fn first_copy_on_its_way(&mut self, arrived: impl Fn(u32) -> bool, now: Instant) -> bool {
         while let Some(&p) = self.first_copies.front() {
-            if self.copies[p as usize] > 0 && !arrived(p) {
+            if self.first_copy_recent(p, now) && !arrived(p) {
                 return true;
             }
             self.first_copies.pop_front();
@@ -116,17 +146,18 @@ impl Spread {
     }
 
     /// `piece` will not go to a peer after all (it was choked before we
-    /// sent it): one copy fewer. Counts at [`LEVELS`] stay (beyond it all
-    /// pieces are alike).
+    /// sent it, cancelled, or left): one copy fewer.
     pub fn unsent(&mut self, piece: u32) {
         let Some(c) = self.copies.get_mut(piece as usize) else {
             return;
         };
-        if *c > 0 && *c < LEVELS {
+        if *c > 0 {
             *c -= 1;
-            let c = usize::from(*c);
-            self.levels[c].push(piece);
-            self.bound();
+            if *c < LEVELS {
+                let c = usize::from(*c);
+                self.levels[c].push(piece);
+                self.bound();
+            }
         }
     }
 
@@ -139,7 +170,7 @@ impl Spread {
         lacks: impl Fn(u32) -> bool,
         rng: &mut R,
     ) -> Option<u32> {
-        let upto = self.copies(piece);
+        let upto = self.copies(piece).min(LEVELS);
         for level in 0..upto {
             let list = &mut self.levels[usize::from(level)];
             if list.is_empty() {
@@ -177,9 +208,10 @@ mod tests {
 
     #[test]
     fn a_piece_sent_once_yields_to_one_never_sent() {
+        let now = Instant::now();
         let mut rng = SmallRng::seed_from_u64(1);
         let mut s = Spread::new(8, &mut rng);
-        s.sent(3);
+        s.sent(3, now);
         assert_eq!(s.copies(3), 1);
         // A second peer asking for 3 is pointed at another piece.
         let other = s.less_sent(3, |_| true, &mut rng).unwrap();
@@ -191,9 +223,10 @@ mod tests {
 
     #[test]
     fn only_pieces_the_peer_lacks_are_suggested() {
+        let now = Instant::now();
         let mut rng = SmallRng::seed_from_u64(2);
         let mut s = Spread::new(8, &mut rng);
-        s.sent(0);
+        s.sent(0, now);
         // The peer has everything but 0 and 5.
         for _ in 0..50 {
             assert_eq!(s.less_sent(0, |p| p == 0 || p == 5, &mut rng), Some(5));
@@ -204,24 +237,24 @@ mod tests {
 
     #[test]
     fn once_every_piece_went_out_the_least_sent_come_first() {
+        let now = Instant::now();
         let mut rng = SmallRng::seed_from_u64(3);
         let mut s = Spread::new(4, &mut rng);
         for p in 0..4 {
-            s.sent(p);
+            s.sent(p, now);
         }
-        s.sent(1);
-        s.sent(1);
+        s.sent(1, now);
+        s.sent(1, now);
         // 1 went out three times, the others once.
         let q = s.less_sent(1, |_| true, &mut rng).unwrap();
         assert!(q != 1 && s.copies(q) == 1);
         // Among the once-sent, nothing is less sent.
         assert_eq!(s.less_sent(q, |_| true, &mut rng), None);
-        // Counts stop at LEVELS: all alike beyond it.
+        // Counts are exact, but beyond LEVELS all pieces are alike.
         for _ in 0..10 {
-            s.sent(2);
+            s.sent(2, now);
         }
-        assert_eq!(s.copies(2), LEVELS);
-        assert_eq!(s.copies(1), LEVELS);
+        assert_eq!((s.copies(2), s.copies(1)), (11, LEVELS));
         assert_eq!(s.less_sent(2, |p| p == 1 || p == 2, &mut rng), None);
     }
 
@@ -230,11 +263,12 @@ mod tests {
         // 3000 pieces: taking each suggestion walks all the never-sent
         // ones, with bounded work per question and stale entries dropped
         // on the way; then the once-sent ones; then nothing is left.
+        let now = Instant::now();
         let mut rng = SmallRng::seed_from_u64(4);
         let n = 3000;
         let mut s = Spread::new(n, &mut rng);
-        s.sent(0);
-        s.sent(0);
+        s.sent(0, now);
+        s.sent(0, now);
         let mut seen = vec![0u8; n];
         seen[0] = 2;
         for round in 1..=2u8 {
@@ -242,7 +276,7 @@ mod tests {
                 let p = s.less_sent(0, |_| true, &mut rng).unwrap() as usize;
                 assert_eq!(seen[p], round - 1, "piece {p} out of turn");
                 seen[p] = round;
-                s.sent(p as u32);
+                s.sent(p as u32, now);
             }
         }
         assert_eq!(s.less_sent(0, |_| true, &mut rng), None);
@@ -250,11 +284,12 @@ mod tests {
 
     #[test]
     fn a_piece_that_did_not_go_out_after_all_is_offered_again() {
+        let now = Instant::now();
         let mut rng = SmallRng::seed_from_u64(6);
         let mut s = Spread::new(2, &mut rng);
-        s.sent(0);
-        s.sent(1);
-        s.sent(1);
+        s.sent(0, now);
+        s.sent(1, now);
+        s.sent(1, now);
         assert_eq!(s.less_sent(1, |_| true, &mut rng), Some(0));
         s.unsent(0);
         assert_eq!(s.copies(0), 0);
@@ -267,29 +302,31 @@ mod tests {
 
     #[test]
     fn first_copies_are_on_their_way_until_they_arrive() {
+        let now = Instant::now();
         let mut rng = SmallRng::seed_from_u64(7);
         let mut s = Spread::new(4, &mut rng);
-        assert!(!s.first_copy_on_its_way(|_| false));
-        s.sent(2);
-        s.sent(2);
-        s.sent(0);
-        assert!(s.first_copy_on_its_way(|_| false));
-        assert!(s.first_copy_on_its_way(|p| p == 2));
-        assert!(!s.first_copy_on_its_way(|p| p == 0 || p == 2));
+        assert!(!s.first_copy_on_its_way(|_| false, now));
+        s.sent(2, now);
+        s.sent(2, now);
+        s.sent(0, now);
+        assert!(s.first_copy_on_its_way(|_| false, now));
+        assert!(s.first_copy_on_its_way(|p| p == 2, now));
+        assert!(!s.first_copy_on_its_way(|p| p == 0 || p == 2, now));
         // A piece given back (unsent) is not waited for.
-        s.sent(3);
+        s.sent(3, now);
         s.unsent(3);
-        assert!(!s.first_copy_on_its_way(|_| true));
-        assert!(!s.first_copy_on_its_way(|_| false));
+        assert!(!s.first_copy_on_its_way(|_| true, now));
+        assert!(!s.first_copy_on_its_way(|_| false, now));
     }
 
     #[test]
     fn pieces_going_back_and_forth_do_not_grow_the_lists() {
+        let now = Instant::now();
         let mut rng = SmallRng::seed_from_u64(8);
         let mut s = Spread::new(100, &mut rng);
         for _ in 0..10_000 {
             for p in 0..100 {
-                s.sent(p);
+                s.sent(p, now);
                 s.unsent(p);
             }
         }
@@ -300,18 +337,51 @@ mod tests {
         );
         assert!(s.first_copies.len() <= 264);
         // Still right: nothing went out.
-        s.sent(5);
-        s.sent(5);
+        s.sent(5, now);
+        s.sent(5, now);
         let q = s.less_sent(5, |_| true, &mut rng).unwrap();
         assert_eq!(s.copies(q), 0);
     }
 
     #[test]
+    fn a_first_copy_holds_back_for_a_while_only() {
+        let now = Instant::now();
+        let mut rng = SmallRng::seed_from_u64(9);
+        let mut s = Spread::new(4, &mut rng);
+        s.sent(1, now);
+        assert!(s.first_copy_recent(1, now));
+        assert!(!s.first_copy_recent(2, now));
+        // Never announced (a silent or cancelled receiver): after a while
+        // it holds nothing back.
+        let later = now + FIRST_COPY_WAIT + Duration::from_millis(10);
+        assert!(s.first_copy_on_its_way(|_| false, now));
+        assert!(!s.first_copy_recent(1, later));
+        assert!(!s.first_copy_on_its_way(|_| false, later));
+    }
+
+    #[test]
+    fn counts_above_the_levels_go_down_again() {
+        let now = Instant::now();
+        let mut rng = SmallRng::seed_from_u64(10);
+        let mut s = Spread::new(2, &mut rng);
+        for _ in 0..4 {
+            s.sent(0, now);
+        }
+        for _ in 0..4 {
+            s.unsent(0);
+        }
+        assert_eq!(s.copies(0), 0);
+        s.sent(1, now);
+        assert_eq!(s.less_sent(1, |_| true, &mut rng), Some(0));
+    }
+
+    #[test]
     fn pieces_out_of_range_are_ignored() {
+        let now = Instant::now();
         let mut rng = SmallRng::seed_from_u64(5);
         let mut s = Spread::new(2, &mut rng);
-        s.sent(7);
-        assert_eq!(s.copies(7), LEVELS);
+        s.sent(7, now);
+        assert_eq!(s.copies(7), u8::MAX);
         assert!(s.less_sent(7, |_| true, &mut rng).is_some());
     }
 }

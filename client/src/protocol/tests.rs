@@ -635,6 +635,42 @@ fn a_piece_dropped_by_a_choke_is_not_held_for_that_peer() {
 }
 
 #[test]
+fn a_cancelled_first_copy_is_not_waited_for() {
+    let mut t = T::new(true, features(true, false));
+    t.recv(Message::HaveNone).unwrap();
+    t.cmd(Cmd::Unchoke).unwrap();
+    t.recv(Message::Request(block(0, 0))).unwrap();
+    t.recv(Message::Cancel(block(0, 0))).unwrap();
+    assert_eq!(t.st.spread.as_ref().unwrap().copies(0), 0);
+}
+
+#[test]
+fn a_peer_that_passes_over_suggestions_is_no_longer_turned_away_for_them() {
+    // Like a leecher that wants only some files: it never asks for what we
+    // suggest, so after a few it gets what it asks for.
+    let mut t = T::new(true, features(true, false));
+    t.recv(Message::HaveNone).unwrap();
+    t.cmd(Cmd::Unchoke).unwrap();
+    for p in 0..10 {
+        t.recv(Message::Request(block(p, 0))).unwrap();
+        t.recv(Message::Have(p)).unwrap();
+    }
+    let mut b = second_leecher(&mut t, 2, true);
+    let mut now = t.now;
+    let mut served_at = None;
+    for p in 0..10u32 {
+        now += Duration::from_secs(2);
+        b.handle(Message::Request(block(p, 0)), now, &mut t.st)
+            .unwrap();
+        if rejects(&sent(&mut b)).is_empty() {
+            served_at = Some(p);
+            break;
+        }
+    }
+    assert_eq!(served_at, Some(u32::from(MAX_DECLINED)));
+}
+
+#[test]
 fn without_fast_a_seed_serves_every_asker() {
     let mut t = T::new(true, features(true, false));
     t.recv(Message::HaveNone).unwrap();
