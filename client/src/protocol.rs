@@ -523,17 +523,7 @@ impl Connection {
                 let mut q = self.uploads.lock();
                 if let Some(i) = q.iter().position(|x| *x == b) {
                     q.remove(i);
-                    let rest = q.iter().any(|x| x.index == b.index);
                     drop(q);
-                    // Nothing more of that piece goes to it: if it was a
-                    // first copy, it may never arrive (crate::spread).
-                    if !rest && !self.bitfield.get(b.index as usize) {
-                        if let (Some(spread), Some(served)) = (&mut st.spread, &mut self.served) {
-                            if served.unset(b.index as usize) {
-                                spread.unsent(b.index);
-                            }
-                        }
-                    }
                     // Fast extension: even a cancelled request is answered.
                     if self.fast {
                         self.send(&Message::RejectRequest(b));
@@ -1152,9 +1142,7 @@ impl Connection {
     /// peers that got it. `None`: serve it, and count the peer for `piece`
     /// once.
     fn turn_away(&mut self, piece: u32, now: Instant, st: &mut State) -> Option<Option<u32>> {
-        // (Allowed-fast requests while we choke it: it could not take a
-        // suggestion now anyway.)
-        if self.initial.is_some() || !st.is_complete() || self.am_choking {
+        if self.initial.is_some() || !st.is_complete() {
             return None;
         }
         let pieces = self.info.piece_count();
@@ -1200,7 +1188,9 @@ impl Connection {
             let (has, ours, mine) = (&self.bitfield, &st.have, &*served);
             let lacks =
                 |p: u32| !has.get(p as usize) && ours.get(p as usize) && !mine.get(p as usize);
-            let instead = if self.declined >= MAX_DECLINED {
+            // (While we choke it, it may ask only for its allowed-fast
+            // pieces: a suggestion would be of no use.)
+            let instead = if self.declined >= MAX_DECLINED || self.am_choking {
                 None
             } else {
                 // The piece suggested last, while it still qualifies: one

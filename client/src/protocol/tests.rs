@@ -635,16 +635,6 @@ fn a_piece_dropped_by_a_choke_is_not_held_for_that_peer() {
 }
 
 #[test]
-fn a_cancelled_first_copy_is_not_waited_for() {
-    let mut t = T::new(true, features(true, false));
-    t.recv(Message::HaveNone).unwrap();
-    t.cmd(Cmd::Unchoke).unwrap();
-    t.recv(Message::Request(block(0, 0))).unwrap();
-    t.recv(Message::Cancel(block(0, 0))).unwrap();
-    assert_eq!(t.st.spread.as_ref().unwrap().copies(0), 0);
-}
-
-#[test]
 fn a_peer_that_passes_over_suggestions_is_no_longer_turned_away_for_them() {
     // Like a leecher that wants only some files: it never asks for what we
     // suggest, so after a few it gets what it asks for.
