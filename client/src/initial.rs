@@ -288,6 +288,14 @@ mod tests {
         v
     }
 
+    /// The first offers, each requested in full.
+    fn start_and_take_all(a: &mut Initial, cx: &mut Ctx<'_>) {
+        a.start(cx);
+        for &p in &a.pending().to_vec() {
+            a.requested(p, cx.st.info.piece_size(p as usize));
+        }
+    }
+
     #[test]
     fn offers_distinct_fresh_pieces_then_replaces_spread_ones() {
         let mut st = test_state(8, true);
@@ -351,10 +359,7 @@ mod tests {
             out: &mut out,
             now,
         };
-        a.start(&mut cx);
-        for &p in &a.pending().to_vec() {
-            a.requested(p, cx.st.info.piece_size(p as usize));
-        }
+        start_and_take_all(&mut a, &mut cx);
         // The other peer still fetches from us: wait for a spread.
         cx.st.set_interested(peers[1], true);
         a.tick(&mut cx, true);
@@ -378,10 +383,7 @@ mod tests {
             out: &mut out,
             now,
         };
-        a.start(&mut cx);
-        for &p in &a.pending().to_vec() {
-            a.requested(p, cx.st.info.piece_size(p as usize));
-        }
+        start_and_take_all(&mut a, &mut cx);
         a.tick(&mut cx, true);
         assert_eq!(a.pending().len(), MAX_PENDING);
     }
