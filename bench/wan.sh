@@ -60,6 +60,12 @@
 #        MODES="shoal lt mixed shoal-initial lt-super mixed-initial"
 #        TIMEOUT=300 (per run) DATA_DIR=/tmp/shoal-bench NET=201 (10.NET.0.0/16)
 #        SEED_ARGS="..." (more options for a shoal seed, e.g. --upload-slots 8)
+#        LEECH_ARGS="..." (the same for the shoal leechers)
+#        SHOAL_BIN=path (a saved shoal binary to run instead of building this
+#          tree's, e.g. to compare two builds in turn)
+#        PEER_LOG="..." (RUST_LOG for the shoal peers; with KEEP=1, e.g.
+#          "warn,shoal=info,client=info,shoal::slots=debug,shoal::spread=debug":
+#          each second's upload slots, and the seed's turn-aways)
 #        RESULTS=FILE (keep every run's JSON line there) KEEP=1 (keep each
 #        run's directory: peers' stderr, the torrent, the copies)
 #        CAPTURE=1: also capture the seed's link (bench/wan/seedcap.py, a
@@ -116,8 +122,13 @@ for ((l = 14; l <= 24; l++)); do
 done
 [ -n "$PIECE_LOG" ] || die "PIECE_KB must be a power of two from 16 to 16384"
 
-echo "== building shoal (release)"
-(cd "$ROOT" && cargo build --release --quiet)
+if [ -n "${SHOAL_BIN:-}" ]; then
+    [ -x "$SHOAL_BIN" ] || die "SHOAL_BIN=$SHOAL_BIN is not an executable"
+    echo "== using $SHOAL_BIN"
+else
+    echo "== building shoal (release)"
+    (cd "$ROOT" && cargo build --release --quiet)
+fi
 
 mkdir -p "$DATA_DIR"
 TMP=$(mktemp -d "$DATA_DIR/wan.XXXXXX")
@@ -169,7 +180,7 @@ trap 'exit 130' INT TERM
 
 # A private copy: a rebuild of target/ during the run cannot swap the binary.
 SHOAL=$TMP/shoal
-cp "$ROOT/target/release/shoal" "$SHOAL"
+cp "${SHOAL_BIN:-$ROOT/target/release/shoal}" "$SHOAL"
 
 # --- hosts ------------------------------------------------------------------------
 

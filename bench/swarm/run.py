@@ -143,6 +143,9 @@ def spawn(args, tag, host, lt=False):
     stdout and stderr piped (read by Peer.feed)."""
     env = dict(os.environ)
     env.pop("RUST_LOG", None)
+    # PEER_LOG: RUST_LOG for the shoal peers, e.g. "shoal::slots=debug".
+    if not lt and tag != "tracker" and os.environ.get("PEER_LOG"):
+        env["RUST_LOG"] = os.environ["PEER_LOG"]
     if lt:
         env["LT_LISTEN"] = f"{host['ip']}:0"
     if host["ns"]:
@@ -313,6 +316,8 @@ for i in range(n):
         # complete: ..." on completion (plus a progress line every 10 s).
         largs = [shoal, "download", torrent, "-o", out, "--port", "0", "--bind", host["ip"],
                  "--json"]
+        # LEECH_ARGS: more options for the shoal leechers.
+        largs += os.environ.get("LEECH_ARGS", "").split()
     leechers.append(spawn(largs, f"l{i}", host, lt=leecher_lt[i]))
     watch(leechers[-1])
     if sampling:
