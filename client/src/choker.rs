@@ -11,9 +11,18 @@
 //! Between rounds [`Choker::fill`] hands free slots to interested peers at
 //! once, so a peer that becomes interested does not wait up to 10 s.
 //! Uninterested peers are never unchoked: they would not ask anyway.
+//!
+//! A slot counts as taken only while its peer takes: a peer that is
+//! interested but has asked for nothing for [`IDLE`] (everything it lacks
+//! from us is already on its way from others, or a seed turned it away)
+//! holds a slot that a waiting peer could use. When peers wait, `fill`
+//! chokes such idle peers (and unchoked peers that lost interest) to make
+//! room, so at most `slots + 1` are unchoked and each of them is busy; a
+//! peer choked for idling waits behind the others for [`BENCH`]. On a
+//! capped link this is what keeps the upload busy and each piece short.
 
-use std::collections::HashSet;
-use std::time::Duration;
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
 
 use rand::Rng;
 
@@ -23,6 +32,11 @@ use crate::picker::PeerKey;
 pub const ROUND: Duration = Duration::from_secs(10);
 /// Rounds per optimistic rotation.
 const OPTIMISTIC_EVERY: u32 = 3;
+/// An unchoked peer that took nothing for this long (and was unchoked at
+/// least this long ago) is idle: its slot may go to a waiting peer.
+pub const IDLE: Duration = Duration::from_millis(1500);
+/// A peer choked for idling is last in line for this long.
+const BENCH: Duration = Duration::from_secs(5);
 
 /// One peer as the choker sees it.
 #[derive(Debug, Clone, Copy)]
@@ -33,6 +47,8 @@ pub struct Candidate {
     pub rate: u64,
     /// Connected within the last optimistic period.
     pub new: bool,
+    /// When we last sent it payload.
+    pub taken_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -40,7 +56,10 @@ pub struct Choker {
     slots: usize,
     round: u32,
     optimistic: Option<PeerKey>,
-    unchoked: HashSet<PeerKey>,
+    /// Unchoked peers and when they were unchoked.
+    unchoked: HashMap<PeerKey, Instant>,
+    /// Peers choked for idling, and when.
+    benched: HashMap<PeerKey, Instant>,
 }
 
 impl Choker {
@@ -49,17 +68,19 @@ impl Choker {
             slots: slots.max(1),
             round: 0,
             optimistic: None,
-            unchoked: HashSet::new(),
+            unchoked: HashMap::new(),
+            benched: HashMap::new(),
         }
     }
 
     pub fn is_unchoked(&self, key: PeerKey) -> bool {
-        self.unchoked.contains(&key)
+        self.unchoked.contains_key(&key)
     }
 
     /// A peer disconnected.
     pub fn remove(&mut self, key: PeerKey) {
         self.unchoked.remove(&key);
+        self.benched.remove(&key);
         if self.optimistic == Some(key) {
             self.optimistic = None;
         }
@@ -69,6 +90,7 @@ impl Choker {
     pub fn round<R: Rng>(
         &mut self,
         peers: &[Candidate],
+        now: Instant,
         rng: &mut R,
     ) -> (Vec<PeerKey>, Vec<PeerKey>) {
         let mut interested: Vec<&Candidate> = peers.iter().filter(|p| p.interested).collect();
@@ -77,7 +99,7 @@ impl Choker {
         interested.sort_by_cached_key(|p| {
             (
                 std::cmp::Reverse(p.rate),
-                !self.unchoked.contains(&p.key),
+                !self.unchoked.contains_key(&p.key),
                 rng.random::<u32>(),
             )
         });
@@ -112,35 +134,88 @@ impl Choker {
                 .map(|p| p.key)
         });
         next.extend(self.optimistic);
-        let unchoke = next.difference(&self.unchoked).copied().collect();
-        let choke = self.unchoked.difference(&next).copied().collect();
-        self.unchoked = next;
+        let unchoke: Vec<PeerKey> = next
+            .iter()
+            .filter(|k| !self.unchoked.contains_key(k))
+            .copied()
+            .collect();
+        let choke: Vec<PeerKey> = self
+            .unchoked
+            .keys()
+            .filter(|k| !next.contains(k))
+            .copied()
+            .collect();
+        self.unchoked.retain(|k, _| next.contains(k));
+        for &k in &unchoke {
+            self.unchoked.insert(k, now);
+        }
+        self.benched.retain(|_, at| now.duration_since(*at) < BENCH);
         (sorted(unchoke), sorted(choke))
     }
 
     /// Between rounds: unchoke interested peers while slots are free
-    /// (`slots` + the optimistic one). Returns the peers to unchoke.
-    pub fn fill(&mut self, peers: &[Candidate]) -> Vec<PeerKey> {
-        // Peers that lost interest give their slot back.
-        let interested: HashSet<PeerKey> = peers
-            .iter()
-            .filter(|p| p.interested)
-            .map(|p| p.key)
-            .collect();
-        let busy = self
-            .unchoked
-            .iter()
-            .filter(|k| interested.contains(k))
-            .count();
+    /// (`slots` + the optimistic one), a slot being free unless its peer is
+    /// interested and not idle. To keep at most `slots + 1` unchoked, the
+    /// peers unchoked in the freed slots displace unchoked ones that lost
+    /// interest, then idle ones. Returns the peers to unchoke and to choke.
+    pub fn fill<R: Rng>(
+        &mut self,
+        peers: &[Candidate],
+        now: Instant,
+        rng: &mut R,
+    ) -> (Vec<PeerKey>, Vec<PeerKey>) {
+        let idle = |p: &Candidate, since: Instant| {
+            now.duration_since(since) >= IDLE
+                && !p.taken_at.is_some_and(|t| now.duration_since(t) < IDLE)
+        };
+        // Unchoked peers that could make room: uninterested first, then
+        // idle ones, the longest idle first.
+        let mut spare: Vec<(bool, Option<Instant>, PeerKey)> = Vec::new();
+        let mut busy = 0;
+        for p in peers {
+            let Some(&since) = self.unchoked.get(&p.key) else {
+                continue;
+            };
+            if !p.interested {
+                spare.push((false, None, p.key));
+            } else if idle(p, since) {
+                spare.push((true, p.taken_at, p.key));
+            } else {
+                busy += 1;
+            }
+        }
         let free = (self.slots + 1).saturating_sub(busy);
-        let mut waiting: Vec<&Candidate> = peers
+        let mut waiting: Vec<(bool, std::cmp::Reverse<u64>, u32, PeerKey)> = peers
             .iter()
-            .filter(|p| p.interested && !self.unchoked.contains(&p.key))
+            .filter(|p| p.interested && !self.unchoked.contains_key(&p.key))
+            .map(|p| {
+                let benched = self
+                    .benched
+                    .get(&p.key)
+                    .is_some_and(|at| now.duration_since(*at) < BENCH);
+                (benched, std::cmp::Reverse(p.rate), rng.random(), p.key)
+            })
             .collect();
-        waiting.sort_by_key(|p| (std::cmp::Reverse(p.rate), p.key));
-        let add: Vec<PeerKey> = waiting.iter().take(free).map(|p| p.key).collect();
-        self.unchoked.extend(&add);
-        add
+        waiting.sort_unstable();
+        let add: Vec<PeerKey> = waiting.iter().take(free).map(|w| w.3).collect();
+        // Make room for them among the spare ones.
+        let over = (self.unchoked.len() + add.len()).saturating_sub(self.slots + 1);
+        spare.sort_unstable();
+        let choke: Vec<PeerKey> = spare.iter().take(over).map(|s| s.2).collect();
+        for &(was_idle, _, k) in spare.iter().take(over) {
+            self.unchoked.remove(&k);
+            if self.optimistic == Some(k) {
+                self.optimistic = None;
+            }
+            if was_idle {
+                self.benched.insert(k, now);
+            }
+        }
+        for &k in &add {
+            self.unchoked.insert(k, now);
+            self.benched.remove(&k);
+        }
+        (add, sorted(choke))
     }
 }
 
@@ -161,6 +236,7 @@ mod tests {
             interested: true,
             rate,
             new: false,
+            taken_at: None,
         }
     }
 
@@ -169,7 +245,7 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(1);
         let mut c = Choker::new(4);
         let peers: Vec<Candidate> = (0..10).map(|k| peer(k, u64::from(k) * 100)).collect();
-        let (unchoke, choke) = c.round(&peers, &mut rng);
+        let (unchoke, choke) = c.round(&peers, Instant::now(), &mut rng);
         assert!(choke.is_empty());
         assert_eq!(unchoke.len(), 5);
         for k in [6, 7, 8, 9] {
@@ -185,12 +261,15 @@ mod tests {
         let mut c = Choker::new(4);
         let mut peers: Vec<Candidate> = (0..3).map(|k| peer(k, 1000)).collect();
         peers[1].interested = false;
-        let (unchoke, _) = c.round(&peers, &mut rng);
+        let (unchoke, _) = c.round(&peers, Instant::now(), &mut rng);
         assert_eq!(unchoke, vec![0, 2]);
-        assert_eq!(c.fill(&peers), Vec::<PeerKey>::new());
+        assert_eq!(
+            c.fill(&peers, Instant::now(), &mut rng).0,
+            Vec::<PeerKey>::new()
+        );
         // It becomes interested: a slot is free, so at once.
         peers[1].interested = true;
-        assert_eq!(c.fill(&peers), vec![1]);
+        assert_eq!(c.fill(&peers, Instant::now(), &mut rng), (vec![1], vec![]));
         assert!(c.is_unchoked(1));
     }
 
@@ -199,10 +278,10 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(3);
         let mut c = Choker::new(1);
         let mut peers = vec![peer(0, 500), peer(1, 100), peer(2, 50)];
-        c.round(&peers, &mut rng);
+        c.round(&peers, Instant::now(), &mut rng);
         assert!(c.is_unchoked(0));
         peers[2].rate = 10_000;
-        let (_, choke) = c.round(&peers, &mut rng);
+        let (_, choke) = c.round(&peers, Instant::now(), &mut rng);
         // (It may have been the optimistic unchoke already.)
         assert!(c.is_unchoked(2));
         // 0 is now either choked or the optimistic unchoke.
@@ -222,7 +301,7 @@ mod tests {
         let mut last = None;
         let mut changes_off_rotation = 0;
         for round in 0..3000u32 {
-            c.round(&peers, &mut rng);
+            c.round(&peers, Instant::now(), &mut rng);
             let o = c.optimistic.unwrap();
             if round % 3 != 0 && last != Some(o) {
                 changes_off_rotation += 1;
@@ -244,12 +323,75 @@ mod tests {
         let mut rng = SmallRng::seed_from_u64(5);
         let mut c = Choker::new(1);
         let peers = vec![peer(0, 100), peer(1, 50), peer(2, 10)];
-        c.round(&peers, &mut rng);
+        c.round(&peers, Instant::now(), &mut rng);
         assert_eq!(c.unchoked.len(), 2);
-        let gone = *c.unchoked.iter().next().unwrap();
+        let gone = *c.unchoked.keys().next().unwrap();
         c.remove(gone);
         let rest: Vec<Candidate> = peers.into_iter().filter(|p| p.key != gone).collect();
-        assert_eq!(c.fill(&rest).len(), 1);
+        assert_eq!(c.fill(&rest, Instant::now(), &mut rng).0.len(), 1);
         assert_eq!(c.unchoked.len(), 2);
+    }
+
+    #[test]
+    fn an_idle_peer_makes_room_for_a_waiting_one() {
+        let mut rng = SmallRng::seed_from_u64(6);
+        let t0 = Instant::now();
+        let mut c = Choker::new(1);
+        // 0 and 1 fill the regular and the optimistic slot; 2 waits.
+        let mut peers = vec![peer(0, 100), peer(1, 50)];
+        c.round(&peers, t0, &mut rng);
+        assert!(c.is_unchoked(0) && c.is_unchoked(1));
+        peers.push(peer(2, 0));
+        // Freshly unchoked, nobody is idle yet.
+        assert_eq!(c.fill(&peers, t0 + IDLE / 2, &mut rng), (vec![], vec![]));
+        // 0 takes, 1 asks for nothing: 1 gives its slot to 2.
+        let t1 = t0 + IDLE * 2;
+        peers[0].taken_at = Some(t1);
+        assert_eq!(c.fill(&peers, t1, &mut rng), (vec![2], vec![1]));
+        assert!(c.is_unchoked(0) && c.is_unchoked(2) && !c.is_unchoked(1));
+        // 2 idles in turn: 1, benched but the only one waiting, gets the
+        // slot back.
+        let t2 = t1 + IDLE * 2;
+        peers[0].taken_at = Some(t2);
+        assert_eq!(c.fill(&peers, t2, &mut rng), (vec![1], vec![2]));
+        // Within its bench time a waiting peer that was never benched
+        // comes first.
+        peers.push(peer(3, 0));
+        let t3 = t2 + IDLE * 2;
+        peers[0].taken_at = Some(t3);
+        let (unchoke, choke) = c.fill(&peers, t3, &mut rng);
+        assert_eq!((unchoke, choke), (vec![3], vec![1]));
+    }
+
+    #[test]
+    fn waiting_peers_come_before_benched_ones_and_the_total_stays_bounded() {
+        let mut rng = SmallRng::seed_from_u64(7);
+        let t0 = Instant::now();
+        let mut c = Choker::new(2);
+        let mut peers: Vec<Candidate> = (0..3).map(|k| peer(k, 100 - u64::from(k))).collect();
+        c.round(&peers, t0, &mut rng);
+        assert_eq!(c.unchoked.len(), 3);
+        // All three idle; 3 and 4 arrive interested.
+        peers.push(peer(3, 0));
+        peers.push(peer(4, 0));
+        let t1 = t0 + IDLE * 2;
+        let (unchoke, choke) = c.fill(&peers, t1, &mut rng);
+        assert_eq!(sorted(unchoke), vec![3, 4]);
+        assert_eq!(choke.len(), 2);
+        assert_eq!(c.unchoked.len(), 3);
+        // Uninterested unchoked peers make room before idle ones.
+        let mut d = Choker::new(1);
+        let mut qs = vec![peer(0, 10), peer(1, 5)];
+        d.round(&qs, t0, &mut rng);
+        qs[0].interested = false;
+        qs.push(peer(2, 0));
+        let (unchoke, choke) = d.fill(&qs, t0 + IDLE * 2, &mut rng);
+        assert_eq!(unchoke, vec![2]);
+        assert_eq!(choke, vec![0]);
+        for round in 0..50 {
+            let now = t1 + IDLE * (round + 3);
+            c.fill(&peers, now, &mut rng);
+            assert!(c.unchoked.len() <= 3);
+        }
     }
 }

@@ -427,7 +427,11 @@ impl Connection {
             }
             self.send(&Message::Extended(extension::HANDSHAKE_ID, h.encode()));
         }
-        if self.fast && self.initial.is_none() {
+        // A seed grants no allowed-fast pieces: with them every choked
+        // peer asks for its ten at once, and the seed's link, shared by
+        // all of them, takes seconds over each piece (a newcomer gets its
+        // first pieces from the optimistic unchoke and from other peers).
+        if self.fast && self.initial.is_none() && !st.is_complete() {
             self.allowed_out = fast::allowed_fast_set(
                 self.ident.addr.ip(),
                 &self.info_hash,
@@ -717,13 +721,21 @@ impl Connection {
                 if !self.am_choking {
                     self.am_choking = true;
                     self.send(&Message::Choke);
+                    // With the fast extension a choke cancels nothing
+                    // (each request is answered): the piece being sent
+                    // is finished, since a piece left half sent would wait
+                    // for the next unchoke — for pieces only we have, so
+                    // would everyone else. Its other requests are
+                    // rejected, except for allowed-fast pieces.
                     let dropped: Vec<BlockRef> = {
                         let allowed = &self.allowed_out;
                         let fast = self.fast;
                         let mut q = self.uploads.lock();
-                        let (keep, drop): (VecDeque<BlockRef>, VecDeque<BlockRef>) = q
-                            .drain(..)
-                            .partition(|b| fast && allowed.contains(&b.index));
+                        let current = q.front().map(|b| b.index);
+                        let (keep, drop): (VecDeque<BlockRef>, VecDeque<BlockRef>) =
+                            q.drain(..).partition(|b| {
+                                fast && (allowed.contains(&b.index) || Some(b.index) == current)
+                            });
                         *q = keep;
                         drop.into()
                     };
@@ -1205,9 +1217,11 @@ impl Connection {
             // while: a receiver may be slow or silent.
             let arrived = |p: u32| st.picker.availability(p) > 0;
             let second = spread.copies(piece) > 0
+                && spread.any_unsent()
                 && ((!arrived(piece) && spread.first_copy_recent(piece, now))
                     || spread.first_copy_on_its_way(arrived, now));
             if instead.is_some() || second {
+                tracing::debug!(target: "shoal::spread", peer = %self.ident.addr, piece, copies = spread.copies(piece), ?instead, second, declined = self.declined, turned, "turn away");
                 let e = self.redirected.entry(piece).or_insert((0, now));
                 e.0 = e.0.saturating_add(1);
                 self.last_turned = Some(piece);
@@ -1215,6 +1229,7 @@ impl Connection {
             }
         }
         served.set(piece as usize);
+        tracing::debug!(target: "shoal::spread", peer = %self.ident.addr, piece, copies = spread.copies(piece), may_turn, declined = self.declined, turned, "serve");
         spread.sent(piece, now);
         None
     }

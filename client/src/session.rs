@@ -130,6 +130,17 @@ pub enum SessionError {
     Add(#[from] AddError),
 }
 
+/// How far ahead we ask a peer, as time at its rate. Requests wait in
+/// the peer's queue in order, so each second here is a second before a
+/// piece asked for now arrives and can be passed on: on the WAN testbed
+/// (`bench/wan.sh`) libtorrent's three seconds made every hop of a piece
+/// through the swarm take about that long, and one second was faster
+/// (half a second starved the links). It still covers round trips of
+/// several hundred milliseconds.
+pub const QUEUE_TIME: Duration = Duration::from_secs(1);
+/// Requests to a peer before its rate is known: one 256 KiB piece.
+pub const QUEUE_START: usize = 16;
+
 /// Sent by the session to one connection.
 #[derive(Debug)]
 pub(crate) enum Cmd {
@@ -341,13 +352,14 @@ impl State {
     }
 
     /// Target number of outstanding requests to a peer: its rate times
-    /// three seconds, in blocks (libtorrent's bandwidth-delay rule).
+    /// [`QUEUE_TIME`], in blocks, between 8 and 500 (the bandwidth-delay
+    /// rule); [`QUEUE_START`] before it has sent anything.
     pub fn queue_depth(&self, key: PeerKey) -> usize {
         let rate = self.peers.get(&key).map_or(0, |p| p.down.rate());
         if rate == 0 {
-            32
+            QUEUE_START
         } else {
-            (rate * 3 / u64::from(BLOCK)).clamp(8, 500) as usize
+            (rate * QUEUE_TIME.as_millis() as u64 / 1000 / u64::from(BLOCK)).clamp(8, 500) as usize
         }
     }
 
@@ -546,9 +558,16 @@ impl State {
     /// Hands free upload slots to interested peers.
     pub fn fill_slots(&mut self) {
         let candidates = candidates(self);
-        for key in self.choker.fill(&candidates) {
-            if let Some(p) = self.peers.get(&key) {
-                let _ = p.tx.send(Cmd::Unchoke);
+        let (unchoke, choke) = self.choker.fill(&candidates, Instant::now(), &mut self.rng);
+        self.send_chokes(unchoke, choke);
+    }
+
+    fn send_chokes(&self, unchoke: Vec<PeerKey>, choke: Vec<PeerKey>) {
+        for (keys, unchoke) in [(unchoke, true), (choke, false)] {
+            for key in keys {
+                if let Some(p) = self.peers.get(&key) {
+                    let _ = p.tx.send(if unchoke { Cmd::Unchoke } else { Cmd::Choke });
+                }
             }
         }
     }
@@ -758,6 +777,7 @@ fn candidates(st: &State) -> Vec<Candidate> {
             interested: p.interested,
             rate: if seeding { p.up.rate() } else { p.down.rate() },
             new: now.duration_since(p.connected_at) < Duration::from_secs(60),
+            taken_at: p.last_taken,
         })
         .collect()
 }
@@ -1173,6 +1193,8 @@ async fn drive(
             },
             _ = tick.tick() => {
                 measure(&shared);
+                // Idle slots go to waiting peers.
+                shared.lock().fill_slots();
                 connect_more(&shared);
                 let due = shared.lock().resume_dirty
                     && (last_save.elapsed() >= Duration::from_secs(2) || *shared.complete.borrow());
@@ -1204,20 +1226,29 @@ fn measure(shared: &Shared) {
         p.down.tick(now);
         p.up.tick(now);
     }
+    if tracing::enabled!(target: "shoal::slots", tracing::Level::DEBUG) {
+        let st = &*st;
+        let (mut unchoked, mut took, mut waiting, mut up) = (0, 0, 0, 0);
+        for (&key, p) in &st.peers {
+            let fresh = p.last_taken.is_some_and(|t| t == now);
+            if st.choker.is_unchoked(key) {
+                unchoked += 1;
+                took += usize::from(fresh);
+            } else if p.interested {
+                waiting += 1;
+            }
+            up += p.up.rate();
+        }
+        tracing::debug!(target: "shoal::slots", unchoked, took, waiting, up, have = st.picker.have().count(), "slots");
+    }
 }
 
 fn choke_round(shared: &Shared) {
     let mut st = shared.lock();
     let candidates = candidates(&st);
     let st = &mut *st;
-    let (unchoke, choke) = st.choker.round(&candidates, &mut st.rng);
-    for (keys, cmd) in [(unchoke, true), (choke, false)] {
-        for key in keys {
-            if let Some(p) = st.peers.get(&key) {
-                let _ = p.tx.send(if cmd { Cmd::Unchoke } else { Cmd::Choke });
-            }
-        }
-    }
+    let (unchoke, choke) = st.choker.round(&candidates, Instant::now(), &mut st.rng);
+    st.send_chokes(unchoke, choke);
 }
 
 /// A piece's hash is known.
@@ -1233,6 +1264,7 @@ fn verdict(shared: &Shared, piece: u32, ok: bool, digests: Option<Vec<[u8; 20]>>
             return;
         }
         st.have.set(piece as usize);
+        tracing::debug!(target: "shoal::pieces", piece, "verified");
         st.left = st
             .left
             .saturating_sub(shared.info.piece_size(piece as usize));

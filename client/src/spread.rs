@@ -48,6 +48,8 @@ pub struct Spread {
     /// Pieces whose first copy went out, oldest first, until a scan sees
     /// that one arrived (a peer announced it).
     first_copies: std::collections::VecDeque<u32>,
+    /// Pieces never sent (count 0).
+    unsent: usize,
 }
 
 impl Spread {
@@ -66,7 +68,17 @@ impl Spread {
             epoch: Instant::now(),
             levels,
             first_copies: std::collections::VecDeque::new(),
+            unsent: pieces,
         }
+    }
+
+    /// Whether some piece has not gone out yet. Once every piece has,
+    /// the first copies still on their way are already queued, and
+    /// holding second copies back would leave the link to the few
+    /// connections carrying them — too few to fill it (a flow's rate is
+    /// its window over a round trip that a peer's busy uplink stretches).
+    pub fn any_unsent(&self) -> bool {
+        self.unsent > 0
     }
 
     /// Peers `piece` went to (255 out of range: never less sent).
@@ -85,6 +97,7 @@ impl Spread {
         *c += 1;
         let c = *c;
         if c == 1 {
+            self.unsent -= 1;
             self.first_copies.push_back(piece);
             self.first_at[piece as usize] = self.ms(now);
         }
@@ -153,6 +166,9 @@ impl Spread {
         };
         if *c > 0 {
             *c -= 1;
+            if *c == 0 {
+                self.unsent += 1;
+            }
             if *c < LEVELS {
                 let c = usize::from(*c);
                 self.levels[c].push(piece);
@@ -219,6 +235,28 @@ mod tests {
         assert_eq!(s.copies(other), 0);
         // A piece never sent yields to nothing.
         assert_eq!(s.less_sent(other, |_| true, &mut rng), None);
+    }
+
+    #[test]
+    fn pieces_never_sent_are_counted_through_sends_and_give_backs() {
+        let now = Instant::now();
+        let mut rng = SmallRng::seed_from_u64(9);
+        let mut s = Spread::new(3, &mut rng);
+        s.sent(0, now);
+        s.sent(0, now);
+        s.sent(1, now);
+        assert!(s.any_unsent());
+        s.sent(2, now);
+        assert!(!s.any_unsent());
+        s.unsent(0);
+        assert!(!s.any_unsent(), "0 still went to one peer");
+        s.unsent(2);
+        assert!(s.any_unsent());
+        // Out of range changes nothing.
+        s.sent(7, now);
+        s.unsent(7);
+        s.sent(2, now);
+        assert!(!s.any_unsent());
     }
 
     #[test]

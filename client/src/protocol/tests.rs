@@ -33,6 +33,24 @@ impl T {
         T::with(test_state(PIECES, complete), f, false)
     }
 
+    /// A connection to 10.0.0.9 on a torrent we have all of but one piece
+    /// outside its allowed-fast set: a leecher grants it allowed-fast
+    /// pieces (a seed does not).
+    fn all_but_one(f: Features) -> T {
+        let mut st = test_state(PIECES, false);
+        let set = fast::allowed_fast_set(
+            "10.0.0.9".parse().unwrap(),
+            &st.info.info_hash(),
+            PIECES as u32,
+            fast::ALLOWED_FAST,
+        );
+        let lacking = (0..PIECES as u32).rev().find(|p| !set.contains(p)).unwrap();
+        for p in (0..PIECES).filter(|&p| p as u32 != lacking) {
+            st.have.set(p);
+        }
+        T::with(st, f, false)
+    }
+
     fn with(st: State, f: Features, initial_seeding: bool) -> T {
         T::with_dht(st, f, initial_seeding, None)
     }
@@ -161,7 +179,7 @@ fn ext_handshake(msgs: &[Message]) -> ExtHandshake {
 // ---- What goes out first ----------------------------------------------
 
 #[test]
-fn a_fast_seed_sends_have_all_its_extended_handshake_and_allowed_fast() {
+fn a_fast_seed_sends_have_all_and_its_extended_handshake_but_no_allowed_fast() {
     let mut t = T::new(true, features(true, true));
     let msgs = t.out();
     assert_eq!(msgs[0], Message::HaveAll);
@@ -171,7 +189,16 @@ fn a_fast_seed_sends_have_all_its_extended_handshake_and_allowed_fast() {
     assert_eq!(h.port, Some(6881));
     assert_eq!(h.your_ip, Some("10.0.0.9".parse().unwrap()));
     assert_eq!(h.metadata_size, Some(t.st.info.raw_bytes().len() as u64));
-    let allowed: Vec<u32> = msgs
+    // Every choked peer would ask for its ten at once, sharing the seed's
+    // link among all of them.
+    assert!(
+        !msgs.iter().any(|m| matches!(m, Message::AllowedFast(_))),
+        "{msgs:?}"
+    );
+    // A leecher with the pieces grants the whole set.
+    let mut t = T::all_but_one(features(true, true));
+    let allowed: Vec<u32> = t
+        .out()
         .iter()
         .filter_map(|m| match m {
             Message::AllowedFast(p) => Some(*p),
@@ -264,7 +291,7 @@ fn an_initial_seed_sends_have_none_then_offers_with_suggestions() {
 
 #[test]
 fn requests_while_choked_are_rejected_with_fast_and_dropped_without() {
-    let mut t = T::new(true, features(true, false));
+    let mut t = T::all_but_one(features(true, false));
     t.out();
     let set = t.conn.allowed_out.clone();
     let not_fast = (0..PIECES as u32).find(|p| !set.contains(p)).unwrap();
@@ -360,11 +387,14 @@ fn requests_for_missing_or_impossible_blocks() {
 
 #[test]
 fn choking_rejects_queued_requests_with_fast_and_drops_them_without() {
-    let mut t = T::new(true, features(true, false));
+    let mut t = T::all_but_one(features(true, false));
     t.out();
     let set = t.conn.allowed_out.clone();
-    let other = (0..PIECES as u32).find(|p| !set.contains(p)).unwrap();
+    let mut others = (0..PIECES as u32).filter(|&p| !set.contains(&p) && t.st.have.get(p as usize));
+    let (current, other) = (others.next().unwrap(), others.next().unwrap());
     t.cmd(Cmd::Unchoke).unwrap();
+    t.recv(Message::Request(block(current, 0))).unwrap();
+    t.recv(Message::Request(block(current, 1))).unwrap();
     t.recv(Message::Request(block(other, 0))).unwrap();
     t.recv(Message::Request(block(set[0], 0))).unwrap();
     t.out();
@@ -374,8 +404,8 @@ fn choking_rejects_queued_requests_with_fast_and_drops_them_without() {
     assert_eq!(rejects(&msgs), [block(other, 0)]);
     assert_eq!(
         t.queued(),
-        [block(set[0], 0)],
-        "allowed-fast survives a choke"
+        [block(current, 0), block(current, 1), block(set[0], 0)],
+        "the piece being sent is finished, and allowed-fast survives a choke"
     );
 
     let mut t = T::new(true, features(false, false));
@@ -623,12 +653,14 @@ fn a_piece_dropped_by_a_choke_is_not_held_for_that_peer() {
     t.recv(Message::HaveNone).unwrap();
     t.cmd(Cmd::Unchoke).unwrap();
     t.recv(Message::Request(block(0, 0))).unwrap();
-    // Choked before we sent it: the request is rejected, and piece 0 is
-    // as unsent as before.
+    t.recv(Message::Request(block(1, 0))).unwrap();
+    // Choked before we sent piece 1 (piece 0, the one being sent, is
+    // finished): that request is rejected, and piece 1 is as unsent as
+    // before.
     t.cmd(Cmd::Choke).unwrap();
-    assert_eq!(rejects(&t.out()), [block(0, 0)]);
+    assert_eq!(rejects(&t.out()), [block(1, 0)]);
     let mut b = second_leecher(&mut t, 2, true);
-    b.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
+    b.handle(Message::Request(block(1, 0)), t.now, &mut t.st)
         .unwrap();
     assert!(rejects(&sent(&mut b)).is_empty());
     assert_eq!(b.uploads().lock().len(), 1);
@@ -705,6 +737,33 @@ fn a_piece_on_its_way_to_one_peer_is_not_sent_to_another_until_it_arrived() {
         .unwrap();
     assert!(rejects(&sent(&mut b)).is_empty());
     assert_eq!(b.uploads().lock().len(), 1);
+}
+
+#[test]
+fn once_every_piece_went_out_second_copies_are_not_held_back() {
+    // Every piece went to the first peer, none arrived yet. The first
+    // copies still on their way are queued already: holding second copies
+    // back now would only leave the link to the few connections carrying
+    // them, so the second peer gets what it asks for.
+    let mut t = T::new(true, features(true, false));
+    t.recv(Message::HaveNone).unwrap();
+    t.cmd(Cmd::Unchoke).unwrap();
+    for p in 0..PIECES as u32 {
+        t.recv(Message::Request(block(p, 0))).unwrap();
+    }
+    assert!(rejects(&t.out()).is_empty());
+    let mut b = second_leecher(&mut t, 2, true);
+    b.handle(Message::Request(block(3, 0)), t.now, &mut t.st)
+        .unwrap();
+    assert!(rejects(&sent(&mut b)).is_empty());
+    assert_eq!(b.uploads().lock().len(), 1);
+    // A choke gives back the pieces not yet sent to the first peer (all
+    // but 0, the one being sent): then a third copy of 3 waits again.
+    t.cmd(Cmd::Choke).unwrap();
+    let mut c = second_leecher(&mut t, 3, true);
+    c.handle(Message::Request(block(3, 0)), t.now, &mut t.st)
+        .unwrap();
+    assert_eq!(rejects(&sent(&mut c)), [block(3, 0)]);
 }
 
 #[test]
