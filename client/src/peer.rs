@@ -427,9 +427,7 @@ async fn read_loop(
             };
             let mut st = shared.lock();
             if let Some(w) = conn.handle(m, Instant::now(), &mut st)? {
-                shared
-                    .disk
-                    .queue(permit, w.piece, w.offset, w.data, w.last, w.digests);
+                shared.disk.queue(permit, w);
             }
         }
         buf.drain(..at);
