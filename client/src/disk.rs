@@ -68,14 +68,19 @@ struct Target {
     events: mpsc::UnboundedSender<DiskEvent>,
 }
 
-struct Write {
+/// Received blocks of one torrent, in the order the picker counted them.
+struct Batch {
     target: Arc<Target>,
-    block: crate::protocol::Write,
-    _permit: Option<OwnedSemaphorePermit>,
+    blocks: Vec<crate::protocol::Write>,
+    /// Their room in the write budget, given back once they are written.
+    _permits: Vec<OwnedSemaphorePermit>,
 }
 
+/// A run of blocks written with one `pwritev` at most.
+const MAX_RUN: usize = 64;
+
 enum Job {
-    Write(Write),
+    Write(Batch),
     /// Everything queued before this is done: say so.
     Flush(oneshot::Sender<()>),
 }
@@ -200,20 +205,43 @@ impl Disk {
         self.pool.budget.clone().acquire_many_owned(n).await.ok()
     }
 
-    /// Queues a received block with the room `reserve` gave. A piece's
-    /// final block (`last`) is queued after the others.
-    pub fn queue(&self, permit: Option<OwnedSemaphorePermit>, block: crate::protocol::Write) {
-        let writers = self.pool.writers();
-        if writers.is_empty() {
+    /// Room for `len` more bytes if there is some now; otherwise queue
+    /// what is held back and wait with [`Disk::reserve`].
+    pub fn try_reserve(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let n = len.clamp(1, WRITE_BUDGET) as u32;
+        self.pool.budget.clone().try_acquire_many_owned(n).ok()
+    }
+
+    /// Queues received blocks (taken from `blocks`) with the room
+    /// `reserve` gave each, in order: a piece's final block (`last`)
+    /// after the others. One message per writer thread, so blocks that
+    /// follow each other are written together.
+    pub fn queue(&self, blocks: &mut Vec<(Option<OwnedSemaphorePermit>, crate::protocol::Write)>) {
+        if blocks.is_empty() {
             return;
         }
-        let at = (self.target.id as usize).wrapping_add(block.piece as usize) % writers.len();
-        // A send fails only once the threads are gone (shutting down).
-        let _ = writers[at].send(Job::Write(Write {
-            target: self.target.clone(),
-            block,
-            _permit: permit,
-        }));
+        let writers = self.pool.writers();
+        if writers.is_empty() {
+            blocks.clear();
+            return;
+        }
+        let mut batches: Vec<Option<Batch>> = (0..writers.len()).map(|_| None).collect();
+        for (permit, block) in blocks.drain(..) {
+            let at = (self.target.id as usize).wrapping_add(block.piece as usize) % writers.len();
+            let batch = batches[at].get_or_insert_with(|| Batch {
+                target: self.target.clone(),
+                blocks: Vec::new(),
+                _permits: Vec::new(),
+            });
+            batch.blocks.push(block);
+            batch._permits.extend(permit);
+        }
+        for (w, batch) in writers.iter().zip(batches) {
+            if let Some(batch) = batch {
+                // A send fails only once the threads are gone (shutting down).
+                let _ = w.send(Job::Write(batch));
+            }
+        }
     }
 
     /// Reads blocks to upload and encodes them as `piece` messages onto
@@ -264,8 +292,8 @@ impl Disk {
 fn writer(rx: &std_mpsc::Receiver<Job>, verifier: Option<&std_mpsc::Sender<Verify>>) {
     let mut running: HashMap<(u64, u32), Running> = HashMap::new();
     while let Ok(job) = rx.recv() {
-        let w = match job {
-            Job::Write(w) => w,
+        let batch = match job {
+            Job::Write(batch) => batch,
             Job::Flush(done) => {
                 // With a verifier, verdicts come from there: flush it too.
                 match verifier {
@@ -283,68 +311,94 @@ fn writer(rx: &std_mpsc::Receiver<Job>, verifier: Option<&std_mpsc::Sender<Verif
                 continue;
             }
         };
-        let t = &*w.target;
-        let b = &w.block;
-        if let Err(e) = t.storage.write(b.piece, b.offset, &b.data) {
-            let _ = t.events.send(DiskEvent::Failed(e));
-            // Keep draining so senders never block on a dead writer.
-            continue;
-        }
-        if b.last {
-            // Written back whatever its hash turns out to be: the verifier
-            // may hold it for a while, and the final sync should not have
-            // to write it all then.
-            t.storage.start_writeback(b.piece);
-        }
-        if let Some(v) = verifier {
-            if b.last {
-                let _ = v.send(Verify::Piece(Done {
-                    target: w.target.clone(),
-                    piece: b.piece,
-                    digests: b.digests,
-                    now: b.nothing_pending,
-                }));
+        let t = &batch.target;
+        let mut rest = &batch.blocks[..];
+        while let Some(first) = rest.first() {
+            // Blocks of one piece, each where the one before ends.
+            let mut n = 1;
+            while n < rest.len().min(MAX_RUN) {
+                let (a, b) = (&rest[n - 1], &rest[n]);
+                if b.piece != first.piece || u64::from(b.offset) != u64::from(a.offset) + a.data.len() as u64 {
+                    break;
+                }
+                n += 1;
             }
-            continue;
+            let (run, after) = rest.split_at(n);
+            rest = after;
+            let bufs: Vec<&[u8]> = run.iter().map(|b| &b.data[..]).collect();
+            if let Err(e) = t.storage.write_vectored(first.piece, first.offset, &bufs) {
+                let _ = t.events.send(DiskEvent::Failed(e));
+                // Keep draining so senders never block on a dead writer.
+                continue;
+            }
+            for b in run {
+                written(t, b, verifier, &mut running);
+            }
         }
-        let key = (t.id, b.piece);
-        let r = running.entry(key).or_insert_with(|| Running {
-            hasher: Sha1::new(),
-            next: 0,
-        });
-        if b.offset == r.next {
-            r.hasher.update(&b.data);
-            r.next += b.data.len() as u32;
-        }
-        if !b.last {
-            continue;
-        }
-        let Some(mut r) = running.remove(&key) else {
-            continue;
-        };
-        let (info, storage) = (&*t.info, &*t.storage);
-        let verdict = storage
-            .hash_from(b.piece, r.next, &mut r.hasher)
-            .and_then(|()| {
-                let hash: [u8; 20] = r.hasher.finalize().into();
-                let ok = info.piece_hashes()[b.piece as usize] == hash;
-                let blocks = if b.digests || !ok {
-                    Some(block_digests(info, storage, b.piece)?)
-                } else {
-                    None
-                };
-                Ok((ok, blocks))
-            });
-        let event = match verdict {
-            Ok((ok, blocks)) => DiskEvent::Verified {
-                piece: b.piece,
-                ok,
-                blocks,
-            },
-            Err(e) => DiskEvent::Failed(e),
-        };
-        let _ = t.events.send(event);
     }
+}
+
+/// After block `b` of `t` is written: verify its piece when it was the
+/// last, or hash it on (in arrival order) without a verifier.
+fn written(
+    t: &Arc<Target>,
+    b: &crate::protocol::Write,
+    verifier: Option<&std_mpsc::Sender<Verify>>,
+    running: &mut HashMap<(u64, u32), Running>,
+) {
+    if b.last {
+        // Written back whatever its hash turns out to be: the verifier
+        // may hold it for a while, and the final sync should not have to
+        // write it all then.
+        t.storage.start_writeback(b.piece);
+    }
+    if let Some(v) = verifier {
+        if b.last {
+            let _ = v.send(Verify::Piece(Done {
+                target: t.clone(),
+                piece: b.piece,
+                digests: b.digests,
+                now: b.nothing_pending,
+            }));
+        }
+        return;
+    }
+    let key = (t.id, b.piece);
+    let r = running.entry(key).or_insert_with(|| Running {
+        hasher: Sha1::new(),
+        next: 0,
+    });
+    if b.offset == r.next {
+        r.hasher.update(&b.data);
+        r.next += b.data.len() as u32;
+    }
+    if !b.last {
+        return;
+    }
+    let Some(mut r) = running.remove(&key) else {
+        return;
+    };
+    let (info, storage) = (&*t.info, &*t.storage);
+    let verdict = storage
+        .hash_from(b.piece, r.next, &mut r.hasher)
+        .and_then(|()| {
+            let hash: [u8; 20] = r.hasher.finalize().into();
+            let ok = info.piece_hashes()[b.piece as usize] == hash;
+            let blocks = if b.digests || !ok {
+                Some(block_digests(info, storage, b.piece)?)
+            } else {
+                None
+            };
+            Ok((ok, blocks))
+        });
+    let _ = t.events.send(match verdict {
+        Ok((ok, blocks)) => DiskEvent::Verified {
+            piece: b.piece,
+            ok,
+            blocks,
+        },
+        Err(e) => DiskEvent::Failed(e),
+    });
 }
 
 /// A piece whose blocks are all written.
