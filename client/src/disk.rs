@@ -76,6 +76,10 @@ struct Batch {
     _permits: Vec<OwnedSemaphorePermit>,
 }
 
+/// Consecutive pieces that go to one writer thread, in bytes (bigger
+/// pieces each go to one).
+const WRITER_SPAN: u64 = 4 << 20;
+
 /// A run of blocks written with one `pwritev` at most.
 const MAX_RUN: usize = 64;
 
@@ -93,7 +97,8 @@ struct Running {
 }
 
 /// The disk threads of an engine, shared by all its torrents: writer
-/// threads (a piece always goes to the same one), a verifier with
+/// threads (a piece always goes to the same one, and so do neighbouring
+/// small pieces), a verifier with
 /// AVX-512, and one byte budget for everything queued.
 pub struct DiskPool {
     writers: Mutex<Vec<std_mpsc::Sender<Job>>>,
@@ -226,8 +231,14 @@ impl Disk {
             return;
         }
         let mut batches: Vec<Option<Batch>> = (0..writers.len()).map(|_| None).collect();
+        // Small pieces go to a writer [`WRITER_SPAN`] bytes of them at a
+        // time: two threads writing neighbouring blocks of one file at once
+        // mostly wait for each other (the inode's lock).
+        let span = (WRITER_SPAN / self.target.info.piece_length().max(1)).max(1);
         for (permit, block) in blocks.drain(..) {
-            let at = (self.target.id as usize).wrapping_add(block.piece as usize) % writers.len();
+            let at = (self.target.id as usize)
+                .wrapping_add((u64::from(block.piece) / span) as usize)
+                % writers.len();
             let batch = batches[at].get_or_insert_with(|| Batch {
                 target: self.target.clone(),
                 blocks: Vec::new(),
@@ -318,7 +329,9 @@ fn writer(rx: &std_mpsc::Receiver<Job>, verifier: Option<&std_mpsc::Sender<Verif
             let mut n = 1;
             while n < rest.len().min(MAX_RUN) {
                 let (a, b) = (&rest[n - 1], &rest[n]);
-                if b.piece != first.piece || u64::from(b.offset) != u64::from(a.offset) + a.data.len() as u64 {
+                if b.piece != first.piece
+                    || u64::from(b.offset) != u64::from(a.offset) + a.data.len() as u64
+                {
                     break;
                 }
                 n += 1;
