@@ -7,11 +7,16 @@
 //! Finished pieces are verified in one of two ways:
 //! - with AVX-512, a verifier thread reads them back from the page cache
 //!   and hashes up to 16 at once with the multi-buffer SHA-1 of
-//!   `torrent_format::sha1_mb` (about 4× the single-stream rate); it waits
-//!   a few milliseconds for a batch to fill when pieces come fast;
+//!   `torrent_format::sha1_mb` (about 3.5× the single-stream rate with all
+//!   16 lanes busy); while pieces keep coming it waits for the batch to
+//!   fill (up to half a second), and hashes at once when the torrent has
+//!   nothing else on its way;
 //! - otherwise each writer thread hashes a piece as its blocks arrive in
 //!   order (the common case: one peer sends one piece front to back), so a
 //!   finished piece is usually verified without reading it back.
+//!
+//! A piece's writeback starts once its last block is written, before its
+//! verdict, so the final sync has little left to do.
 //!
 //! Bytes queued for writing are capped ([`WRITE_BUDGET`]): a connection
 //! waits for room before it reads on, so a fast peer and a slow disk
@@ -63,19 +68,23 @@ struct Target {
     events: mpsc::UnboundedSender<DiskEvent>,
 }
 
-struct Write {
+/// Received blocks of one torrent, in the order the picker counted them.
+struct Batch {
     target: Arc<Target>,
-    piece: u32,
-    offset: u32,
-    data: Vec<u8>,
-    /// The piece's last block: verify after writing it.
-    last: bool,
-    digests: bool,
-    _permit: Option<OwnedSemaphorePermit>,
+    blocks: Vec<crate::protocol::Write>,
+    /// Their room in the write budget, given back once they are written.
+    _permits: Vec<OwnedSemaphorePermit>,
 }
 
+/// Consecutive pieces that go to one writer thread, in bytes (bigger
+/// pieces each go to one).
+const WRITER_SPAN: u64 = 4 << 20;
+
+/// A run of blocks written with one `pwritev` at most.
+const MAX_RUN: usize = 64;
+
 enum Job {
-    Write(Write),
+    Write(Batch),
     /// Everything queued before this is done: say so.
     Flush(oneshot::Sender<()>),
 }
@@ -88,7 +97,8 @@ struct Running {
 }
 
 /// The disk threads of an engine, shared by all its torrents: writer
-/// threads (a piece always goes to the same one), a verifier with
+/// threads (a piece always goes to the same one, and so do neighbouring
+/// small pieces), a verifier with
 /// AVX-512, and one byte budget for everything queued.
 pub struct DiskPool {
     writers: Mutex<Vec<std_mpsc::Sender<Job>>>,
@@ -200,33 +210,49 @@ impl Disk {
         self.pool.budget.clone().acquire_many_owned(n).await.ok()
     }
 
-    /// Queues a received block with the room `reserve` gave. `last` marks
-    /// the piece's final block (queue it after the others); `digests` asks
-    /// for per-block hashes with the verdict.
-    pub fn queue(
-        &self,
-        permit: Option<OwnedSemaphorePermit>,
-        piece: u32,
-        offset: u32,
-        data: Vec<u8>,
-        last: bool,
-        digests: bool,
-    ) {
-        let writers = self.pool.writers();
-        if writers.is_empty() {
+    /// Room for `len` more bytes if there is some now; otherwise queue
+    /// what is held back and wait with [`Disk::reserve`].
+    pub fn try_reserve(&self, len: usize) -> Option<OwnedSemaphorePermit> {
+        let n = len.clamp(1, WRITE_BUDGET) as u32;
+        self.pool.budget.clone().try_acquire_many_owned(n).ok()
+    }
+
+    /// Queues received blocks (taken from `blocks`) with the room
+    /// `reserve` gave each, in order: a piece's final block (`last`)
+    /// after the others. One message per writer thread, so blocks that
+    /// follow each other are written together.
+    pub fn queue(&self, blocks: &mut Vec<(Option<OwnedSemaphorePermit>, crate::protocol::Write)>) {
+        if blocks.is_empty() {
             return;
         }
-        let at = (self.target.id as usize).wrapping_add(piece as usize) % writers.len();
-        // A send fails only once the threads are gone (shutting down).
-        let _ = writers[at].send(Job::Write(Write {
-            target: self.target.clone(),
-            piece,
-            offset,
-            data,
-            last,
-            digests,
-            _permit: permit,
-        }));
+        let writers = self.pool.writers();
+        if writers.is_empty() {
+            blocks.clear();
+            return;
+        }
+        let mut batches: Vec<Option<Batch>> = (0..writers.len()).map(|_| None).collect();
+        // Small pieces go to a writer [`WRITER_SPAN`] bytes of them at a
+        // time: two threads writing neighbouring blocks of one file at once
+        // mostly wait for each other (the inode's lock).
+        let span = (WRITER_SPAN / self.target.info.piece_length().max(1)).max(1);
+        for (permit, block) in blocks.drain(..) {
+            let at = (self.target.id as usize)
+                .wrapping_add((u64::from(block.piece) / span) as usize)
+                % writers.len();
+            let batch = batches[at].get_or_insert_with(|| Batch {
+                target: self.target.clone(),
+                blocks: Vec::new(),
+                _permits: Vec::new(),
+            });
+            batch.blocks.push(block);
+            batch._permits.extend(permit);
+        }
+        for (w, batch) in writers.iter().zip(batches) {
+            if let Some(batch) = batch {
+                // A send fails only once the threads are gone (shutting down).
+                let _ = w.send(Job::Write(batch));
+            }
+        }
     }
 
     /// Reads blocks to upload and encodes them as `piece` messages onto
@@ -277,8 +303,8 @@ impl Disk {
 fn writer(rx: &std_mpsc::Receiver<Job>, verifier: Option<&std_mpsc::Sender<Verify>>) {
     let mut running: HashMap<(u64, u32), Running> = HashMap::new();
     while let Ok(job) = rx.recv() {
-        let w = match job {
-            Job::Write(w) => w,
+        let batch = match job {
+            Job::Write(batch) => batch,
             Job::Flush(done) => {
                 // With a verifier, verdicts come from there: flush it too.
                 match verifier {
@@ -296,63 +322,96 @@ fn writer(rx: &std_mpsc::Receiver<Job>, verifier: Option<&std_mpsc::Sender<Verif
                 continue;
             }
         };
-        let t = &*w.target;
-        if let Err(e) = t.storage.write(w.piece, w.offset, &w.data) {
-            let _ = t.events.send(DiskEvent::Failed(e));
-            // Keep draining so senders never block on a dead writer.
-            continue;
-        }
-        if let Some(v) = verifier {
-            if w.last {
-                let _ = v.send(Verify::Piece(Done {
-                    target: w.target.clone(),
-                    piece: w.piece,
-                    digests: w.digests,
-                }));
+        let t = &batch.target;
+        let mut rest = &batch.blocks[..];
+        while let Some(first) = rest.first() {
+            // Blocks of one piece, each where the one before ends.
+            let mut n = 1;
+            while n < rest.len().min(MAX_RUN) {
+                let (a, b) = (&rest[n - 1], &rest[n]);
+                if b.piece != first.piece
+                    || u64::from(b.offset) != u64::from(a.offset) + a.data.len() as u64
+                {
+                    break;
+                }
+                n += 1;
             }
-            continue;
+            let (run, after) = rest.split_at(n);
+            rest = after;
+            let bufs: Vec<&[u8]> = run.iter().map(|b| &b.data[..]).collect();
+            if let Err(e) = t.storage.write_vectored(first.piece, first.offset, &bufs) {
+                let _ = t.events.send(DiskEvent::Failed(e));
+                // Keep draining so senders never block on a dead writer.
+                continue;
+            }
+            for b in run {
+                written(t, b, verifier, &mut running);
+            }
         }
-        let key = (t.id, w.piece);
-        let r = running.entry(key).or_insert_with(|| Running {
-            hasher: Sha1::new(),
-            next: 0,
-        });
-        if w.offset == r.next {
-            r.hasher.update(&w.data);
-            r.next += w.data.len() as u32;
-        }
-        if !w.last {
-            continue;
-        }
-        let Some(mut r) = running.remove(&key) else {
-            continue;
-        };
-        let (info, storage) = (&*t.info, &*t.storage);
-        let verdict = storage
-            .hash_from(w.piece, r.next, &mut r.hasher)
-            .and_then(|()| {
-                let hash: [u8; 20] = r.hasher.finalize().into();
-                let ok = info.piece_hashes()[w.piece as usize] == hash;
-                let blocks = if w.digests || !ok {
-                    Some(block_digests(info, storage, w.piece)?)
-                } else {
-                    None
-                };
-                Ok((ok, blocks))
-            });
-        if matches!(verdict, Ok((true, _))) {
-            storage.start_writeback(w.piece);
-        }
-        let event = match verdict {
-            Ok((ok, blocks)) => DiskEvent::Verified {
-                piece: w.piece,
-                ok,
-                blocks,
-            },
-            Err(e) => DiskEvent::Failed(e),
-        };
-        let _ = t.events.send(event);
     }
+}
+
+/// After block `b` of `t` is written: verify its piece when it was the
+/// last, or hash it on (in arrival order) without a verifier.
+fn written(
+    t: &Arc<Target>,
+    b: &crate::protocol::Write,
+    verifier: Option<&std_mpsc::Sender<Verify>>,
+    running: &mut HashMap<(u64, u32), Running>,
+) {
+    if b.last {
+        // Written back whatever its hash turns out to be: the verifier
+        // may hold it for a while, and the final sync should not have to
+        // write it all then.
+        t.storage.start_writeback(b.piece);
+    }
+    if let Some(v) = verifier {
+        if b.last {
+            let _ = v.send(Verify::Piece(Done {
+                target: t.clone(),
+                piece: b.piece,
+                digests: b.digests,
+                now: b.nothing_pending,
+            }));
+        }
+        return;
+    }
+    let key = (t.id, b.piece);
+    let r = running.entry(key).or_insert_with(|| Running {
+        hasher: Sha1::new(),
+        next: 0,
+    });
+    if b.offset == r.next {
+        r.hasher.update(&b.data);
+        r.next += b.data.len() as u32;
+    }
+    if !b.last {
+        return;
+    }
+    let Some(mut r) = running.remove(&key) else {
+        return;
+    };
+    let (info, storage) = (&*t.info, &*t.storage);
+    let verdict = storage
+        .hash_from(b.piece, r.next, &mut r.hasher)
+        .and_then(|()| {
+            let hash: [u8; 20] = r.hasher.finalize().into();
+            let ok = info.piece_hashes()[b.piece as usize] == hash;
+            let blocks = if b.digests || !ok {
+                Some(block_digests(info, storage, b.piece)?)
+            } else {
+                None
+            };
+            Ok((ok, blocks))
+        });
+    let _ = t.events.send(match verdict {
+        Ok((ok, blocks)) => DiskEvent::Verified {
+            piece: b.piece,
+            ok,
+            blocks,
+        },
+        Err(e) => DiskEvent::Failed(e),
+    });
 }
 
 /// A piece whose blocks are all written.
@@ -360,6 +419,8 @@ struct Done {
     target: Arc<Target>,
     piece: u32,
     digests: bool,
+    /// Nothing else of its torrent is on its way: hash without waiting.
+    now: bool,
 }
 
 enum Verify {
@@ -367,36 +428,59 @@ enum Verify {
     Flush(oneshot::Sender<()>),
 }
 
-/// How long the verifier waits for a batch to fill.
-const BATCH_WAIT: Duration = Duration::from_millis(10);
+/// While finished pieces keep coming at most this far apart, the verifier
+/// waits for the next one to join the batch: sixteen lanes cost as much
+/// as ~4.6 pieces hashed one by one, so a full batch is what pays.
+const BATCH_GAP: Duration = Duration::from_millis(50);
+/// The longest a finished piece waits for its batch to fill (its `have`
+/// is that much later).
+const BATCH_WAIT: Duration = Duration::from_millis(500);
 /// Bytes per lane read at a time for multi-buffer hashing.
 const LANE_CHUNK: usize = 64 * 1024;
+
+/// Takes finished pieces until a batch of [`LANES`] is full, the pieces
+/// stop coming ([`BATCH_GAP`]), the first has waited [`BATCH_WAIT`], one
+/// says nothing more is on its way, or a flush is asked for (answered
+/// through `flushes` once the batch is done). `None` once the writers are
+/// gone.
+fn next_batch(
+    rx: &std_mpsc::Receiver<Verify>,
+    flushes: &mut Vec<oneshot::Sender<()>>,
+) -> Option<Vec<Done>> {
+    let first = loop {
+        match rx.recv().ok()? {
+            Verify::Piece(d) => break d,
+            Verify::Flush(done) => {
+                let _ = done.send(());
+            }
+        }
+    };
+    let start = Instant::now();
+    let mut last = start;
+    let mut now = first.now;
+    let mut batch = vec![first];
+    while batch.len() < LANES && !now {
+        let deadline = (last + BATCH_GAP).min(start + BATCH_WAIT);
+        match rx.recv_timeout(deadline.saturating_duration_since(Instant::now())) {
+            Ok(Verify::Piece(d)) => {
+                last = Instant::now();
+                now = d.now;
+                batch.push(d);
+            }
+            Ok(Verify::Flush(done)) => {
+                flushes.push(done);
+                break;
+            }
+            Err(_) => break,
+        }
+    }
+    Some(batch)
+}
 
 fn verifier(rx: &std_mpsc::Receiver<Verify>) {
     let mut buf = vec![0u8; LANES * LANE_CHUNK];
     let mut flushes = Vec::new();
-    while let Ok(first) = rx.recv() {
-        let first = match first {
-            Verify::Piece(d) => d,
-            Verify::Flush(done) => {
-                let _ = done.send(());
-                continue;
-            }
-        };
-        let mut batch = vec![first];
-        let deadline = Instant::now() + BATCH_WAIT;
-        while batch.len() < LANES {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match rx.recv_timeout(left) {
-                Ok(Verify::Piece(d)) => batch.push(d),
-                // Answered once this batch is done.
-                Ok(Verify::Flush(done)) => {
-                    flushes.push(done);
-                    break;
-                }
-                Err(_) => break,
-            }
-        }
+    while let Some(batch) = next_batch(rx, &mut flushes) {
         // Full-size pieces of one torrent go side by side; the rest alone.
         let t0 = batch[0].target.clone();
         let full = t0.info.piece_length();
@@ -437,9 +521,6 @@ fn verifier(rx: &std_mpsc::Receiver<Verify>) {
                 };
                 Ok((ok, blocks))
             });
-            if matches!(verdict, Ok((true, _))) && storage.is_writable() {
-                storage.start_writeback(d.piece);
-            }
             let _ = d.target.events.send(match verdict {
                 Ok((ok, blocks)) => DiskEvent::Verified {
                     piece: d.piece,

@@ -401,37 +401,15 @@ async fn read_loop(
         // Everything complete in the buffer first, under one lock but for
         // blocks, which wait for room in the write queue first (so they
         // reach the disk threads in the order the picker counted them:
-        // the last block of a piece must come after the others).
+        // the last block of a piece must come after the others). The
+        // blocks go to the disk threads together once the buffer is done
+        // (or before waiting for room), so that they are written together.
         let mut at = 0;
-        loop {
-            let block = {
-                let now = Instant::now();
-                let mut st = shared.lock();
-                loop {
-                    let Some((m, used)) =
-                        Message::decode_max(&buf[at..], max_msg).map_err(Close::from)?
-                    else {
-                        break None;
-                    };
-                    at += used;
-                    if matches!(m, Message::Piece { .. }) {
-                        break Some(m);
-                    }
-                    conn.handle(m, now, &mut st)?;
-                }
-            };
-            let Some(m) = block else { break };
-            let permit = match &m {
-                Message::Piece { data, .. } => shared.disk.reserve(data.len()).await,
-                _ => None,
-            };
-            let mut st = shared.lock();
-            if let Some(w) = conn.handle(m, Instant::now(), &mut st)? {
-                shared
-                    .disk
-                    .queue(permit, w.piece, w.offset, w.data, w.last, w.digests);
-            }
-        }
+        let mut blocks = Vec::new();
+        let handled = handle_buffered(shared, conn, buf, &mut at, max_msg, &mut blocks).await;
+        // Counted by the picker: queued even if the connection now ends.
+        shared.disk.queue(&mut blocks);
+        handled?;
         buf.drain(..at);
         if let Some(node) = conn.take_dht_node() {
             if let Some(dht) = shared.engine.dht.get() {
@@ -482,6 +460,52 @@ async fn read_loop(
                 drop(st);
                 flush(conn, outbox)?;
             }
+        }
+    }
+}
+
+/// Handles the complete messages in `buf` from `at` on (advancing it),
+/// adding the blocks to write to `blocks`.
+async fn handle_buffered(
+    shared: &Shared,
+    conn: &mut Connection,
+    buf: &[u8],
+    at: &mut usize,
+    max_msg: usize,
+    blocks: &mut Vec<(Option<OwnedSemaphorePermit>, crate::protocol::Write)>,
+) -> Result<(), Ended> {
+    loop {
+        let block = {
+            let now = Instant::now();
+            let mut st = shared.lock();
+            loop {
+                let Some((m, used)) =
+                    Message::decode_max(&buf[*at..], max_msg).map_err(Close::from)?
+                else {
+                    break None;
+                };
+                *at += used;
+                if matches!(m, Message::Piece { .. }) {
+                    break Some(m);
+                }
+                conn.handle(m, now, &mut st)?;
+            }
+        };
+        let Some(m) = block else { return Ok(()) };
+        let permit = match &m {
+            Message::Piece { data, .. } => match shared.disk.try_reserve(data.len()) {
+                Some(p) => Some(p),
+                None => {
+                    // What is held back holds room too: send it first.
+                    shared.disk.queue(blocks);
+                    shared.disk.reserve(data.len()).await
+                }
+            },
+            _ => None,
+        };
+        let mut st = shared.lock();
+        if let Some(w) = conn.handle(m, Instant::now(), &mut st)? {
+            blocks.push((permit, w));
         }
     }
 }

@@ -425,6 +425,12 @@ impl Picker {
         self.free_count == 0 && self.unrequested == 0
     }
 
+    /// True when every block we lack is received (the pieces left wait
+    /// for their hash, or nothing is left).
+    pub fn all_received(&self) -> bool {
+        self.free_count == 0 && self.partial.is_empty()
+    }
+
     /// `key` sent `block`.
     pub fn received(&mut self, key: PeerKey, block: BlockRef) -> Received {
         let b = (block.offset / BLOCK) as usize;

@@ -170,6 +170,9 @@ pub struct Write {
     pub last: bool,
     /// Report per-block digests with the verdict (smart ban).
     pub digests: bool,
+    /// The last piece in progress is done (every block we lack is
+    /// received): verify at once, no later piece will join its batch.
+    pub nothing_pending: bool,
 }
 
 /// Blocks a peer asked for, waiting to be read and sent (shared with the
@@ -1298,6 +1301,7 @@ impl Connection {
         let size = self.info.piece_size(index as usize);
         st.smart.record(index, offset, size, self.ident);
         let digests = last && st.smart.wants_digests(index);
+        let nothing_pending = last && st.picker.all_received();
         self.request_more(st, now);
         Ok(Some(Write {
             piece: index,
@@ -1305,6 +1309,7 @@ impl Connection {
             data,
             last,
             digests,
+            nothing_pending,
         }))
     }
 }
