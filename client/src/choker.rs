@@ -47,8 +47,9 @@ pub struct Candidate {
     pub rate: u64,
     /// Connected within the last optimistic period.
     pub new: bool,
-    /// When we last sent it payload.
-    pub taken_at: Option<Instant>,
+    /// When we last sent it payload or it last asked for some (at the
+    /// session's one-second ticks).
+    pub busy_at: Option<Instant>,
 }
 
 #[derive(Debug, Clone)]
@@ -77,6 +78,15 @@ impl Choker {
         self.unchoked.contains_key(&key)
     }
 
+    /// Unchoked for [`IDLE`] at least, and neither taking from us nor
+    /// asking for anything for that long.
+    fn is_idle(&self, p: &Candidate, now: Instant) -> bool {
+        self.unchoked
+            .get(&p.key)
+            .is_some_and(|&since| now.duration_since(since) >= IDLE)
+            && !p.busy_at.is_some_and(|t| now.duration_since(t) < IDLE)
+    }
+
     /// A peer disconnected.
     pub fn remove(&mut self, key: PeerKey) {
         self.unchoked.remove(&key);
@@ -94,10 +104,13 @@ impl Choker {
         rng: &mut R,
     ) -> (Vec<PeerKey>, Vec<PeerKey>) {
         let mut interested: Vec<&Candidate> = peers.iter().filter(|p| p.interested).collect();
-        // Best rate first; among equals, keep those already unchoked (no
-        // pointless churn), then at random.
+        // Best rate first, but peers idle in their slots last (the next
+        // `fill` would take a regular slot back from them at once, after
+        // choking a busy peer for it); among equals, keep those already
+        // unchoked (no pointless churn), then at random.
         interested.sort_by_cached_key(|p| {
             (
+                self.is_idle(p, now),
                 std::cmp::Reverse(p.rate),
                 !self.unchoked.contains_key(&p.key),
                 rng.random::<u32>(),
@@ -164,22 +177,18 @@ impl Choker {
         now: Instant,
         rng: &mut R,
     ) -> (Vec<PeerKey>, Vec<PeerKey>) {
-        let idle = |p: &Candidate, since: Instant| {
-            now.duration_since(since) >= IDLE
-                && !p.taken_at.is_some_and(|t| now.duration_since(t) < IDLE)
-        };
         // Unchoked peers that could make room: uninterested first, then
         // idle ones, the longest idle first.
         let mut spare: Vec<(bool, Option<Instant>, PeerKey)> = Vec::new();
         let mut busy = 0;
         for p in peers {
-            let Some(&since) = self.unchoked.get(&p.key) else {
+            if !self.unchoked.contains_key(&p.key) {
                 continue;
-            };
+            }
             if !p.interested {
                 spare.push((false, None, p.key));
-            } else if idle(p, since) {
-                spare.push((true, p.taken_at, p.key));
+            } else if self.is_idle(p, now) {
+                spare.push((true, p.busy_at, p.key));
             } else {
                 busy += 1;
             }
@@ -236,7 +245,7 @@ mod tests {
             interested: true,
             rate,
             new: false,
-            taken_at: None,
+            busy_at: None,
         }
     }
 
@@ -346,19 +355,19 @@ mod tests {
         assert_eq!(c.fill(&peers, t0 + IDLE / 2, &mut rng), (vec![], vec![]));
         // 0 takes, 1 asks for nothing: 1 gives its slot to 2.
         let t1 = t0 + IDLE * 2;
-        peers[0].taken_at = Some(t1);
+        peers[0].busy_at = Some(t1);
         assert_eq!(c.fill(&peers, t1, &mut rng), (vec![2], vec![1]));
         assert!(c.is_unchoked(0) && c.is_unchoked(2) && !c.is_unchoked(1));
         // 2 idles in turn: 1, benched but the only one waiting, gets the
         // slot back.
         let t2 = t1 + IDLE * 2;
-        peers[0].taken_at = Some(t2);
+        peers[0].busy_at = Some(t2);
         assert_eq!(c.fill(&peers, t2, &mut rng), (vec![1], vec![2]));
         // Within its bench time a waiting peer that was never benched
         // comes first.
         peers.push(peer(3, 0));
         let t3 = t2 + IDLE * 2;
-        peers[0].taken_at = Some(t3);
+        peers[0].busy_at = Some(t3);
         let (unchoke, choke) = c.fill(&peers, t3, &mut rng);
         assert_eq!((unchoke, choke), (vec![3], vec![1]));
     }
@@ -393,5 +402,27 @@ mod tests {
             c.fill(&peers, now, &mut rng);
             assert!(c.unchoked.len() <= 3);
         }
+    }
+
+    #[test]
+    fn a_peer_that_keeps_asking_is_busy_and_idle_peers_lose_regular_slots() {
+        let mut rng = SmallRng::seed_from_u64(8);
+        let t0 = Instant::now();
+        let mut c = Choker::new(1);
+        let mut peers = vec![peer(0, 100), peer(1, 50)];
+        c.round(&peers, t0, &mut rng);
+        peers.push(peer(2, 0));
+        // 0 got no byte for a while (a slow share) but keeps asking; 1 takes.
+        let t1 = t0 + IDLE * 2;
+        peers[0].busy_at = Some(t1 - IDLE / 2);
+        peers[1].busy_at = Some(t1);
+        assert_eq!(c.fill(&peers, t1, &mut rng), (vec![], vec![]));
+        // Next round 0, the fastest but now idle, is ranked last: the
+        // regular slot goes to 1, not to 0 only for `fill` to take it back.
+        let t2 = t1 + IDLE * 2;
+        peers[1].busy_at = Some(t2);
+        c.round(&peers, t2, &mut rng);
+        assert!(c.is_unchoked(1));
+        assert_ne!(c.optimistic, Some(1));
     }
 }

@@ -177,10 +177,22 @@ pub struct Write {
 
 /// Blocks a peer asked for, waiting to be read and sent (shared with the
 /// transport's writer, which takes them in batches).
-#[derive(Default)]
 pub struct UploadQueue {
     queue: Mutex<VecDeque<BlockRef>>,
+    /// The piece of the last block handed to the writer (`u32::MAX`: none
+    /// yet): the one being sent.
+    current: std::sync::atomic::AtomicU32,
     pub ready: Notify,
+}
+
+impl Default for UploadQueue {
+    fn default() -> UploadQueue {
+        UploadQueue {
+            queue: Mutex::default(),
+            current: std::sync::atomic::AtomicU32::new(u32::MAX),
+            ready: Notify::new(),
+        }
+    }
 }
 
 impl UploadQueue {
@@ -194,7 +206,16 @@ impl UploadQueue {
     pub fn take(&self, n: usize) -> Vec<BlockRef> {
         let mut q = self.lock();
         let n = n.min(q.len());
-        q.drain(..n).collect()
+        let taken: Vec<BlockRef> = q.drain(..n).collect();
+        if let Some(b) = taken.last() {
+            self.current.store(b.index, Ordering::Relaxed);
+        }
+        taken
+    }
+
+    /// The piece whose blocks the writer took last.
+    pub fn current(&self) -> Option<u32> {
+        Some(self.current.load(Ordering::Relaxed)).filter(|&p| p != u32::MAX)
     }
 }
 
@@ -728,19 +749,36 @@ impl Connection {
                     // (each request is answered): the piece being sent
                     // is finished, since a piece left half sent would wait
                     // for the next unchoke — for pieces only we have, so
-                    // would everyone else. Its other requests are
-                    // rejected, except for allowed-fast pieces.
+                    // would everyone else. That is the blocks of the
+                    // writer's current piece at the front of the queue, at
+                    // most a piece's worth (duplicates count). Its other
+                    // requests are rejected, except for allowed-fast pieces.
                     let dropped: Vec<BlockRef> = {
                         let allowed = &self.allowed_out;
                         let fast = self.fast;
+                        let current = self.uploads.current();
+                        let mut room = current.map_or(0, |p| self.info.piece_size(p as usize));
                         let mut q = self.uploads.lock();
-                        let current = q.front().map(|b| b.index);
-                        let (keep, drop): (VecDeque<BlockRef>, VecDeque<BlockRef>) =
-                            q.drain(..).partition(|b| {
-                                fast && (allowed.contains(&b.index) || Some(b.index) == current)
-                            });
+                        let mut keep = VecDeque::new();
+                        let mut drop = Vec::new();
+                        let mut front = true;
+                        for b in q.drain(..) {
+                            let finish = fast
+                                && front
+                                && Some(b.index) == current
+                                && u64::from(b.length) <= room;
+                            front &= finish;
+                            if finish {
+                                room -= u64::from(b.length);
+                                keep.push_back(b);
+                            } else if fast && allowed.contains(&b.index) {
+                                keep.push_back(b);
+                            } else {
+                                drop.push(b);
+                            }
+                        }
                         *q = keep;
-                        drop.into()
+                        drop
                     };
                     // Pieces it will not get from us after all count as
                     // not sent to it (crate::spread), or they would wait
@@ -1141,6 +1179,7 @@ impl Connection {
         let mut q = self.uploads.lock();
         q.push_back(b);
         drop(q);
+        self.counters.asked.fetch_add(1, Ordering::Relaxed);
         self.uploads.ready.notify_one();
         if let Some(init) = &mut self.initial {
             init.requested(b.index, u64::from(b.length));

@@ -176,6 +176,8 @@ pub(crate) struct Admitted {
 pub struct PeerCounters {
     pub down: AtomicU64,
     pub up: AtomicU64,
+    /// Requests of its we queued for upload.
+    pub asked: AtomicU64,
 }
 
 pub(crate) struct PeerEntry {
@@ -203,6 +205,10 @@ pub(crate) struct PeerEntry {
     pub last_given: Option<Instant>,
     /// When we last sent it payload.
     pub last_taken: Option<Instant>,
+    /// When it last asked us for a block (that we queued), and the count
+    /// of its requests then.
+    pub last_asked: Option<Instant>,
+    pub asked: u64,
     /// Told to close to make room for a newcomer; no longer counted.
     pub evicted: bool,
     /// It has every piece.
@@ -439,6 +445,8 @@ impl State {
                 wanted: false,
                 last_given: None,
                 last_taken: None,
+                last_asked: None,
+                asked: 0,
                 evicted: false,
                 seed: false,
                 pieces: 0,
@@ -777,7 +785,7 @@ fn candidates(st: &State) -> Vec<Candidate> {
             interested: p.interested,
             rate: if seeding { p.up.rate() } else { p.down.rate() },
             new: now.duration_since(p.connected_at) < Duration::from_secs(60),
-            taken_at: p.last_taken,
+            busy_at: p.last_taken.max(p.last_asked),
         })
         .collect()
 }
@@ -1220,6 +1228,11 @@ fn measure(shared: &Shared) {
         }
         if up > p.up.total() {
             p.last_taken = Some(now);
+        }
+        let asked = p.counters.asked.load(Ordering::Relaxed);
+        if asked != p.asked {
+            p.asked = asked;
+            p.last_asked = Some(now);
         }
         p.down.add(down - p.down.total());
         p.up.add(up - p.up.total());

@@ -164,7 +164,9 @@ impl Spread {
         let Some(c) = self.copies.get_mut(piece as usize) else {
             return;
         };
-        if *c > 0 {
+        // (A count that reached 255 stays there: how many of those peers
+        // still hold it is no longer known, and 0 must mean "nobody".)
+        if *c > 0 && *c < u8::MAX {
             *c -= 1;
             if *c == 0 {
                 self.unsent += 1;

@@ -394,17 +394,23 @@ fn choking_rejects_queued_requests_with_fast_and_drops_them_without() {
     let (current, other) = (others.next().unwrap(), others.next().unwrap());
     t.cmd(Cmd::Unchoke).unwrap();
     t.recv(Message::Request(block(current, 0))).unwrap();
-    t.recv(Message::Request(block(current, 1))).unwrap();
+    // (Asked twice over: no more than a piece's worth is finished.)
+    for _ in 0..3 {
+        t.recv(Message::Request(block(current, 1))).unwrap();
+    }
     t.recv(Message::Request(block(other, 0))).unwrap();
     t.recv(Message::Request(block(set[0], 0))).unwrap();
     t.out();
+    // The writer took the first block of `current`: the piece being sent.
+    assert_eq!(t.conn.uploads().take(1), [block(current, 0)]);
+    assert_eq!(t.st.info.piece_size(current as usize), 2 * u64::from(BLOCK));
     t.cmd(Cmd::Choke).unwrap();
     let msgs = t.out();
     assert_eq!(msgs[0], Message::Choke);
-    assert_eq!(rejects(&msgs), [block(other, 0)]);
+    assert_eq!(rejects(&msgs), [block(current, 1), block(other, 0)]);
     assert_eq!(
         t.queued(),
-        [block(current, 0), block(current, 1), block(set[0], 0)],
+        [block(current, 1), block(current, 1), block(set[0], 0)],
         "the piece being sent is finished, and allowed-fast survives a choke"
     );
 
@@ -654,12 +660,16 @@ fn a_piece_dropped_by_a_choke_is_not_held_for_that_peer() {
     t.cmd(Cmd::Unchoke).unwrap();
     t.recv(Message::Request(block(0, 0))).unwrap();
     t.recv(Message::Request(block(1, 0))).unwrap();
-    // Choked before we sent piece 1 (piece 0, the one being sent, is
-    // finished): that request is rejected, and piece 1 is as unsent as
-    // before.
+    // Choked before we sent piece 1 (piece 0 went to the writer): that
+    // request is rejected, and piece 1 is as unsent as before.
+    t.conn.uploads().take(1);
     t.cmd(Cmd::Choke).unwrap();
     assert_eq!(rejects(&t.out()), [block(1, 0)]);
     let mut b = second_leecher(&mut t, 2, true);
+    // Piece 0, being finished, still counts as on its way there.
+    b.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
+        .unwrap();
+    assert_eq!(rejects(&sent(&mut b)), [block(0, 0)]);
     b.handle(Message::Request(block(1, 0)), t.now, &mut t.st)
         .unwrap();
     assert!(rejects(&sent(&mut b)).is_empty());
@@ -757,8 +767,8 @@ fn once_every_piece_went_out_second_copies_are_not_held_back() {
         .unwrap();
     assert!(rejects(&sent(&mut b)).is_empty());
     assert_eq!(b.uploads().lock().len(), 1);
-    // A choke gives back the pieces not yet sent to the first peer (all
-    // but 0, the one being sent): then a third copy of 3 waits again.
+    // A choke gives back the pieces not yet sent to the first peer (the
+    // writer took none): then a third copy of 3 waits again.
     t.cmd(Cmd::Choke).unwrap();
     let mut c = second_leecher(&mut t, 3, true);
     c.handle(Message::Request(block(3, 0)), t.now, &mut t.st)
