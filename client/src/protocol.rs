@@ -1256,12 +1256,14 @@ impl Connection {
             };
             // A second copy of `piece` would take link from first copies
             // still on their way (this one among them, or others) — for a
-            // while: a receiver may be slow or silent.
+            // while: a receiver may be slow or silent. Once every piece
+            // went out, only a second copy of a piece whose first has not
+            // arrived yet waits (its receiver will soon pass it on); a
+            // copy of one that arrived adds to what the swarm can share.
             let arrived = |p: u32| st.picker.availability(p) > 0;
             let second = spread.copies(piece) > 0
-                && spread.any_unsent()
                 && ((!arrived(piece) && spread.first_copy_recent(piece, now))
-                    || spread.first_copy_on_its_way(arrived, now));
+                    || (spread.any_unsent() && spread.first_copy_on_its_way(arrived, now)));
             if instead.is_some() || second {
                 tracing::debug!(target: "shoal::spread", peer = %self.ident.addr, piece, copies = spread.copies(piece), ?instead, second, declined = self.declined, turned, "turn away");
                 let e = self.redirected.entry(piece).or_insert((0, now));

@@ -750,11 +750,12 @@ fn a_piece_on_its_way_to_one_peer_is_not_sent_to_another_until_it_arrived() {
 }
 
 #[test]
-fn once_every_piece_went_out_second_copies_are_not_held_back() {
-    // Every piece went to the first peer, none arrived yet. The first
-    // copies still on their way are queued already: holding second copies
-    // back now would only leave the link to the few connections carrying
-    // them, so the second peer gets what it asks for.
+fn once_every_piece_went_out_second_copies_of_arrived_pieces_are_not_held_back() {
+    // Every piece went to the first peer; only 3 arrived yet. The first
+    // copies still on their way are queued already: holding every second
+    // copy back now would only leave the link to the few connections
+    // carrying them. So the second peer gets 3, but not 4, whose first copy
+    // its receiver will soon pass on.
     let mut t = T::new(true, features(true, false));
     t.recv(Message::HaveNone).unwrap();
     t.cmd(Cmd::Unchoke).unwrap();
@@ -762,11 +763,15 @@ fn once_every_piece_went_out_second_copies_are_not_held_back() {
         t.recv(Message::Request(block(p, 0))).unwrap();
     }
     assert!(rejects(&t.out()).is_empty());
+    t.recv(Message::Have(3)).unwrap();
     let mut b = second_leecher(&mut t, 2, true);
     b.handle(Message::Request(block(3, 0)), t.now, &mut t.st)
         .unwrap();
     assert!(rejects(&sent(&mut b)).is_empty());
     assert_eq!(b.uploads().lock().len(), 1);
+    b.handle(Message::Request(block(4, 0)), t.now, &mut t.st)
+        .unwrap();
+    assert_eq!(rejects(&sent(&mut b)), [block(4, 0)]);
     // A choke gives back the pieces not yet sent to the first peer (the
     // writer took none): then a third copy of 3 waits again.
     t.cmd(Cmd::Choke).unwrap();
