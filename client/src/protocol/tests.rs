@@ -51,6 +51,15 @@ impl T {
         T::with(st, f, false)
     }
 
+    /// A plain seed, unchoking a fast-extension leecher that has nothing
+    /// (the start of every `spread` test).
+    fn seed_unchoking_a_fast_leecher() -> T {
+        let mut t = T::new(true, features(true, false));
+        t.recv(Message::HaveNone).unwrap();
+        t.cmd(Cmd::Unchoke).unwrap();
+        t
+    }
+
     fn with(st: State, f: Features, initial_seeding: bool) -> T {
         T::with_dht(st, f, initial_seeding, None)
     }
@@ -597,9 +606,7 @@ fn sent(c: &mut Connection) -> Vec<Message> {
 
 #[test]
 fn a_seed_points_a_second_asker_at_a_piece_nobody_got_yet() {
-    let mut t = T::new(true, features(true, false));
-    t.recv(Message::HaveNone).unwrap();
-    t.cmd(Cmd::Unchoke).unwrap();
+    let mut t = T::seed_unchoking_a_fast_leecher();
     t.out();
     t.recv(Message::Request(block(0, 0))).unwrap();
     assert_eq!(t.queued(), [block(0, 0)]);
@@ -655,9 +662,7 @@ fn a_seed_points_a_second_asker_at_a_piece_nobody_got_yet() {
 
 #[test]
 fn a_piece_dropped_by_a_choke_is_not_held_for_that_peer() {
-    let mut t = T::new(true, features(true, false));
-    t.recv(Message::HaveNone).unwrap();
-    t.cmd(Cmd::Unchoke).unwrap();
+    let mut t = T::seed_unchoking_a_fast_leecher();
     t.recv(Message::Request(block(0, 0))).unwrap();
     t.recv(Message::Request(block(1, 0))).unwrap();
     // Choked before we sent piece 1 (piece 0 went to the writer): that
@@ -680,9 +685,7 @@ fn a_piece_dropped_by_a_choke_is_not_held_for_that_peer() {
 fn a_peer_that_passes_over_suggestions_is_no_longer_turned_away_for_them() {
     // Like a leecher that wants only some files: it never asks for what we
     // suggest, so after a few it gets what it asks for.
-    let mut t = T::new(true, features(true, false));
-    t.recv(Message::HaveNone).unwrap();
-    t.cmd(Cmd::Unchoke).unwrap();
+    let mut t = T::seed_unchoking_a_fast_leecher();
     for p in 0..10 {
         t.recv(Message::Request(block(p, 0))).unwrap();
         t.recv(Message::Have(p)).unwrap();
@@ -704,9 +707,7 @@ fn a_peer_that_passes_over_suggestions_is_no_longer_turned_away_for_them() {
 
 #[test]
 fn without_fast_a_seed_serves_every_asker() {
-    let mut t = T::new(true, features(true, false));
-    t.recv(Message::HaveNone).unwrap();
-    t.cmd(Cmd::Unchoke).unwrap();
+    let mut t = T::seed_unchoking_a_fast_leecher();
     t.recv(Message::Request(block(0, 0))).unwrap();
     let mut b = second_leecher(&mut t, 2, false);
     b.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
@@ -720,9 +721,7 @@ fn a_piece_on_its_way_to_one_peer_is_not_sent_to_another_until_it_arrived() {
     // The second peer has every piece but 0, which is on its way to the
     // first: nothing less sent to offer, but 0 will soon be at the first
     // peer, so the second is turned away (no suggestion)...
-    let mut t = T::new(true, features(true, false));
-    t.recv(Message::HaveNone).unwrap();
-    t.cmd(Cmd::Unchoke).unwrap();
+    let mut t = T::seed_unchoking_a_fast_leecher();
     t.recv(Message::Request(block(0, 0))).unwrap();
     let (mut b, _rx) = connect(&mut t.st, 2, features(true, false), false, None, t.now);
     let mut bits = Bitfield::new(PIECES);
@@ -756,9 +755,7 @@ fn once_every_piece_went_out_second_copies_of_arrived_pieces_are_not_held_back()
     // copy back now would only leave the link to the few connections
     // carrying them. So the second peer gets 3, but not 4, whose first copy
     // its receiver will soon pass on.
-    let mut t = T::new(true, features(true, false));
-    t.recv(Message::HaveNone).unwrap();
-    t.cmd(Cmd::Unchoke).unwrap();
+    let mut t = T::seed_unchoking_a_fast_leecher();
     for p in 0..PIECES as u32 {
         t.recv(Message::Request(block(p, 0))).unwrap();
     }
@@ -783,9 +780,7 @@ fn once_every_piece_went_out_second_copies_of_arrived_pieces_are_not_held_back()
 
 #[test]
 fn pieces_that_went_to_a_peer_that_left_are_not_counted_or_waited_for() {
-    let mut t = T::new(true, features(true, false));
-    t.recv(Message::HaveNone).unwrap();
-    t.cmd(Cmd::Unchoke).unwrap();
+    let mut t = T::seed_unchoking_a_fast_leecher();
     t.recv(Message::Request(block(0, 0))).unwrap();
     t.recv(Message::Request(block(1, 0))).unwrap();
     t.recv(Message::Have(1)).unwrap();
