@@ -751,17 +751,38 @@ fn a_tracker_refuses_a_port_already_served() {
     assert_eq!(code, 1, "{err}");
     assert!(err.contains("in use"), "{err}");
     // And the UDP side (BEP 15) of the same address: a program's UDP socket
-    // there is refused too, unless UDP is off.
-    let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let listen = udp.local_addr().unwrap().to_string();
-    let (code, err) = tracker_on(dir.path(), &listen);
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        err.contains(&format!("UDP {listen}")) && err.contains("in use"),
-        "{err}"
-    );
-    let (_http_only, at) = start_tracker(&listen, &["--no-udp"]);
-    assert_eq!(at.to_string(), listen);
+    // there is refused too, unless UDP is off. The port's TCP half must be
+    // free for that, so it is held until just before the tracker starts;
+    // another test's connection can still take it in that moment (CI saw
+    // it once), and then the check is retried on another port.
+    for attempt in 1.. {
+        let (udp, listen) = udp_port_with_tcp_free();
+        let (code, err) = tracker_on(dir.path(), &listen);
+        assert_eq!(code, 1, "{err}");
+        if !err.contains("UDP") && attempt < 5 {
+            continue;
+        }
+        assert!(
+            err.contains(&format!("UDP {listen}")) && err.contains("in use"),
+            "{err}"
+        );
+        let (_http_only, at) = start_tracker(&listen, &["--no-udp"]);
+        assert_eq!(at.to_string(), listen);
+        drop(udp);
+        break;
+    }
+}
+
+/// A UDP socket on 127.0.0.1 whose port has a free TCP half (held until
+/// this returns), and its address.
+fn udp_port_with_tcp_free() -> (std::net::UdpSocket, String) {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let at = tcp.local_addr().unwrap();
+        if let Ok(udp) = std::net::UdpSocket::bind(at) {
+            return (udp, at.to_string());
+        }
+    }
 }
 
 /// A tracker on `listen` that should fail at once: its exit code and
