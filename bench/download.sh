@@ -26,6 +26,9 @@
 #   to it before anything is timed. DHT, LSD, PEX and uTP are off everywhere.
 #   shoal -> shoal is a separate measurement: `shoal seed --no-trackers` and
 #   `shoal download --no-trackers --peer` (no tracker involved).
+# - CPU: user + system seconds of the client process and, for downloads
+#   from the libtorrent seed, of the seed during the run (2 cores: the two
+#   share them, so a client that costs its seed more CPU is slowed by it).
 # - Time: wall time of the whole client process, from exec to exit (start-up,
 #   tracker round trip, download, hash checks, shutdown; shoal also
 #   fdatasyncs its data before exiting, the others leave it in the page
@@ -207,16 +210,18 @@ download() {
         cmd=(rqbit --disable-dht download -o "$dir" --exit-on-finish "$TMP/t.torrent") ;;
     esac
     sync # nothing of earlier runs left to write back during this one
-    local t0 t1 rc=0
+    local t0 t1 rc=0 seed0 seed1
+    seed0=$(cpu_of "$LT_SEED_PID")
     t0=$(date +%s.%N)
     # In the background, so that a signal to this script is handled at once
     # (cleanup kills timeout, which passes the signal to its process group).
-    env -u RUST_LOG timeout "$TIMEOUT" /usr/bin/time -f '%e %M' -o "$TMP/time" \
+    env -u RUST_LOG timeout "$TIMEOUT" /usr/bin/time -f '%e %M %U %S' -o "$TMP/time" \
         "${cmd[@]}" >"$TMP/$client.out" 2>"$TMP/$client.err" &
     local pid=$!
     PIDS+=("$pid")
     wait "$pid" || rc=$?
     t1=$(date +%s.%N)
+    seed1=$(cpu_of "$LT_SEED_PID")
     forget_pid "$pid"
     if [ "$rc" -ne 0 ]; then
         LAST="FAILED (exit $rc; see below)"
@@ -234,11 +239,14 @@ download() {
         return 0
     fi
     rm -rf "$dir"
-    local wall rss
+    local wall rss cpu
     wall=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
     rss=$(awk 'END { print $2 }' "$TMP/time")
+    cpu=$(awk 'END { printf "%.2f", $3 + $4 }' "$TMP/time")
     echo "$wall" >>"$TMP/$client.wall"
     echo "$rss" >>"$TMP/$client.rss"
+    echo "$cpu" >>"$TMP/$client.cpu"
+    awk -v a="$seed0" -v b="$seed1" 'BEGIN { printf "%.2f\n", b - a }' >>"$TMP/$client.seedcpu"
     case $client in
     shoal | shoal2shoal | libtorrent)
         own=$(sed -n 's/.*"seconds": *\([0-9.]*\).*/\1/p' "$TMP/$client.out" | tail -n1)
@@ -249,6 +257,11 @@ download() {
         printf "%6.2f s", w
         if (o != "") printf " (own %.2f)", o
         printf " %5.0f MiB", r / 1024 }')
+    [ "$client" = shoal2shoal ] || LAST+=$(printf ', CPU %s s, lt seed CPU %s s' "$cpu" "$(tail -n1 "$TMP/$client.seedcpu")")
+}
+
+cpu_of() { # PID: its user + system CPU seconds so far
+    sed 's/^.*) //' "/proc/$1/stat" | awk -v hz="$(getconf CLK_TCK)" '{ printf "%.2f", ($12 + $13) / hz }'
 }
 
 median() { sort -g | awk '{ v[NR] = $1 } END { if (NR == 0) exit; if (NR % 2) m = v[(NR + 1) / 2]; else m = (v[NR / 2] + v[NR / 2 + 1]) / 2; printf "%.3f", m }'; }
@@ -297,10 +310,13 @@ for c in "${CLIENTS[@]}" shoal2shoal; do
         continue
     fi
     m=$(med "$c.wall")
-    awk -v l="$label" -v m="$m" -v o="$(med "$c.own")" -v rss="$(maxof "$c.rss")" -v n="$n" -v reps="$REPS" -v s="$BYTES" 'BEGIN {
+    awk -v l="$label" -v m="$m" -v o="$(med "$c.own")" -v rss="$(maxof "$c.rss")" -v n="$n" -v reps="$REPS" -v s="$BYTES" \
+        -v cpu="$(med "$c.cpu")" -v scpu="$(med "$c.seedcpu")" -v seeded="$([ "$c" = shoal2shoal ] || echo 1)" 'BEGIN {
         printf "  %-13s median %6.2f s (%5.0f MB/s)", l, m, s / m / 1e6
         if (o != "") printf ", own figure %6.2f s", o
         printf ", peak RSS %5.0f MiB", rss / 1024
+        printf ", CPU %.2f s", cpu
+        if (seeded) printf ", libtorrent seed CPU %.2f s", scpu
         if (n < reps) printf "  [%d of %d runs succeeded]", n, reps
         printf "\n"
     }'

@@ -59,6 +59,10 @@ const MAX_FORGIVEN: usize = 2048;
 /// (it would rather send a piece fewer peers have, see
 /// [`crate::spread`]), and the piece may be had nowhere else.
 pub const REJECTED_RETRY: Duration = Duration::from_secs(1);
+/// How long a peer's early rate is measured before it sets the request
+/// queue ([`Connection::early_rate`]): long enough for a few blocks on a
+/// slow link, short against a download that takes seconds.
+const EARLY_SPAN: Duration = Duration::from_millis(100);
 /// Pieces a peer suggested (`suggest_piece`) that we remember.
 const MAX_SUGGESTED: usize = 8;
 /// How long a peer may be turned away from a piece ([`crate::spread`]),
@@ -267,6 +271,10 @@ pub struct Connection {
     forgiven: HashSet<BlockRef>,
     last_block: Instant,
     last_recv: Instant,
+    /// When the first block since it last unchoked us arrived, and the
+    /// bytes of the blocks after it: its rate before the session's meter
+    /// has a sample ([`Connection::early_rate`]).
+    early: Option<(Instant, u64)>,
     snubbed: bool,
     snub_after: Duration,
     /// Encoded messages not yet handed to the transport.
@@ -344,6 +352,7 @@ impl Connection {
             forgiven: HashSet::new(),
             last_block: now,
             last_recv: now,
+            early: None,
             snubbed: false,
             snub_after: s.snub_after,
             out: Vec::new(),
@@ -507,6 +516,7 @@ impl Connection {
             }
             Message::Unchoke => {
                 self.peer_choking = false;
+                self.early = None;
                 self.rejected.clear();
                 self.rejected_at = None;
                 self.request_more(st, now);
@@ -959,6 +969,19 @@ impl Connection {
         }
     }
 
+    /// Its rate since the first block after it last unchoked us, once
+    /// that spans [`EARLY_SPAN`] and four blocks. Until the session's
+    /// one-second meter has a sample, [`crate::session::QUEUE_START`] requests would
+    /// otherwise be all a fast peer is asked for: on loopback that is one
+    /// to two seconds at a quarter of its speed, most of a 1 GiB download
+    /// (`bench/download.sh`).
+    fn early_rate(&self, now: Instant) -> Option<u64> {
+        let (since, bytes) = self.early?;
+        let span = now.saturating_duration_since(since);
+        (span >= EARLY_SPAN && bytes >= 4 * u64::from(BLOCK))
+            .then(|| (bytes as u128 * 1000 / span.as_millis()) as u64)
+    }
+
     /// Tops up the request pipeline: anything it has while it unchokes
     /// us, only its allowed-fast pieces while it chokes us.
     fn request_more(&mut self, st: &mut State, now: Instant) {
@@ -972,7 +995,7 @@ impl Connection {
         let depth = if self.snubbed {
             1
         } else {
-            st.queue_depth(self.key)
+            st.queue_depth(self.key, self.early_rate(now))
         }
         .min(self.peer_reqq);
         let room = depth.saturating_sub(self.inflight.len());
@@ -1324,6 +1347,10 @@ impl Connection {
         let len = u64::from(b.length);
         self.last_block = now;
         self.snubbed = false;
+        match &mut self.early {
+            Some((_, bytes)) => *bytes += len,
+            None => self.early = Some((now, 0)),
+        }
         self.counters.down.fetch_add(len, Ordering::Relaxed);
         self.totals.down.fetch_add(len, Ordering::Relaxed);
         let (cancel, last) = match st.picker.received(self.key, b) {

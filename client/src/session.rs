@@ -359,13 +359,17 @@ impl State {
 
     /// Target number of outstanding requests to a peer: its rate times
     /// [`QUEUE_TIME`], in blocks, between 8 and 500 (the bandwidth-delay
-    /// rule); [`QUEUE_START`] before it has sent anything.
-    pub fn queue_depth(&self, key: PeerKey) -> usize {
+    /// rule). The rate is the session's meter, or, until that has its
+    /// first sample (one to two seconds in), `early`: the connection's own
+    /// measure since the peer began to send. [`QUEUE_START`] before either.
+    pub fn queue_depth(&self, key: PeerKey, early: Option<u64>) -> usize {
         let rate = self.peers.get(&key).map_or(0, |p| p.down.rate());
-        if rate == 0 {
-            QUEUE_START
-        } else {
-            (rate * QUEUE_TIME.as_millis() as u64 / 1000 / u64::from(BLOCK)).clamp(8, 500) as usize
+        match (rate, early) {
+            (0, None) => QUEUE_START,
+            (0, Some(rate)) | (rate, _) => {
+                (rate * QUEUE_TIME.as_millis() as u64 / 1000 / u64::from(BLOCK)).clamp(8, 500)
+                    as usize
+            }
         }
     }
 

@@ -480,6 +480,47 @@ fn interest_then_requests_after_unchoke() {
     assert_eq!(t.out(), [Message::Have(4), Message::NotInterested]);
 }
 
+/// Before the session's one-second meter has a sample, the request queue
+/// follows the rate measured since the peer began to send: a fast peer is
+/// asked for more than `QUEUE_START` within 100 ms, a slow one is not, and
+/// an unchoke starts the measure again.
+#[test]
+fn the_early_rate_sets_the_queue_until_the_meter_has_a_sample() {
+    let start = crate::session::QUEUE_START;
+    let mut t = T::new(false, features(true, false));
+    t.out();
+    let mut reqs = t.seeded_and_unchoked();
+    assert_eq!(reqs.len(), start);
+    // Five blocks at once: too short a span to measure.
+    for b in reqs.drain(..5) {
+        t.recv(piece(b)).unwrap();
+    }
+    reqs.extend(requests(&t.out()));
+    assert!(reqs.len() <= start, "{}", reqs.len());
+    // Two more 100 ms later: 5 or 6 blocks in 0.1 s, about 1 MB/s, is a
+    // queue of 50 to 60.
+    t.now += Duration::from_millis(100);
+    for b in reqs.drain(..2) {
+        t.recv(piece(b)).unwrap();
+    }
+    reqs.extend(requests(&t.out()));
+    assert!(reqs.len() > 40, "{}", reqs.len());
+    // A choke and an unchoke forget it; then a slow peer: a block every
+    // 100 ms (160 KB/s, a queue of 10) is never asked for more than
+    // `QUEUE_START` at once, and soon for fewer.
+    t.recv(Message::Choke).unwrap();
+    t.recv(Message::Unchoke).unwrap();
+    let mut reqs: Vec<_> = reqs.drain(..start).collect();
+    for _ in 0..10 {
+        let b = reqs.remove(0);
+        t.recv(piece(b)).unwrap();
+        reqs.extend(requests(&t.out()));
+        assert!(reqs.len() <= start, "{}", reqs.len());
+        t.now += Duration::from_millis(100);
+    }
+    assert!(reqs.len() <= 10, "{}", reqs.len());
+}
+
 #[test]
 fn a_block_we_never_asked_for_ends_the_connection() {
     let mut t = T::new(false, features(true, false));
