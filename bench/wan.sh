@@ -66,6 +66,8 @@
 #        PEER_LOG="..." (RUST_LOG for the shoal peers; with KEEP=1, e.g.
 #          "warn,shoal=info,client=info,shoal::slots=debug,shoal::spread=debug":
 #          each second's upload slots, and the seed's turn-aways)
+#        DUMP_TX=FILE (each host's sampled link counters of the last run;
+#          bench/wan/links.py FILE prints every host's link use per second)
 #        RESULTS=FILE (keep every run's JSON line there) KEEP=1 (keep each
 #        run's directory: peers' stderr, the torrent, the copies)
 #        CAPTURE=1: also capture the seed's link (bench/wan/seedcap.py, a

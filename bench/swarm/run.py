@@ -415,6 +415,10 @@ def link_figures():
 
 size_bytes = os.path.getsize(src)
 links = link_figures() if sampling else {}
+if sampling and os.environ.get("DUMP_TX"):
+    with open(os.environ["DUMP_TX"], "w") as f:
+        json.dump({"t0": t0, "complete": {l.tag: l.complete_at - t0 for l in leechers},
+                   "tx": {p.tag: p.tx for p in [seed] + leechers}}, f)
 cpu_leech = sum(l.cpu() for l in leechers)
 cpu_seed = seed.cpu() - seed_cpu0
 cpu_tracker = tracker.cpu() - tracker_cpu0
