@@ -271,9 +271,10 @@ pub struct Connection {
     forgiven: HashSet<BlockRef>,
     last_block: Instant,
     last_recv: Instant,
-    /// When the first block since it last unchoked us arrived, and the
-    /// bytes of the blocks after it: its rate before the session's meter
-    /// has a sample ([`Connection::early_rate`]).
+    /// When the first block since it last unchoked us (or since it last
+    /// had all our requests answered, or was snubbed) arrived, and the
+    /// bytes of the blocks after it: its rate while the session's meter
+    /// says 0 ([`Connection::early_rate`]).
     early: Option<(Instant, u64)>,
     snubbed: bool,
     snub_after: Duration,
@@ -515,8 +516,10 @@ impl Connection {
                 }
             }
             Message::Unchoke => {
+                if self.peer_choking {
+                    self.early = None;
+                }
                 self.peer_choking = false;
-                self.early = None;
                 self.rejected.clear();
                 self.rejected_at = None;
                 self.request_more(st, now);
@@ -874,6 +877,7 @@ impl Connection {
                 );
             }
             self.snubbed = true;
+            self.early = None;
             self.release_all(st);
         }
         if let Some(init) = &mut self.initial {
@@ -969,8 +973,9 @@ impl Connection {
         }
     }
 
-    /// Its rate since the first block after it last unchoked us, once
-    /// that spans [`EARLY_SPAN`] and four blocks. Until the session's
+    /// Its rate since the first block after it last unchoked us (or had
+    /// answered all our requests, or was snubbed), once that spans
+    /// [`EARLY_SPAN`] and four blocks. Until the session's
     /// one-second meter has a sample, [`crate::session::QUEUE_START`] requests would
     /// otherwise be all a fast peer is asked for: on loopback that is one
     /// to two seconds at a quarter of its speed, most of a 1 GiB download
@@ -1347,7 +1352,10 @@ impl Connection {
         let len = u64::from(b.length);
         self.last_block = now;
         self.snubbed = false;
+        // A peer that delivered all we asked was waiting for us, not
+        // sending: its early rate starts again with our next requests.
         match &mut self.early {
+            _ if self.inflight.is_empty() => self.early = None,
             Some((_, bytes)) => *bytes += len,
             None => self.early = Some((now, 0)),
         }

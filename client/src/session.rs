@@ -359,9 +359,10 @@ impl State {
 
     /// Target number of outstanding requests to a peer: its rate times
     /// [`QUEUE_TIME`], in blocks, between 8 and 500 (the bandwidth-delay
-    /// rule). The rate is the session's meter, or, until that has its
-    /// first sample (one to two seconds in), `early`: the connection's own
-    /// measure since the peer began to send. [`QUEUE_START`] before either.
+    /// rule). The rate is the session's meter, or, while that says 0 (it
+    /// has its first sample one to two seconds in), `early`: the
+    /// connection's own measure since the peer began to send.
+    /// [`QUEUE_START`] before either.
     pub fn queue_depth(&self, key: PeerKey, early: Option<u64>) -> usize {
         let rate = self.peers.get(&key).map_or(0, |p| p.down.rate());
         match (rate, early) {

@@ -482,8 +482,8 @@ fn interest_then_requests_after_unchoke() {
 
 /// Before the session's one-second meter has a sample, the request queue
 /// follows the rate measured since the peer began to send: a fast peer is
-/// asked for more than `QUEUE_START` within 100 ms, a slow one is not, and
-/// an unchoke starts the measure again.
+/// asked for more than `QUEUE_START` within 100 ms, a slow one for fewer,
+/// and a new unchoke starts the measure again.
 #[test]
 fn the_early_rate_sets_the_queue_until_the_meter_has_a_sample() {
     let start = crate::session::QUEUE_START;
@@ -495,30 +495,36 @@ fn the_early_rate_sets_the_queue_until_the_meter_has_a_sample() {
     for b in reqs.drain(..5) {
         t.recv(piece(b)).unwrap();
     }
-    reqs.extend(requests(&t.out()));
-    assert!(reqs.len() <= start, "{}", reqs.len());
+    t.out();
+    assert!(t.conn.inflight.len() <= start, "{}", t.conn.inflight.len());
     // Two more 100 ms later: 5 or 6 blocks in 0.1 s, about 1 MB/s, is a
     // queue of 50 to 60.
     t.now += Duration::from_millis(100);
     for b in reqs.drain(..2) {
         t.recv(piece(b)).unwrap();
     }
-    reqs.extend(requests(&t.out()));
-    assert!(reqs.len() > 40, "{}", reqs.len());
-    // A choke and an unchoke forget it; then a slow peer: a block every
-    // 100 ms (160 KB/s, a queue of 10) is never asked for more than
-    // `QUEUE_START` at once, and soon for fewer.
+    t.out();
+    assert!(t.conn.inflight.len() > 40, "{}", t.conn.inflight.len());
+    // A choke and an unchoke forget it; a repeated unchoke does not.
+    t.recv(Message::Unchoke).unwrap();
+    assert!(t.conn.early.is_some());
     t.recv(Message::Choke).unwrap();
     t.recv(Message::Unchoke).unwrap();
-    let mut reqs: Vec<_> = reqs.drain(..start).collect();
-    for _ in 0..10 {
-        let b = reqs.remove(0);
+    assert!(t.conn.early.is_none());
+
+    // A slow peer: a block every 100 ms (160 KB/s, a queue of 10) is
+    // asked for no more than `QUEUE_START` at once, then for 10.
+    let mut t = T::new(false, features(true, false));
+    t.out();
+    t.seeded_and_unchoked();
+    for _ in 0..12 {
+        let b = t.conn.inflight[0];
         t.recv(piece(b)).unwrap();
-        reqs.extend(requests(&t.out()));
-        assert!(reqs.len() <= start, "{}", reqs.len());
+        t.out();
+        assert!(t.conn.inflight.len() <= start, "{}", t.conn.inflight.len());
         t.now += Duration::from_millis(100);
     }
-    assert!(reqs.len() <= 10, "{}", reqs.len());
+    assert!(t.conn.inflight.len() <= 10, "{}", t.conn.inflight.len());
 }
 
 #[test]
