@@ -65,7 +65,10 @@
 #          tree's, e.g. to compare two builds in turn)
 #        PEER_LOG="..." (RUST_LOG for the shoal peers; with KEEP=1, e.g.
 #          "warn,shoal=info,client=info,shoal::slots=debug,shoal::spread=debug":
-#          each second's upload slots, and the seed's turn-aways)
+#          each second's upload slots, and the seed's turn-aways;
+#          shoal::demand=debug: every second, per connection, what we lack
+#          of the peer's pieces, our requests in flight and queue depth, and
+#          its requests queued at us)
 #        DUMP_TX=FILE (each host's sampled link counters of the last run;
 #          bench/wan/links.py FILE prints every host's link use per second)
 #        RESULTS=FILE (keep every run's JSON line there) KEEP=1 (keep each

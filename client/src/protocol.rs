@@ -865,6 +865,24 @@ impl Connection {
         if now.duration_since(self.last_recv) > IDLE_TIMEOUT {
             return Err(Close::Idle);
         }
+        if tracing::enabled!(target: "shoal::demand", tracing::Level::DEBUG) {
+            let p = st.peers.get(&self.key);
+            tracing::debug!(
+                target: "shoal::demand",
+                peer = %self.ident.addr,
+                // Our side as a downloader from it.
+                interested = self.am_interested,
+                choked = self.peer_choking,
+                lacking = self.lacking,
+                inflight = self.inflight.len(),
+                depth = st.queue_depth(self.key, self.early_rate(now)),
+                // Its side as a downloader from us.
+                it_interested = p.is_some_and(|p| p.interested),
+                we_choke = self.am_choking,
+                queued = self.uploads.lock().len(),
+                "demand"
+            );
+        }
         if !self.inflight.is_empty() && now.duration_since(self.last_block) > self.snub_after {
             // Snubbed: its requests go back to the pool for others (again
             // and again while it stays silent: one block at a time is all
