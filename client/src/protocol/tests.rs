@@ -38,12 +38,7 @@ impl T {
     /// pieces (a seed does not).
     fn all_but_one(f: Features) -> T {
         let mut st = test_state(PIECES, false);
-        let set = fast::allowed_fast_set(
-            "10.0.0.9".parse().unwrap(),
-            &st.info.info_hash(),
-            PIECES as u32,
-            fast::ALLOWED_FAST,
-        );
+        let set = allowed_fast_of_the_peer(&st);
         let lacking = (0..PIECES as u32).rev().find(|p| !set.contains(p)).unwrap();
         for p in (0..PIECES).filter(|&p| p as u32 != lacking) {
             st.have.set(p);
@@ -105,6 +100,16 @@ impl T {
         self.recv(Message::Unchoke).unwrap();
         requests(&self.out())
     }
+}
+
+/// The allowed-fast set (BEP 6) of the test peer, 10.0.0.9.
+fn allowed_fast_of_the_peer(st: &State) -> Vec<u32> {
+    fast::allowed_fast_set(
+        "10.0.0.9".parse().unwrap(),
+        &st.info.info_hash(),
+        PIECES as u32,
+        fast::ALLOWED_FAST,
+    )
 }
 
 /// A started connection to peer 10.0.0.`n` on `st`.
@@ -214,13 +219,7 @@ fn a_fast_seed_sends_have_all_and_its_extended_handshake_but_no_allowed_fast() {
             _ => None,
         })
         .collect();
-    let expected = fast::allowed_fast_set(
-        "10.0.0.9".parse().unwrap(),
-        &t.st.info.info_hash(),
-        PIECES as u32,
-        fast::ALLOWED_FAST,
-    );
-    assert_eq!(allowed, expected);
+    assert_eq!(allowed, allowed_fast_of_the_peer(&t.st));
 }
 
 #[test]
@@ -239,12 +238,7 @@ fn first_messages_follow_what_we_have_and_what_was_negotiated() {
     assert_eq!(msgs.len(), 2, "bitfield and extended handshake: {msgs:?}");
     // Fast with some pieces: a bitfield, then allowed-fast only for those.
     let mut st = test_state(PIECES, false);
-    let set = fast::allowed_fast_set(
-        "10.0.0.9".parse().unwrap(),
-        &st.info.info_hash(),
-        PIECES as u32,
-        fast::ALLOWED_FAST,
-    );
+    let set = allowed_fast_of_the_peer(&st);
     st.have.set(set[0] as usize);
     let mut t = T::with(st, features(true, false), false);
     let msgs = t.out();
