@@ -270,21 +270,8 @@ impl Picker {
         max: usize,
         rng: &mut R,
     ) -> Vec<BlockRef> {
-        let mut out = Vec::new();
         // 1. Free blocks of started pieces the peer has, lowest first.
-        let mut from = 0u32;
-        while out.len() < max {
-            let Some(&piece) = self.open.range(from..).next() else {
-                break;
-            };
-            if has(piece as usize) {
-                self.take_free(key, piece, max, &mut out);
-            }
-            let Some(next) = piece.checked_add(1) else {
-                break;
-            };
-            from = next;
-        }
+        let mut out = self.pick_started(key, &has, max);
         if out.len() >= max {
             return out;
         }
@@ -322,6 +309,34 @@ impl Picker {
                     }
                 }
             }
+        }
+        out
+    }
+
+    /// Up to `max` free blocks of pieces already started that the peer
+    /// has (`has`), lowest index first: a started piece is finished before
+    /// another is begun, whoever suggested the other (a piece left short
+    /// of a few blocks is one nobody can share, and one its only source
+    /// may count as sent).
+    pub fn pick_started(
+        &mut self,
+        key: PeerKey,
+        has: impl Fn(usize) -> bool,
+        max: usize,
+    ) -> Vec<BlockRef> {
+        let mut out = Vec::new();
+        let mut from = 0u32;
+        while out.len() < max {
+            let Some(&piece) = self.open.range(from..).next() else {
+                break;
+            };
+            if has(piece as usize) {
+                self.take_free(key, piece, max, &mut out);
+            }
+            let Some(next) = piece.checked_add(1) else {
+                break;
+            };
+            from = next;
         }
         out
     }

@@ -757,6 +757,7 @@ impl Connection {
             Cmd::Choke => {
                 if !self.am_choking {
                     self.am_choking = true;
+                    tracing::debug!(target: "shoal::chokes", peer = %self.ident.addr, "choke");
                     self.send(&Message::Choke);
                     // With the fast extension a choke cancels nothing
                     // (each request is answered): the piece being sent
@@ -813,6 +814,7 @@ impl Connection {
             Cmd::Unchoke => {
                 if self.am_choking {
                     self.am_choking = false;
+                    tracing::debug!(target: "shoal::chokes", peer = %self.ident.addr, "unchoke");
                     self.send(&Message::Unchoke);
                 }
             }
@@ -1035,9 +1037,10 @@ impl Connection {
                 && (!only_fast || allowed.contains(&(i as u32)))
         };
         let st = &mut *st;
-        // Suggested pieces first (not while it chokes us: then only its
-        // allowed-fast pieces may be asked for).
-        let mut blocks = Vec::new();
+        // Pieces already started first, then suggested pieces (not while
+        // it chokes us: then only its allowed-fast pieces may be asked
+        // for), then the rarest.
+        let mut blocks = st.picker.pick_started(self.key, has, room);
         if !only_fast {
             while let Some(&piece) = self.suggested.front() {
                 if blocks.len() >= room {
@@ -1059,6 +1062,7 @@ impl Connection {
             self.last_block = now;
         }
         for b in blocks {
+            tracing::debug!(target: "shoal::blocks", peer = %self.ident.addr, piece = b.index, off = b.offset, "req");
             self.inflight.push(b);
             self.send(&Message::Request(b));
         }
@@ -1208,6 +1212,14 @@ impl Connection {
         if self.am_choking && !(self.fast && self.allowed_out.contains(&b.index)) {
             // Without the fast extension a request while choked is simply
             // dropped (it may have crossed our choke on the wire).
+            // A piece it will now not get whole from us (the rest of the
+            // one a choke let finish, asked for after the choke) counts
+            // as not sent to it, as the requests the choke dropped do.
+            if let (Some(spread), Some(served)) = (&mut st.spread, &mut self.served) {
+                if served.unset(b.index as usize) {
+                    spread.unsent(b.index);
+                }
+            }
             return self.refuse(b, None);
         }
         if self.uploads.lock().len() >= MAX_UPLOAD_QUEUE {
@@ -1325,6 +1337,7 @@ impl Connection {
     }
 
     fn rejected(&mut self, b: BlockRef, now: Instant, st: &mut State) -> Result<(), Close> {
+        tracing::debug!(target: "shoal::blocks", peer = %self.ident.addr, piece = b.index, off = b.offset, "rej");
         if let Some(i) = self.inflight.iter().position(|x| *x == b) {
             self.inflight.swap_remove(i);
             st.picker.release(self.key, b);
@@ -1368,6 +1381,7 @@ impl Connection {
             return Err(Violation::Unrequested(b).into());
         }
         let len = u64::from(b.length);
+        tracing::debug!(target: "shoal::blocks", peer = %self.ident.addr, piece = b.index, off = b.offset, "got");
         self.last_block = now;
         self.snubbed = false;
         // A peer that delivered all we asked was waiting for us, not

@@ -854,6 +854,50 @@ fn a_suggested_piece_is_asked_for_first() {
 }
 
 #[test]
+fn a_started_piece_is_finished_before_a_suggested_one_is_begun() {
+    // Piece 5 is started: one block asked of another peer, the other
+    // asked of nobody yet. A seed that suggests other pieces (it turns
+    // requests away toward them) must not leave 5 short of that block: a
+    // piece nobody finishes is one nobody can share.
+    let mut t = T::new(false, features(true, false));
+    let other = t.conn.key() + 1000;
+    assert_eq!(t.st.picker.pick_piece(other, 5, 1), [block(5, 0)]);
+    t.recv(Message::SuggestPiece(17)).unwrap();
+    t.recv(Message::SuggestPiece(23)).unwrap();
+    let asked = t.seeded_and_unchoked();
+    assert_eq!(
+        &asked[..5],
+        [
+            block(5, 1),
+            block(17, 0),
+            block(17, 1),
+            block(23, 0),
+            block(23, 1)
+        ]
+    );
+}
+
+#[test]
+fn the_rest_of_a_piece_asked_for_after_a_choke_is_not_held_for_that_peer() {
+    // The choke lets the piece being sent finish, but only the blocks
+    // asked for by then: the rest, asked for after it, is rejected, and
+    // the piece no longer counts as on its way to that peer (it will not
+    // arrive whole), so the next asker gets it at once.
+    let mut t = T::seed_unchoking_a_fast_leecher();
+    t.recv(Message::Request(block(0, 0))).unwrap();
+    t.conn.uploads().take(1);
+    t.cmd(Cmd::Choke).unwrap();
+    t.recv(Message::Request(block(0, 1))).unwrap();
+    assert_eq!(rejects(&t.out()), [block(0, 1)]);
+    assert_eq!(t.st.spread.as_ref().unwrap().copies(0), 0);
+    let mut b = second_leecher(&mut t, 2, true);
+    b.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
+        .unwrap();
+    assert!(rejects(&sent(&mut b)).is_empty());
+    assert_eq!(b.uploads().lock().len(), 1);
+}
+
+#[test]
 fn suggestions_out_of_range_are_ignored() {
     let mut t = T::new(false, features(true, false));
     t.recv(Message::SuggestPiece(u32::MAX)).unwrap();
