@@ -272,12 +272,25 @@ impl Picker {
     ) -> Vec<BlockRef> {
         // 1. Free blocks of started pieces the peer has, lowest first.
         let mut out = self.pick_started(key, &has, max);
-        if out.len() >= max {
-            return out;
+        if out.len() < max {
+            out.extend(self.pick_new(key, has, max - out.len(), rng));
         }
+        out
+    }
+
+    /// [`Picker::pick_where`] without its first step (started pieces): new
+    /// pieces, rarest first, then endgame doubles.
+    pub fn pick_new<R: Rng>(
+        &mut self,
+        key: PeerKey,
+        has: impl Fn(usize) -> bool,
+        max: usize,
+        rng: &mut R,
+    ) -> Vec<BlockRef> {
+        let mut out = Vec::new();
         // 2. New pieces, rarest first, random among equals: as many as
         // the request needs.
-        for piece in self.rarest_new(&has, max - out.len(), rng) {
+        for piece in self.rarest_new(&has, max, rng) {
             self.start(piece);
             self.take_free(key, piece, max, &mut out);
             if out.len() >= max {

@@ -1052,10 +1052,12 @@ impl Connection {
                 }
             }
         }
-        blocks.extend(
-            st.picker
-                .pick_where(self.key, has, room - blocks.len(), &mut st.rng),
-        );
+        if blocks.len() < room {
+            blocks.extend(
+                st.picker
+                    .pick_new(self.key, has, room - blocks.len(), &mut st.rng),
+            );
+        }
         if self.inflight.is_empty() && !blocks.is_empty() {
             // The snub clock starts with the first request, not with the
             // last block (which may be long ago if it kept us choked).
