@@ -68,7 +68,11 @@
 #          each second's upload slots, and the seed's turn-aways;
 #          shoal::demand=debug: every second, per connection, what we lack
 #          of the peer's pieces, our requests in flight and queue depth, and
-#          its requests queued at us)
+#          its requests queued at us); shoal::chokes=debug: each choke and
+#          unchoke we send; shoal::blocks=debug: each request, block,
+#          reject and have (with shoal::pieces=debug and KEEP=1,
+#          bench/wan/spread.py RUN_DIR prints the backlog per second, each
+#          hop's delays, and the seed's first copies)
 #        DUMP_TX=FILE (each host's sampled link counters of the last run;
 #          bench/wan/links.py FILE prints every host's link use per second)
 #        RESULTS=FILE (keep every run's JSON line there) KEEP=1 (keep each

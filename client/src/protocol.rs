@@ -1093,6 +1093,7 @@ impl Connection {
 
     /// The peer announced a piece.
     fn have(&mut self, piece: u32, now: Instant, st: &mut State) -> Result<(), Close> {
+        tracing::debug!(target: "shoal::blocks", peer = %self.ident.addr, piece, "have");
         if self.bitfield.get(piece as usize) {
             // Already known (e.g. after 'have all'): nothing changes.
             return Ok(());
