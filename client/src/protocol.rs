@@ -296,7 +296,8 @@ pub struct Connection {
     rejected: HashSet<u32>,
     /// ... when the first of them was rejected.
     rejected_at: Option<Instant>,
-    /// Pieces it suggested, newest last: asked for first.
+    /// Pieces it suggested, oldest first (the oldest is dropped when it
+    /// is full): asked for in that order, after the pieces we started.
     suggested: VecDeque<u32>,
     /// Plain seeding ([`crate::spread`]): pieces it was served (counted
     /// once each), made at its first request once we are complete...
@@ -312,7 +313,15 @@ pub struct Connection {
     /// ... and how often it asked for yet another piece rather than the
     /// one suggested: a peer that ignores suggestions (or does not want
     /// those pieces: a partial selection) is not turned away for them.
+    /// The suggestions counted so (at most [`MAX_DECLINED`]): one it asks
+    /// for after all shows it was only busy (finishing pieces it had
+    /// started elsewhere), and the count starts again.
     declined: u8,
+    passed_over: Vec<u32>,
+    /// The piece a choke let finish ([`Cmd::Choke`]) until the next
+    /// unchoke: the rest of it, asked for after the choke, will not come
+    /// from us, so it counts as not sent to this peer (once).
+    finishing: Option<u32>,
     /// Most requests it queues (its `reqq`).
     peer_reqq: usize,
     /// Its extended handshake, once received.
@@ -375,6 +384,8 @@ impl Connection {
             suggested_at: None,
             last_turned: None,
             declined: 0,
+            passed_over: Vec::new(),
+            finishing: None,
             peer_reqq: extension::DEFAULT_REQQ,
             ext: None,
             metadata_served: 0,
@@ -590,7 +601,8 @@ impl Connection {
                 }
             }
             // A seed's advice (initial seeding, or the piece it sent to
-            // the fewest): asked for first, if it has it and we lack it.
+            // the fewest): asked for before new pieces (after those we
+            // started), if it has it and we lack it.
             Message::SuggestPiece(piece) => {
                 if (piece as usize) < self.bitfield.len()
                     && !st.picker.have().get(piece as usize)
@@ -771,6 +783,7 @@ impl Connection {
                         let allowed = &self.allowed_out;
                         let fast = self.fast;
                         let current = self.uploads.current();
+                        self.finishing = current.filter(|_| fast);
                         let mut room = current.map_or(0, |p| self.info.piece_size(p as usize));
                         let mut q = self.uploads.lock();
                         let mut keep = VecDeque::new();
@@ -814,6 +827,7 @@ impl Connection {
             Cmd::Unchoke => {
                 if self.am_choking {
                     self.am_choking = false;
+                    self.finishing = None;
                     tracing::debug!(target: "shoal::chokes", peer = %self.ident.addr, "unchoke");
                     self.send(&Message::Unchoke);
                 }
@@ -1215,12 +1229,17 @@ impl Connection {
         if self.am_choking && !(self.fast && self.allowed_out.contains(&b.index)) {
             // Without the fast extension a request while choked is simply
             // dropped (it may have crossed our choke on the wire).
-            // A piece it will now not get whole from us (the rest of the
-            // one a choke let finish, asked for after the choke) counts
-            // as not sent to it, as the requests the choke dropped do.
-            if let (Some(spread), Some(served)) = (&mut st.spread, &mut self.served) {
-                if served.unset(b.index as usize) {
-                    spread.unsent(b.index);
+            // The rest of the piece a choke let finish, asked for after
+            // the choke, will not come from us: that piece counts as not
+            // sent to it, as the requests the choke dropped do (once; any
+            // other piece it asks for now it either got whole or was
+            // given back already).
+            if self.finishing == Some(b.index) {
+                self.finishing = None;
+                if let (Some(spread), Some(served)) = (&mut st.spread, &mut self.served) {
+                    if served.unset(b.index as usize) {
+                        spread.unsent(b.index);
+                    }
                 }
             }
             return self.refuse(b, None);
@@ -1298,7 +1317,11 @@ impl Connection {
                     .is_some_and(|at| now.duration_since(at) >= Duration::from_secs(1))
             {
                 self.declined = self.declined.saturating_add(1);
-                self.last_suggest = None;
+                if let Some(q) = self.last_suggest.take() {
+                    if self.passed_over.len() < usize::from(MAX_DECLINED) {
+                        self.passed_over.push(q);
+                    }
+                }
             }
             let (has, ours, mine) = (&self.bitfield, &st.have, &*served);
             let lacks =
@@ -1334,6 +1357,10 @@ impl Connection {
             }
         }
         served.set(piece as usize);
+        if self.passed_over.contains(&piece) {
+            self.passed_over.clear();
+            self.declined = 0;
+        }
         tracing::debug!(target: "shoal::spread", peer = %self.ident.addr, piece, copies = spread.copies(piece), may_turn, declined = self.declined, turned, "serve");
         spread.sent(piece, now);
         None

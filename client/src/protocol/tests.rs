@@ -747,6 +747,40 @@ fn a_peer_that_passes_over_suggestions_is_no_longer_turned_away_for_them() {
 }
 
 #[test]
+fn a_peer_that_takes_our_suggestions_late_is_still_pointed_at_them() {
+    // Like a leecher that first finishes pieces it started with others:
+    // it asks for another piece a while after each suggestion, and then
+    // for the suggestion. It does take them, so it is never counted as
+    // one that passes them over (compare the test above).
+    let mut t = T::seed_unchoking_a_fast_leecher();
+    for p in 0..10 {
+        t.recv(Message::Request(block(p, 0))).unwrap();
+        t.recv(Message::Have(p)).unwrap();
+    }
+    let mut b = second_leecher(&mut t, 2, true);
+    let mut now = t.now;
+    let mut suggested = None;
+    for p in 0..10u32 {
+        now += Duration::from_secs(2);
+        b.handle(Message::Request(block(p, 0)), now, &mut t.st)
+            .unwrap();
+        let msgs = sent(&mut b);
+        assert_eq!(rejects(&msgs), [block(p, 0)], "round {p}");
+        if let Some(q) = suggested.take() {
+            b.handle(Message::Request(block(q, 0)), now, &mut t.st)
+                .unwrap();
+            assert!(rejects(&sent(&mut b)).is_empty(), "round {p}");
+            b.handle(Message::Have(q), now, &mut t.st).unwrap();
+        }
+        suggested = msgs.iter().find_map(|m| match m {
+            Message::SuggestPiece(q) => Some(*q),
+            _ => None,
+        });
+        assert!(suggested.is_some(), "round {p}: {msgs:?}");
+    }
+}
+
+#[test]
 fn without_fast_a_seed_serves_every_asker() {
     let mut t = T::seed_unchoking_a_fast_leecher();
     t.recv(Message::Request(block(0, 0))).unwrap();
@@ -884,12 +918,23 @@ fn the_rest_of_a_piece_asked_for_after_a_choke_is_not_held_for_that_peer() {
     // the piece no longer counts as on its way to that peer (it will not
     // arrive whole), so the next asker gets it at once.
     let mut t = T::seed_unchoking_a_fast_leecher();
+    // Piece 1 went whole; then piece 0's first block, and the choke.
+    t.recv(Message::Request(block(1, 0))).unwrap();
+    t.recv(Message::Request(block(1, 1))).unwrap();
     t.recv(Message::Request(block(0, 0))).unwrap();
-    t.conn.uploads().take(1);
+    t.conn.uploads().take(3);
     t.cmd(Cmd::Choke).unwrap();
+    let copies = |t: &T, p| t.st.spread.as_ref().unwrap().copies(p);
+    // Asking again for a piece it got whole changes nothing (a peer
+    // cannot talk the counts down)...
+    t.recv(Message::Request(block(1, 0))).unwrap();
+    assert_eq!(rejects(&t.out()), [block(1, 0)]);
+    assert_eq!(copies(&t, 1), 1);
+    // ...the rest of piece 0 gives piece 0 back, once.
     t.recv(Message::Request(block(0, 1))).unwrap();
-    assert_eq!(rejects(&t.out()), [block(0, 1)]);
-    assert_eq!(t.st.spread.as_ref().unwrap().copies(0), 0);
+    t.recv(Message::Request(block(0, 1))).unwrap();
+    assert_eq!(rejects(&t.out()), [block(0, 1), block(0, 1)]);
+    assert_eq!((copies(&t, 0), copies(&t, 1)), (0, 1));
     let mut b = second_leecher(&mut t, 2, true);
     b.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
         .unwrap();
