@@ -722,16 +722,24 @@ fn a_piece_dropped_by_a_choke_is_not_held_for_that_peer() {
     assert_eq!(b.uploads().lock().len(), 1);
 }
 
-#[test]
-fn a_peer_that_passes_over_suggestions_is_no_longer_turned_away_for_them() {
-    // Like a leecher that wants only some files: it never asks for what we
-    // suggest, so after a few it gets what it asks for.
+/// A seed whose first leecher got and announced pieces 0 to 9, and a
+/// second leecher 10.0.0.2 that has nothing (it will be pointed at
+/// pieces never sent when it asks for those ten).
+fn seed_with_ten_pieces_out_and_a_second_leecher() -> (T, Connection) {
     let mut t = T::seed_unchoking_a_fast_leecher();
     for p in 0..10 {
         t.recv(Message::Request(block(p, 0))).unwrap();
         t.recv(Message::Have(p)).unwrap();
     }
-    let mut b = second_leecher(&mut t, 2, true);
+    let b = second_leecher(&mut t, 2, true);
+    (t, b)
+}
+
+#[test]
+fn a_peer_that_passes_over_suggestions_is_no_longer_turned_away_for_them() {
+    // Like a leecher that wants only some files: it never asks for what we
+    // suggest, so after a few it gets what it asks for.
+    let (mut t, mut b) = seed_with_ten_pieces_out_and_a_second_leecher();
     let mut now = t.now;
     let mut served_at = None;
     for p in 0..10u32 {
@@ -752,12 +760,7 @@ fn a_peer_that_takes_our_suggestions_late_is_still_pointed_at_them() {
     // it asks for another piece a while after each suggestion, and then
     // for the suggestion. It does take them, so it is never counted as
     // one that passes them over (compare the test above).
-    let mut t = T::seed_unchoking_a_fast_leecher();
-    for p in 0..10 {
-        t.recv(Message::Request(block(p, 0))).unwrap();
-        t.recv(Message::Have(p)).unwrap();
-    }
-    let mut b = second_leecher(&mut t, 2, true);
+    let (mut t, mut b) = seed_with_ten_pieces_out_and_a_second_leecher();
     let mut now = t.now;
     let mut suggested = None;
     for p in 0..10u32 {
