@@ -131,13 +131,13 @@ pub enum SessionError {
 }
 
 /// How far ahead we ask a peer, as time at its rate. Requests wait in
-/// the peer's queue in order, so each second here is a second before a
-/// piece asked for now arrives and can be passed on: on the WAN testbed
-/// (`bench/wan.sh`) libtorrent's three seconds made every hop of a piece
-/// through the swarm take about that long, and one second was faster
-/// (half a second starved the links). It still covers round trips of
-/// several hundred milliseconds.
-pub const QUEUE_TIME: Duration = Duration::from_secs(1);
+/// the peer's queue in order, so this is time before a piece asked for now
+/// arrives and can be passed on: on the WAN testbed (`bench/wan.sh`)
+/// libtorrent's three seconds made every hop of a piece through the swarm
+/// take about that long. Half a second gave 0.3 s (N = 8) to 0.5 s
+/// (N = 24) faster swarms than one second, interleaved with it; it still
+/// covers round trips of a few hundred milliseconds.
+pub const QUEUE_TIME: Duration = Duration::from_millis(500);
 /// Requests to a peer before its rate is known: one 256 KiB piece.
 pub const QUEUE_START: usize = 16;
 
