@@ -131,13 +131,18 @@ pub enum SessionError {
 }
 
 /// How far ahead we ask a peer, as time at its rate. Requests wait in
-/// the peer's queue in order, so this is time before a piece asked for now
-/// arrives and can be passed on: on the WAN testbed (`bench/wan.sh`)
-/// libtorrent's three seconds made every hop of a piece through the swarm
-/// take about that long. Half a second gave 0.3 s (N = 8) to 0.5 s
-/// (N = 24) faster swarms than one second, interleaved with it; it still
-/// covers round trips of a few hundred milliseconds.
-pub const QUEUE_TIME: Duration = Duration::from_millis(500);
+/// the peer's queue in order, so each second here is a second before a
+/// piece asked for now arrives and can be passed on: on the WAN testbed
+/// (`bench/wan.sh`) libtorrent's three seconds made every hop of a piece
+/// through the swarm take about that long, and one second was faster.
+/// Half a second is faster still there, but a peer that answers slowly
+/// then starves us: the queue is the rate times this, and the rate is the
+/// queue over the peer's answer time, so below that time both shrink
+/// together. Transmission as a seed (the `client_interop` netns test, 52 MB
+/// in 32 KiB pieces) took 14 s at 4 s, 16 s at 2 s, 22 s at 1 s, and did
+/// not finish within 80 s at 0.5 s. One fixed time cannot suit both: a
+/// queue per peer that grows while growing it raises the rate would.
+pub const QUEUE_TIME: Duration = Duration::from_secs(1);
 /// Requests to a peer before its rate is known: one 256 KiB piece.
 pub const QUEUE_START: usize = 16;
 

@@ -491,21 +491,14 @@ fn the_early_rate_sets_the_queue_until_the_meter_has_a_sample() {
     }
     t.out();
     assert!(t.conn.inflight.len() <= start, "{}", t.conn.inflight.len());
-    // Two more 100 ms later: 5 or 6 blocks in 0.1 s, about 1 MB/s (50 to
-    // 60 blocks a second), is a queue of `QUEUE_TIME` at that rate: 25 to
-    // 30 blocks (the span measured is a little longer than the 0.1 s).
+    // Two more 100 ms later: 5 or 6 blocks in 0.1 s, about 1 MB/s, is a
+    // queue of 50 to 60.
     t.now += Duration::from_millis(100);
     for b in reqs.drain(..2) {
         t.recv(piece(b)).unwrap();
     }
     t.out();
-    let at_1mb = (50.0 * crate::session::QUEUE_TIME.as_secs_f64()) as usize;
-    assert!(
-        t.conn.inflight.len() >= at_1mb * 4 / 5,
-        "{}",
-        t.conn.inflight.len()
-    );
-    assert!(t.conn.inflight.len() > start, "{}", t.conn.inflight.len());
+    assert!(t.conn.inflight.len() > 40, "{}", t.conn.inflight.len());
     // A choke and an unchoke forget it; a repeated unchoke does not.
     t.recv(Message::Unchoke).unwrap();
     assert!(t.conn.early.is_some());
@@ -513,9 +506,8 @@ fn the_early_rate_sets_the_queue_until_the_meter_has_a_sample() {
     t.recv(Message::Unchoke).unwrap();
     assert!(t.conn.early.is_none());
 
-    // A slow peer: a block every 100 ms (160 KB/s: a queue of 5 in
-    // `QUEUE_TIME`, raised to the floor of 8) is asked for no more than
-    // `QUEUE_START` at once, then for 8.
+    // A slow peer: a block every 100 ms (160 KB/s, a queue of 10) is
+    // asked for no more than `QUEUE_START` at once, then for 10.
     let mut t = T::new(false, features(true, false));
     t.out();
     t.seeded_and_unchoked();
@@ -526,7 +518,7 @@ fn the_early_rate_sets_the_queue_until_the_meter_has_a_sample() {
         assert!(t.conn.inflight.len() <= start, "{}", t.conn.inflight.len());
         t.now += Duration::from_millis(100);
     }
-    assert!(t.conn.inflight.len() <= 8, "{}", t.conn.inflight.len());
+    assert!(t.conn.inflight.len() <= 10, "{}", t.conn.inflight.len());
 }
 
 #[test]
