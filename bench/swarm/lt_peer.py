@@ -67,8 +67,9 @@ def alerts(timeout_ms):
 
     Only plain strings leave this function (its locals die at its return):
     libtorrent frees the alerts of one pop_alerts() at the next, and a
-    Python wrapper of a freed alert is a dangling pointer (a python3-libtorrent leecher once crashed in
-    __dynamic_cast, where the bindings convert alerts).
+    Python wrapper of a freed alert is a dangling pointer (a
+    python3-libtorrent leecher once crashed in __dynamic_cast, where the
+    bindings convert alerts).
     """
     ses.wait_for_alert(timeout_ms)
     names = []
