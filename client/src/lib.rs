@@ -7,7 +7,8 @@
 //!   no I/O; [`peer`] is its transport.
 //! - [`wire`] (codec), [`extension`] (BEP 10 handshake), [`fast`] (BEP 6
 //!   allowed-fast set), [`pex`] (BEP 11 peer exchange, not yet wired in),
-//!   [`picker`], [`choker`], [`initial`] (BEP 16),
+//!   [`picker`], [`choker`], [`initial`] (BEP 16), [`pace`] (how far
+//!   ahead each peer is asked),
 //!   [`smartban`], [`rate`], [`disk`], [`storage`], [`resume`],
 //!   [`tracker`] (the tracker client).
 //!
@@ -24,6 +25,7 @@ pub mod fast;
 pub mod fetch;
 pub(crate) mod initial;
 pub mod metadata;
+pub mod pace;
 pub mod peer;
 pub mod pex;
 pub mod picker;

@@ -34,6 +34,7 @@ use crate::extension::{self, ExtHandshake};
 use crate::fast;
 use crate::initial::{self, Initial};
 use crate::metadata;
+use crate::pace::Pace;
 use crate::pex::{self, PexIn, PexMessage, PexOut, PexVerdict};
 use crate::picker::{PeerKey, Received};
 use crate::session::{Cmd, Ident, PeerCounters, State};
@@ -276,6 +277,8 @@ pub struct Connection {
     /// bytes of the blocks after it: its rate while the session's meter
     /// says 0 ([`Connection::early_rate`]).
     early: Option<(Instant, u64)>,
+    /// Its answer time and delivery rate: how far ahead it is asked.
+    pace: Pace,
     snubbed: bool,
     snub_after: Duration,
     /// Encoded messages not yet handed to the transport.
@@ -363,6 +366,7 @@ impl Connection {
             last_block: now,
             last_recv: now,
             early: None,
+            pace: Pace::default(),
             snubbed: false,
             snub_after: s.snub_after,
             out: Vec::new(),
@@ -835,6 +839,7 @@ impl Connection {
             Cmd::Cancel(b) => {
                 if let Some(i) = self.inflight.iter().position(|x| *x == b) {
                     self.inflight.swap_remove(i);
+                    self.pace.forget(b);
                     self.forgive([b]);
                     self.send(&Message::Cancel(b));
                 }
@@ -891,7 +896,8 @@ impl Connection {
                 choked = self.peer_choking,
                 lacking = self.lacking,
                 inflight = self.inflight.len(),
-                depth = st.queue_depth(self.key, self.early_rate(now)),
+                depth = self.queue_depth(st, now),
+                answer_ms = self.pace.min_answer().map(|a| a.as_millis() as u64),
                 // Its side as a downloader from us.
                 it_interested = p.is_some_and(|p| p.interested),
                 we_choke = self.am_choking,
@@ -982,6 +988,7 @@ impl Connection {
     }
 
     fn release_all(&mut self, st: &mut State) {
+        self.pace.forget_all();
         let blocks = std::mem::take(&mut self.inflight);
         if blocks.is_empty() {
             return;
@@ -1021,6 +1028,16 @@ impl Connection {
             .then(|| (bytes as u128 * 1000 / span.as_millis()) as u64)
     }
 
+    /// How many requests it should have ([`crate::pace`]).
+    fn queue_depth(&self, st: &State, now: Instant) -> usize {
+        st.queue_depth(
+            self.key,
+            self.pace.queue_rate(),
+            self.early_rate(now),
+            self.pace.queue_time(),
+        )
+    }
+
     /// Tops up the request pipeline: anything it has while it unchokes
     /// us, only its allowed-fast pieces while it chokes us.
     fn request_more(&mut self, st: &mut State, now: Instant) {
@@ -1034,7 +1051,7 @@ impl Connection {
         let depth = if self.snubbed {
             1
         } else {
-            st.queue_depth(self.key, self.early_rate(now))
+            self.queue_depth(st, now)
         }
         .min(self.peer_reqq);
         let room = depth.saturating_sub(self.inflight.len());
@@ -1077,6 +1094,7 @@ impl Connection {
             // last block (which may be long ago if it kept us choked).
             self.last_block = now;
         }
+        self.pace.requested(&blocks, now);
         for b in blocks {
             tracing::debug!(target: "shoal::blocks", peer = %self.ident.addr, piece = b.index, off = b.offset, "req");
             self.inflight.push(b);
@@ -1370,6 +1388,7 @@ impl Connection {
         tracing::debug!(target: "shoal::blocks", peer = %self.ident.addr, piece = b.index, off = b.offset, "rej");
         if let Some(i) = self.inflight.iter().position(|x| *x == b) {
             self.inflight.swap_remove(i);
+            self.pace.forget(b);
             st.picker.release(self.key, b);
             // Others may take it; this peer is not asked for that piece
             // again until it unchokes us anew or REJECTED_RETRY passed
@@ -1410,6 +1429,7 @@ impl Connection {
         } else {
             return Err(Violation::Unrequested(b).into());
         }
+        self.pace.received(b, now);
         let len = u64::from(b.length);
         tracing::debug!(target: "shoal::blocks", peer = %self.ident.addr, piece = b.index, off = b.offset, "got");
         self.last_block = now;

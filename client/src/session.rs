@@ -130,19 +130,6 @@ pub enum SessionError {
     Add(#[from] AddError),
 }
 
-/// How far ahead we ask a peer, as time at its rate. Requests wait in
-/// the peer's queue in order, so each second here is a second before a
-/// piece asked for now arrives and can be passed on: on the WAN testbed
-/// (`bench/wan.sh`) libtorrent's three seconds made every hop of a piece
-/// through the swarm take about that long, and one second was faster.
-/// Half a second is faster still there, but a peer that answers slowly
-/// then starves us: the queue is the rate times this, and the rate is the
-/// queue over the peer's answer time, so below that time both shrink
-/// together. Transmission as a seed (the `client_interop` netns test, 52 MB
-/// in 32 KiB pieces) took 14 s at 4 s, 16 s at 2 s, 22 s at 1 s, and did
-/// not finish within 80 s at 0.5 s. One fixed time cannot suit both: a
-/// queue per peer that grows while growing it raises the rate would.
-pub const QUEUE_TIME: Duration = Duration::from_secs(1);
 /// Requests to a peer before its rate is known: one 256 KiB piece.
 pub const QUEUE_START: usize = 16;
 
@@ -363,19 +350,24 @@ impl State {
     }
 
     /// Target number of outstanding requests to a peer: its rate times
-    /// [`QUEUE_TIME`], in blocks, between 8 and 500 (the bandwidth-delay
-    /// rule). The rate is the session's meter, or, while that says 0 (it
-    /// has its first sample one to two seconds in), `early`: the
-    /// connection's own measure since the peer began to send.
-    /// [`QUEUE_START`] before either.
-    pub fn queue_depth(&self, key: PeerKey, early: Option<u64>) -> usize {
-        let rate = self.peers.get(&key).map_or(0, |p| p.down.rate());
-        match (rate, early) {
-            (0, None) => QUEUE_START,
-            (0, Some(rate)) | (rate, _) => {
-                (rate * QUEUE_TIME.as_millis() as u64 / 1000 / u64::from(BLOCK)).clamp(8, 500)
-                    as usize
-            }
+    /// `time` ([`crate::pace`]), in blocks, between 8 and 500 (the
+    /// bandwidth-delay rule). The rate is `delivery`, the connection's own
+    /// measure for a peer that answers late, or else the session's meter,
+    /// or else, while that says 0 (it has its first sample one to two
+    /// seconds in), `early`: the connection's measure since the peer began
+    /// to send. [`QUEUE_START`] before any.
+    pub fn queue_depth(
+        &self,
+        key: PeerKey,
+        delivery: Option<u64>,
+        early: Option<u64>,
+        time: Duration,
+    ) -> usize {
+        let meter = self.peers.get(&key).map_or(0, |p| p.down.rate());
+        match delivery.or((meter > 0).then_some(meter)).or(early) {
+            None => QUEUE_START,
+            Some(rate) => (u128::from(rate) * time.as_millis() / 1000 / u128::from(BLOCK))
+                .clamp(8, 500) as usize,
         }
     }
 

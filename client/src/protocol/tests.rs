@@ -474,10 +474,11 @@ fn interest_then_requests_after_unchoke() {
     assert_eq!(t.out(), [Message::Have(4), Message::NotInterested]);
 }
 
-/// Before the session's one-second meter has a sample, the request queue
-/// follows the rate measured since the peer began to send: a fast peer is
-/// asked for more than `QUEUE_START` within 100 ms, a slow one for fewer,
-/// and a new unchoke starts the measure again.
+/// Before the connection has a delivery-rate sample ([`crate::pace`]) or
+/// the session's one-second meter has one, the request queue follows the
+/// rate measured since the peer began to send: a fast peer is asked for
+/// more than `QUEUE_START` within 100 ms, a slow one for fewer, and a new
+/// unchoke starts the measure again.
 #[test]
 fn the_early_rate_sets_the_queue_until_the_meter_has_a_sample() {
     let start = crate::session::QUEUE_START;
@@ -492,13 +493,14 @@ fn the_early_rate_sets_the_queue_until_the_meter_has_a_sample() {
     t.out();
     assert!(t.conn.inflight.len() <= start, "{}", t.conn.inflight.len());
     // Two more 100 ms later: 5 or 6 blocks in 0.1 s, about 1 MB/s, is a
-    // queue of 50 to 60.
+    // queue of 25 to 30 (it answered the first request at once: half a
+    // second ahead).
     t.now += Duration::from_millis(100);
     for b in reqs.drain(..2) {
         t.recv(piece(b)).unwrap();
     }
     t.out();
-    assert!(t.conn.inflight.len() > 40, "{}", t.conn.inflight.len());
+    assert!(t.conn.inflight.len() > 20, "{}", t.conn.inflight.len());
     // A choke and an unchoke forget it; a repeated unchoke does not.
     t.recv(Message::Unchoke).unwrap();
     assert!(t.conn.early.is_some());
@@ -506,8 +508,8 @@ fn the_early_rate_sets_the_queue_until_the_meter_has_a_sample() {
     t.recv(Message::Unchoke).unwrap();
     assert!(t.conn.early.is_none());
 
-    // A slow peer: a block every 100 ms (160 KB/s, a queue of 10) is
-    // asked for no more than `QUEUE_START` at once, then for 10.
+    // A slow peer: a block every 100 ms (160 KB/s, a queue of 5, so 8)
+    // is asked for no more than `QUEUE_START` at once, then for 8.
     let mut t = T::new(false, features(true, false));
     t.out();
     t.seeded_and_unchoked();
@@ -519,6 +521,30 @@ fn the_early_rate_sets_the_queue_until_the_meter_has_a_sample() {
         t.now += Duration::from_millis(100);
     }
     assert!(t.conn.inflight.len() <= 10, "{}", t.conn.inflight.len());
+}
+
+/// A peer that answers every request half a second after it was sent,
+/// however few are queued (Transmission's pulse), is asked twice as far
+/// ahead, and its queue doubles with each answer up to what it accepts
+/// (`reqq`): asked half a second ahead, as a link-bound peer is, it would
+/// send a queue's worth each half second and never more.
+#[test]
+fn a_peer_that_answers_late_gets_a_queue_that_doubles() {
+    let mut t = T::with(test_state(400, false), features(true, false), false);
+    t.out();
+    let mut asked = t.seeded_and_unchoked();
+    let mut sizes = vec![asked.len()];
+    for _ in 0..4 {
+        t.now += Duration::from_millis(500);
+        let mut next = Vec::new();
+        for b in asked.drain(..) {
+            t.recv(piece(b)).unwrap();
+            next.extend(requests(&t.out()));
+        }
+        sizes.push(next.len());
+        asked = next;
+    }
+    assert_eq!(sizes, [16, 32, 64, 128, extension::DEFAULT_REQQ]);
 }
 
 #[test]
