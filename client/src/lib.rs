@@ -6,7 +6,7 @@
 //! - [`protocol`]: one connection's protocol state machine (BEP 3, 6, 10),
 //!   no I/O; [`peer`] is its transport.
 //! - [`wire`] (codec), [`extension`] (BEP 10 handshake), [`fast`] (BEP 6
-//!   allowed-fast set), [`pex`] (BEP 11 peer exchange, not yet wired in),
+//!   allowed-fast set), [`pex`] (BEP 11 peer exchange),
 //!   [`picker`], [`choker`], [`initial`] (BEP 16), [`pace`] (how far
 //!   ahead each peer is asked),
 //!   [`smartban`], [`rate`], [`disk`], [`storage`], [`resume`],
