@@ -45,6 +45,9 @@ pub const QUEUE_TIME_START: Duration = Duration::from_secs(1);
 pub const RATE_SAMPLES: usize = 8;
 /// Requests timed at once.
 pub const TIMED: usize = 8;
+/// A timed request not answered within this long is no longer timed: a
+/// peer that holds the timed ones back must not stop the timing.
+const PROBE_EXPIRY: Duration = Duration::from_secs(8);
 /// A rate sample must span this many bytes (four blocks): one block
 /// answered within a round trip says little about the peer's link.
 const MIN_SAMPLE_BYTES: u64 = 4 * 16384;
@@ -74,14 +77,23 @@ struct Probe {
 }
 
 impl Pace {
-    /// We sent requests for `batch`: its first and last are timed, while
-    /// fewer than [`TIMED`] are.
-    pub fn requested(&mut self, batch: &[BlockRef], now: Instant) {
+    /// We sent requests for `batch`: its first and last are timed, if
+    /// `timeable` (not a block asked of this peer before, whose first
+    /// answer may still come and would be timed against this request),
+    /// while fewer than [`TIMED`] are.
+    pub fn requested(
+        &mut self,
+        batch: &[BlockRef],
+        now: Instant,
+        timeable: impl Fn(&BlockRef) -> bool,
+    ) {
+        self.timed
+            .retain(|p| now.saturating_duration_since(p.sent) < PROBE_EXPIRY);
         let ends = batch
             .first()
             .into_iter()
             .chain(batch.last().filter(|_| batch.len() > 1));
-        for b in ends {
+        for b in ends.filter(|b| timeable(b)) {
             if self.timed.len() < TIMED {
                 self.timed.push(Probe {
                     block: *b,
@@ -138,6 +150,12 @@ impl Pace {
         })
     }
 
+    /// The requests being timed.
+    #[cfg(test)]
+    pub fn timed(&self) -> Vec<BlockRef> {
+        self.timed.iter().map(|p| p.block).collect()
+    }
+
     /// The shortest answer so far.
     pub fn min_answer(&self) -> Option<Duration> {
         self.min_answer
@@ -172,7 +190,7 @@ mod tests {
         for _ in 0..4 {
             let asked: Vec<_> = (next..next + depth).map(block).collect();
             next += depth;
-            p.requested(&asked, now);
+            p.requested(&asked, now, |_| true);
             now += half;
             for &b in &asked {
                 p.received(b, now);
@@ -198,7 +216,7 @@ mod tests {
         // 1 MB/s: a block every 16 ms; the first after 20 ms.
         let per_block = Duration::from_millis(16);
         let asked: Vec<_> = (0..64).map(block).collect();
-        p.requested(&asked, t0);
+        p.requested(&asked, t0, |_| true);
         for (i, &b) in (1..).zip(&asked) {
             p.received(b, t0 + Duration::from_millis(4) + per_block * i);
         }
@@ -220,7 +238,7 @@ mod tests {
         let mut sample = |p: &mut Pace, blocks: u32| {
             let asked: Vec<_> = (i..i + blocks).map(block).collect();
             i += blocks;
-            p.requested(&asked, now);
+            p.requested(&asked, now, |_| true);
             now += Duration::from_secs(1);
             for &b in &asked {
                 p.received(b, now);
@@ -244,7 +262,7 @@ mod tests {
         let t0 = Instant::now();
         let ms = Duration::from_millis;
         let mut p = Pace::default();
-        p.requested(&[block(0), block(1), block(2)], t0);
+        p.requested(&[block(0), block(1), block(2)], t0, |_| true);
         // block(1) is not timed: only a batch's first and last are.
         p.received(block(1), t0 + ms(10));
         p.forget(block(0));
@@ -252,24 +270,39 @@ mod tests {
         p.received(block(0), t0 + ms(50));
         p.received(block(2), t0 + ms(50));
         assert_eq!(p.min_answer(), None);
-        p.requested(&[block(3)], t0 + ms(100));
+        p.requested(&[block(3)], t0 + ms(100), |_| true);
         p.received(block(3), t0 + ms(400));
         assert_eq!(p.min_answer(), Some(ms(300)));
-        p.requested(&[block(4)], t0);
+        p.requested(&[block(4)], t0, |_| true);
         p.forget_all();
         p.received(block(4), t0 + ms(200));
         assert_eq!(p.min_answer(), Some(ms(300)));
         // Batches while TIMED are timed: the next is not.
         for k in 0..TIMED as u32 / 2 {
-            p.requested(&[block(10 + 2 * k), block(11 + 2 * k)], t0 + ms(500));
+            p.requested(
+                &[block(10 + 2 * k), block(11 + 2 * k)],
+                t0 + ms(500),
+                |_| true,
+            );
         }
-        p.requested(&[block(99)], t0 + ms(500));
+        p.requested(&[block(99)], t0 + ms(500), |_| true);
         p.received(block(99), t0 + ms(501));
         assert_eq!(p.min_answer(), Some(ms(300)));
         p.received(block(10), t0 + ms(600));
         assert_eq!(p.min_answer(), Some(ms(100)));
+        // Unanswered for PROBE_EXPIRY: no longer timed (block(12), say,
+        // was held back), so a new batch is.
+        let later = t0 + ms(500) + PROBE_EXPIRY;
+        p.requested(&[block(98)], later, |_| true);
+        assert_eq!(p.timed(), [block(98)]);
+        p.received(block(12), later + ms(1));
+        p.received(block(98), later + ms(80));
+        assert_eq!(p.min_answer(), Some(ms(80)));
+        // A block that is not timeable is not timed.
+        p.requested(&[block(97), block(96)], later, |b| *b != block(97));
+        assert_eq!(p.timed(), [block(96)]);
         // Loopback answers in no time: counted as a millisecond.
-        p.requested(&[block(5)], t0);
+        p.requested(&[block(5)], t0, |_| true);
         p.received(block(5), t0);
         assert_eq!(p.min_answer(), Some(MIN_ANSWER));
     }

@@ -1094,7 +1094,8 @@ impl Connection {
             // last block (which may be long ago if it kept us choked).
             self.last_block = now;
         }
-        self.pace.requested(&blocks, now);
+        let forgiven = &self.forgiven;
+        self.pace.requested(&blocks, now, |b| !forgiven.contains(b));
         for b in blocks {
             tracing::debug!(target: "shoal::blocks", peer = %self.ident.addr, piece = b.index, off = b.offset, "req");
             self.inflight.push(b);

@@ -532,7 +532,15 @@ fn the_early_rate_sets_the_queue_until_the_meter_has_a_sample() {
 fn a_peer_that_answers_late_gets_a_queue_that_doubles() {
     let mut t = T::with(test_state(400, false), features(true, false), false);
     t.out();
-    let mut asked = t.seeded_and_unchoked();
+    // All but the last piece, which is short (its block would make a
+    // sample less than a queue's worth).
+    let mut bits = Bitfield::new(400);
+    (0..399).for_each(|i| {
+        bits.set(i);
+    });
+    t.recv(Message::Bitfield(bits.as_bytes().to_vec())).unwrap();
+    t.recv(Message::Unchoke).unwrap();
+    let mut asked = requests(&t.out());
     let mut sizes = vec![asked.len()];
     for _ in 0..4 {
         t.now += Duration::from_millis(500);
@@ -545,6 +553,37 @@ fn a_peer_that_answers_late_gets_a_queue_that_doubles() {
         asked = next;
     }
     assert_eq!(sizes, [16, 32, 64, 128, extension::DEFAULT_REQQ]);
+}
+
+/// The first and last request of a batch are timed ([`crate::pace`]). A
+/// timed request that is rejected or cancelled is no longer timed, so the
+/// next batch is; one given back (snubbed) and asked again of the same
+/// peer is not timed, since the answer to the first asking may still come.
+#[test]
+fn timed_requests_end_with_their_request() {
+    let mut t = T::with(test_state(400, false), features(true, false), false);
+    t.out();
+    let reqs = t.seeded_and_unchoked();
+    assert_eq!(t.conn.pace.timed(), [reqs[0], reqs[15]]);
+    t.recv(Message::RejectRequest(reqs[0])).unwrap();
+    assert_eq!(t.conn.pace.timed(), [reqs[15]]);
+    t.cmd(Cmd::Cancel(reqs[15])).unwrap();
+    assert_eq!(t.conn.pace.timed(), []);
+    // Three answers make room for a batch of four, timed at both ends.
+    for &b in &reqs[1..4] {
+        t.recv(piece(b)).unwrap();
+    }
+    let batch = requests(&t.out());
+    assert!(batch.len() >= 2, "{batch:?}");
+    assert_eq!(t.conn.pace.timed(), [batch[0], batch[batch.len() - 1]]);
+
+    // Silent past the snub time: every request is given back and asked
+    // again, one at a time; that one is not timed.
+    t.pass(Duration::from_secs(61)).unwrap();
+    let again = requests(&t.out());
+    assert_eq!(again.len(), 1, "{again:?}");
+    assert!(t.conn.forgiven.contains(&again[0]));
+    assert_eq!(t.conn.pace.timed(), []);
 }
 
 #[test]
