@@ -9,22 +9,30 @@
 //!   second after it arrives, however few are queued); and
 //! - a *delivery rate* (as BBR measures one per packet): the bytes that
 //!   arrived while it was answered, over that time. The best of the last
-//!   [`RATE_SAMPLES`] is the rate. (Timed from one request per answer
-//!   time, a peer that answers in bursts would be counted for the part of
-//!   a burst before that request.)
+//!   [`RATE_SAMPLES`] is the rate. (Timing only one request per answer
+//!   time would count, for a peer that sends in bursts, only the part of a
+//!   burst before it; hence both ends of every batch, and the best of
+//!   several.)
+//!
+//! A block asked of this peer before (given back or rejected, whose first
+//! answer may still come) is not timed, nor is an answer after
+//! [`PROBE_EXPIRY`].
 //!
 //! The queue is a rate times [`Pace::queue_time`]: twice the minimum
-//! answer time, and no less than [`QUEUE_TIME_MIN`].
+//! answer time, between [`QUEUE_TIME_MIN`] and [`QUEUE_TIME_MAX`]
+//! ([`QUEUE_TIME_START`] before the first answer).
 //! - A peer whose link is the bound answers an unloaded request within a
-//!   round trip, so it is asked half a second ahead at the session's
-//!   meter (a three-second average): every second of queue at an uploader
+//!   round trip (0.25 s or less: every connection on the WAN testbed), so
+//!   it is asked half a second ahead at the session's meter (updated each
+//!   second, averaging about three): every second of queue at an uploader
 //!   is a second more per hop of a piece through a swarm (`bench/wan.sh`).
 //!   The best of the delivery-rate samples overstates such a link, and
 //!   the longer queue it makes cost 0.5 s there at 24 peers.
 //! - A peer whose answers take a fixed time sends only what was asked that
 //!   long before, so its rate is the queue over that time. It is asked
-//!   twice that time ahead at its delivery rate ([`Pace::queue_rate`]),
-//!   which doubles the queue with each answer until its link or the cap
+//!   twice that time ahead at its delivery rate ([`Pace::queue_rate`];
+//!   the meter until an answer spanned four blocks), which doubles the
+//!   queue with each answer until its link, our 500 blocks or its `reqq`
 //!   is the bound. A fixed one second at the meter had held downloads from
 //!   Transmission at a third of its speed, and half a second starved them.
 
@@ -45,8 +53,9 @@ pub const QUEUE_TIME_START: Duration = Duration::from_secs(1);
 pub const RATE_SAMPLES: usize = 8;
 /// Requests timed at once.
 pub const TIMED: usize = 8;
-/// A timed request not answered within this long is no longer timed: a
-/// peer that holds the timed ones back must not stop the timing.
+/// A timed request not answered within this long is no longer timed (its
+/// slot is freed at the next batch, its answer ignored): a peer that holds
+/// the timed ones back must not stop the timing.
 const PROBE_EXPIRY: Duration = Duration::from_secs(8);
 /// A rate sample must span this many bytes (four blocks): one block
 /// answered within a round trip says little about the peer's link.
@@ -80,7 +89,8 @@ impl Pace {
     /// We sent requests for `batch`: its first and last are timed, if
     /// `timeable` (not a block asked of this peer before, whose first
     /// answer may still come and would be timed against this request),
-    /// while fewer than [`TIMED`] are.
+    /// while fewer than [`TIMED`] are. Timed requests older than
+    /// [`PROBE_EXPIRY`] are dropped first.
     pub fn requested(
         &mut self,
         batch: &[BlockRef],
@@ -112,6 +122,9 @@ impl Pace {
         };
         let probe = self.timed.swap_remove(i);
         let answer = now.saturating_duration_since(probe.sent).max(MIN_ANSWER);
+        if answer >= PROBE_EXPIRY {
+            return;
+        }
         self.min_answer = Some(self.min_answer.map_or(answer, |m| m.min(answer)));
         let bytes = self.received - probe.received;
         if bytes >= MIN_SAMPLE_BYTES {
@@ -121,7 +134,7 @@ impl Pace {
         }
     }
 
-    /// The request for `b` will not be answered (rejected, cancelled, or
+    /// The request for `b` will not be counted (rejected, cancelled, or
     /// given back): if it was a timed one, a later request is timed.
     pub fn forget(&mut self, b: BlockRef) {
         self.timed.retain(|p| p.block != b);
@@ -298,6 +311,12 @@ mod tests {
         p.received(block(12), later + ms(1));
         p.received(block(98), later + ms(80));
         assert_eq!(p.min_answer(), Some(ms(80)));
+        // An answer later than PROBE_EXPIRY, before the next batch
+        // dropped its timing, is not counted.
+        p.requested(&[block(95)], later, |_| true);
+        p.received(block(95), later + PROBE_EXPIRY);
+        assert_eq!(p.min_answer(), Some(ms(80)));
+        assert!(p.timed().is_empty());
         // A block that is not timeable is not timed.
         p.requested(&[block(97), block(96)], later, |b| *b != block(97));
         assert_eq!(p.timed(), [block(96)]);

@@ -268,7 +268,7 @@ pub struct Connection {
     /// Requests sent and not yet answered.
     inflight: Vec<BlockRef>,
     /// Blocks cancelled or given up on: forgiven if they still arrive (or
-    /// are rejected).
+    /// are rejected), and not timed ([`crate::pace`]) if asked again.
     forgiven: HashSet<BlockRef>,
     last_block: Instant,
     last_recv: Instant,
@@ -1016,11 +1016,11 @@ impl Connection {
 
     /// Its rate since the first block after it last unchoked us (or had
     /// answered all our requests, or was snubbed), once that spans
-    /// [`EARLY_SPAN`] and four blocks. Until the session's
-    /// one-second meter has a sample, [`crate::session::QUEUE_START`] requests would
-    /// otherwise be all a fast peer is asked for: on loopback that is one
-    /// to two seconds at a quarter of its speed, most of a 1 GiB download
-    /// (`bench/download.sh`).
+    /// [`EARLY_SPAN`] and four blocks. Until the session's meter (updated
+    /// each second) has a sample, [`crate::session::QUEUE_START`] requests
+    /// would otherwise be all a fast peer is asked for: on loopback that is
+    /// one to two seconds at a quarter of its speed, most of a 1 GiB
+    /// download (`bench/download.sh`).
     fn early_rate(&self, now: Instant) -> Option<u64> {
         let (since, bytes) = self.early?;
         let span = now.saturating_duration_since(since);
