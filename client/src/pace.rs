@@ -38,7 +38,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::wire::BlockRef;
+use crate::wire::{BlockRef, BLOCK};
 
 /// The least a peer is asked ahead, as time at its rate.
 pub const QUEUE_TIME_MIN: Duration = Duration::from_millis(500);
@@ -59,7 +59,7 @@ pub const TIMED: usize = 8;
 const PROBE_EXPIRY: Duration = Duration::from_secs(8);
 /// A rate sample must span this many bytes (four blocks): one block
 /// answered within a round trip says little about the peer's link.
-const MIN_SAMPLE_BYTES: u64 = 4 * 16384;
+const MIN_SAMPLE_BYTES: u64 = 4 * BLOCK as u64;
 /// Answer times are counted as at least this (loopback answers in
 /// microseconds).
 const MIN_ANSWER: Duration = Duration::from_millis(1);
