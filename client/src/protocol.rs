@@ -267,9 +267,11 @@ pub struct Connection {
     am_choking: bool,
     /// Requests sent and not yet answered.
     inflight: Vec<BlockRef>,
-    /// Blocks cancelled or given up on: forgiven if they still arrive (or
-    /// are rejected), and not timed ([`crate::pace`]) if asked again.
-    forgiven: HashSet<BlockRef>,
+    /// Blocks cancelled or given up on, each with how many of its requests
+    /// were: that many late answers (a piece or a reject) are forgiven, and
+    /// the block is not timed ([`crate::pace`]) if asked again. (A block
+    /// given back at two snubs and asked a third time may come thrice.)
+    forgiven: HashMap<BlockRef, u16>,
     last_block: Instant,
     last_recv: Instant,
     /// When the first block since it last unchoked us (or since it last
@@ -362,7 +364,7 @@ impl Connection {
             am_interested: false,
             am_choking: true,
             inflight: Vec::new(),
-            forgiven: HashSet::new(),
+            forgiven: HashMap::new(),
             last_block: now,
             last_recv: now,
             early: None,
@@ -983,8 +985,22 @@ impl Connection {
             if self.forgiven.len() >= MAX_FORGIVEN {
                 self.forgiven.clear();
             }
-            self.forgiven.insert(b);
+            let n = self.forgiven.entry(b).or_insert(0);
+            *n = n.saturating_add(1);
         }
+    }
+
+    /// Takes one late answer for `b` off its forgiven count; false if none
+    /// was left (the answer is then to nothing we asked).
+    fn unforgive(&mut self, b: BlockRef) -> bool {
+        match self.forgiven.get_mut(&b) {
+            Some(n) if *n > 1 => *n -= 1,
+            Some(_) => {
+                self.forgiven.remove(&b);
+            }
+            None => return false,
+        }
+        true
     }
 
     fn release_all(&mut self, st: &mut State) {
@@ -1095,7 +1111,8 @@ impl Connection {
             self.last_block = now;
         }
         let forgiven = &self.forgiven;
-        self.pace.requested(&blocks, now, |b| !forgiven.contains(b));
+        self.pace
+            .requested(&blocks, now, |b| !forgiven.contains_key(b));
         for b in blocks {
             tracing::debug!(target: "shoal::blocks", peer = %self.ident.addr, piece = b.index, off = b.offset, "req");
             self.inflight.push(b);
@@ -1403,7 +1420,7 @@ impl Connection {
                 self.request_more(st, now);
             }
             Ok(())
-        } else if self.forgiven.remove(&b) {
+        } else if self.unforgive(b) {
             Ok(())
         } else {
             Err(Violation::UnrequestedReject(b).into())
@@ -1425,7 +1442,7 @@ impl Connection {
         };
         if let Some(i) = self.inflight.iter().position(|x| *x == b) {
             self.inflight.swap_remove(i);
-        } else if self.forgiven.remove(&b) {
+        } else if self.unforgive(b) {
             return Ok(None);
         } else {
             return Err(Violation::Unrequested(b).into());

@@ -590,8 +590,44 @@ fn timed_requests_end_with_their_request() {
     let again = requests(&t.out());
     assert_eq!(again.len(), 1, "{again:?}");
     assert!(reqs.contains(&again[0]), "{again:?}");
-    assert!(t.conn.forgiven.contains(&again[0]));
+    assert!(t.conn.forgiven.contains_key(&again[0]));
     assert_eq!(t.conn.pace.timed(), []);
+}
+
+/// A block given back at two snubs and asked of the same peer a third
+/// time may arrive three times; each late copy is forgiven, a fourth is
+/// not (the forgiven count is per request, not per block).
+#[test]
+fn each_request_given_back_forgives_one_late_copy() {
+    // One piece of two blocks: re-asked blocks are soon asked twice over.
+    let mut t = T::with(test_state(1, false), features(true, false), false);
+    t.out();
+    let first = t.seeded_and_unchoked();
+    assert_eq!(first.len(), 2, "{first:?}");
+    let mut asked = None;
+    for _ in 0..3 {
+        t.pass(Duration::from_secs(61)).unwrap();
+        assert!(t.conn.inflight.is_empty());
+        t.cmd(Cmd::Poke).unwrap();
+        let again = requests(&t.out());
+        assert_eq!(again.len(), 1, "{again:?}");
+        if t.conn.forgiven.get(&again[0]) == Some(&2) {
+            asked = Some(again[0]);
+            break;
+        }
+    }
+    let b = asked.expect("two blocks, three re-asks: one is asked thrice");
+    // The answer to this request, then the two late ones to the first two.
+    assert!(t.recv(piece(b)).unwrap().is_some());
+    for _ in 0..2 {
+        assert!(t.recv(piece(b)).unwrap().is_none());
+    }
+    assert!(!t.conn.forgiven.contains_key(&b));
+    let r = t.recv(piece(b));
+    assert!(
+        matches!(r, Err(Close::Violation(Violation::Unrequested(_)))),
+        "{r:?}"
+    );
 }
 
 #[test]
