@@ -5,8 +5,18 @@
 //! slots), and one more peer gets the optimistic unchoke, rotated every
 //! third round (30 s) and drawn at random with newly connected peers three
 //! times as likely, so a newcomer with nothing to offer yet gets a start.
-//! The rate is what a peer sends us while we download (tit for tat) and
-//! what we send it while we seed (feed those who take fastest).
+//! The rate is what a peer sends us while we download (tit for tat).
+//!
+//! While we seed, the slots go round instead ([`Choker::rotate`]): a peer
+//! that was sent a piece's worth since its unchoke makes room for a
+//! waiting one, those sent the least first, and there is no optimistic
+//! unchoke (every peer gets turns). So every leecher gets fresh pieces
+//! from the seed, each one a piece the whole swarm wants from it: fed to
+//! the fastest few, those few were the only ones with pieces to offer,
+//! their uplinks full while the others' idled (1 seed + 24 leechers on
+//! capped links: the four or five the seed fed were 95 % busy, the rest
+//! 50–80 %). A choke grants the pieces being sent (see
+//! [`crate::protocol`]), so that none is left half sent.
 //!
 //! Between rounds [`Choker::fill`] hands free slots to interested peers at
 //! once, so a peer that becomes interested does not wait up to 10 s.
@@ -50,6 +60,8 @@ pub struct Candidate {
     /// When we last sent it payload or it last asked for some (at the
     /// session's one-second ticks).
     pub busy_at: Option<Instant>,
+    /// Payload bytes we have sent it in all.
+    pub sent: u64,
 }
 
 #[derive(Debug, Clone)]
@@ -57,8 +69,11 @@ pub struct Choker {
     slots: usize,
     round: u32,
     optimistic: Option<PeerKey>,
-    /// Unchoked peers and when they were unchoked.
-    unchoked: HashMap<PeerKey, Instant>,
+    /// Unchoked peers: when they were unchoked, and what we had sent them
+    /// by then ([`Candidate::sent`]).
+    unchoked: HashMap<PeerKey, (Instant, u64)>,
+    /// While seeding: the bytes a peer is sent per turn ([`Choker::rotate`]).
+    quota: Option<u64>,
     /// Peers choked for idling, and when.
     benched: HashMap<PeerKey, Instant>,
 }
@@ -71,7 +86,15 @@ impl Choker {
             optimistic: None,
             unchoked: HashMap::new(),
             benched: HashMap::new(),
+            quota: None,
         }
+    }
+
+    /// While seeding, slots go round: a peer that was sent `quota` bytes
+    /// since its unchoke makes room for a waiting one, those sent the
+    /// least coming first. `None` (downloading): tit for tat.
+    pub fn rotate(&mut self, quota: Option<u64>) {
+        self.quota = quota;
     }
 
     pub fn is_unchoked(&self, key: PeerKey) -> bool {
@@ -83,7 +106,7 @@ impl Choker {
     fn is_idle(&self, p: &Candidate, now: Instant) -> bool {
         self.unchoked
             .get(&p.key)
-            .is_some_and(|&since| now.duration_since(since) >= IDLE)
+            .is_some_and(|&(since, _)| now.duration_since(since) >= IDLE)
             && !p.busy_at.is_some_and(|t| now.duration_since(t) < IDLE)
     }
 
@@ -103,6 +126,11 @@ impl Choker {
         now: Instant,
         rng: &mut R,
     ) -> (Vec<PeerKey>, Vec<PeerKey>) {
+        if self.quota.is_some() {
+            self.optimistic = None;
+            self.benched.retain(|_, at| now.duration_since(*at) < BENCH);
+            return self.fill(peers, now, rng);
+        }
         let mut interested: Vec<&Candidate> = peers.iter().filter(|p| p.interested).collect();
         // Best rate first, but peers idle in their slots last (the next
         // `fill` would take a regular slot back from them at once, after
@@ -160,7 +188,8 @@ impl Choker {
             .collect();
         self.unchoked.retain(|k, _| next.contains(k));
         for &k in &unchoke {
-            self.unchoked.insert(k, now);
+            let sent = peers.iter().find(|p| p.key == k).map_or(0, |p| p.sent);
+            self.unchoked.insert(k, (now, sent));
         }
         self.benched.retain(|_, at| now.duration_since(*at) < BENCH);
         (sorted(unchoke), sorted(choke))
@@ -178,23 +207,30 @@ impl Choker {
         rng: &mut R,
     ) -> (Vec<PeerKey>, Vec<PeerKey>) {
         // Unchoked peers that could make room: uninterested first, then
-        // idle ones, the longest idle first.
-        let mut spare: Vec<(bool, Option<Instant>, PeerKey)> = Vec::new();
+        // idle ones, the longest idle first, then (seeding) those that had
+        // their turn.
+        let mut spare: Vec<(Spare, Option<Instant>, PeerKey)> = Vec::new();
         let mut busy = 0;
         for p in peers {
-            if !self.unchoked.contains_key(&p.key) {
+            let Some(&(_, sent_then)) = self.unchoked.get(&p.key) else {
                 continue;
-            }
+            };
             if !p.interested {
-                spare.push((false, None, p.key));
+                spare.push((Spare::Uninterested, None, p.key));
             } else if self.is_idle(p, now) {
-                spare.push((true, p.busy_at, p.key));
+                spare.push((Spare::Idle, p.busy_at, p.key));
+            } else if self
+                .quota
+                .is_some_and(|q| p.sent.saturating_sub(sent_then) >= q)
+            {
+                spare.push((Spare::Served, None, p.key));
             } else {
                 busy += 1;
             }
         }
         let free = (self.slots + 1).saturating_sub(busy);
-        let mut waiting: Vec<(bool, std::cmp::Reverse<u64>, u32, PeerKey)> = peers
+        // Best rate first; seeding, the least sent first.
+        let mut waiting: Vec<(bool, u64, u32, PeerKey)> = peers
             .iter()
             .filter(|p| p.interested && !self.unchoked.contains_key(&p.key))
             .map(|p| {
@@ -202,7 +238,11 @@ impl Choker {
                     .benched
                     .get(&p.key)
                     .is_some_and(|at| now.duration_since(*at) < BENCH);
-                (benched, std::cmp::Reverse(p.rate), rng.random(), p.key)
+                let rank = match self.quota {
+                    Some(_) => p.sent,
+                    None => u64::MAX - p.rate,
+                };
+                (benched, rank, rng.random(), p.key)
             })
             .collect();
         waiting.sort_unstable();
@@ -211,21 +251,30 @@ impl Choker {
         let over = (self.unchoked.len() + add.len()).saturating_sub(self.slots + 1);
         spare.sort_unstable();
         let choke: Vec<PeerKey> = spare.iter().take(over).map(|s| s.2).collect();
-        for &(was_idle, _, k) in spare.iter().take(over) {
+        for &(why, _, k) in spare.iter().take(over) {
             self.unchoked.remove(&k);
             if self.optimistic == Some(k) {
                 self.optimistic = None;
             }
-            if was_idle {
+            if why == Spare::Idle {
                 self.benched.insert(k, now);
             }
         }
         for &k in &add {
-            self.unchoked.insert(k, now);
+            let sent = peers.iter().find(|p| p.key == k).map_or(0, |p| p.sent);
+            self.unchoked.insert(k, (now, sent));
             self.benched.remove(&k);
         }
-        (add, sorted(choke))
+        (sorted(add), sorted(choke))
     }
+}
+
+/// Why an unchoked peer may make room, in the order they do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Spare {
+    Uninterested,
+    Idle,
+    Served,
 }
 
 fn sorted(mut v: Vec<PeerKey>) -> Vec<PeerKey> {
@@ -246,6 +295,7 @@ mod tests {
             rate,
             new: false,
             busy_at: None,
+            sent: 0,
         }
     }
 
@@ -402,6 +452,47 @@ mod tests {
             c.fill(&peers, now, &mut rng);
             assert!(c.unchoked.len() <= 3);
         }
+    }
+
+    #[test]
+    fn seeding_the_slots_go_round_by_quota_least_sent_first() {
+        let mut rng = SmallRng::seed_from_u64(9);
+        let t0 = Instant::now();
+        let mut c = Choker::new(1);
+        c.rotate(Some(1000));
+        // 0 and 1 have slots (the round unchokes the least sent, not the
+        // fastest); 2 and 3 wait, 3 having been sent less.
+        let mut peers = vec![peer(0, 9), peer(1, 9), peer(2, 500), peer(3, 1)];
+        peers[2].sent = 300;
+        peers[3].sent = 200;
+        let (unchoke, choke) = c.round(&peers, t0, &mut rng);
+        assert_eq!((unchoke, choke), (vec![0, 1], vec![]));
+        // 0 had its quota: it makes room for 3; 1, still short of it
+        // (and busy), keeps its slot.
+        let t1 = t0 + Duration::from_millis(500);
+        peers[0].sent = 1000;
+        peers[1].sent = 999;
+        for p in &mut peers[..2] {
+            p.busy_at = Some(t1);
+        }
+        assert_eq!(c.fill(&peers, t1, &mut rng), (vec![3], vec![0]));
+        // Nobody waits but 0 and 2: 1 had its quota and makes room for 2
+        // (sent 300 against 0's 1000).
+        peers[1].sent = 2000;
+        assert_eq!(c.fill(&peers, t1, &mut rng), (vec![2], vec![1]));
+        // A full round keeps those with slots (no optimistic unchoke).
+        let (unchoke, choke) = c.round(&peers, t1, &mut rng);
+        assert!(unchoke.is_empty() && choke.is_empty());
+        assert_eq!(c.optimistic, None);
+        // With nobody waiting, a peer keeps its slot past its quota.
+        peers.truncate(3);
+        peers[3 - 1].sent = 5000;
+        peers[0].interested = false;
+        peers[1].interested = false;
+        let (unchoke, choke) = c.fill(&peers, t1, &mut rng);
+        assert!(unchoke.is_empty(), "{unchoke:?}");
+        assert!(!choke.contains(&2), "{choke:?}");
+        assert!(c.is_unchoked(2));
     }
 
     #[test]

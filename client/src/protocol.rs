@@ -16,6 +16,9 @@
 //!   knows), and one over the limit or for a piece we do not have ends
 //!   the connection with a logged reason: a peer is never left waiting for
 //!   a block we decided not to send;
+//! - with the fast extension our choke grants (`allowed_fast`, until the
+//!   next unchoke) the pieces being sent to the peer, so that it finishes
+//!   them: a piece left half sent would wait for the next unchoke;
 //! - on the downloading side, with the fast extension a choke keeps our
 //!   requests (each is answered by a piece or a reject; a reject releases
 //!   the block at once), and the peer's allowed-fast pieces are requested
@@ -73,6 +76,9 @@ const TURN_AWAY_ROUNDS: u64 = 4;
 /// Suggestions a peer may pass over before it is no longer turned away
 /// in favour of less-sent pieces.
 const MAX_DECLINED: u8 = 3;
+/// Pieces asked for in part that a seed remembers per peer
+/// ([`Connection::begun`]).
+const MAX_BEGUN: usize = 32;
 /// Pieces one peer is turned away from in favour of less-sent ones
 /// ([`crate::spread`]); past this, it gets what it asks for.
 const MAX_REDIRECTED: usize = 1024;
@@ -323,10 +329,16 @@ pub struct Connection {
     /// started elsewhere), and the count starts again.
     declined: u8,
     passed_over: Vec<u32>,
-    /// The piece a choke let finish ([`Cmd::Choke`]) until the next
-    /// unchoke: the rest of it, asked for after the choke, will not come
-    /// from us, so it counts as not sent to this peer (once).
-    finishing: Option<u32>,
+    /// The pieces a choke granted it (BEP 6 allowed fast) until the next
+    /// unchoke, so that it can ask for the rest of pieces it was being
+    /// sent: a piece left half sent would wait for the next unchoke. At
+    /// most [`MAX_BEGUN`] + 1.
+    granted: Vec<u32>,
+    /// Plain seeding: pieces it was served and has asked for in part, with
+    /// the bytes asked (at most [`MAX_BEGUN`], the oldest dropped): at a
+    /// choke they count as not sent to it, since the rest will not come
+    /// from us.
+    begun: Vec<(u32, u64)>,
     /// Most requests it queues (its `reqq`).
     peer_reqq: usize,
     /// Its extended handshake, once received.
@@ -380,6 +392,8 @@ impl Connection {
             initial: s.initial_seeding.then(|| Initial::new(s.features.fast)),
             chatter: Chatter::new(now),
             allowed_out: Vec::new(),
+            granted: Vec::new(),
+            begun: Vec::new(),
             allowed_in: Vec::new(),
             rejected: HashSet::new(),
             rejected_at: None,
@@ -391,7 +405,6 @@ impl Connection {
             last_turned: None,
             declined: 0,
             passed_over: Vec::new(),
-            finishing: None,
             peer_reqq: extension::DEFAULT_REQQ,
             ext: None,
             metadata_served: 0,
@@ -596,6 +609,12 @@ impl Connection {
             Message::RejectRequest(b) => self.rejected(b, now, st)?,
             Message::AllowedFast(piece) => {
                 // Out of range, a duplicate, or past our bound: ignored.
+                // (A seed may grant the piece it was sending at each choke:
+                // pieces we have since verified make room.)
+                if self.allowed_in.len() >= fast::MAX_ALLOWED_FAST_IN {
+                    let have = st.picker.have();
+                    self.allowed_in.retain(|&p| !have.get(p as usize));
+                }
                 if (piece as usize) < self.bitfield.len()
                     && !self.allowed_in.contains(&piece)
                     && self.allowed_in.len() < fast::MAX_ALLOWED_FAST_IN
@@ -778,51 +797,66 @@ impl Connection {
                     tracing::debug!(target: "shoal::chokes", peer = %self.ident.addr, "choke");
                     self.send(&Message::Choke);
                     // With the fast extension a choke cancels nothing
-                    // (each request is answered): the piece being sent
-                    // is finished, since a piece left half sent would wait
-                    // for the next unchoke — for pieces only we have, so
-                    // would everyone else. That is the blocks of the
-                    // writer's current piece at the front of the queue, at
-                    // most a piece's worth (duplicates count). Its other
-                    // requests are rejected, except for allowed-fast pieces.
-                    let dropped: Vec<BlockRef> = {
-                        let allowed = &self.allowed_out;
-                        let fast = self.fast;
-                        let current = self.uploads.current();
-                        self.finishing = current.filter(|_| fast);
-                        let mut room = current.map_or(0, |p| self.info.piece_size(p as usize));
-                        let mut q = self.uploads.lock();
-                        let mut keep = VecDeque::new();
-                        let mut drop = Vec::new();
-                        let mut front = true;
-                        for b in q.drain(..) {
-                            let finish = fast
-                                && front
-                                && Some(b.index) == current
-                                && u64::from(b.length) <= room;
-                            front &= finish;
-                            if finish {
-                                room -= u64::from(b.length);
-                                keep.push_back(b);
-                            } else if fast && allowed.contains(&b.index) {
-                                keep.push_back(b);
-                            } else {
-                                drop.push(b);
+                    // (each request is answered), and the pieces being
+                    // sent — the writer's, and those it has asked for in
+                    // part — are granted (allowed fast, until the next
+                    // unchoke) so that they are finished: their queued
+                    // blocks and the rest it asks for now. A piece left
+                    // half sent would wait for the next unchoke, and for
+                    // pieces only we have, so would everyone else. Its
+                    // other requests are rejected, except for allowed-fast
+                    // pieces.
+                    self.granted.clear();
+                    if self.fast {
+                        let begun: Vec<u32> = self.begun.iter().map(|&(p, _)| p).collect();
+                        for p in self.uploads.current().into_iter().chain(begun) {
+                            if !self.allowed_out.contains(&p)
+                                && !self.granted.contains(&p)
+                                && !self.bitfield.get(p as usize)
+                            {
+                                self.granted.push(p);
+                                self.send(&Message::AllowedFast(p));
                             }
                         }
-                        *q = keep;
+                    }
+                    let kept = |b: &BlockRef| {
+                        self.fast
+                            && (self.allowed_out.contains(&b.index)
+                                || self.granted.contains(&b.index))
+                    };
+                    let dropped: Vec<BlockRef> = {
+                        let mut q = self.uploads.lock();
+                        let mut drop = Vec::new();
+                        q.retain(|b| {
+                            kept(b) || {
+                                drop.push(*b);
+                                false
+                            }
+                        });
                         drop
                     };
                     // Pieces it will not get from us after all count as
                     // not sent to it (crate::spread), or they would wait
-                    // for it, turning everyone else away.
+                    // for it, turning everyone else away: those whose
+                    // requests we drop, and (without the fast extension)
+                    // those it asked for only in part.
+                    let granted = &self.granted;
+                    let begun = std::mem::take(&mut self.begun);
                     if let (Some(spread), Some(served)) = (&mut st.spread, &mut self.served) {
-                        for b in &dropped {
-                            if served.unset(b.index as usize) {
-                                spread.unsent(b.index);
+                        let partly = begun
+                            .iter()
+                            .map(|&(p, _)| p)
+                            .filter(|p| !granted.contains(p));
+                        for p in dropped.iter().map(|b| b.index).chain(partly) {
+                            if served.unset(p as usize) {
+                                spread.unsent(p);
                             }
                         }
                     }
+                    self.begun = begun
+                        .into_iter()
+                        .filter(|(p, _)| granted.contains(p))
+                        .collect();
                     if self.fast {
                         for b in dropped {
                             self.send(&Message::RejectRequest(b));
@@ -833,7 +867,7 @@ impl Connection {
             Cmd::Unchoke => {
                 if self.am_choking {
                     self.am_choking = false;
-                    self.finishing = None;
+                    self.granted.clear();
                     tracing::debug!(target: "shoal::chokes", peer = %self.ident.addr, "unchoke");
                     self.send(&Message::Unchoke);
                 }
@@ -1262,22 +1296,13 @@ impl Connection {
         if !offered {
             return self.refuse(b, Some(Violation::RequestUnavailable(b.index)));
         }
-        if self.am_choking && !(self.fast && self.allowed_out.contains(&b.index)) {
+        if self.am_choking
+            && !(self.fast
+                && (self.allowed_out.contains(&b.index) || self.granted.contains(&b.index)))
+        {
             // Without the fast extension a request while choked is simply
-            // dropped (it may have crossed our choke on the wire).
-            // The rest of the piece a choke let finish, asked for after
-            // the choke, will not come from us: that piece counts as not
-            // sent to it, as the requests the choke dropped do (once; any
-            // other piece it asks for now it either got whole or was
-            // given back already).
-            if self.finishing == Some(b.index) {
-                self.finishing = None;
-                if let (Some(spread), Some(served)) = (&mut st.spread, &mut self.served) {
-                    if served.unset(b.index as usize) {
-                        spread.unsent(b.index);
-                    }
-                }
-            }
+            // dropped (it may have crossed our choke on the wire). (The
+            // pieces it had begun were granted or given back at the choke.)
             return self.refuse(b, None);
         }
         if self.uploads.lock().len() >= MAX_UPLOAD_QUEUE {
@@ -1297,6 +1322,29 @@ impl Connection {
         drop(q);
         self.counters.asked.fetch_add(1, Ordering::Relaxed);
         self.uploads.ready.notify_one();
+        if self
+            .served
+            .as_ref()
+            .is_some_and(|s| s.get(b.index as usize))
+        {
+            let size = self.info.piece_size(b.index as usize);
+            let len = u64::from(b.length);
+            match self.begun.iter().position(|&(p, _)| p == b.index) {
+                Some(i) => {
+                    self.begun[i].1 += len;
+                    if self.begun[i].1 >= size {
+                        self.begun.remove(i);
+                    }
+                }
+                None if len < size => {
+                    if self.begun.len() >= MAX_BEGUN {
+                        self.begun.remove(0);
+                    }
+                    self.begun.push((b.index, len));
+                }
+                None => {}
+            }
+        }
         if let Some(init) = &mut self.initial {
             init.requested(b.index, u64::from(b.length));
         }

@@ -567,6 +567,7 @@ impl State {
 
     /// Hands free upload slots to interested peers.
     pub fn fill_slots(&mut self) {
+        self.choker.rotate(seed_quota(self));
         let candidates = candidates(self);
         let (unchoke, choke) = self.choker.fill(&candidates, Instant::now(), &mut self.rng);
         self.send_chokes(unchoke, choke);
@@ -777,6 +778,15 @@ impl Shared {
     }
 }
 
+/// While seeding, how much a peer is sent per turn of the upload slots
+/// ([`Choker::rotate`]).
+fn seed_quota(st: &State) -> Option<u64> {
+    if !st.is_complete() {
+        return None;
+    }
+    Some(st.info.piece_length())
+}
+
 fn candidates(st: &State) -> Vec<Candidate> {
     let seeding = st.is_complete();
     let now = Instant::now();
@@ -788,6 +798,7 @@ fn candidates(st: &State) -> Vec<Candidate> {
             rate: if seeding { p.up.rate() } else { p.down.rate() },
             new: now.duration_since(p.connected_at) < Duration::from_secs(60),
             busy_at: p.last_taken.max(p.last_asked),
+            sent: p.counters.up.load(Ordering::Relaxed),
         })
         .collect()
 }
@@ -1260,6 +1271,8 @@ fn measure(shared: &Shared) {
 
 fn choke_round(shared: &Shared) {
     let mut st = shared.lock();
+    let quota = seed_quota(&st);
+    st.choker.rotate(quota);
     let candidates = candidates(&st);
     let st = &mut *st;
     let (unchoke, choke) = st.choker.round(&candidates, Instant::now(), &mut st.rng);

@@ -397,10 +397,7 @@ fn choking_rejects_queued_requests_with_fast_and_drops_them_without() {
     let (current, other) = (others.next().unwrap(), others.next().unwrap());
     t.cmd(Cmd::Unchoke).unwrap();
     t.recv(Message::Request(block(current, 0))).unwrap();
-    // (Asked twice over: no more than a piece's worth is finished.)
-    for _ in 0..3 {
-        t.recv(Message::Request(block(current, 1))).unwrap();
-    }
+    t.recv(Message::Request(block(current, 1))).unwrap();
     t.recv(Message::Request(block(other, 0))).unwrap();
     t.recv(Message::Request(block(set[0], 0))).unwrap();
     t.out();
@@ -410,12 +407,30 @@ fn choking_rejects_queued_requests_with_fast_and_drops_them_without() {
     t.cmd(Cmd::Choke).unwrap();
     let msgs = t.out();
     assert_eq!(msgs[0], Message::Choke);
-    assert_eq!(rejects(&msgs), [block(current, 1), block(other, 0)]);
+    // It is granted, so that it may ask for the rest while choked.
+    assert!(msgs.contains(&Message::AllowedFast(current)), "{msgs:?}");
+    assert!(!msgs.contains(&Message::AllowedFast(other)), "{msgs:?}");
+    assert_eq!(rejects(&msgs), [block(other, 0)]);
     assert_eq!(
         t.queued(),
-        [block(current, 1), block(current, 1), block(set[0], 0)],
+        [block(current, 1), block(set[0], 0)],
         "the piece being sent is finished, and allowed-fast survives a choke"
     );
+    t.recv(Message::Request(block(current, 1))).unwrap();
+    t.recv(Message::Request(block(other, 1))).unwrap();
+    assert_eq!(rejects(&t.out()), [block(other, 1)]);
+    // The grant ends with the next unchoke; the next choke grants the
+    // piece being sent then.
+    t.cmd(Cmd::Unchoke).unwrap();
+    t.recv(Message::Request(block(other, 0))).unwrap();
+    t.conn.uploads().lock().clear();
+    t.recv(Message::Request(block(other, 1))).unwrap();
+    assert_eq!(t.conn.uploads().take(1), [block(other, 1)]);
+    t.cmd(Cmd::Choke).unwrap();
+    assert!(t.out().contains(&Message::AllowedFast(other)));
+    t.recv(Message::Request(block(current, 0))).unwrap();
+    t.recv(Message::Request(block(other, 0))).unwrap();
+    assert_eq!(rejects(&t.out()), [block(current, 0)]);
 
     let mut t = T::new(true, features(false, false));
     t.cmd(Cmd::Unchoke).unwrap();
@@ -811,24 +826,47 @@ fn a_seed_points_a_second_asker_at_a_piece_nobody_got_yet() {
 }
 
 #[test]
-fn a_piece_dropped_by_a_choke_is_not_held_for_that_peer() {
+fn pieces_begun_are_granted_at_a_choke_and_without_fast_given_back() {
     let mut t = T::seed_unchoking_a_fast_leecher();
     t.recv(Message::Request(block(0, 0))).unwrap();
     t.recv(Message::Request(block(1, 0))).unwrap();
-    // Choked before we sent piece 1 (piece 0 went to the writer): that
-    // request is rejected, and piece 1 is as unsent as before.
+    t.out();
+    // Choked while piece 0 was being sent and piece 1 waited: both are
+    // granted (allowed fast) and finished, nothing is rejected...
     t.conn.uploads().take(1);
     t.cmd(Cmd::Choke).unwrap();
-    assert_eq!(rejects(&t.out()), [block(1, 0)]);
+    let msgs = t.out();
+    assert!(rejects(&msgs).is_empty(), "{msgs:?}");
+    for p in [0, 1] {
+        assert!(msgs.contains(&Message::AllowedFast(p)), "{msgs:?}");
+    }
+    t.recv(Message::Request(block(0, 1))).unwrap();
+    t.recv(Message::Request(block(1, 1))).unwrap();
+    assert!(rejects(&t.out()).is_empty());
+    assert_eq!(t.queued(), [block(1, 0), block(0, 1), block(1, 1)]);
+    // ... so both still count as on their way there.
     let mut b = second_leecher(&mut t, 2, true);
-    // Piece 0, being finished, still counts as on its way there.
-    b.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
-        .unwrap();
-    assert_eq!(rejects(&sent(&mut b)), [block(0, 0)]);
-    b.handle(Message::Request(block(1, 0)), t.now, &mut t.st)
-        .unwrap();
-    assert!(rejects(&sent(&mut b)).is_empty());
-    assert_eq!(b.uploads().lock().len(), 1);
+    for p in [0, 1] {
+        b.handle(Message::Request(block(p, 0)), t.now, &mut t.st)
+            .unwrap();
+        assert_eq!(rejects(&sent(&mut b)), [block(p, 0)]);
+    }
+
+    // Without the fast extension a choke drops every request: the pieces
+    // it had begun count as not sent, and the next asker gets them.
+    let mut t = T::new(true, features(false, false));
+    t.cmd(Cmd::Unchoke).unwrap();
+    t.recv(Message::Request(block(0, 0))).unwrap();
+    t.recv(Message::Request(block(1, 0))).unwrap();
+    t.conn.uploads().take(1);
+    t.cmd(Cmd::Choke).unwrap();
+    assert!(t.queued().is_empty());
+    let mut b = second_leecher(&mut t, 2, true);
+    for p in [0, 1] {
+        b.handle(Message::Request(block(p, 0)), t.now, &mut t.st)
+            .unwrap();
+        assert!(rejects(&sent(&mut b)).is_empty());
+    }
 }
 
 /// A seed whose first leecher got and announced pieces 0 to 9, and a
@@ -1024,11 +1062,11 @@ fn a_started_piece_is_finished_before_a_suggested_one_is_begun() {
 }
 
 #[test]
-fn the_rest_of_a_piece_asked_for_after_a_choke_is_not_held_for_that_peer() {
-    // The choke lets the piece being sent finish, but only the blocks
-    // asked for by then: the rest, asked for after it, is rejected, and
-    // the piece no longer counts as on its way to that peer (it will not
-    // arrive whole), so the next asker gets it at once.
+fn the_rest_of_a_piece_asked_for_after_a_choke_is_served() {
+    // The choke grants the piece being sent: the rest of it, asked for
+    // after the choke, is served, and the piece still counts as on its way
+    // there. A piece it got whole is not granted, and asking for it again
+    // changes no count (a peer cannot talk the counts down).
     let mut t = T::seed_unchoking_a_fast_leecher();
     // Piece 1 went whole; then piece 0's first block, and the choke.
     t.recv(Message::Request(block(1, 0))).unwrap();
@@ -1036,22 +1074,20 @@ fn the_rest_of_a_piece_asked_for_after_a_choke_is_not_held_for_that_peer() {
     t.recv(Message::Request(block(0, 0))).unwrap();
     t.conn.uploads().take(3);
     t.cmd(Cmd::Choke).unwrap();
+    let msgs = t.out();
+    assert!(msgs.contains(&Message::AllowedFast(0)), "{msgs:?}");
+    assert!(!msgs.contains(&Message::AllowedFast(1)), "{msgs:?}");
     let copies = |t: &T, p| t.st.spread.as_ref().unwrap().copies(p);
-    // Asking again for a piece it got whole changes nothing (a peer
-    // cannot talk the counts down)...
     t.recv(Message::Request(block(1, 0))).unwrap();
     assert_eq!(rejects(&t.out()), [block(1, 0)]);
-    assert_eq!(copies(&t, 1), 1);
-    // ...the rest of piece 0 gives piece 0 back, once.
     t.recv(Message::Request(block(0, 1))).unwrap();
-    t.recv(Message::Request(block(0, 1))).unwrap();
-    assert_eq!(rejects(&t.out()), [block(0, 1), block(0, 1)]);
-    assert_eq!((copies(&t, 0), copies(&t, 1)), (0, 1));
+    assert!(rejects(&t.out()).is_empty());
+    assert_eq!(t.queued(), [block(0, 1)]);
+    assert_eq!((copies(&t, 0), copies(&t, 1)), (1, 1));
     let mut b = second_leecher(&mut t, 2, true);
     b.handle(Message::Request(block(0, 0)), t.now, &mut t.st)
         .unwrap();
-    assert!(rejects(&sent(&mut b)).is_empty());
-    assert_eq!(b.uploads().lock().len(), 1);
+    assert_eq!(rejects(&sent(&mut b)), [block(0, 0)]);
 }
 
 #[test]
