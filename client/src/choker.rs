@@ -45,6 +45,13 @@ const OPTIMISTIC_EVERY: u32 = 3;
 /// An unchoked peer that took nothing for this long (and was unchoked at
 /// least this long ago) is idle: its slot may go to a waiting peer.
 pub const IDLE: Duration = Duration::from_millis(1500);
+/// While seeding, the shortest turn of a slot: what a new unchoke writes
+/// at first fills socket buffers, not the link, so a piece's worth is
+/// "sent" within milliseconds (at the start the slots went round a dozen
+/// times in the first 0.2 s, each choke granting pieces, and the seed's
+/// link was split among them all). Half a second is a piece's time on
+/// the testbed's links at a fifth of a 20 Mbit/s seed.
+const MIN_TURN: Duration = Duration::from_millis(500);
 /// A peer choked for idling is last in line for this long.
 const BENCH: Duration = Duration::from_secs(5);
 
@@ -91,8 +98,8 @@ impl Choker {
     }
 
     /// While seeding, slots go round: a peer that was sent `quota` bytes
-    /// since its unchoke makes room for a waiting one, those sent the
-    /// least coming first. `None` (downloading): tit for tat.
+    /// since its unchoke, at least [`MIN_TURN`] ago, makes room for a
+    /// waiting one, those sent the least coming first. `None` (downloading): tit for tat.
     pub fn rotate(&mut self, quota: Option<u64>) {
         self.quota = quota;
     }
@@ -212,7 +219,7 @@ impl Choker {
         let mut spare: Vec<(Spare, Option<Instant>, PeerKey)> = Vec::new();
         let mut busy = 0;
         for p in peers {
-            let Some(&(_, sent_then)) = self.unchoked.get(&p.key) else {
+            let Some(&(since, sent_then)) = self.unchoked.get(&p.key) else {
                 continue;
             };
             if !p.interested {
@@ -222,6 +229,7 @@ impl Choker {
             } else if self
                 .quota
                 .is_some_and(|q| p.sent.saturating_sub(sent_then) >= q)
+                && now.duration_since(since) >= MIN_TURN
             {
                 spare.push((Spare::Served, None, p.key));
             } else {
@@ -467,11 +475,13 @@ mod tests {
         peers[3].sent = 200;
         let (unchoke, choke) = c.round(&peers, t0, &mut rng);
         assert_eq!((unchoke, choke), (vec![0, 1], vec![]));
-        // 0 had its quota: it makes room for 3; 1, still short of it
-        // (and busy), keeps its slot.
-        let t1 = t0 + Duration::from_millis(500);
+        // 0 had its quota: it makes room for 3 once its turn lasted
+        // MIN_TURN; 1, still short of it (and busy), keeps its slot.
         peers[0].sent = 1000;
         peers[1].sent = 999;
+        let early = t0 + MIN_TURN / 2;
+        assert_eq!(c.fill(&peers, early, &mut rng), (vec![], vec![]));
+        let t1 = t0 + MIN_TURN;
         for p in &mut peers[..2] {
             p.busy_at = Some(t1);
         }
@@ -481,7 +491,11 @@ mod tests {
         peers[1].sent = 2000;
         assert_eq!(c.fill(&peers, t1, &mut rng), (vec![2], vec![1]));
         // A full round keeps those with slots (no optimistic unchoke).
-        let (unchoke, choke) = c.round(&peers, t1, &mut rng);
+        let t2 = t1 + MIN_TURN / 2;
+        for p in &mut peers {
+            p.busy_at = Some(t2);
+        }
+        let (unchoke, choke) = c.round(&peers, t2, &mut rng);
         assert!(unchoke.is_empty() && choke.is_empty());
         assert_eq!(c.optimistic, None);
         // With nobody waiting, a peer keeps its slot past its quota.
@@ -489,7 +503,7 @@ mod tests {
         peers[3 - 1].sent = 5000;
         peers[0].interested = false;
         peers[1].interested = false;
-        let (unchoke, choke) = c.fill(&peers, t1, &mut rng);
+        let (unchoke, choke) = c.fill(&peers, t2, &mut rng);
         assert!(unchoke.is_empty(), "{unchoke:?}");
         assert!(!choke.contains(&2), "{choke:?}");
         assert!(c.is_unchoked(2));
