@@ -17,6 +17,8 @@
 #        interleaved; medians) TIMEOUT=600 (per run) DATA_DIR=/tmp/shoal-bench
 #        CONFIGS="shoal lt lt-super shoal-initial" TRACKER_INTERVAL= (empty:
 #        the tracker's default, 30 min, so every peer announces once)
+#        SHOAL_BIN=path (a saved shoal binary to run instead of building
+#          this tree's, e.g. to compare two builds in turn)
 #
 # Rules (the same for every configuration; bench/swarm/run.py does one run):
 # - Every run gets a fresh `shoal tracker` on 127.0.0.1 and a torrent made by
@@ -68,8 +70,10 @@ done
 "$LTPY" -c 'import libtorrent' 2>/dev/null ||
     { echo "error: $LTPY has no libtorrent module (apt-get install python3-libtorrent)" >&2; exit 1; }
 
-echo "== building shoal (release)"
-(cd "$ROOT" && cargo build --release --quiet)
+if [ -z "${SHOAL_BIN:-}" ]; then
+    echo "== building shoal (release)"
+    (cd "$ROOT" && cargo build --release --quiet)
+fi
 
 mkdir -p "$DATA_DIR"
 TMP=$(mktemp -d "$DATA_DIR/swarm.XXXXXX") # same filesystem as the source
@@ -86,7 +90,7 @@ trap 'exit 130' INT TERM
 
 # A private copy: a rebuild of target/ during the run cannot swap the binary.
 SHOAL=$TMP/shoal
-cp "$ROOT/target/release/shoal" "$SHOAL"
+cp "${SHOAL_BIN:-$ROOT/target/release/shoal}" "$SHOAL"
 
 echo "== machine: $(nproc) cores ($(awk -F': ' '/model name/ { print $2; exit }' /proc/cpuinfo)), kernel $(uname -r), load average $(cut -d' ' -f1-3 /proc/loadavg)"
 echo "== versions: $("$SHOAL" --version), libtorrent $("$LTPY" -c 'import libtorrent; print(libtorrent.__version__)')"
