@@ -330,14 +330,13 @@ pub struct Connection {
     declined: u8,
     passed_over: Vec<u32>,
     /// The pieces a choke granted it (BEP 6 allowed fast) until the next
-    /// unchoke, so that it can ask for the rest of pieces it was being
-    /// sent: a piece left half sent would wait for the next unchoke. At
-    /// most [`MAX_BEGUN`] + 1.
+    /// unchoke, so that it can ask for the rest of pieces it had begun (in
+    /// `begun`, the bytes not asked yet): a piece left half sent would
+    /// wait for the next unchoke.
     granted: Vec<u32>,
-    /// Plain seeding: pieces it was served and has asked for in part, with
-    /// the bytes asked (at most [`MAX_BEGUN`], the oldest dropped): at a
-    /// choke they count as not sent to it, since the rest will not come
-    /// from us.
+    /// Pieces it has asked for in part, with the bytes asked (at most
+    /// [`MAX_BEGUN`], the oldest dropped): granted at a choke, or without
+    /// the fast extension counted as not sent to it ([`crate::spread`]).
     begun: Vec<(u32, u64)>,
     /// Most requests it queues (its `reqq`).
     peer_reqq: usize,
@@ -797,41 +796,49 @@ impl Connection {
                     tracing::debug!(target: "shoal::chokes", peer = %self.ident.addr, "choke");
                     self.send(&Message::Choke);
                     // With the fast extension a choke cancels nothing
-                    // (each request is answered), and the pieces being
-                    // sent — the writer's, and those it has asked for in
-                    // part — are granted (allowed fast, until the next
-                    // unchoke) so that they are finished: their queued
-                    // blocks and the rest it asks for now. A piece left
-                    // half sent would wait for the next unchoke, and for
-                    // pieces only we have, so would everyone else. Its
-                    // other requests are rejected, except for allowed-fast
-                    // pieces.
+                    // (each request is answered): the piece being sent is
+                    // finished (its blocks at the front of the queue, at
+                    // most a piece's worth), and the pieces it has asked
+                    // for in part are granted (allowed fast, until the
+                    // next unchoke, for the bytes it has not asked yet), so
+                    // that it finishes them too. A piece left half sent
+                    // would wait for the next unchoke, and for pieces only
+                    // we have, so would everyone else. Its other requests
+                    // are rejected, except for allowed-fast pieces.
                     self.granted.clear();
                     if self.fast {
-                        let begun: Vec<u32> = self.begun.iter().map(|&(p, _)| p).collect();
-                        for p in self.uploads.current().into_iter().chain(begun) {
-                            if !self.allowed_out.contains(&p)
-                                && !self.granted.contains(&p)
-                                && !self.bitfield.get(p as usize)
-                            {
+                        for i in 0..self.begun.len() {
+                            let p = self.begun[i].0;
+                            if !self.allowed_out.contains(&p) && !self.bitfield.get(p as usize) {
                                 self.granted.push(p);
                                 self.send(&Message::AllowedFast(p));
                             }
                         }
                     }
-                    let kept = |b: &BlockRef| {
-                        self.fast
-                            && (self.allowed_out.contains(&b.index)
-                                || self.granted.contains(&b.index))
-                    };
                     let dropped: Vec<BlockRef> = {
+                        let (allowed, granted) = (&self.allowed_out, &self.granted);
+                        let fast = self.fast;
+                        let current = self.uploads.current();
+                        let mut room = current.map_or(0, |p| self.info.piece_size(p as usize));
+                        let mut front = true;
                         let mut q = self.uploads.lock();
                         let mut drop = Vec::new();
                         q.retain(|b| {
-                            kept(b) || {
-                                drop.push(*b);
-                                false
+                            let finish = fast
+                                && front
+                                && Some(b.index) == current
+                                && u64::from(b.length) <= room;
+                            front &= finish;
+                            if finish {
+                                room -= u64::from(b.length);
                             }
+                            let keep = finish
+                                || fast
+                                    && (allowed.contains(&b.index) || granted.contains(&b.index));
+                            if !keep {
+                                drop.push(*b);
+                            }
+                            keep
                         });
                         drop
                     };
@@ -1296,10 +1303,12 @@ impl Connection {
         if !offered {
             return self.refuse(b, Some(Violation::RequestUnavailable(b.index)));
         }
-        if self.am_choking
-            && !(self.fast
-                && (self.allowed_out.contains(&b.index) || self.granted.contains(&b.index)))
-        {
+        // The rest of a piece granted at our choke, never more.
+        let granted = self.granted.contains(&b.index)
+            && self.begun.iter().any(|&(p, asked)| {
+                p == b.index && asked + u64::from(b.length) <= info.piece_size(p as usize)
+            });
+        if self.am_choking && !(self.fast && (self.allowed_out.contains(&b.index) || granted)) {
             // Without the fast extension a request while choked is simply
             // dropped (it may have crossed our choke on the wire). (The
             // pieces it had begun were granted or given back at the choke.)
@@ -1322,10 +1331,6 @@ impl Connection {
         drop(q);
         self.counters.asked.fetch_add(1, Ordering::Relaxed);
         self.uploads.ready.notify_one();
-        if self
-            .served
-            .as_ref()
-            .is_some_and(|s| s.get(b.index as usize))
         {
             let size = self.info.piece_size(b.index as usize);
             let len = u64::from(b.length);
@@ -1334,6 +1339,7 @@ impl Connection {
                     self.begun[i].1 += len;
                     if self.begun[i].1 >= size {
                         self.begun.remove(i);
+                        self.granted.retain(|&p| p != b.index);
                     }
                 }
                 None if len < size => {

@@ -394,43 +394,58 @@ fn choking_rejects_queued_requests_with_fast_and_drops_them_without() {
     t.out();
     let set = t.conn.allowed_out.clone();
     let mut others = (0..PIECES as u32).filter(|&p| !set.contains(&p) && t.st.have.get(p as usize));
-    let (current, other) = (others.next().unwrap(), others.next().unwrap());
+    let (current, other, third) = (
+        others.next().unwrap(),
+        others.next().unwrap(),
+        others.next().unwrap(),
+    );
+    assert_eq!(t.st.info.piece_size(current as usize), 2 * u64::from(BLOCK));
     t.cmd(Cmd::Unchoke).unwrap();
-    t.recv(Message::Request(block(current, 0))).unwrap();
-    t.recv(Message::Request(block(current, 1))).unwrap();
-    t.recv(Message::Request(block(other, 0))).unwrap();
-    t.recv(Message::Request(block(set[0], 0))).unwrap();
+    for b in [
+        block(current, 0),
+        block(current, 1),
+        block(other, 0),
+        block(third, 0),
+        block(third, 1),
+        block(set[0], 0),
+    ] {
+        t.recv(Message::Request(b)).unwrap();
+    }
     t.out();
     // The writer took the first block of `current`: the piece being sent.
     assert_eq!(t.conn.uploads().take(1), [block(current, 0)]);
-    assert_eq!(t.st.info.piece_size(current as usize), 2 * u64::from(BLOCK));
     t.cmd(Cmd::Choke).unwrap();
     let msgs = t.out();
     assert_eq!(msgs[0], Message::Choke);
-    // It is granted, so that it may ask for the rest while choked.
-    assert!(msgs.contains(&Message::AllowedFast(current)), "{msgs:?}");
-    assert!(!msgs.contains(&Message::AllowedFast(other)), "{msgs:?}");
-    assert_eq!(rejects(&msgs), [block(other, 0)]);
+    // `other`, asked for in part, is granted for the rest; `third`, asked
+    // for whole and not begun, is rejected.
+    let granted: Vec<&Message> = msgs
+        .iter()
+        .filter(|m| matches!(m, Message::AllowedFast(_)))
+        .collect();
+    assert_eq!(granted, [&Message::AllowedFast(other)]);
+    assert_eq!(rejects(&msgs), [block(third, 0), block(third, 1)]);
     assert_eq!(
         t.queued(),
-        [block(current, 1), block(set[0], 0)],
-        "the piece being sent is finished, and allowed-fast survives a choke"
+        [block(current, 1), block(other, 0), block(set[0], 0)],
+        "the piece being sent is finished, a piece begun is kept, and \
+         allowed-fast survives a choke"
     );
-    t.recv(Message::Request(block(current, 1))).unwrap();
-    t.recv(Message::Request(block(other, 1))).unwrap();
-    assert_eq!(rejects(&t.out()), [block(other, 1)]);
-    // The grant ends with the next unchoke; the next choke grants the
-    // piece being sent then.
+    // The rest of `other` is served, once; nothing else is.
+    for b in [block(other, 1), block(other, 1), block(current, 1)] {
+        t.recv(Message::Request(b)).unwrap();
+    }
+    assert_eq!(rejects(&t.out()), [block(other, 1), block(current, 1)]);
+    // The grant ends with the next unchoke; the next choke grants what is
+    // begun then.
     t.cmd(Cmd::Unchoke).unwrap();
-    t.recv(Message::Request(block(other, 0))).unwrap();
     t.conn.uploads().lock().clear();
-    t.recv(Message::Request(block(other, 1))).unwrap();
-    assert_eq!(t.conn.uploads().take(1), [block(other, 1)]);
+    t.recv(Message::Request(block(third, 0))).unwrap();
     t.cmd(Cmd::Choke).unwrap();
-    assert!(t.out().contains(&Message::AllowedFast(other)));
-    t.recv(Message::Request(block(current, 0))).unwrap();
+    assert!(t.out().contains(&Message::AllowedFast(third)));
     t.recv(Message::Request(block(other, 0))).unwrap();
-    assert_eq!(rejects(&t.out()), [block(current, 0)]);
+    t.recv(Message::Request(block(third, 1))).unwrap();
+    assert_eq!(rejects(&t.out()), [block(other, 0)]);
 
     let mut t = T::new(true, features(false, false));
     t.cmd(Cmd::Unchoke).unwrap();
