@@ -51,7 +51,8 @@ pub struct NetArgs {
     /// Most connections at once over all torrents of this process
     #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=100_000))]
     pub max_connections: u32,
-    /// Peers unchoked (uploaded to) at once, besides one optimistic slot
+    /// Peers unchoked (uploaded to) at once, besides one optimistic slot; a seed unchokes one
+    /// more instead, and each waiting peer gets turns of a piece's worth
     #[arg(long, value_name = "N", default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..=1000))]
     pub upload_slots: u32,
     /// Upload at most this many bytes per second, over all torrents
