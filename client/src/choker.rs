@@ -52,6 +52,9 @@ pub const IDLE: Duration = Duration::from_millis(1500);
 /// link was split among them all). Half a second is a piece's time on
 /// the testbed's links at a fifth of a 20 Mbit/s seed.
 const MIN_TURN: Duration = Duration::from_millis(500);
+/// ... and the longest: a peer that takes slowly (or asks and cancels,
+/// so that it looks busy) has its turn end after a choke round.
+const MAX_TURN: Duration = ROUND;
 /// A peer choked for idling is last in line for this long.
 const BENCH: Duration = Duration::from_secs(5);
 
@@ -98,8 +101,10 @@ impl Choker {
     }
 
     /// While seeding, slots go round: a peer that was sent `quota` bytes
-    /// since its unchoke, at least [`MIN_TURN`] ago, makes room for a
-    /// waiting one, those sent the least coming first. `None` (downloading): tit for tat.
+    /// since its unchoke, at least [`MIN_TURN`] ago (or that was unchoked
+    /// [`MAX_TURN`] ago), makes room for a waiting one, those sent the
+    /// least coming first (but peers benched for idling take only free
+    /// slots). `None` (downloading): tit for tat.
     pub fn rotate(&mut self, quota: Option<u64>) {
         self.quota = quota;
     }
@@ -226,11 +231,10 @@ impl Choker {
                 spare.push((Spare::Uninterested, None, p.key));
             } else if self.is_idle(p, now) {
                 spare.push((Spare::Idle, p.busy_at, p.key));
-            } else if self
-                .quota
-                .is_some_and(|q| p.sent.saturating_sub(sent_then) >= q)
-                && now.duration_since(since) >= MIN_TURN
-            {
+            } else if self.quota.is_some_and(|q| {
+                let turn = now.duration_since(since);
+                (p.sent.saturating_sub(sent_then) >= q && turn >= MIN_TURN) || turn >= MAX_TURN
+            }) {
                 spare.push((Spare::Served, None, p.key));
             } else {
                 busy += 1;
@@ -254,7 +258,17 @@ impl Choker {
             })
             .collect();
         waiting.sort_unstable();
-        let add: Vec<PeerKey> = waiting.iter().take(free).map(|w| w.3).collect();
+        // A peer benched for idling may take a free slot, not the slot of
+        // a peer that had its turn (it would idle there in turn).
+        let served = spare.iter().filter(|s| s.0 == Spare::Served).count();
+        let open = free.saturating_sub(served);
+        let mut add: Vec<PeerKey> = Vec::new();
+        for &(benched, _, _, k) in &waiting {
+            if add.len() >= free || (benched && add.len() >= open) {
+                break;
+            }
+            add.push(k);
+        }
         // Make room for them among the spare ones.
         let over = (self.unchoked.len() + add.len()).saturating_sub(self.slots + 1);
         spare.sort_unstable();
@@ -507,6 +521,59 @@ mod tests {
         assert!(unchoke.is_empty(), "{unchoke:?}");
         assert!(!choke.contains(&2), "{choke:?}");
         assert!(c.is_unchoked(2));
+    }
+
+    #[test]
+    fn seeding_a_slow_turn_ends_and_a_benched_peer_takes_only_free_slots() {
+        let mut rng = SmallRng::seed_from_u64(10);
+        let t0 = Instant::now();
+        let mut c = Choker::new(1);
+        c.rotate(Some(1_000_000));
+        let mut peers = vec![peer(0, 0), peer(1, 0)];
+        c.round(&peers, t0, &mut rng);
+        // 2 waits. 0 and 1 keep asking (busy) but take slowly: their turns
+        // end after MAX_TURN, not before.
+        peers.push(peer(2, 0));
+        let mut now = t0;
+        for _ in 0..9 {
+            now += Duration::from_secs(1);
+            for p in &mut peers[..2] {
+                p.busy_at = Some(now);
+                p.sent += 1000;
+            }
+            assert_eq!(c.fill(&peers, now, &mut rng), (vec![], vec![]));
+        }
+        now = t0 + MAX_TURN;
+        for p in &mut peers[..2] {
+            p.busy_at = Some(now);
+        }
+        let (unchoke, choke) = c.fill(&peers, now, &mut rng);
+        assert_eq!(unchoke, [2]);
+        assert_eq!(choke.len(), 1);
+
+        // A peer benched for idling does not take the slot of one that had
+        // its turn...
+        let mut c = Choker::new(1);
+        c.rotate(Some(1000));
+        let mut peers = vec![peer(0, 0), peer(1, 0)];
+        c.round(&peers, t0, &mut rng);
+        let t1 = t0 + IDLE * 2;
+        peers[1].busy_at = Some(t1);
+        peers[1].sent = 500;
+        peers.push(peer(2, 0));
+        // 0 idles: benched, and 2 takes its slot.
+        assert_eq!(c.fill(&peers, t1, &mut rng), (vec![2], vec![0]));
+        // 1 and 2 had their turns; 0, benched, waits for a free slot.
+        let t2 = t1 + MIN_TURN;
+        for p in &mut peers[1..] {
+            p.busy_at = Some(t2);
+            p.sent += 1000;
+        }
+        assert_eq!(c.fill(&peers, t2, &mut rng), (vec![], vec![]));
+        // ... but takes a free one: 2 leaves.
+        peers.pop();
+        c.remove(2);
+        assert_eq!(c.fill(&peers, t2, &mut rng), (vec![0], vec![]));
     }
 
     #[test]

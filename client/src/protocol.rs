@@ -76,9 +76,16 @@ const TURN_AWAY_ROUNDS: u64 = 4;
 /// Suggestions a peer may pass over before it is no longer turned away
 /// in favour of less-sent pieces.
 const MAX_DECLINED: u8 = 3;
-/// Pieces asked for in part that a seed remembers per peer
+/// Pieces asked for in part that we remember per peer
 /// ([`Connection::begun`]).
 const MAX_BEGUN: usize = 32;
+/// Most of them a choke grants (those asked for the most): a choke ends a
+/// turn of about a piece, not of as many pieces as the peer began.
+const MAX_GRANTED: usize = 4;
+/// A granted piece whose rest is not asked for this long after the choke
+/// (Transmission ignores `allowed_fast`) counts as not sent to the peer
+/// ([`crate::spread`]), and the grant ends.
+const GRANT_WAIT: Duration = Duration::from_secs(2);
 /// Pieces one peer is turned away from in favour of less-sent ones
 /// ([`crate::spread`]); past this, it gets what it asks for.
 const MAX_REDIRECTED: usize = 1024;
@@ -334,6 +341,8 @@ pub struct Connection {
     /// `begun`, the bytes not asked yet): a piece left half sent would
     /// wait for the next unchoke.
     granted: Vec<u32>,
+    /// When the grants end ([`GRANT_WAIT`] after the choke).
+    grant_until: Option<Instant>,
     /// Pieces it has asked for in part, with the bytes asked (at most
     /// [`MAX_BEGUN`], the oldest dropped): granted at a choke, or without
     /// the fast extension counted as not sent to it ([`crate::spread`]).
@@ -392,6 +401,7 @@ impl Connection {
             chatter: Chatter::new(now),
             allowed_out: Vec::new(),
             granted: Vec::new(),
+            grant_until: None,
             begun: Vec::new(),
             allowed_in: Vec::new(),
             rejected: HashSet::new(),
@@ -594,6 +604,16 @@ impl Connection {
                 if let Some(i) = q.iter().position(|x| *x == b) {
                     q.remove(i);
                     drop(q);
+                    // Not asked after all (a piece asked for and cancelled
+                    // is not begun).
+                    if let Some(i) = self.begun.iter().position(|&(p, _)| p == b.index) {
+                        let e = &mut self.begun[i];
+                        e.1 = e.1.saturating_sub(u64::from(b.length));
+                        if e.1 == 0 {
+                            self.begun.remove(i);
+                            self.granted.retain(|&p| p != b.index);
+                        }
+                    }
                     // Fast extension: even a cancelled request is answered.
                     if self.fast {
                         self.send(&Message::RejectRequest(b));
@@ -797,38 +817,42 @@ impl Connection {
                     self.send(&Message::Choke);
                     // With the fast extension a choke cancels nothing
                     // (each request is answered): the piece being sent is
-                    // finished (its blocks at the front of the queue, at
-                    // most a piece's worth), and the pieces it has asked
-                    // for in part are granted (allowed fast, until the
-                    // next unchoke, for the bytes it has not asked yet), so
-                    // that it finishes them too. A piece left half sent
-                    // would wait for the next unchoke, and for pieces only
-                    // we have, so would everyone else. Its other requests
-                    // are rejected, except for allowed-fast pieces.
+                    // finished (its queued blocks, at most a piece's
+                    // worth), and the pieces it has asked for in part (the
+                    // MAX_GRANTED asked for the most) are granted (allowed
+                    // fast, for the bytes it has not asked yet, for
+                    // GRANT_WAIT or until the next unchoke), so that it
+                    // finishes them too. A piece left half sent would wait
+                    // for the next unchoke, and for pieces only we have, so
+                    // would everyone else. Its other requests are rejected,
+                    // except for allowed-fast pieces.
                     self.granted.clear();
                     if self.fast {
-                        for i in 0..self.begun.len() {
-                            let p = self.begun[i].0;
-                            if !self.allowed_out.contains(&p) && !self.bitfield.get(p as usize) {
-                                self.granted.push(p);
-                                self.send(&Message::AllowedFast(p));
-                            }
+                        let mut begun: Vec<(u32, u64)> = self
+                            .begun
+                            .iter()
+                            .copied()
+                            .filter(|&(p, _)| {
+                                !self.allowed_out.contains(&p) && !self.bitfield.get(p as usize)
+                            })
+                            .collect();
+                        begun.sort_by_key(|&(p, asked)| (std::cmp::Reverse(asked), p));
+                        for (p, _) in begun.into_iter().take(MAX_GRANTED) {
+                            self.granted.push(p);
+                            self.send(&Message::AllowedFast(p));
                         }
+                        self.grant_until = Some(now + GRANT_WAIT);
                     }
                     let dropped: Vec<BlockRef> = {
                         let (allowed, granted) = (&self.allowed_out, &self.granted);
                         let fast = self.fast;
                         let current = self.uploads.current();
                         let mut room = current.map_or(0, |p| self.info.piece_size(p as usize));
-                        let mut front = true;
                         let mut q = self.uploads.lock();
                         let mut drop = Vec::new();
                         q.retain(|b| {
-                            let finish = fast
-                                && front
-                                && Some(b.index) == current
-                                && u64::from(b.length) <= room;
-                            front &= finish;
+                            let finish =
+                                fast && Some(b.index) == current && u64::from(b.length) <= room;
                             if finish {
                                 room -= u64::from(b.length);
                             }
@@ -845,8 +869,8 @@ impl Connection {
                     // Pieces it will not get from us after all count as
                     // not sent to it (crate::spread), or they would wait
                     // for it, turning everyone else away: those whose
-                    // requests we drop, and (without the fast extension)
-                    // those it asked for only in part.
+                    // requests we drop, and those it asked for only in
+                    // part that are not granted.
                     let granted = &self.granted;
                     let begun = std::mem::take(&mut self.begun);
                     if let (Some(spread), Some(served)) = (&mut st.spread, &mut self.served) {
@@ -875,6 +899,7 @@ impl Connection {
                 if self.am_choking {
                     self.am_choking = false;
                     self.granted.clear();
+                    self.grant_until = None;
                     tracing::debug!(target: "shoal::chokes", peer = %self.ident.addr, "unchoke");
                     self.send(&Message::Unchoke);
                 }
@@ -928,6 +953,19 @@ impl Connection {
     pub fn tick(&mut self, now: Instant, st: &mut State) -> Result<(), Close> {
         if now.duration_since(self.last_recv) > IDLE_TIMEOUT {
             return Err(Close::Idle);
+        }
+        if self.grant_until.is_some_and(|t| now >= t) {
+            // The rest of these was not asked for in time: they will not
+            // arrive whole there.
+            self.grant_until = None;
+            for p in std::mem::take(&mut self.granted) {
+                self.begun.retain(|&(q, _)| q != p);
+                if let (Some(spread), Some(served)) = (&mut st.spread, &mut self.served) {
+                    if served.unset(p as usize) {
+                        spread.unsent(p);
+                    }
+                }
+            }
         }
         if tracing::enabled!(target: "shoal::demand", tracing::Level::DEBUG) {
             let p = st.peers.get(&self.key);
@@ -1343,10 +1381,23 @@ impl Connection {
                     }
                 }
                 None if len < size => {
-                    if self.begun.len() >= MAX_BEGUN {
-                        self.begun.remove(0);
+                    // Full: the oldest that is not granted makes room (a
+                    // peer with so many pieces begun is odd; a piece
+                    // forgotten so is not granted at a choke, and may hold
+                    // other askers back for spread::FIRST_COPY_WAIT); with
+                    // every one granted, this piece is not remembered.
+                    let granted = &self.granted;
+                    let room = self.begun.len() < MAX_BEGUN
+                        || match self.begun.iter().position(|(p, _)| !granted.contains(p)) {
+                            Some(i) => {
+                                self.begun.remove(i);
+                                true
+                            }
+                            None => false,
+                        };
+                    if room {
+                        self.begun.push((b.index, len));
                     }
-                    self.begun.push((b.index, len));
                 }
                 None => {}
             }

@@ -1076,6 +1076,100 @@ fn a_started_piece_is_finished_before_a_suggested_one_is_begun() {
     );
 }
 
+/// What a choke grants is bounded: a request cancelled is not a piece
+/// begun, at most MAX_GRANTED pieces are granted (those asked for the
+/// most), the others count as not sent; a grant whose rest is not asked
+/// for within GRANT_WAIT (Transmission ignores `allowed_fast`) ends, and
+/// its piece counts as not sent too.
+#[test]
+fn a_choke_grants_at_most_a_few_begun_pieces_for_a_while() {
+    let mut t = T::seed_unchoking_a_fast_leecher();
+    let copies = |t: &T, p| t.st.spread.as_ref().unwrap().copies(p);
+    // Piece 0 asked for and cancelled; 1..=6 begun (the writer took their
+    // blocks, so that none is dropped at the choke).
+    t.recv(Message::Request(block(0, 0))).unwrap();
+    t.recv(Message::Cancel(block(0, 0))).unwrap();
+    for p in 1..=6 {
+        t.recv(Message::Request(block(p, 0))).unwrap();
+    }
+    t.conn.uploads().take(100);
+    t.out();
+    for p in 1..=6 {
+        assert_eq!(copies(&t, p), 1);
+    }
+    t.cmd(Cmd::Choke).unwrap();
+    let granted: Vec<u32> = t
+        .out()
+        .into_iter()
+        .filter_map(|m| match m {
+            Message::AllowedFast(p) => Some(p),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(granted.len(), MAX_GRANTED, "{granted:?}");
+    assert!(!granted.contains(&0));
+    let given_back: Vec<u32> = (1..=6).filter(|p| !granted.contains(p)).collect();
+    for &p in &given_back {
+        assert_eq!(copies(&t, p), 0, "piece {p}");
+    }
+    // A granted piece's rest is served within GRANT_WAIT...
+    let first = granted[0];
+    t.recv(Message::Request(block(first, 1))).unwrap();
+    assert!(rejects(&t.out()).is_empty());
+    // ... the others', asked for too late, are not: those pieces count as
+    // not sent.
+    t.pass(GRANT_WAIT).unwrap();
+    let late = granted[1];
+    t.recv(Message::Request(block(late, 1))).unwrap();
+    assert_eq!(rejects(&t.out()), [block(late, 1)]);
+    assert_eq!(copies(&t, late), 0);
+    assert_eq!(copies(&t, first), 1);
+}
+
+/// At most MAX_BEGUN pieces asked for in part are remembered: the oldest
+/// not granted makes room; while every one is granted, a new one is not
+/// remembered.
+#[test]
+fn pieces_begun_are_bounded_and_granted_ones_kept() {
+    let mut t = T::seed_unchoking_a_fast_leecher();
+    for p in 0..=MAX_BEGUN as u32 {
+        t.recv(Message::Request(block(p, 0))).unwrap();
+    }
+    assert!(rejects(&t.out()).is_empty());
+    let begun: Vec<u32> = t.conn.begun.iter().map(|e| e.0).collect();
+    assert_eq!(begun, (1..=MAX_BEGUN as u32).collect::<Vec<_>>());
+    // Every one granted (as a choke would, past MAX_GRANTED): the next
+    // piece is not remembered, and none is forgotten.
+    t.conn.granted = begun.clone();
+    t.recv(Message::Request(block(MAX_BEGUN as u32 + 1, 0)))
+        .unwrap();
+    let now: Vec<u32> = t.conn.begun.iter().map(|e| e.0).collect();
+    assert_eq!(now, begun);
+}
+
+/// A peer that grants us a piece at every choke (a rotating seed) would
+/// fill our allowed-fast list: pieces we have since verified make room.
+#[test]
+fn allowed_fast_pieces_we_have_make_room_for_new_ones() {
+    let pieces = fast::MAX_ALLOWED_FAST_IN + 10;
+    let len = pieces * 32 * 1024 - 1000;
+    let (info, _) = crate::storage::tests::torrent(&[("", len)], 32 * 1024);
+    let mut have = Bitfield::new(info.piece_count());
+    for p in 0..fast::MAX_ALLOWED_FAST_IN {
+        have.set(p);
+    }
+    let st = State::new(info, have, None, 4, false);
+    let mut t = T::with(st, features(true, false), false);
+    t.out();
+    for p in 0..fast::MAX_ALLOWED_FAST_IN as u32 {
+        t.recv(Message::AllowedFast(p)).unwrap();
+    }
+    assert_eq!(t.conn.allowed_in.len(), fast::MAX_ALLOWED_FAST_IN);
+    let new = fast::MAX_ALLOWED_FAST_IN as u32 + 3;
+    t.recv(Message::AllowedFast(new)).unwrap();
+    assert_eq!(t.conn.allowed_in, [new]);
+}
+
 #[test]
 fn the_rest_of_a_piece_asked_for_after_a_choke_is_served() {
     // The choke grants the piece being sent: the rest of it, asked for
