@@ -16,9 +16,11 @@
 //!   knows), and one over the limit or for a piece we do not have ends
 //!   the connection with a logged reason: a peer is never left waiting for
 //!   a block we decided not to send;
-//! - with the fast extension our choke grants (`allowed_fast`, until the
-//!   next unchoke) the pieces being sent to the peer, so that it finishes
-//!   them: a piece left half sent would wait for the next unchoke;
+//! - when we choke a peer, the piece being sent is finished, and with the
+//!   fast extension the pieces it had asked for in part (four at most) are
+//!   granted (`allowed_fast`, for the rest of each, for 2 s) so that it
+//!   finishes them too: a piece left half sent would wait for the next
+//!   unchoke;
 //! - on the downloading side, with the fast extension a choke keeps our
 //!   requests (each is answered by a piece or a reject; a reject releases
 //!   the block at once), and the peer's allowed-fast pieces are requested
@@ -344,8 +346,8 @@ pub struct Connection {
     /// When the grants end ([`GRANT_WAIT`] after the choke).
     grant_until: Option<Instant>,
     /// Pieces it has asked for in part, with the bytes asked (at most
-    /// [`MAX_BEGUN`], the oldest dropped): granted at a choke, or without
-    /// the fast extension counted as not sent to it ([`crate::spread`]).
+    /// [`MAX_BEGUN`], the oldest not granted dropped): granted at a choke,
+    /// or else counted as not sent to it ([`crate::spread`]).
     begun: Vec<(u32, u64)>,
     /// Most requests it queues (its `reqq`).
     peer_reqq: usize,
@@ -606,14 +608,7 @@ impl Connection {
                     drop(q);
                     // Not asked after all (a piece asked for and cancelled
                     // is not begun).
-                    if let Some(i) = self.begun.iter().position(|&(p, _)| p == b.index) {
-                        let e = &mut self.begun[i];
-                        e.1 = e.1.saturating_sub(u64::from(b.length));
-                        if e.1 == 0 {
-                            self.begun.remove(i);
-                            self.granted.retain(|&p| p != b.index);
-                        }
-                    }
+                    self.unbegin(b);
                     // Fast extension: even a cancelled request is answered.
                     if self.fast {
                         self.send(&Message::RejectRequest(b));
@@ -841,7 +836,7 @@ impl Connection {
                             self.granted.push(p);
                             self.send(&Message::AllowedFast(p));
                         }
-                        self.grant_until = Some(now + GRANT_WAIT);
+                        self.grant_until = (!self.granted.is_empty()).then(|| now + GRANT_WAIT);
                     }
                     let dropped: Vec<BlockRef> = {
                         let (allowed, granted) = (&self.allowed_out, &self.granted);
@@ -1369,39 +1364,7 @@ impl Connection {
         drop(q);
         self.counters.asked.fetch_add(1, Ordering::Relaxed);
         self.uploads.ready.notify_one();
-        {
-            let size = self.info.piece_size(b.index as usize);
-            let len = u64::from(b.length);
-            match self.begun.iter().position(|&(p, _)| p == b.index) {
-                Some(i) => {
-                    self.begun[i].1 += len;
-                    if self.begun[i].1 >= size {
-                        self.begun.remove(i);
-                        self.granted.retain(|&p| p != b.index);
-                    }
-                }
-                None if len < size => {
-                    // Full: the oldest that is not granted makes room (a
-                    // peer with so many pieces begun is odd; a piece
-                    // forgotten so is not granted at a choke, and may hold
-                    // other askers back for spread::FIRST_COPY_WAIT); with
-                    // every one granted, this piece is not remembered.
-                    let granted = &self.granted;
-                    let room = self.begun.len() < MAX_BEGUN
-                        || match self.begun.iter().position(|(p, _)| !granted.contains(p)) {
-                            Some(i) => {
-                                self.begun.remove(i);
-                                true
-                            }
-                            None => false,
-                        };
-                    if room {
-                        self.begun.push((b.index, len));
-                    }
-                }
-                None => {}
-            }
-        }
+        self.begin(b);
         if let Some(init) = &mut self.initial {
             init.requested(b.index, u64::from(b.length));
         }
@@ -1505,6 +1468,52 @@ impl Connection {
         tracing::debug!(target: "shoal::spread", peer = %self.ident.addr, piece, copies = spread.copies(piece), may_turn, declined = self.declined, turned, "serve");
         spread.sent(piece, now);
         None
+    }
+
+    /// A request of `b` was queued: its piece is begun until asked whole
+    /// ([`Connection::begun`]).
+    fn begin(&mut self, b: BlockRef) {
+        let size = self.info.piece_size(b.index as usize);
+        let len = u64::from(b.length);
+        match self.begun.iter().position(|&(p, _)| p == b.index) {
+            Some(i) => {
+                self.begun[i].1 += len;
+                if self.begun[i].1 >= size {
+                    self.begun.remove(i);
+                    self.granted.retain(|&p| p != b.index);
+                }
+            }
+            None if len < size => {
+                // Full: the oldest that is not granted makes room (a peer
+                // with so many pieces begun is odd; a piece forgotten so is
+                // not granted at a choke, and may hold other askers back
+                // for spread::FIRST_COPY_WAIT); with every one granted,
+                // this piece is not remembered.
+                let granted = &self.granted;
+                if self.begun.len() >= MAX_BEGUN {
+                    match self.begun.iter().position(|(p, _)| !granted.contains(p)) {
+                        Some(i) => {
+                            self.begun.remove(i);
+                        }
+                        None => return,
+                    }
+                }
+                self.begun.push((b.index, len));
+            }
+            None => {}
+        }
+    }
+
+    /// A queued request of `b` was cancelled: not asked after all.
+    fn unbegin(&mut self, b: BlockRef) {
+        if let Some(i) = self.begun.iter().position(|&(p, _)| p == b.index) {
+            let e = &mut self.begun[i];
+            e.1 = e.1.saturating_sub(u64::from(b.length));
+            if e.1 == 0 {
+                self.begun.remove(i);
+                self.granted.retain(|&p| p != b.index);
+            }
+        }
     }
 
     fn rejected(&mut self, b: BlockRef, now: Instant, st: &mut State) -> Result<(), Close> {
