@@ -514,7 +514,7 @@ mod tests {
         assert_eq!(c.optimistic, None);
         // With nobody waiting, a peer keeps its slot past its quota.
         peers.truncate(3);
-        peers[3 - 1].sent = 5000;
+        peers[2].sent = 5000;
         peers[0].interested = false;
         peers[1].interested = false;
         let (unchoke, choke) = c.fill(&peers, t2, &mut rng);

@@ -781,10 +781,7 @@ impl Shared {
 /// While seeding, how much a peer is sent per turn of the upload slots
 /// ([`Choker::rotate`]).
 fn seed_quota(st: &State) -> Option<u64> {
-    if !st.is_complete() {
-        return None;
-    }
-    Some(st.info.piece_length())
+    st.is_complete().then(|| st.info.piece_length())
 }
 
 fn candidates(st: &State) -> Vec<Candidate> {
