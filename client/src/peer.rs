@@ -399,11 +399,12 @@ async fn read_loop(
     flush(conn, outbox)?;
     loop {
         // Everything complete in the buffer first, under one lock but for
-        // blocks, which wait for room in the write queue first (so they
-        // reach the disk threads in the order the picker counted them:
-        // the last block of a piece must come after the others). The
-        // blocks go to the disk threads together once the buffer is done
-        // (or before waiting for room), so that they are written together.
+        // blocks, which get room in the write queue before the picker
+        // counts them. The blocks go to the disk threads together once the
+        // buffer is done (or before waiting for room), so that they are
+        // written together; another connection's blocks of the same piece
+        // may get there first or later (the writer hashes a piece once all
+        // of it is written).
         let mut at = 0;
         let mut blocks = Vec::new();
         let handled = handle_buffered(shared, conn, buf, &mut at, max_msg, &mut blocks).await;
