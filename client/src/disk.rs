@@ -640,7 +640,7 @@ mod tests {
             Arc::new(Storage::create(info.clone(), dir.path().join("one.bin"), None).unwrap());
         let (tx, mut rx) = mpsc::unbounded_channel();
         let disk = Disk::new(info, storage, 1, tx);
-        let mut queue = |blocks: Vec<Write>| {
+        let queue = |blocks: Vec<Write>| {
             let mut blocks = blocks.into_iter().map(|b| (None, b)).collect();
             disk.queue(&mut blocks);
         };
