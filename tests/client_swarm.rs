@@ -840,8 +840,6 @@ fn a_choke_flood_does_not_stall_a_download() {
     let _ = flood.0.kill();
 }
 
-/// A peer that has every piece of `data` (pieces of `piece` bytes) and
-/// answers each request at once, with the right bytes.
 /// A peer that answers each request at once with the right bytes of
 /// `data` (pieces of `piece` bytes), and has the pieces below `released`:
 /// it says `have` for each as it is released.
@@ -903,7 +901,9 @@ impl Honest<'_> {
             }
             buf.extend_from_slice(&chunk[..n]);
         };
-        assert_eq!(theirs.info_hash, self.info_hash);
+        if theirs.info_hash != self.info_hash {
+            return Err(std::io::Error::other("a handshake for another torrent"));
+        }
         let mut peer_id = *b"-XX0001-honest000000";
         peer_id[14..].copy_from_slice(format!("{:06}", self.port).as_bytes());
         let ours = Handshake {
@@ -972,9 +972,9 @@ impl Honest<'_> {
 /// once hashed a piece as soon as the block counted last was written, and
 /// a block of the same piece that another connection had counted just
 /// before could be written after it: a false failure and an honest peer
-/// banned, seen once in a WAN bench run of 24 leechers on a loaded
-/// machine. That race needs a thread preempted within microseconds; the
-/// deterministic test is in `client/src/disk.rs`.)
+/// banned, seen in a WAN bench run of 24 leechers. With that writer this
+/// test failed two runs in three on a 2-core machine; the deterministic
+/// test is in `client/src/disk.rs`.)
 #[test]
 fn pieces_from_many_peers_at_once_pass_the_first_time() {
     let dir = tempfile::tempdir().unwrap();

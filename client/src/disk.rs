@@ -18,7 +18,7 @@
 //!   order (the common case: one peer sends one piece front to back), so a
 //!   finished piece is usually verified without reading it back.
 //!
-//! A piece's writeback starts once its last block is written, before its
+//! A piece's writeback starts once all of it is written, before its
 //! verdict, so the final sync has little left to do.
 //!
 //! Bytes queued for writing are capped ([`WRITE_BUDGET`]): a connection
@@ -50,7 +50,7 @@ pub const WRITE_BUDGET: usize = 4 << 20;
 /// What the writer threads report.
 #[derive(Debug)]
 pub enum DiskEvent {
-    /// A piece's last block is written and its hash checked. `blocks`
+    /// All of a piece is written and its hash checked. `blocks`
     /// holds the SHA-1 of each 16 KiB block when asked for (to find which
     /// peer sent bad data, see [`crate::smartban`]).
     Verified {
@@ -88,6 +88,8 @@ const MAX_RUN: usize = 64;
 
 enum Job {
     Write(Batch),
+    /// A torrent's handle is gone: forget its pieces in progress.
+    Forget(u64),
     /// Everything queued before this is done: say so.
     Flush(oneshot::Sender<()>),
 }
@@ -191,6 +193,16 @@ impl DiskPool {
 impl Drop for DiskPool {
     fn drop(&mut self) {
         self.close();
+    }
+}
+
+impl Drop for Disk {
+    /// Its pieces in progress are dropped by the writers (after whatever
+    /// it queued before).
+    fn drop(&mut self) {
+        for w in self.pool.writers().iter() {
+            let _ = w.send(Job::Forget(self.target.id));
+        }
     }
 }
 
@@ -321,6 +333,10 @@ fn writer(rx: &std_mpsc::Receiver<Job>, verifier: Option<&std_mpsc::Sender<Verif
     while let Ok(job) = rx.recv() {
         let batch = match job {
             Job::Write(batch) => batch,
+            Job::Forget(id) => {
+                running.retain(|&(t, _), _| t != id);
+                continue;
+            }
             Job::Flush(done) => {
                 // With a verifier, verdicts come from there: flush it too.
                 match verifier {
@@ -391,6 +407,9 @@ fn written(
         last: None,
     });
     r.written += b.data.len() as u64;
+    // The picker counts each block of an attempt once, and only counted
+    // blocks are written.
+    debug_assert!(r.written <= t.info.piece_size(b.piece as usize));
     if verifier.is_none() && b.offset == r.next {
         r.hasher.update(&b.data);
         r.next += b.data.len() as u32;
@@ -664,5 +683,58 @@ mod tests {
         }
         // Piece 0 waited for its block 2, so piece 1's verdict came first.
         assert_eq!(verdicts, [(1, true), (0, true)]);
+    }
+
+    fn verdicts(rx: &mut mpsc::UnboundedReceiver<DiskEvent>) -> Vec<(u32, bool, Option<usize>)> {
+        let mut out = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            match e {
+                DiskEvent::Verified { piece, ok, blocks } => {
+                    out.push((piece, ok, blocks.map(|b| b.len())))
+                }
+                DiskEvent::Failed(e) => panic!("{e}"),
+            }
+        }
+        out
+    }
+
+    /// A piece that failed is fetched again: the new attempt's bytes are
+    /// counted afresh (nothing of the failed one carries over), and the
+    /// digests the last-counted block asked for come with the verdict even
+    /// when another block finishes the piece.
+    #[tokio::test]
+    async fn a_failed_piece_counts_afresh_and_keeps_its_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let (info, contents) = torrent(&[("", 8 * BLOCK as usize)], 4 * BLOCK as usize);
+        let content = &contents[0];
+        let storage =
+            Arc::new(Storage::create(info.clone(), dir.path().join("one.bin"), None).unwrap());
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let disk = Disk::new(info, storage, 1, tx);
+        let queue = |blocks: Vec<Write>| {
+            let mut blocks = blocks.into_iter().map(|b| (None, b)).collect();
+            disk.queue(&mut blocks);
+        };
+        let b = BLOCK;
+        // A bad copy: block 1 garbled.
+        let mut bad: Vec<Write> = (0..4).map(|i| block(content, 0, i * b, i == 3)).collect();
+        bad[1].data.iter_mut().for_each(|x| *x ^= 0xff);
+        queue(bad);
+        disk.flush().await;
+        assert_eq!(verdicts(&mut rx), [(0, false, Some(4))]);
+        // The good copy, its last-counted block (asking for digests) ahead
+        // of block 2: no verdict until block 2 is written.
+        let mut last = block(content, 0, 3 * b, true);
+        last.digests = true;
+        queue(vec![
+            block(content, 0, 0, false),
+            block(content, 0, b, false),
+            last,
+        ]);
+        disk.flush().await;
+        assert_eq!(verdicts(&mut rx), []);
+        queue(vec![block(content, 0, 2 * b, false)]);
+        disk.flush().await;
+        assert_eq!(verdicts(&mut rx), [(0, true, Some(4))]);
     }
 }
