@@ -407,9 +407,10 @@ fn written(
         last: None,
     });
     r.written += b.data.len() as u64;
+    let size = t.info.piece_size(b.piece as usize);
     // The picker counts each block of an attempt once, and only counted
     // blocks are written.
-    debug_assert!(r.written <= t.info.piece_size(b.piece as usize));
+    debug_assert!(r.written <= size);
     if verifier.is_none() && b.offset == r.next {
         r.hasher.update(&b.data);
         r.next += b.data.len() as u32;
@@ -420,7 +421,6 @@ fn written(
             nothing_pending: b.nothing_pending,
         });
     }
-    let size = t.info.piece_size(b.piece as usize);
     let Some(last) = r.last.filter(|_| r.written >= size) else {
         return;
     };
@@ -646,23 +646,36 @@ mod tests {
         }
     }
 
+    /// A torrent of two pieces of four blocks on one writer thread: its
+    /// directory, content, disk handle and verdicts.
+    fn two_pieces() -> (
+        tempfile::TempDir,
+        Vec<u8>,
+        Disk,
+        mpsc::UnboundedReceiver<DiskEvent>,
+    ) {
+        let dir = tempfile::tempdir().unwrap();
+        let (info, mut contents) = torrent(&[("", 8 * BLOCK as usize)], 4 * BLOCK as usize);
+        let storage =
+            Arc::new(Storage::create(info.clone(), dir.path().join("one.bin"), None).unwrap());
+        let (tx, rx) = mpsc::unbounded_channel();
+        let disk = Disk::new(info, storage, 1, tx);
+        (dir, contents.remove(0), disk, rx)
+    }
+
+    fn queue(disk: &Disk, blocks: Vec<Write>) {
+        let mut blocks = blocks.into_iter().map(|b| (None, b)).collect();
+        disk.queue(&mut blocks);
+    }
+
     /// The block the picker counted last can reach the writer before
     /// another block of its piece (two connections, each queueing what it
     /// counted): the piece is hashed once both are written, and passes.
     #[tokio::test]
     async fn a_piece_is_hashed_once_all_its_blocks_are_written() {
-        let dir = tempfile::tempdir().unwrap();
-        // Two pieces of four blocks.
-        let (info, contents) = torrent(&[("", 8 * BLOCK as usize)], 4 * BLOCK as usize);
-        let content = &contents[0];
-        let storage =
-            Arc::new(Storage::create(info.clone(), dir.path().join("one.bin"), None).unwrap());
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let disk = Disk::new(info, storage, 1, tx);
-        let queue = |blocks: Vec<Write>| {
-            let mut blocks = blocks.into_iter().map(|b| (None, b)).collect();
-            disk.queue(&mut blocks);
-        };
+        let (_dir, content, disk, mut rx) = two_pieces();
+        let content = &content;
+        let queue = |blocks: Vec<Write>| queue(&disk, blocks);
         let b = BLOCK;
         // Piece 0: block 2 comes after the last-counted one (block 3).
         queue(vec![
@@ -704,17 +717,9 @@ mod tests {
     /// when another block finishes the piece.
     #[tokio::test]
     async fn a_failed_piece_counts_afresh_and_keeps_its_flags() {
-        let dir = tempfile::tempdir().unwrap();
-        let (info, contents) = torrent(&[("", 8 * BLOCK as usize)], 4 * BLOCK as usize);
-        let content = &contents[0];
-        let storage =
-            Arc::new(Storage::create(info.clone(), dir.path().join("one.bin"), None).unwrap());
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let disk = Disk::new(info, storage, 1, tx);
-        let queue = |blocks: Vec<Write>| {
-            let mut blocks = blocks.into_iter().map(|b| (None, b)).collect();
-            disk.queue(&mut blocks);
-        };
+        let (_dir, content, disk, mut rx) = two_pieces();
+        let content = &content;
+        let queue = |blocks: Vec<Write>| queue(&disk, blocks);
         let b = BLOCK;
         // A bad copy: block 1 garbled.
         let mut bad: Vec<Write> = (0..4).map(|i| block(content, 0, i * b, i == 3)).collect();
