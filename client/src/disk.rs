@@ -668,6 +668,20 @@ mod tests {
         disk.queue(&mut blocks);
     }
 
+    /// Every verdict so far: piece, pass, and how many block digests.
+    fn verdicts(rx: &mut mpsc::UnboundedReceiver<DiskEvent>) -> Vec<(u32, bool, Option<usize>)> {
+        let mut out = Vec::new();
+        while let Ok(e) = rx.try_recv() {
+            match e {
+                DiskEvent::Verified { piece, ok, blocks } => {
+                    out.push((piece, ok, blocks.map(|b| b.len())))
+                }
+                DiskEvent::Failed(e) => panic!("{e}"),
+            }
+        }
+        out
+    }
+
     /// The block the picker counted last can reach the writer before
     /// another block of its piece (two connections, each queueing what it
     /// counted): the piece is hashed once both are written, and passes.
@@ -687,28 +701,12 @@ mod tests {
         queue((0..4).map(|i| block(content, 1, i * b, i == 3)).collect());
         queue(vec![block(content, 0, 2 * b, false)]);
         disk.flush().await;
-        let mut verdicts = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            match e {
-                DiskEvent::Verified { piece, ok, .. } => verdicts.push((piece, ok)),
-                DiskEvent::Failed(e) => panic!("{e}"),
-            }
-        }
+        let verdicts: Vec<(u32, bool)> = verdicts(&mut rx)
+            .into_iter()
+            .map(|(piece, ok, _)| (piece, ok))
+            .collect();
         // Piece 0 waited for its block 2, so piece 1's verdict came first.
         assert_eq!(verdicts, [(1, true), (0, true)]);
-    }
-
-    fn verdicts(rx: &mut mpsc::UnboundedReceiver<DiskEvent>) -> Vec<(u32, bool, Option<usize>)> {
-        let mut out = Vec::new();
-        while let Ok(e) = rx.try_recv() {
-            match e {
-                DiskEvent::Verified { piece, ok, blocks } => {
-                    out.push((piece, ok, blocks.map(|b| b.len())))
-                }
-                DiskEvent::Failed(e) => panic!("{e}"),
-            }
-        }
-        out
     }
 
     /// A piece that failed is fetched again: the new attempt's bytes are
